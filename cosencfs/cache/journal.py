@@ -1,0 +1,242 @@
+"""The cache directory's journal: a SQLite database in WAL mode.
+
+It holds two things:
+
+* ``dirty``: every file whose content or attributes are not yet in COS —
+  the object key, the cache file (version id), its size and present ranges,
+  the *wrapped* data key (envelope), the attributes, and where missing bytes
+  come from.  A record is written when the file is closed (so data whose
+  ``close()`` returned survives a crash of the daemon) and removed once the
+  object is committed.  The next mount finishes what it finds here.
+* ``attrs``: attributes (object metadata) of objects seen or written, keyed by
+  object key and validated by ETag and size (and Last-Modified when known),
+  so a remount need not HEAD every object again to show ``ls -l``.
+
+No plaintext and no unwrapped key is ever stored here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirty (
+    fid TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    vid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    present TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    content_type TEXT NOT NULL DEFAULT '',
+    source TEXT,
+    upload_id TEXT,
+    parts TEXT,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attrs (
+    key TEXT PRIMARY KEY,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    lm REAL,
+    meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    key: str
+    etag: str
+    envelope: dict[str, str]  # empty: a plaintext object
+    limit: int
+
+
+@dataclass(slots=True)
+class DirtyRecord:
+    fid: str
+    key: str
+    vid: str
+    size: int
+    present: list[list[int]]
+    envelope: dict[str, str]
+    attrs: dict[str, str]
+    content_type: str = ""
+    source: SourceRecord | None = None
+    upload_id: str | None = None
+    parts: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class AttrRecord:
+    etag: str
+    size: int
+    lm: float | None
+    meta: Mapping[str, str]
+
+    def matches(self, etag: str, size: int, lm: float) -> bool:
+        """Whether an object seen with these values is the one recorded.
+
+        Listings give Last-Modified in milliseconds, HEAD in seconds: allow
+        one second.  A metadata-only change (server-side copy) keeps the ETag
+        but moves Last-Modified, so it is caught.
+        """
+        if self.etag != etag or self.size != size:
+            return False
+        return self.lm is None or abs(self.lm - lm) < 1.0
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO settings VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- settings ----------------------------------------------------------------
+
+    def get_setting(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
+
+    # -- dirty files -----------------------------------------------------------
+
+    def put_dirty(self, rec: DirtyRecord) -> None:
+        source = None
+        if rec.source is not None:
+            source = json.dumps(
+                {
+                    "key": rec.source.key,
+                    "etag": rec.source.etag,
+                    "envelope": rec.source.envelope,
+                    "limit": rec.source.limit,
+                }
+            )
+        # A multipart upload under way stays recorded while the version (vid) is
+        # the same: it can be resumed.  A new version starts afresh.
+        self._db.execute(
+            "INSERT INTO dirty VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(fid) DO UPDATE SET"
+            " key=excluded.key, vid=excluded.vid, size=excluded.size,"
+            " present=excluded.present, envelope=excluded.envelope, attrs=excluded.attrs,"
+            " content_type=excluded.content_type, source=excluded.source,"
+            " upload_id=CASE WHEN dirty.vid=excluded.vid THEN dirty.upload_id"
+            " ELSE excluded.upload_id END,"
+            " parts=CASE WHEN dirty.vid=excluded.vid THEN dirty.parts ELSE excluded.parts END,"
+            " updated=excluded.updated",
+            (
+                rec.fid,
+                rec.key,
+                rec.vid,
+                rec.size,
+                json.dumps(rec.present),
+                json.dumps(rec.envelope),
+                json.dumps(rec.attrs),
+                rec.content_type,
+                source,
+                rec.upload_id,
+                json.dumps({str(k): v for k, v in rec.parts.items()}),
+                time.time(),
+            ),
+        )
+
+    def set_upload(self, fid: str, upload_id: str | None, parts: Mapping[int, str]) -> None:
+        self._db.execute(
+            "UPDATE dirty SET upload_id=?, parts=? WHERE fid=?",
+            (upload_id, json.dumps({str(k): v for k, v in parts.items()}), fid),
+        )
+
+    def set_dirty_key(self, fid: str, key: str) -> None:
+        self._db.execute("UPDATE dirty SET key=? WHERE fid=?", (key, fid))
+
+    def delete_dirty(self, fid: str) -> None:
+        self._db.execute("DELETE FROM dirty WHERE fid=?", (fid,))
+
+    def dirty_records(self) -> list[DirtyRecord]:
+        return list(self._iter_dirty())
+
+    def get_dirty(self, fid: str) -> DirtyRecord | None:
+        for rec in self._iter_dirty(fid):
+            return rec
+        return None
+
+    def dirty_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM dirty").fetchone()[0])
+
+    def _iter_dirty(self, fid: str | None = None) -> Iterator[DirtyRecord]:
+        query = (
+            "SELECT fid, key, vid, size, present, envelope, attrs, content_type, source,"
+            " upload_id, parts FROM dirty"
+        )
+        if fid is None:
+            rows = self._db.execute(query + " ORDER BY updated").fetchall()
+        else:
+            rows = self._db.execute(query + " WHERE fid=?", (fid,)).fetchall()
+        for rid, key, vid, size, present, envelope, attrs, ctype, source, upload_id, parts in rows:
+            src = None
+            if source:
+                s = json.loads(source)
+                src = SourceRecord(s["key"], s["etag"], s["envelope"], int(s["limit"]))
+            yield DirtyRecord(
+                fid=rid,
+                key=key,
+                vid=vid,
+                size=int(size),
+                present=json.loads(present),
+                envelope=json.loads(envelope),
+                attrs=json.loads(attrs),
+                content_type=ctype,
+                source=src,
+                upload_id=upload_id,
+                parts={int(k): v for k, v in json.loads(parts or "{}").items()},
+            )
+
+    # -- attribute cache ---------------------------------------------------------
+
+    def get_attrs(self, key: str) -> AttrRecord | None:
+        row = self._db.execute(
+            "SELECT etag, size, lm, meta FROM attrs WHERE key=?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return AttrRecord(row[0], int(row[1]), row[2], json.loads(row[3]))
+
+    def put_attrs(
+        self, key: str, etag: str, size: int, lm: float | None, meta: Mapping[str, str]
+    ) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?)",
+            (key, etag, size, lm, json.dumps(dict(meta))),
+        )
+
+    def set_attrs_lm(self, key: str, lm: float) -> None:
+        self._db.execute("UPDATE attrs SET lm=? WHERE key=? AND lm IS NULL", (lm, key))
+
+    def delete_attrs(self, key: str) -> None:
+        self._db.execute("DELETE FROM attrs WHERE key=?", (key,))
+
+    def delete_attrs_prefix(self, prefix: str) -> None:
+        # Keys are text; a range scan instead of LIKE avoids escaping % and _.
+        self._db.execute(
+            "DELETE FROM attrs WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff")
+        )

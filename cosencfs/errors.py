@@ -1,0 +1,134 @@
+"""The project's own exceptions.
+
+Lower layers (store, crypto, cache) raise these; only the FUSE adapter turns
+them into errno values, through the table in ``cosencfs.fuse_errors``.
+Messages name the object key but never carry secrets, key material or
+signed URLs.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class CosEncFsError(Exception):
+    """Base class of every error cosencfs raises on purpose."""
+
+
+class ConfigError(CosEncFsError):
+    """Bad configuration, command line or key file; fatal at start-up."""
+
+
+# --------------------------------------------------------------------------
+# Object store
+
+
+class StoreError(CosEncFsError):
+    """A request to the object store failed.
+
+    ``code`` is the COS error code (``NoSuchKey``, ``SlowDown`` ...) when the
+    server sent one, ``status`` the HTTP status (0 when no answer arrived).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        op: str = "",
+        key: str = "",
+        code: str = "",
+        status: int = 0,
+        request_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.op = op
+        self.key = key
+        self.code = code
+        self.status = status
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        parts = [super().__str__()]
+        if self.op:
+            parts.append(f"op={self.op}")
+        if self.key:
+            parts.append(f"key={self.key!r}")
+        if self.status:
+            parts.append(f"status={self.status}")
+        if self.code:
+            parts.append(f"code={self.code}")
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        return " ".join(parts)
+
+
+class NotFoundError(StoreError):
+    """The object (or upload) does not exist."""
+
+
+class NoSuchBucketError(StoreError):
+    """The bucket does not exist."""
+
+
+class NoSuchUploadError(NotFoundError):
+    """The multipart upload does not exist (completed, aborted or never made)."""
+
+
+class AccessDeniedError(StoreError):
+    """403: wrong credentials, bad signature or missing permission."""
+
+
+class PreconditionFailedError(StoreError):
+    """412: an If-Match / If-None-Match condition did not hold."""
+
+
+class InvalidRequestError(StoreError):
+    """4xx the server will refuse again: key too long, metadata too large ..."""
+
+
+class TransientError(StoreError):
+    """5xx, throttling, connection failure or timeout that outlived the retries."""
+
+
+# --------------------------------------------------------------------------
+# Crypto / object format
+
+
+class CryptoError(CosEncFsError):
+    """The object's envelope cannot be opened."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} key={self.key!r}" if self.key else base
+
+
+class NotEncryptedError(CryptoError):
+    """The object has no client-side-encryption envelope (a plain upload)."""
+
+
+class ForeignFormatError(CryptoError):
+    """The envelope is of another SDK (Java/Go) that the Python format cannot read."""
+
+
+class DamagedEnvelopeError(CryptoError):
+    """Envelope headers are present but malformed (bad base64, wrong lengths ...)."""
+
+
+class WrongKeyError(CryptoError):
+    """The master key does not open this envelope (key check failed)."""
+
+
+# --------------------------------------------------------------------------
+# Filesystem
+
+
+class FsError(CosEncFsError):
+    """A POSIX error the filesystem layer decided on (ENOENT, ENOTEMPTY ...)."""
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        super().__init__(message or os.strerror(errno))
+        self.errno = errno

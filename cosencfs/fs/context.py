@@ -1,0 +1,89 @@
+"""What every part of the filesystem layer shares: options, store, cache, inodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from cosencfs.cache.manager import CacheManager
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.fs.attrs import Attrs, Defaults, Kind
+from cosencfs.fs.inode import Inode, InodeTable
+from cosencfs.fs.names import check_key, normalize_prefix
+from cosencfs.store.base import ObjectStore
+
+MIB = 1024 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class FsOptions:
+    """Tunables of one mount (see docs/semantics.md for what each means)."""
+
+    prefix: str = ""
+    defaults: Defaults = field(default_factory=lambda: Defaults(uid=0, gid=0))
+    #: A directory listing is reused this long before COS is listed again.
+    dir_ttl: float = 60.0
+    #: How long the kernel may cache names and attributes without asking.
+    entry_timeout: float = 10.0
+    attr_timeout: float = 10.0
+    #: open() skips the revalidating HEAD if the file was validated this recently.
+    open_revalidate: float = 0.0
+    #: Upload a closed dirty file this long after its last change.
+    writeback_delay: float = 1.0
+    #: Upload a file still open for writing once it has been dirty this long.
+    max_dirty_age: float = 60.0
+    upload_workers: int = 8
+    head_concurrency: int = 32
+    #: Files up to this size go up in one PUT; larger ones in parallel parts.
+    single_put_max: int = 16 * MIB
+    part_concurrency: int = 8
+    readahead_min: int = 1 * MIB
+    readahead_max: int = 32 * MIB
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", normalize_prefix(self.prefix))
+
+
+class FsContext:
+    def __init__(
+        self,
+        store: ObjectStore,
+        codec: EnvelopeCodec,
+        cache: CacheManager,
+        options: FsOptions,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.cache = cache
+        self.journal = cache.journal
+        self.options = options
+        now = time.time_ns()
+        d = options.defaults
+        self.table = InodeTable(Attrs(Kind.DIR.type_bits | d.dir_mode, d.uid, d.gid, now, now, now))
+        self.nursery: trio.Nursery | None = None
+        #: Set by the FUSE adapter: tell the kernel a name or inode changed.
+        self.invalidate_entry: Callable[[int, str], None] = lambda ino, name: None
+        self.invalidate_inode: Callable[[int], None] = lambda ino: None
+        self.head_limiter = trio.CapacityLimiter(options.head_concurrency)
+
+    def key_of(self, node: Inode) -> str:
+        """The object key of a file, or the marker key of a directory."""
+        path = "/".join(node.path_parts())
+        if node.is_dir:
+            return self.options.prefix + path + "/" if path else self.options.prefix
+        return check_key(self.options.prefix + path)
+
+    def child_key(self, parent: Inode, name: str, *, is_dir: bool) -> str:
+        base = self.key_of(parent)
+        return check_key(base + name + ("/" if is_dir else ""))
+
+    @staticmethod
+    def now_ns() -> int:
+        return time.time_ns()
+
+    def spawn(self, fn: Callable[..., object], *args: object) -> None:
+        assert self.nursery is not None, "filesystem not started"
+        self.nursery.start_soon(fn, *args)  # type: ignore[arg-type]

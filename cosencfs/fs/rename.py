@@ -1,0 +1,237 @@
+"""rename(2) on COS: server-side copies, never a download or re-encryption.
+
+A file whose object is in COS is copied with ``x-cos-metadata-directive:
+Copy`` (the envelope travels with it, so the body stays valid) and the old
+key deleted.  A file whose new content is not uploaded yet only changes the
+key its upload will go to.  A directory is every object under its prefix,
+copied then deleted; that is not atomic (see docs/semantics.md).
+
+Renames are serialized by one lock: they are rare next to reads and writes,
+and a directory rename must not race another one over the same subtree.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from contextlib import AsyncExitStack
+
+import trio
+
+from cosencfs.errors import FsError, StoreError
+from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE, attrs_to_meta
+from cosencfs.fs.context import FsContext
+from cosencfs.fs.files import Files
+from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.namespace import Namespace
+from cosencfs.store.base import ObjectInfo
+from cosencfs.util import open_nursery
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+COPY_CONCURRENCY = 16
+
+
+class Renamer:
+    def __init__(self, ctx: FsContext, ns: Namespace, files: Files) -> None:
+        self.ctx = ctx
+        self.ns = ns
+        self.files = files
+        self._lock = trio.Lock()
+
+    async def rename(
+        self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int
+    ) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        async with self._lock:
+            d_old = self.ns.directory(old_parent)
+            d_new = self.ns.directory(new_parent)
+            src = await self.ns.child(d_old, old_name)
+            if src is None:
+                raise FsError(errno.ENOENT)
+            dst = await self.ns.child(d_new, new_name)
+            if dst is src:
+                return
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise FsError(errno.EEXIST)
+                if dst.is_dir:
+                    if not src.is_dir:
+                        raise FsError(errno.EISDIR)
+                    await self.ns.ensure_listed(dst)
+                    if dst.children:
+                        raise FsError(errno.ENOTEMPTY)
+                elif src.is_dir:
+                    raise FsError(errno.ENOTDIR)
+            if src.is_dir and src.is_ancestor_of(d_new):
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            self.ctx.child_key(d_new, new_name, is_dir=src.is_dir)
+            if src.is_dir:
+                await self._rename_dir(src, d_new, new_name, dst)
+            else:
+                await self._rename_file(src, d_new, new_name, dst)
+            self.ns.touch_dir(d_old)
+            self.ns.touch_dir(d_new)
+
+    def _move_local(self, src: Inode, d_new: Inode, new_name: str, dst: Inode | None) -> None:
+        if dst is not None:
+            self.files.writeback.cancel(dst)
+            self.ctx.journal.delete_dirty(dst.fid)
+            self.ns.detach(dst)
+        old_parent = src.parent
+        assert old_parent is not None and old_parent.children is not None
+        if old_parent.children.get(src.name) is src:
+            del old_parent.children[src.name]
+        self.ns.attach(d_new, new_name, src)
+        src.attrs.ctime_ns = self.ctx.now_ns()
+
+    # -- files -----------------------------------------------------------------
+
+    async def _rename_file(
+        self, src: Inode, d_new: Inode, new_name: str, dst: Inode | None
+    ) -> None:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(src.upload_lock)
+            if dst is not None:
+                await stack.enter_async_context(dst.upload_lock)
+            old_key = self.ctx.key_of(src)
+            new_key = self.ctx.child_key(d_new, new_name, is_dir=False)
+            v = src.version
+            if v is not None and v.dirty and not v.complete and v.source is not None:
+                # The new content still needs bytes of the old object: take them now.
+                await self.ctx.cache.fill_all(v)
+            if src.remote is not None and src.data_dirty:
+                # New content goes up under the new name anyway; drop the old object.
+                self.files.record_dirty(src)
+                self.ctx.journal.set_dirty_key(src.fid, new_key)
+                await self.ctx.store.delete(old_key)
+                self.ctx.journal.delete_attrs(old_key)
+                src.remote = None
+            elif src.remote is not None:
+                await self._copy_file(src, old_key, new_key)
+            self._move_local(src, d_new, new_name, dst)
+            if src.dirty:
+                self.files.record_dirty(src)
+
+    async def _copy_file(self, src: Inode, old_key: str, new_key: str) -> None:
+        remote = src.remote
+        assert remote is not None
+        meta: dict[str, str] | None = None
+        gen = src.meta_gen
+        if src.meta_dirty:
+            if remote.metadata is None:
+                await self.ns.ensure_attrs(src)
+                remote = src.remote
+                assert remote is not None and remote.metadata is not None
+            meta = {**(remote.metadata or {}), **attrs_to_meta(src.attrs)}
+        etag = await self.ctx.store.copy(
+            old_key,
+            new_key,
+            metadata=meta,
+            content_type=FILE_CONTENT_TYPE,
+            if_match=remote.etag,
+            size=remote.size,
+        )
+        await self.ctx.store.delete(old_key)
+        new_meta = meta if meta is not None else remote.metadata
+        src.remote = Remote(etag, remote.size, time.time(), new_meta)
+        if meta is not None:
+            src.meta_synced_gen = gen
+        rec = self.ctx.journal.get_attrs(old_key)
+        self.ctx.journal.delete_attrs(old_key)
+        if new_meta is not None:
+            self.ctx.journal.put_attrs(new_key, etag, remote.size, None, new_meta)
+        elif rec is not None:
+            self.ctx.journal.put_attrs(new_key, etag, remote.size, None, rec.meta)
+        self._repoint(src, new_key, etag)
+
+    @staticmethod
+    def _repoint(node: Inode, key: str, etag: str) -> None:
+        """A clean cached version fetches its missing bytes from the new key now."""
+        v = node.version
+        if v is not None and v.source is not None and not v.dirty:
+            v.source.key = key
+            v.source.etag = etag
+
+    # -- directories -------------------------------------------------------------
+
+    async def _rename_dir(self, src: Inode, d_new: Inode, new_name: str, dst: Inode | None) -> None:
+        old_prefix = self.ctx.key_of(src)
+        new_prefix = self.ctx.child_key(d_new, new_name, is_dir=True)
+        files = sorted(
+            (n for n in src.walk() if not n.is_dir),
+            key=lambda n: n.ino,
+        )
+        async with AsyncExitStack() as stack:
+            for node in files:
+                await stack.enter_async_context(node.upload_lock)
+            for node in files:
+                v = node.version
+                if v is not None and v.dirty and not v.complete and v.source is not None:
+                    await self.ctx.cache.fill_all(v)
+            objects: list[ObjectInfo] = []
+            async for page in self.ctx.store.list_all(old_prefix):
+                objects.extend(page.objects)
+            keys = [o.key for o in objects]
+            copied: dict[str, str] = {}
+            try:
+                await self._copy_many(objects, old_prefix, new_prefix, copied)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._undo_copies(list(copied))
+                raise
+            if dst is not None and dst.has_marker:
+                await self.ctx.store.delete(self.ctx.key_of(dst))
+            failures = await self.ctx.store.delete_many(keys)
+            if failures:
+                log.warning(
+                    "rename of %r: %d old objects could not be deleted (first: %s)",
+                    old_prefix,
+                    len(failures),
+                    next(iter(failures)),
+                )
+            for old in keys:
+                new = new_prefix + old[len(old_prefix) :]
+                rec = self.ctx.journal.get_attrs(old)
+                if rec is not None:
+                    self.ctx.journal.put_attrs(new, copied[new], rec.size, None, rec.meta)
+            self.ctx.journal.delete_attrs_prefix(old_prefix)
+            self._move_local(src, d_new, new_name, dst)
+            for node in src.walk():
+                key = self.ctx.key_of(node)
+                if node.remote is not None and key in copied:
+                    node.remote.etag = copied[key]
+                    self._repoint(node, key, copied[key])
+                if node.dirty:
+                    self.files.record_dirty(node)
+
+    async def _copy_many(
+        self,
+        objects: list[ObjectInfo],
+        old_prefix: str,
+        new_prefix: str,
+        copied: dict[str, str],
+    ) -> None:
+        limiter = trio.CapacityLimiter(COPY_CONCURRENCY)
+
+        async def one(obj: ObjectInfo) -> None:
+            async with limiter:
+                new = new_prefix + obj.key[len(old_prefix) :]
+                ctype = DIR_CONTENT_TYPE if obj.key.endswith("/") else FILE_CONTENT_TYPE
+                copied[new] = await self.ctx.store.copy(
+                    obj.key, new, content_type=ctype, size=obj.size
+                )
+
+        async with open_nursery() as nursery:
+            for obj in objects:
+                nursery.start_soon(one, obj)
+
+    async def _undo_copies(self, keys: list[str]) -> None:
+        try:
+            await self.ctx.store.delete_many(keys)
+        except StoreError as exc:
+            log.warning("could not remove %d partial copies: %s", len(keys), exc)

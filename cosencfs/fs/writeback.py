@@ -1,0 +1,257 @@
+"""Write-back: when dirty files go up, and how.
+
+``WriteBack`` keeps a deadline per dirty inode (pushed back by every change,
+so a file written, renamed and touched in quick succession goes up once, at
+its final name) and runs uploads on a bounded number of workers.  Failed
+background uploads are retried with growing delays; the data stays in the
+cache and the journal meanwhile.
+
+``Uploader`` sends one sealed version: one PUT for small files, otherwise a
+multipart upload whose parts go up in parallel.  Parts start on offsets that
+are multiples of 1 MiB (so of 16), and each part's ciphertext is simply the
+cache file's bytes at that offset — the counter follows from the offset, so
+parts are independent, unlike the SDK's shared-stream multipart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from cosencfs.cache.content import ContentVersion
+from cosencfs.cache.journal import Journal
+from cosencfs.errors import CosEncFsError, NotFoundError, StoreError
+from cosencfs.fs.inode import Inode
+from cosencfs.store.base import MAX_PART_BYTES, MAX_PARTS, FileRange, ObjectStore
+from cosencfs.util import open_nursery
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MIN_PART = 8 * MIB
+
+
+def part_size(size: int) -> int:
+    """Part size for an object of ``size`` bytes: at least 8 MiB, whole MiB,
+    and large enough that 10,000 parts always suffice."""
+    p = max(MIN_PART, math.ceil(size / MAX_PARTS))
+    p = math.ceil(p / MIB) * MIB
+    if p > MAX_PART_BYTES:
+        raise ValueError(f"object of {size} bytes is too large for COS")
+    return p
+
+
+def parts_of(size: int) -> list[tuple[int, int, int]]:
+    """``(part_number, start, end)`` for every part of an object of ``size`` bytes."""
+    p = part_size(size)
+    return [(i + 1, start, min(size, start + p)) for i, start in enumerate(range(0, size, p))]
+
+
+class Uploader:
+    def __init__(
+        self,
+        store: ObjectStore,
+        journal: Journal,
+        *,
+        single_put_max: int,
+        part_concurrency: int,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.single_put_max = single_put_max
+        self.part_limiter = trio.CapacityLimiter(part_concurrency)
+
+    async def upload(
+        self,
+        key: str,
+        v: ContentVersion,
+        metadata: dict[str, str],
+        *,
+        content_type: str,
+        fid: str,
+        resume: tuple[str, dict[int, str]] | None = None,
+    ) -> str:
+        """Send the whole (complete, sealed) version; return the object's ETag.
+
+        ``resume`` is a multipart upload (id, part ETags) an earlier run left
+        unfinished: parts still in COS with those ETags are not sent again.
+        """
+        assert v.sealed and v.complete, "upload of an incomplete or unsealed version"
+        if v.size <= self.single_put_max:
+            if resume is not None:
+                await self.abort(key, resume[0])
+            return await self.store.put(
+                key, FileRange(v.path, 0, v.size), metadata, content_type=content_type
+            )
+        layout = parts_of(v.size)
+        etags: dict[int, str] = {}
+        upload_id = None
+        if resume is not None:
+            upload_id, etags = await self._resumable(key, resume, layout)
+        if upload_id is None:
+            upload_id = await self.store.create_multipart(key, metadata, content_type=content_type)
+        self.journal.set_upload(fid, upload_id, etags)
+        try:
+
+            async def one(n: int, start: int, end: int) -> None:
+                async with self.part_limiter:
+                    etags[n] = await self.store.upload_part(
+                        key, upload_id, n, FileRange(v.path, start, end - start)
+                    )
+                # Each finished part is remembered, so a crash resumes after it.
+                self.journal.set_upload(fid, upload_id, etags)
+
+            async with open_nursery() as nursery:
+                for n, start, end in layout:
+                    if n not in etags:
+                        nursery.start_soon(one, n, start, end)
+            etag = await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
+        except StoreError:
+            # Kept for a resume: the parts sent so far are not lost.
+            raise
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.abort(key, upload_id)
+                self.journal.set_upload(fid, None, {})
+            raise
+        self.journal.set_upload(fid, None, {})
+        return etag
+
+    async def _resumable(
+        self, key: str, resume: tuple[str, dict[int, str]], layout: list[tuple[int, int, int]]
+    ) -> tuple[str | None, dict[int, str]]:
+        upload_id, recorded = resume
+        try:
+            existing = {p.part_number: p for p in await self.store.list_parts(key, upload_id)}
+        except NotFoundError:
+            return None, {}
+        sizes = {n: end - start for n, start, end in layout}
+        kept = {
+            n: etag
+            for n, etag in recorded.items()
+            if n in existing and existing[n].etag == etag and existing[n].size == sizes.get(n)
+        }
+        log.info(
+            "resuming the upload of %r: %d of %d parts already sent", key, len(kept), len(layout)
+        )
+        return upload_id, kept
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.store.abort_multipart(key, upload_id)
+        except StoreError as exc:
+            log.warning("could not abort multipart upload of %r: %s", key, exc)
+
+
+@dataclass(slots=True)
+class _Due:
+    node: Inode
+    deadline: float
+    first_dirty: float
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class WriteBackStats:
+    uploads: int = 0
+    failures: int = 0
+    last_error: str = ""
+    failing: dict[int, str] = field(default_factory=dict)
+
+
+class WriteBack:
+    def __init__(
+        self,
+        commit: Callable[[Inode], Awaitable[None]],
+        *,
+        delay: float,
+        max_dirty_age: float,
+        workers: int,
+    ) -> None:
+        self._commit = commit
+        self.delay = delay
+        self.max_dirty_age = max_dirty_age
+        self._due: dict[int, _Due] = {}
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(workers)
+        self._running: dict[int, trio.Event] = {}
+        self.stats = WriteBackStats()
+
+    @property
+    def queued(self) -> int:
+        return len(self._due) + len(self._running)
+
+    def schedule(self, node: Inode, delay: float | None = None) -> None:
+        """Upload ``node`` after ``delay`` (default: the write-back delay),
+        pushing back an earlier deadline, but not past the maximum dirty age."""
+        now = trio.current_time()
+        wait = self.delay if delay is None else delay
+        due = self._due.get(node.ino)
+        if due is None:
+            self._due[node.ino] = _Due(node, now + wait, now)
+        else:
+            due.deadline = min(now + wait, due.first_dirty + self.max_dirty_age)
+        self._wake.set()
+
+    def cancel(self, node: Inode) -> None:
+        self._due.pop(node.ino, None)
+        self.stats.failing.pop(node.ino, None)
+
+    async def flush(self, node: Inode) -> None:
+        """Upload ``node`` now and wait for it (fsync)."""
+        self._due.pop(node.ino, None)
+        await self._commit(node)
+        self.stats.failing.pop(node.ino, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                for ino, due in list(self._due.items()):
+                    if due.deadline <= now and ino not in self._running:
+                        del self._due[ino]
+                        self._running[ino] = trio.Event()
+                        nursery.start_soon(self._background, due)
+                next_deadline = min((d.deadline for d in self._due.values()), default=math.inf)
+                self._wake = trio.Event()
+                with trio.move_on_at(next_deadline):
+                    await self._wake.wait()
+
+    async def _background(self, due: _Due) -> None:
+        node = due.node
+        try:
+            async with self._limiter:
+                await self._commit(node)
+            self.stats.uploads += 1
+            self.stats.failing.pop(node.ino, None)
+        except Exception as exc:
+            if not isinstance(exc, CosEncFsError | OSError):
+                log.exception("unexpected error uploading %r", node.name)
+            due.failures += 1
+            self.stats.failures += 1
+            self.stats.last_error = str(exc)
+            self.stats.failing[node.ino] = str(exc)
+            backoff = min(300.0, 2.0 ** min(due.failures, 9))
+            log.warning(
+                "upload of %r failed (%s); kept in the cache, retrying in %.0f s",
+                node.name,
+                exc,
+                backoff,
+            )
+            if node.ino not in self._due:
+                due.deadline = trio.current_time() + backoff
+                self._due[node.ino] = due
+        finally:
+            self._running.pop(node.ino).set()
+            self._wake.set()
+
+    async def wait_idle(self, node: Inode) -> None:
+        """Wait until a background upload of ``node`` (if any) has finished."""
+        ev = self._running.get(node.ino)
+        if ev is not None:
+            await ev.wait()

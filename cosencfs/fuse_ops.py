@@ -1,0 +1,420 @@
+"""The pyfuse3 adapter: FUSE requests in, ``Filesystem`` calls, errno out.
+
+This module and ``cosencfs.mount`` are the only ones that import pyfuse3.
+Every exception becomes a ``FUSEError`` through ``errno_for`` — the one table
+of the project — and unexpected ones are logged with a traceback first.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from cosencfs.cache.manager import DamagedObjectError
+from cosencfs.errors import (
+    AccessDeniedError,
+    ConfigError,
+    CryptoError,
+    FsError,
+    InvalidRequestError,
+    NoSuchBucketError,
+    NotFoundError,
+    PreconditionFailedError,
+    StoreError,
+    TransientError,
+)
+from cosencfs.fs.core import Entry, Filesystem
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Exception class -> errno, most specific first.
+ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (NoSuchBucketError, errno.EIO),
+    (NotFoundError, errno.ENOENT),
+    (AccessDeniedError, errno.EACCES),
+    (PreconditionFailedError, errno.ESTALE),
+    (TransientError, errno.EIO),
+    (CryptoError, errno.EIO),
+    (DamagedObjectError, errno.EIO),
+    (ConfigError, errno.EIO),
+    (StoreError, errno.EIO),
+)
+
+#: COS error codes with a better errno than EIO.
+_CODE_ERRNO = {
+    "KeyTooLong": errno.ENAMETOOLONG,
+    "MetadataTooLarge": errno.E2BIG,
+    "EntityTooLarge": errno.EFBIG,
+}
+
+#: Errors worth one log line per object, not one per read.
+_LOG_EVERY = 60.0
+_last_logged: dict[tuple[str, str], float] = {}
+
+
+def errno_for(exc: BaseException) -> int:
+    if isinstance(exc, FsError):
+        return exc.errno
+    if isinstance(exc, InvalidRequestError):
+        return _CODE_ERRNO.get(exc.code, errno.EIO)
+    for cls, code in ERRNO_TABLE:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _report(op: str, exc: BaseException) -> None:
+    if isinstance(exc, FsError):
+        if exc.errno == errno.EIO:
+            log.error("%s: %s", op, exc)
+        return
+    if isinstance(exc, StoreError | CryptoError | DamagedObjectError | ConfigError | OSError):
+        what = (type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
+        now = time.monotonic()
+        if now - _last_logged.get(what, -1e9) >= _LOG_EVERY:
+            _last_logged[what] = now
+            log.error("%s failed: %s", op, exc)
+        return
+    log.error("%s: unexpected error", op, exc_info=exc)
+
+
+def translate(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except (trio.Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            _report(fn.__name__, exc)
+            raise pyfuse3.FUSEError(errno_for(exc)) from None
+
+    return wrapper
+
+
+def to_attrs(e: Entry) -> pyfuse3.EntryAttributes:
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = pyfuse3.InodeT(e.ino)
+    a.generation = 0
+    a.entry_timeout = e.entry_timeout
+    a.attr_timeout = e.attr_timeout
+    a.st_mode = pyfuse3.ModeT(e.mode)
+    a.st_nlink = e.nlink
+    a.st_uid = e.uid
+    a.st_gid = e.gid
+    a.st_rdev = 0
+    a.st_size = e.size
+    a.st_blksize = 128 * 1024
+    a.st_blocks = e.blocks
+    a.st_atime_ns = e.atime_ns
+    a.st_mtime_ns = e.mtime_ns
+    a.st_ctime_ns = e.ctime_ns
+    return a
+
+
+class FuseOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem) -> None:
+        super().__init__()
+        self.fs = fs
+        fs.ctx.invalidate_entry = self._invalidate_entry
+        fs.ctx.invalidate_inode = self._invalidate_inode
+
+    # The kernel must not be told about changes from inside a request for the
+    # same inode (it may hold the inode's lock): entries go through the async
+    # variant, inodes through a worker thread outside the request.
+    def _invalidate_entry(self, parent: int, name: str) -> None:
+        try:
+            pyfuse3.invalidate_entry_async(
+                pyfuse3.InodeT(parent),
+                pyfuse3.FileNameT(name.encode("utf-8")),
+                ignore_enoent=True,
+            )
+        except Exception as exc:  # not mounted (tests) or kernel refused
+            log.debug("invalidate_entry(%d, %r): %s", parent, name, exc)
+
+    def _invalidate_inode(self, ino: int) -> None:
+        nursery = self.fs.ctx.nursery
+        if nursery is None:
+            return
+
+        async def run() -> None:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(ino))
+            except Exception as exc:
+                log.debug("invalidate_inode(%d): %s", ino, exc)
+
+        nursery.start_soon(run)
+
+    # -- requests ----------------------------------------------------------------
+
+    @translate
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return to_attrs(await self.fs.lookup(parent_inode, bytes(name)))
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        try:
+            self.fs.forget([(int(i), n) for i, n in inode_list])
+        except Exception:
+            log.exception("forget failed")
+
+    @translate
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return to_attrs(await self.fs.getattr(inode))
+
+    @translate
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        kw: dict[str, Any] = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        return to_attrs(await self.fs.setattr(inode, **kw))
+
+    @translate
+    async def readlink(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileNameT:
+        return pyfuse3.FileNameT(await self.fs.readlink(inode))
+
+    @translate
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        mode = pyfuse3.ModeT(mode & ~ctx.umask)
+        return to_attrs(await self.fs.mkdir(parent_inode, bytes(name), mode, ctx.uid, ctx.gid))
+
+    @translate
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.fs.rmdir(parent_inode, bytes(name))
+
+    @translate
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.fs.unlink(parent_inode, bytes(name))
+
+    @translate
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        entry = await self.fs.symlink(parent_inode, bytes(name), bytes(target), ctx.uid, ctx.gid)
+        return to_attrs(entry)
+
+    @translate
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        fs_flags = 0
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            fs_flags |= 1
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            fs_flags |= 2
+        await self.fs.rename(
+            parent_inode_old, bytes(name_old), parent_inode_new, bytes(name_new), fs_flags
+        )
+
+    @translate
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return to_attrs(await self.fs.link(inode, new_parent_inode, bytes(new_name)))
+
+    @translate
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # devices, FIFOs, sockets: not storable
+
+    @translate
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        fh, keep = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep)
+
+    @translate
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        mode = pyfuse3.ModeT(mode & ~ctx.umask)
+        fh, entry = await self.fs.create(parent_inode, bytes(name), mode, flags, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), to_attrs(entry)
+
+    @translate
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @translate
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @translate
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        await self.fs.flush(fh)
+
+    @translate
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        await self.fs.release(fh)
+
+    @translate
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        await self.fs.fsync(fh, datasync)
+
+    @translate
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        return pyfuse3.FileHandleT(await self.fs.opendir(inode))
+
+    @translate
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        for name, entry, next_id in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), to_attrs(entry), next_id):
+                break
+            self.fs.readdir_looked_up(entry.ino)
+
+    @translate
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        await self.fs.releasedir(fh)
+
+    @translate
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        return None  # directory changes are in COS when their call returns
+
+    @translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self.fs.statfs()
+        d = pyfuse3.StatvfsData()
+        d.f_bsize = s.bsize
+        d.f_frsize = s.frsize
+        d.f_blocks = s.blocks
+        d.f_bfree = s.bfree
+        d.f_bavail = s.bavail
+        d.f_files = s.files
+        d.f_ffree = s.ffree
+        d.f_favail = s.ffree
+        d.f_namemax = s.namemax
+        return d
+
+
+#: Control names on the mount's root directory (``cosencfs umount``, ``stats``).
+XATTR_PID = b"user.cosencfs.pid"
+XATTR_STATS = b"user.cosencfs.stats"
+XATTR_SYNC = b"user.cosencfs.sync"
+
+
+class ControlledOperations(FuseOperations):
+    """FUSE operations plus the control channel: extended attributes of the root.
+
+    ``getfattr -n user.cosencfs.stats MOUNTPOINT`` returns JSON statistics;
+    setting ``user.cosencfs.sync`` uploads everything dirty and returns when
+    done (or fails with EIO).  Other extended attributes are not supported.
+    """
+
+    @translate
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        if inode == pyfuse3.ROOT_INODE:
+            if name == XATTR_PID:
+                return str(os.getpid()).encode()
+            if name == XATTR_STATS:
+                return json.dumps(self.fs.stats(), sort_keys=True).encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @translate
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if inode == pyfuse3.ROOT_INODE and name == XATTR_SYNC:
+            await self.fs.sync_all()
+            return
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @translate
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        return []
+
+    @translate
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)

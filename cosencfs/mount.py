@@ -1,0 +1,279 @@
+"""The life of a mount: check, mount, serve, flush, unmount.
+
+Everything that can fail is checked before the mount goes live (key file,
+credentials, bucket, cache directory, mountpoint), and — without
+``--foreground`` — before the process detaches, so ``cosencfs mount`` exits
+non-zero with the reason instead of leaving a daemon that failed.
+
+When the kernel connection ends (``fusermount3 -u``, ``cosencfs umount``,
+SIGTERM/SIGINT), every dirty file is uploaded before the process exits;
+whatever cannot be uploaded stays in the cache journal and the exit status
+says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from cosencfs.cache.manager import CacheManager
+from cosencfs.config import LOCAL_BUCKET, MountSettings
+from cosencfs.errors import (
+    AccessDeniedError,
+    ConfigError,
+    CosEncFsError,
+    NoSuchBucketError,
+    TransientError,
+)
+from cosencfs.fs.core import Filesystem
+from cosencfs.fuse_ops import ControlledOperations
+from cosencfs.store.cos import CosSettings, CosStore
+from cosencfs.store.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+#: Unmounted, but some files could not be uploaded (they stay in the journal).
+EXIT_DIRTY = 3
+
+
+class MountError(CosEncFsError):
+    """The mount could not be made; the message says why, for a person."""
+
+
+def check_mountpoint(path: str) -> str:
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(real):
+        raise MountError(f"mountpoint {path} is busy (something is already mounted there)")
+    return real
+
+
+def fuse_options(settings: MountSettings) -> set[str]:
+    opts = set(pyfuse3.default_options)
+    target = settings.bucket + (f"/{settings.prefix}" if settings.prefix else "")
+    opts.add(f"fsname=cosencfs:{target}")
+    opts.add("subtype=cosencfs")
+    for item in settings.fuse_options:
+        for opt in item.split(","):
+            if opt.strip():
+                opts.add(opt.strip())
+    return opts
+
+
+async def open_store(settings: MountSettings) -> CosStore:
+    """Connect and check the bucket; errors name what is wrong."""
+    store = CosStore(
+        CosSettings(
+            bucket=settings.bucket,
+            region=settings.region,
+            endpoint=settings.endpoint,
+            secret_id=settings.secret_id,
+            secret_key=settings.secret_key,
+            token=settings.token,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+            retry=RetryPolicy(deadline=settings.request_deadline),
+        )
+    )
+    where = settings.endpoint or f"region {settings.region}"
+    try:
+        with trio.fail_after(settings.request_deadline + 5):
+            await store.head_bucket()
+    except NoSuchBucketError:
+        store.close()
+        raise MountError(f"bucket {settings.bucket!r} does not exist at {where}") from None
+    except AccessDeniedError as exc:
+        store.close()
+        raise MountError(
+            f"access to bucket {settings.bucket!r} denied ({exc.code or 'AccessDenied'}): "
+            "check COS_SECRET_ID / COS_SECRET_KEY and the bucket's permissions"
+        ) from None
+    except (TransientError, trio.TooSlowError) as exc:
+        store.close()
+        raise MountError(f"cannot reach COS at {where}: {exc}") from None
+    return store
+
+
+async def serve(settings: MountSettings, ready: Callable[[], None] = lambda: None) -> int:
+    """Mount and serve until unmounted; returns the exit status."""
+    mountpoint = check_mountpoint(settings.mountpoint)
+    codec = settings.keys.codec()
+    store = await open_store(settings)
+    cache = CacheManager(settings.cache_root(), store, limit_bytes=settings.cache_size)
+    fs = Filesystem(store, codec, cache, settings.fs)
+    try:
+        report = await fs.recover()
+    except BaseException:
+        cache.close()
+        store.close()
+        raise
+    if report.failed:
+        log.error(
+            "%d files from the last run could not be uploaded (kept in the journal): %s",
+            len(report.failed),
+            ", ".join(sorted(report.failed)),
+        )
+    ops = ControlledOperations(fs)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options(settings))
+    except RuntimeError as exc:
+        cache.close()
+        store.close()
+        raise MountError(f"cannot mount on {settings.mountpoint}: {exc}") from None
+    stop = _Stop()
+    status = EXIT_OK
+    try:
+        async with trio.open_nursery() as nursery:
+            await fs.start(nursery)
+            nursery.start_soon(_signals, stop)
+            log.info("mounted %s on %s", settings.bucket, mountpoint)
+            ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            fs.ctx.nursery = None
+            # After a signal the kernel still has us mounted: leave it first, so
+            # no new request arrives while the last uploads run.
+            pyfuse3.close(unmount=stop.by_signal)
+            status = await _final_flush(fs)
+            cache.close()
+            store.close()
+    return status
+
+
+class _Stop:
+    by_signal = False
+
+
+async def _signals(stop: _Stop) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                continue
+            log.info("signal %d: unmounting", signum)
+            stop.by_signal = True
+            pyfuse3.terminate()
+            return
+
+
+async def _final_flush(fs: Filesystem) -> int:
+    pending = fs.dirty_inodes()
+    if not pending:
+        return EXIT_OK
+    log.info("uploading %d dirty files before exit", len(pending))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.sync_all)
+    except BaseException as exc:  # an ExceptionGroup of upload failures
+        log.error("could not upload everything: %s", exc)
+    left = fs.dirty_inodes()
+    if left:
+        log.error(
+            "%d files could not be uploaded; they stay in the cache journal and "
+            "will be uploaded by the next mount with the same cache directory",
+            len(left),
+        )
+        return EXIT_DIRTY
+    return EXIT_OK
+
+
+def _start_local_server(settings: MountSettings) -> object:
+    """``--local DIR``: an in-process COS server over DIR; returns it (to stop)."""
+    from cosencfs.server import LocalCosServer  # noqa: PLC0415 - only for --local
+
+    assert settings.local_dir is not None
+    os.makedirs(settings.local_dir, mode=0o700, exist_ok=True)
+    server = LocalCosServer(settings.local_dir, buckets=[LOCAL_BUCKET])
+    server.start()
+    settings.endpoint = server.url
+    settings.bucket = LOCAL_BUCKET
+    return server
+
+
+def run(settings: MountSettings) -> int:
+    """Entry point of ``cosencfs mount``: daemonize unless ``foreground``."""
+    if settings.foreground:
+        return _run_here(settings, lambda: None)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            answer = pipe.read().decode(errors="replace")
+        if answer.startswith("ok"):
+            return EXIT_OK
+        os.waitpid(pid, 0)
+        msg = answer.strip() or "the mount process exited before the mount was ready"
+        print(f"cosencfs: {msg}", file=sys.stderr)
+        return EXIT_FAILED
+    # The child: detach, mount, report to the parent, serve.
+    os.close(read_fd)
+    os.setsid()
+    pipe_open = [True]
+
+    def ready() -> None:
+        os.write(write_fd, b"ok\n")
+        os.close(write_fd)
+        pipe_open[0] = False
+        _detach_stdio(settings)
+
+    def report(message: str) -> None:
+        if pipe_open[0]:
+            os.write(write_fd, f"error: {message}\n".encode())
+
+    code = EXIT_FAILED
+    try:
+        code = _run_here(settings, ready, report)
+    finally:
+        if pipe_open[0]:
+            os.close(write_fd)
+        os._exit(code)
+
+
+def _detach_stdio(settings: MountSettings) -> None:
+    log_path = settings.cache_root() / "cosencfs.log"
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
+def _print_error(message: str) -> None:
+    print(f"cosencfs: {message}", file=sys.stderr)
+
+
+def _run_here(
+    settings: MountSettings,
+    ready: Callable[[], None],
+    report: Callable[[str], None] = _print_error,
+) -> int:
+    server = None
+    try:
+        if settings.local_dir:
+            server = _start_local_server(settings)
+        return trio.run(serve, settings, ready)
+    except (MountError, ConfigError) as exc:
+        log.error("%s", exc)
+        report(str(exc))
+        return EXIT_FAILED
+    except CosEncFsError as exc:
+        log.error("cannot mount: %s", exc)
+        report(f"cannot mount: {exc}")
+        return EXIT_FAILED
+    finally:
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Object-store interface and its COS implementation."""

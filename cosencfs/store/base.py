@@ -1,0 +1,198 @@
+"""The object-store interface the rest of cosencfs is written against.
+
+Everything above this module talks to an ``ObjectStore``; only
+``cosencfs.store.cos`` knows about the COS SDK.  User metadata is passed as a
+``dict`` of lowercase names *without* the ``x-cos-meta-`` prefix, e.g.
+``{"client-side-encryption-key": "...", "mode": "33188"}``; the store adds and
+strips the prefix.
+
+Ranges are Python-style: ``get(key, start, end)`` returns bytes
+``[start, end)``.  Errors are the exceptions of ``cosencfs.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+from cosencfs.store.counters import RequestCounters
+
+META_PREFIX = "x-cos-meta-"
+
+#: COS limits (see docs/format.md).
+MAX_KEY_BYTES = 850
+MAX_USER_META_BYTES = 2048
+MAX_PUT_BYTES = 5 * 1024**3
+MIN_PART_BYTES = 1024**2
+MAX_PART_BYTES = 5 * 1024**3
+MAX_PARTS = 10_000
+LIST_PAGE_MAX = 1000
+
+
+@dataclass(slots=True, frozen=True)
+class FileRange:
+    """A body read from a local file: ``length`` bytes at ``offset``.
+
+    Reopened on every attempt, so a retried request resends the same bytes.
+    """
+
+    path: str
+    offset: int
+    length: int
+
+
+#: A request body: bytes in memory, or a range of a local file.
+Body = bytes | bytearray | memoryview | FileRange
+
+
+def body_length(body: Body) -> int:
+    if isinstance(body, FileRange):
+        return body.length
+    return len(body)
+
+
+@dataclass(slots=True, frozen=True)
+class ObjectInfo:
+    """What HEAD (or a listing, without metadata) says about an object."""
+
+    key: str
+    size: int
+    etag: str  # without quotes
+    last_modified: float  # seconds since the epoch
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = ""
+    #: False when the info came from a listing, which carries no user metadata.
+    has_metadata: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class ListPage:
+    objects: Sequence[ObjectInfo]
+    common_prefixes: Sequence[str]
+    next_marker: str  # "" when not truncated
+    truncated: bool
+
+
+@dataclass(slots=True, frozen=True)
+class PartInfo:
+    part_number: int
+    etag: str
+    size: int
+
+
+@dataclass(slots=True, frozen=True)
+class UploadInfo:
+    key: str
+    upload_id: str
+    initiated: float
+
+
+class MetadataDirective(Enum):
+    COPY = "Copy"
+    REPLACED = "Replaced"
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Async access to one bucket.  Implementations retry transient failures."""
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def counters(self) -> RequestCounters: ...
+
+    async def head_bucket(self) -> None:
+        """Raise NoSuchBucketError / AccessDeniedError unless the bucket is usable."""
+
+    async def head(self, key: str) -> ObjectInfo: ...
+
+    async def get(
+        self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
+    ) -> bytes:
+        """Bytes ``[start, end)`` of the object (``end=None``: to the end).
+
+        ``if_match`` (an ETag) makes the read fail with PreconditionFailedError
+        when the object changed.
+        """
+
+    async def put(
+        self,
+        key: str,
+        body: Body,
+        metadata: Mapping[str, str],
+        *,
+        content_type: str = "",
+        if_none_match: bool = False,
+    ) -> str:
+        """Store the object; return its ETag."""
+
+    async def list_objects(
+        self, prefix: str = "", delimiter: str = "", marker: str = "", max_keys: int = 1000
+    ) -> ListPage: ...
+
+    def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
+        """Every page of a listing, following ``next_marker``."""
+
+    async def delete(self, key: str) -> None:
+        """Delete; deleting a missing key is not an error (as in COS)."""
+
+    async def delete_many(self, keys: Sequence[str]) -> dict[str, StoreErrorInfo]:
+        """Delete up to any number of keys (batched by 1000); return the failures."""
+
+    async def copy(
+        self,
+        src_key: str,
+        dst_key: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str = "",
+        if_match: str | None = None,
+        size: int | None = None,
+    ) -> str:
+        """Server-side copy; returns the new ETag.
+
+        ``metadata=None`` keeps the source's (directive Copy), otherwise the
+        object gets exactly ``metadata`` (directive Replaced).  Objects over
+        5 GB are copied with part copies.  ``size``, when known, saves a HEAD.
+        """
+
+    async def create_multipart(
+        self, key: str, metadata: Mapping[str, str], *, content_type: str = ""
+    ) -> str:
+        """Start a multipart upload; return its upload id."""
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, body: Body) -> str:
+        """Upload one part; return its ETag."""
+
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src_key: str,
+        start: int,
+        end: int,
+    ) -> str:
+        """Copy bytes ``[start, end)`` of ``src_key`` as a part; return its ETag."""
+
+    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]: ...
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> str:
+        """Complete with ``(part_number, etag)`` pairs; return the object's ETag."""
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    async def list_uploads(self, prefix: str = "") -> list[UploadInfo]: ...
+
+
+@dataclass(slots=True, frozen=True)
+class StoreErrorInfo:
+    """One key's failure in a batch delete."""
+
+    code: str
+    message: str

@@ -1,0 +1,721 @@
+"""``ObjectStore`` over Tencent COS, through the SDK's plain ``CosS3Client``.
+
+The SDK is synchronous (requests), so every call runs in a worker thread via
+``trio.to_thread.run_sync`` under one ``CapacityLimiter``; the requests
+connection pool is sized to the limiter so no thread waits for a socket.
+The SDK's own retry loop is switched off (``retry=0``): it sleeps in the
+calling thread, never retries non-rewindable bodies and cannot be bounded in
+time.  Retries happen here instead (``cosencfs.store.retry``).
+
+This is the only module that imports ``qcloud_cos``.  The SDK logs signing
+keys and request headers at DEBUG and every 404 at WARNING, so its logger is
+silenced for good in ``_silence_sdk_logging``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import trio
+import urllib3.exceptions
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
+from cosencfs.errors import (
+    AccessDeniedError,
+    ConfigError,
+    InvalidRequestError,
+    NoSuchBucketError,
+    NoSuchUploadError,
+    NotFoundError,
+    PreconditionFailedError,
+    StoreError,
+    TransientError,
+)
+from cosencfs.store.base import (
+    LIST_PAGE_MAX,
+    MAX_PART_BYTES,
+    MAX_PARTS,
+    MAX_PUT_BYTES,
+    META_PREFIX,
+    Body,
+    FileRange,
+    ListPage,
+    ObjectInfo,
+    PartInfo,
+    StoreErrorInfo,
+    UploadInfo,
+    body_length,
+)
+from cosencfs.store.counters import RequestCounters
+from cosencfs.store.retry import RetryPolicy, is_retryable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Copies larger than this are made of part copies of this size.
+COPY_PART_BYTES = 512 * 1024**2
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _silence_sdk_logging() -> None:
+    sdk_log = logging.getLogger("qcloud_cos")
+    sdk_log.setLevel(logging.CRITICAL + 1)
+    sdk_log.propagate = False
+    # urllib3 logs full URLs (with presigned queries when used) at DEBUG.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+_silence_sdk_logging()
+
+
+@dataclass(slots=True, frozen=True)
+class CosSettings:
+    """Where the bucket is and how to reach it."""
+
+    bucket: str
+    region: str = "ap-guangzhou"
+    #: ``http://HOST:PORT`` (a local server: the SDK connects to HOST:PORT and
+    #: sends the bucket in the Host header), or ``https://DOMAIN`` for a custom
+    #: COS endpoint; None uses the region's public endpoint.
+    endpoint: str | None = None
+    secret_id: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    token: str | None = field(default=None, repr=False)
+    concurrency: int = 16
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def make_cos_config(settings: CosSettings) -> CosConfig:
+    """Translate settings into the SDK's ``CosConfig``."""
+    kwargs: dict[str, Any] = {
+        "Region": settings.region,
+        "Timeout": settings.timeout,
+        "PoolConnections": settings.concurrency,
+        "PoolMaxSize": settings.concurrency,
+    }
+    if settings.secret_id and settings.secret_key:
+        kwargs["SecretId"] = settings.secret_id
+        kwargs["SecretKey"] = settings.secret_key
+        if settings.token:
+            kwargs["Token"] = settings.token
+    else:
+        kwargs["Anonymous"] = True
+    if settings.endpoint:
+        parts = urlsplit(settings.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"endpoint {settings.endpoint!r}: expected http://HOST:PORT or https://DOMAIN"
+            )
+        kwargs["Scheme"] = parts.scheme
+        if parts.port is not None or _is_ip_or_localhost(parts.hostname):
+            # IP mode: connect to HOST:PORT, sign and send the bucket host name.
+            kwargs["IP"] = parts.hostname
+            kwargs["Port"] = parts.port
+        else:
+            kwargs["Endpoint"] = parts.hostname
+    else:
+        kwargs["Scheme"] = "https"
+    return CosConfig(**kwargs)
+
+
+def _is_ip_or_localhost(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _parse_http_date(value: str) -> float:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _parse_iso_date(value: str) -> float:
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    lower = {k.lower(): v for k, v in headers.items()}
+    meta = {k[len(META_PREFIX) :]: v for k, v in lower.items() if k.startswith(META_PREFIX)}
+    return ObjectInfo(
+        key=key,
+        size=int(lower.get("content-length", "0")),
+        etag=_strip_etag(lower.get("etag", "")),
+        last_modified=_parse_http_date(lower.get("last-modified", "")),
+        metadata=meta,
+        content_type=lower.get("content-type", ""),
+        has_metadata=True,
+    )
+
+
+def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {META_PREFIX + name.lower(): value for name, value in metadata.items()}
+
+
+class _FileRangeReader:
+    """A file-like request body over ``FileRange`` that requests can size and stream
+    without reading the whole range into memory."""
+
+    def __init__(self, rng: FileRange) -> None:
+        self._fd = os.open(rng.path, os.O_RDONLY)
+        self._pos = rng.offset
+        self._end = rng.offset + rng.length
+
+    def __len__(self) -> int:
+        return self._end - self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._end - self._pos
+        n = min(n, self._end - self._pos)
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._pos)
+        if len(data) < n:
+            raise OSError(f"cache file shrank while uploading it ({len(data)} < {n} bytes)")
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+#: Bodies up to this size are read into memory at once: one send() instead of
+#: many small ones, and bounded by (concurrency x part size).
+_INLINE_BODY_MAX = 64 * 1024**2
+
+
+class CosStore:
+    """One bucket on COS (or on the local server)."""
+
+    def __init__(self, settings: CosSettings) -> None:
+        self._settings = settings
+        self._conf = make_cos_config(settings)
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=settings.concurrency,
+            pool_maxsize=settings.concurrency,
+            max_retries=0,
+        )
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._client = CosS3Client(self._conf, retry=0, session=self._session)
+        #: The named limiter every SDK call goes through.
+        self.sdk_limiter = trio.CapacityLimiter(settings.concurrency)
+        self._counters = RequestCounters()
+        self._copy_source_base: dict[str, str] = {"Bucket": settings.bucket}
+        if self._conf._ip is None and settings.endpoint:
+            self._copy_source_base["Endpoint"] = urlsplit(settings.endpoint).hostname or ""
+        else:
+            self._copy_source_base["Region"] = settings.region
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def bucket(self) -> str:
+        return self._settings.bucket
+
+    @property
+    def counters(self) -> RequestCounters:
+        return self._counters
+
+    @property
+    def settings(self) -> CosSettings:
+        return self._settings
+
+    def close(self) -> None:
+        self._session.close()
+
+    async def _call(
+        self,
+        op: str,
+        key: str,
+        fn: Callable[[], T],
+        *,
+        up: int = 0,
+        policy: RetryPolicy | None = None,
+    ) -> T:
+        """Run ``fn`` in a worker thread, retrying transient failures."""
+        policy = policy or self._settings.retry
+        started = trio.current_time()
+        attempt = 0
+        while True:
+            attempt += 1
+            self._counters.request(op, up=up)
+            t0 = time.monotonic()
+            try:
+                result = await trio.to_thread.run_sync(fn, limiter=self.sdk_limiter)
+            except CosServiceError as exc:
+                self._counters.failure(op)
+                err = _service_error(op, key, exc)
+            except CosClientError as exc:
+                self._counters.failure(op)
+                cause = exc.__context__
+                if not isinstance(cause, _CONNECTION_ERRORS):
+                    raise InvalidRequestError(f"client error: {exc}", op=op, key=key) from exc
+                err = TransientError(f"connection failed: {type(cause).__name__}", op=op, key=key)
+            except _CONNECTION_ERRORS as exc:
+                self._counters.failure(op)
+                err = TransientError(f"connection failed: {type(exc).__name__}", op=op, key=key)
+            except _IncompleteBody as exc:
+                self._counters.failure(op)
+                err = TransientError(str(exc), op=op, key=key)
+            else:
+                log.debug("%s %r ok in %.1f ms", op, key, (time.monotonic() - t0) * 1000)
+                return result
+            if not isinstance(err, TransientError):
+                raise err
+            delay = policy.delay(attempt)
+            elapsed = trio.current_time() - started
+            if attempt >= policy.max_attempts or elapsed + delay > policy.deadline:
+                log.warning(
+                    "%s %r failed after %d attempts in %.1f s: %s", op, key, attempt, elapsed, err
+                )
+                raise err
+            log.debug(
+                "%s %r attempt %d failed (%s); retrying in %.2f s", op, key, attempt, err, delay
+            )
+            self._counters.retry()
+            await trio.sleep(delay)
+
+    # ------------------------------------------------------------------ objects
+
+    async def head_bucket(self) -> None:
+        def fn() -> None:
+            self._client.head_bucket(Bucket=self.bucket)
+
+        try:
+            await self._call("HeadBucket", "", fn)
+        except NotFoundError as exc:
+            raise NoSuchBucketError(
+                f"bucket {self.bucket!r} does not exist", op="HeadBucket", status=404
+            ) from exc
+
+    async def head(self, key: str) -> ObjectInfo:
+        def fn() -> ObjectInfo:
+            headers = self._client.head_object(Bucket=self.bucket, Key=key)
+            return _info_from_headers(key, headers)
+
+        return await self._call("HeadObject", key, fn)
+
+    async def get(
+        self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
+    ) -> bytes:
+        if end is not None and end <= start:
+            return b""
+        kwargs: dict[str, str] = {}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+
+        def fn() -> bytes:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
+            body = resp["Body"]
+            raw = body.get_raw_stream()
+            try:
+                data: bytes = raw.read()
+            finally:
+                raw.release_conn()
+            expected = int(resp.get("Content-Length", len(data)))
+            self._counters.add_down(len(data))
+            if len(data) != expected:
+                raise _IncompleteBody(f"short body: {len(data)} of {expected} bytes")
+            return data
+
+        return await self._call("GetObject", key, fn)
+
+    async def put(
+        self,
+        key: str,
+        body: Body,
+        metadata: Mapping[str, str],
+        *,
+        content_type: str = "",
+        if_none_match: bool = False,
+    ) -> str:
+        length = body_length(body)
+        if length > MAX_PUT_BYTES:
+            raise InvalidRequestError("object too large for a simple PUT", op="PutObject", key=key)
+        kwargs: dict[str, Any] = {"Metadata": _meta_headers(metadata)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+
+        def fn() -> str:
+            with _open_body(body) as data:
+                resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)
+            return _strip_etag(resp.get("ETag", ""))
+
+        return await self._call("PutObject", key, fn, up=length)
+
+    async def list_objects(
+        self, prefix: str = "", delimiter: str = "", marker: str = "", max_keys: int = 1000
+    ) -> ListPage:
+        max_keys = max(1, min(max_keys, LIST_PAGE_MAX))
+
+        def fn() -> ListPage:
+            data = self._client.list_objects(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                Delimiter=delimiter,
+                Marker=marker,
+                MaxKeys=max_keys,
+            )
+            objects = [
+                ObjectInfo(
+                    key=item["Key"],
+                    size=int(item.get("Size", 0)),
+                    etag=_strip_etag(item.get("ETag", "")),
+                    last_modified=_parse_iso_date(item.get("LastModified", "")),
+                    has_metadata=False,
+                )
+                for item in data.get("Contents", [])
+            ]
+            prefixes = [p["Prefix"] for p in data.get("CommonPrefixes", [])]
+            truncated = str(data.get("IsTruncated", "false")).lower() == "true"
+            next_marker = ""
+            if truncated:
+                next_marker = data.get("NextMarker") or ""
+                if not next_marker:
+                    # COS omits NextMarker without a delimiter; the last key is the marker.
+                    last = [o.key for o in objects] + prefixes
+                    next_marker = max(last) if last else ""
+            return ListPage(objects, prefixes, next_marker, truncated)
+
+        return await self._call("ListObjects", prefix, fn)
+
+    async def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
+        marker = ""
+        while True:
+            page = await self.list_objects(prefix, delimiter, marker)
+            yield page
+            if not page.truncated or not page.next_marker:
+                return
+            marker = page.next_marker
+
+    async def delete(self, key: str) -> None:
+        def fn() -> None:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+        try:
+            await self._call("DeleteObject", key, fn)
+        except NotFoundError:
+            pass
+
+    async def delete_many(self, keys: Sequence[str]) -> dict[str, StoreErrorInfo]:
+        failures: dict[str, StoreErrorInfo] = {}
+        for i in range(0, len(keys), LIST_PAGE_MAX):
+            batch = list(keys[i : i + LIST_PAGE_MAX])
+
+            def fn(batch: list[str] = batch) -> dict[str, Any]:
+                result: dict[str, Any] = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Object": [{"Key": k} for k in batch], "Quiet": "true"},
+                )
+                return result
+
+            data = await self._call("DeleteMultipleObjects", batch[0], fn)
+            for err in data.get("Error", []) or []:
+                failures[err.get("Key", "")] = StoreErrorInfo(
+                    code=err.get("Code", ""), message=err.get("Message", "")
+                )
+        return failures
+
+    async def copy(
+        self,
+        src_key: str,
+        dst_key: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str = "",
+        if_match: str | None = None,
+        size: int | None = None,
+    ) -> str:
+        if size is None or size > MAX_PUT_BYTES:
+            info = await self.head(src_key)
+            if if_match and info.etag != if_match:
+                raise PreconditionFailedError("source changed", op="CopyObject", key=src_key)
+            if info.size > MAX_PUT_BYTES:
+                return await self._copy_large(src_key, dst_key, info, metadata, content_type)
+        kwargs: dict[str, Any] = {}
+        directive = "Copy"
+        if metadata is not None:
+            directive = "Replaced"
+            kwargs["Metadata"] = _meta_headers(metadata)
+            if content_type:
+                kwargs["ContentType"] = content_type
+        if if_match:
+            kwargs["CopySourceIfMatch"] = f'"{if_match}"'
+        source = dict(self._copy_source_base, Key=src_key)
+
+        def fn() -> str:
+            resp = self._client.copy_object(
+                Bucket=self.bucket, Key=dst_key, CopySource=source, CopyStatus=directive, **kwargs
+            )
+            return _strip_etag(str(resp.get("ETag", "")))
+
+        return await self._call("CopyObject", dst_key, fn)
+
+    async def _copy_large(
+        self,
+        src_key: str,
+        dst_key: str,
+        info: ObjectInfo,
+        metadata: Mapping[str, str] | None,
+        content_type: str,
+    ) -> str:
+        part = max(COPY_PART_BYTES, -(-info.size // MAX_PARTS))
+        part = min(part, MAX_PART_BYTES)
+        meta = info.metadata if metadata is None else metadata
+        ctype = info.content_type if metadata is None else content_type
+        upload_id = await self.create_multipart(dst_key, meta, content_type=ctype)
+        etags: dict[int, str] = {}
+        try:
+
+            async def one(n: int, start: int) -> None:
+                end = min(start + part, info.size)
+                etags[n] = await self.upload_part_copy(dst_key, upload_id, n, src_key, start, end)
+
+            async with trio.open_nursery() as nursery:
+                for n, start in enumerate(range(0, info.size, part), start=1):
+                    nursery.start_soon(one, n, start)
+            return await self.complete_multipart(dst_key, upload_id, sorted(etags.items()))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.abort_multipart(dst_key, upload_id)
+                except StoreError:
+                    log.warning("could not abort part-copy upload of %r", dst_key)
+            raise
+
+    # ------------------------------------------------------------------ multipart
+
+    async def create_multipart(
+        self, key: str, metadata: Mapping[str, str], *, content_type: str = ""
+    ) -> str:
+        kwargs: dict[str, Any] = {"Metadata": _meta_headers(metadata)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+
+        def fn() -> str:
+            data = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **kwargs)
+            return str(data["UploadId"])
+
+        return await self._call("InitiateMultipartUpload", key, fn)
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, body: Body) -> str:
+        length = body_length(body)
+
+        def fn() -> str:
+            with _open_body(body) as data:
+                resp = self._client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    PartNumber=part_number,
+                    UploadId=upload_id,
+                )
+            return _strip_etag(resp.get("ETag", ""))
+
+        return await self._call("UploadPart", key, fn, up=length)
+
+    async def upload_part_copy(
+        self, key: str, upload_id: str, part_number: int, src_key: str, start: int, end: int
+    ) -> str:
+        source = dict(self._copy_source_base, Key=src_key)
+
+        def fn() -> str:
+            resp = self._client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=key,
+                PartNumber=part_number,
+                UploadId=upload_id,
+                CopySource=source,
+                CopySourceRange=f"bytes={start}-{end - 1}",
+            )
+            return _strip_etag(str(resp.get("ETag", "")))
+
+        return await self._call("UploadPartCopy", key, fn)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        parts: list[PartInfo] = []
+        marker = 0
+        while True:
+
+            def fn(marker: int = marker) -> dict[str, Any]:
+                result: dict[str, Any] = self._client.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+                )
+                return result
+
+            data = await self._call("ListParts", key, fn)
+            for p in data.get("Part", []) or []:
+                parts.append(
+                    PartInfo(
+                        part_number=int(p["PartNumber"]),
+                        etag=_strip_etag(p.get("ETag", "")),
+                        size=int(p.get("Size", 0)),
+                    )
+                )
+            if str(data.get("IsTruncated", "false")).lower() != "true":
+                return parts
+            marker = int(data.get("NextPartNumberMarker", 0))
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> str:
+        body = {"Part": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in parts]}
+
+        def fn() -> str:
+            data = self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=body
+            )
+            return _strip_etag(str(data.get("ETag", "")))
+
+        try:
+            return await self._call("CompleteMultipartUpload", key, fn)
+        except NoSuchUploadError:
+            # A retried complete whose first attempt succeeded but lost its answer:
+            # the object is there with the multipart ETag.
+            info = await self.head(key)
+            if info.etag.endswith(f"-{len(parts)}"):
+                return info.etag
+            raise
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        def fn() -> None:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+        try:
+            await self._call("AbortMultipartUpload", key, fn)
+        except NoSuchUploadError:
+            pass
+
+    async def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        uploads: list[UploadInfo] = []
+        key_marker = ""
+        id_marker = ""
+        while True:
+
+            def fn(km: str = key_marker, im: str = id_marker) -> dict[str, Any]:
+                result: dict[str, Any] = self._client.list_multipart_uploads(
+                    Bucket=self.bucket, Prefix=prefix, KeyMarker=km, UploadIdMarker=im
+                )
+                return result
+
+            data = await self._call("ListMultipartUploads", prefix, fn)
+            for u in data.get("Upload", []) or []:
+                uploads.append(
+                    UploadInfo(
+                        key=u["Key"],
+                        upload_id=u["UploadId"],
+                        initiated=_parse_iso_date(u.get("Initiated", "")),
+                    )
+                )
+            if str(data.get("IsTruncated", "false")).lower() != "true":
+                return uploads
+            key_marker = data.get("NextKeyMarker", "")
+            id_marker = data.get("NextUploadIdMarker", "")
+
+
+class _IncompleteBody(Exception):
+    pass
+
+
+class _open_body:
+    """Turn a ``Body`` into what requests can send, and clean up after."""
+
+    def __init__(self, body: Body) -> None:
+        self._body = body
+        self._reader: _FileRangeReader | None = None
+
+    def __enter__(self) -> bytes | bytearray | memoryview | _FileRangeReader:
+        body = self._body
+        if not isinstance(body, FileRange):
+            return body
+        if body.length <= _INLINE_BODY_MAX:
+            with open(body.path, "rb") as f:
+                data = os.pread(f.fileno(), body.length, body.offset)
+            if len(data) != body.length:
+                raise OSError(f"cache file shorter than the upload ({len(data)} < {body.length})")
+            return data
+        self._reader = _FileRangeReader(body)
+        return self._reader
+
+    def __exit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+def _service_error(op: str, key: str, exc: CosServiceError) -> StoreError:
+    status = int(exc.get_status_code() or 0)
+    try:
+        code = str(exc.get_error_code())
+    except (KeyError, TypeError):
+        code = "Unknown"
+    try:
+        request_id = str(exc.get_request_id())
+    except (KeyError, TypeError):
+        request_id = ""
+    try:
+        message = str(exc.get_error_msg())
+    except (KeyError, TypeError):
+        message = code
+    kw: dict[str, Any] = {
+        "op": op,
+        "key": key,
+        "code": code,
+        "status": status,
+        "request_id": request_id,
+    }
+    if is_retryable(status, code):
+        return TransientError(message, **kw)
+    if code == "NoSuchBucket":
+        return NoSuchBucketError(message, **kw)
+    if code == "NoSuchUpload":
+        return NoSuchUploadError(message, **kw)
+    if status == 404:
+        return NotFoundError(message, **kw)
+    if status == 403:
+        return AccessDeniedError(message, **kw)
+    if status == 412:
+        return PreconditionFailedError(message, **kw)
+    if status == 200:
+        # A copy or complete answered 200 with an <Error> body we cannot classify:
+        # the operation did not happen; let the caller retry it.
+        return TransientError(message or "error body in a 200 answer", **kw)
+    return InvalidRequestError(message, **kw)

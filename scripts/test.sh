@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole check: lint, types, then the test suite. Fails on any failure,
+# including pytest exit status 5 ("no tests collected").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv/bin
+status=0
+echo "== ruff"; $VENV/ruff check cosencfs tests benchmarks || status=1
+echo "== mypy"; $VENV/mypy || status=1
+echo "== pytest"
+$VENV/python -m pytest "$@"
+rc=$?
+if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing"; rc=1; fi
+[ $rc -ne 0 ] && status=$rc
+# A test that crashed half-way must not leave a dead mount behind for the next run.
+for m in $(grep -E ' fuse(\.[a-z0-9]+)? ' /proc/mounts | awk '{print $2}' | grep -E 'pytest|cosencfs'); do
+    echo "stale mount left behind: $m"; fusermount3 -uz "$m" || true; status=1
+done
+exit $status

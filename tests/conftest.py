@@ -1,0 +1,87 @@
+"""Fixtures shared by every suite: a local COS server, stores, filesystems, mounts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from testlib import BUCKET, FsFactory, MountFactory, make_store, new_key_file, start_server
+
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.keyfiles import load_aes_key_file
+from cosencfs.fs.core import Filesystem
+from cosencfs.server import LocalCosServer
+from cosencfs.store.cos import CosStore
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # The COS SDK writes key files into ~ when it misses one, and cosencfs
+    # --local keeps its key in ~/.config: never touch the real home.
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+        mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        yield
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalCosServer]:
+    srv = start_server(tmp_path / "cos")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def store(server: LocalCosServer) -> Iterator[CosStore]:
+    s = make_store(server.url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    return new_key_file(tmp_path / "master.key")
+
+
+@pytest.fixture
+def codec(key_file: Path) -> EnvelopeCodec:
+    return EnvelopeCodec(load_aes_key_file(key_file))
+
+
+@pytest.fixture
+async def make_fs(
+    store: CosStore, codec: EnvelopeCodec, tmp_path: Path
+) -> AsyncIterator[FsFactory]:
+    async with trio.open_nursery() as nursery:
+        factory = FsFactory(store, codec, tmp_path, nursery)
+        try:
+            yield factory
+        finally:
+            nursery.cancel_scope.cancel()
+    for c in factory.caches:
+        c.close()
+
+
+@pytest.fixture
+async def fsys(make_fs: FsFactory) -> Filesystem:
+    return await make_fs()
+
+
+@pytest.fixture
+def mounts(server: LocalCosServer, tmp_path: Path, key_file: Path) -> Iterator[MountFactory]:
+    factory = MountFactory(server.url, tmp_path, key_file)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+__all__ = ["BUCKET"]

@@ -1,0 +1,362 @@
+"""The filesystem layer driven directly, without FUSE, against the local server."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+from testlib import FsFactory
+
+from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.master import AesMasterKey
+from cosencfs.errors import CryptoError, FsError, WrongKeyError
+from cosencfs.fs.core import Filesystem
+from cosencfs.store.cos import CosStore
+
+ROOT = 1
+
+
+async def write_file(
+    fs: Filesystem, parent: int, name: str, data: bytes, *, sync: bool = True
+) -> int:
+    fh, entry = await fs.create(parent, name.encode(), 0o640, os.O_WRONLY | os.O_CREAT, 1000, 1000)
+    step = 128 * 1024
+    for off in range(0, len(data), step):
+        assert await fs.write(fh, off, data[off : off + step]) == len(data[off : off + step])
+    await fs.flush(fh)
+    if sync:
+        await fs.fsync(fh, False)
+    await fs.release(fh)
+    return entry.ino
+
+
+async def read_file(fs: Filesystem, ino: int) -> bytes:
+    fh, _ = await fs.open(ino, os.O_RDONLY)
+    out = bytearray()
+    while True:
+        chunk = await fs.read(fh, len(out), 128 * 1024)
+        if not chunk:
+            break
+        out += chunk
+    await fs.release(fh)
+    return bytes(out)
+
+
+async def names(fs: Filesystem, ino: int) -> list[str]:
+    dh = await fs.opendir(ino)
+    try:
+        return [n.decode() for n, _, _ in fs.readdir(dh, 0)]
+    finally:
+        await fs.releasedir(dh)
+
+
+def decrypt_object(codec: EnvelopeCodec, meta: dict[str, str], body: bytes) -> bytes:
+    return crypt(codec.open(meta), 0, body)
+
+
+async def test_write_fsync_puts_one_sdk_format_object(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    data = os.urandom(300_000)
+    before = store.counters.snapshot()
+    await write_file(fsys, ROOT, "a.bin", data)
+    spent = store.counters.snapshot().minus(before).requests
+    # One LIST of the root (to know the name is free) and one PUT.
+    assert spent == {"ListObjects": 1, "PutObject": 1}
+    info = await store.head("a.bin")
+    body = await store.get("a.bin")
+    assert body != data
+    assert decrypt_object(codec, dict(info.metadata), body) == data
+    assert info.metadata["mode"] == str(stat.S_IFREG | 0o640)
+    assert info.metadata["uid"] == "1000"
+
+
+async def test_remount_reads_what_was_written(make_fs: FsFactory) -> None:
+    fs1 = await make_fs()
+    data = os.urandom(1_000_003)
+    await write_file(fs1, ROOT, "f", data)
+    fs2 = await make_fs()  # empty cache: everything comes from COS
+    entry = await fs2.lookup(ROOT, b"f")
+    assert entry.size == len(data)
+    assert stat.S_IMODE(entry.mode) == 0o640
+    assert await read_file(fs2, entry.ino) == data
+    fh, _ = await fs2.open(entry.ino, os.O_RDONLY)
+    for off, n in [(1, 1), (15, 17), (4095, 4097), (999_990, 100), (len(data) - 1, 5)]:
+        assert await fs2.read(fh, off, n) == data[off : off + n]
+    await fs2.release(fh)
+
+
+async def test_partial_overwrite_uses_a_new_key_and_keeps_the_rest(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    fs1 = await make_fs()
+    data = bytearray(os.urandom(200_000))
+    await write_file(fs1, ROOT, "f", bytes(data))
+    old_meta = dict((await store.head("f")).metadata)
+    fs2 = await make_fs()
+    entry = await fs2.lookup(ROOT, b"f")
+    fh, _ = await fs2.open(entry.ino, os.O_RDWR)
+    await fs2.write(fh, 12345, b"X" * 1000)
+    await fs2.fsync(fh, False)
+    await fs2.release(fh)
+    data[12345:13345] = b"X" * 1000
+    new_meta = dict((await store.head("f")).metadata)
+    assert new_meta["client-side-encryption-key"] != old_meta["client-side-encryption-key"]
+    assert new_meta["client-side-encryption-iv"] != old_meta["client-side-encryption-iv"]
+    assert decrypt_object(codec, new_meta, await store.get("f")) == bytes(data)
+
+
+async def test_truncate_grow_shrink_and_holes(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    ino = await write_file(fsys, ROOT, "t", b"abcdefghij")
+    await fsys.setattr(ino, size=4)
+    await fsys.setattr(ino, size=8)
+    fh, _ = await fsys.open(ino, os.O_RDWR)
+    await fsys.write(fh, 20, b"Z")
+    await fsys.fsync(fh, False)
+    await fsys.release(fh)
+    want = b"abcd" + bytes(16) + b"Z"
+    assert await read_file(fsys, ino) == want
+    info = await store.head("t")
+    assert decrypt_object(codec, dict(info.metadata), await store.get("t")) == want
+
+
+async def test_open_trunc_and_append(fsys: Filesystem) -> None:
+    ino = await write_file(fsys, ROOT, "log", b"first\n")
+    fh, _ = await fsys.open(ino, os.O_WRONLY | os.O_APPEND)
+    await fsys.write(fh, 0, b"second\n")
+    await fsys.release(fh)
+    assert await read_file(fsys, ino) == b"first\nsecond\n"
+    fh, _ = await fsys.open(ino, os.O_WRONLY | os.O_TRUNC)
+    await fsys.write(fh, 0, b"new")
+    await fsys.release(fh)
+    assert await read_file(fsys, ino) == b"new"
+
+
+async def test_rename_of_uploaded_file_is_a_server_side_copy(
+    fsys: Filesystem, store: CosStore
+) -> None:
+    data = os.urandom(50_000)
+    ino = await write_file(fsys, ROOT, "old", data)
+    await fsys.mkdir(ROOT, b"d", 0o755, 0, 0)
+    d = (await fsys.lookup(ROOT, b"d")).ino
+    before = store.counters.snapshot()
+    await fsys.rename(ROOT, b"old", d, b"new", 0)
+    spent = store.counters.snapshot().minus(before)
+    assert spent.requests == {"CopyObject": 1, "DeleteObject": 1}
+    assert spent.bytes_up == 0 and spent.bytes_down == 0
+    assert await names(fsys, ROOT) == ["d"]
+    assert await names(fsys, d) == ["new"]
+    assert await read_file(fsys, ino) == data
+    keys = [o.key async for page in store.list_all() for o in page.objects]
+    assert sorted(keys) == ["d/", "d/new"]
+
+
+async def test_rename_directory_moves_every_object(fsys: Filesystem, store: CosStore) -> None:
+    await fsys.mkdir(ROOT, b"a", 0o755, 0, 0)
+    a = (await fsys.lookup(ROOT, b"a")).ino
+    await fsys.mkdir(a, b"sub", 0o700, 0, 0)
+    sub = (await fsys.lookup(a, b"sub")).ino
+    await write_file(fsys, a, "x", b"xx")
+    await write_file(fsys, sub, "y", b"yy")
+    await write_file(fsys, sub, "pending", b"not uploaded yet", sync=False)
+    await fsys.rename(ROOT, b"a", ROOT, b"b", 0)
+    await fsys.sync_all()
+    keys = sorted([o.key async for page in store.list_all() for o in page.objects])
+    assert keys == ["b/", "b/sub/", "b/sub/pending", "b/sub/y", "b/x"]
+    b = (await fsys.lookup(ROOT, b"b")).ino
+    sub2 = await fsys.lookup(b, b"sub")
+    assert stat.S_IMODE(sub2.mode) == 0o700
+    assert await read_file(fsys, (await fsys.lookup(sub2.ino, b"y")).ino) == b"yy"
+
+
+async def test_rename_flags(fsys: Filesystem) -> None:
+    await write_file(fsys, ROOT, "a", b"1")
+    await write_file(fsys, ROOT, "b", b"2")
+    with pytest.raises(FsError) as e:
+        await fsys.rename(ROOT, b"a", ROOT, b"b", 1)  # RENAME_NOREPLACE
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(FsError) as e:
+        await fsys.rename(ROOT, b"a", ROOT, b"b", 2)  # RENAME_EXCHANGE
+    assert e.value.errno == errno.EINVAL
+    await fsys.rename(ROOT, b"a", ROOT, b"b", 0)
+    b = await fsys.lookup(ROOT, b"b")
+    assert await read_file(fsys, b.ino) == b"1"
+    assert await names(fsys, ROOT) == ["b"]
+
+
+async def test_unlinked_open_file_stays_readable(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs()
+    data = os.urandom(100_000)
+    await write_file(fs1, ROOT, "f", data)
+    fs2 = await make_fs()
+    ino = (await fs2.lookup(ROOT, b"f")).ino
+    fh, _ = await fs2.open(ino, os.O_RDONLY)
+    assert await fs2.read(fh, 0, 10) == data[:10]
+    await fs2.unlink(ROOT, b"f")
+    assert await names(fs2, ROOT) == []
+    assert await fs2.read(fh, 50_000, 50_000) == data[50_000:]
+    await fs2.release(fh)
+    # The delete runs in the background after the last close.
+    for _ in range(500):
+        if not [o async for p in store.list_all() for o in p.objects]:
+            break
+        await trio.sleep(0.01)
+    else:
+        raise AssertionError("the object of the unlinked file was not deleted")
+
+
+async def test_errors(fsys: Filesystem) -> None:
+    async def errno_of(coro: object) -> int:
+        with pytest.raises(FsError) as e:
+            await coro  # type: ignore[misc]
+        return e.value.errno
+
+    await fsys.mkdir(ROOT, b"d", 0o755, 0, 0)
+    d = (await fsys.lookup(ROOT, b"d")).ino
+    ino = await write_file(fsys, d, "f", b"x")
+    assert await errno_of(fsys.lookup(ROOT, b"missing")) == errno.ENOENT
+    assert await errno_of(fsys.mkdir(ROOT, b"d", 0o755, 0, 0)) == errno.EEXIST
+    assert await errno_of(fsys.rmdir(ROOT, b"d")) == errno.ENOTEMPTY
+    assert await errno_of(fsys.unlink(ROOT, b"d")) == errno.EISDIR
+    assert await errno_of(fsys.rmdir(d, b"f")) == errno.ENOTDIR
+    assert await errno_of(fsys.link(ino, ROOT, b"hard")) == errno.EPERM
+    assert await errno_of(fsys.create(ROOT, b"x" * 256, 0o644, 0, 0, 0)) == errno.ENAMETOOLONG
+    assert await errno_of(fsys.create(ROOT, b"\xff\xfe", 0o644, 0, 0, 0)) == errno.EINVAL
+    assert await errno_of(fsys.create(ROOT, b"a\nb", 0o644, 0, 0, 0)) == errno.EINVAL
+    deep = ROOT
+    for _ in range(4):  # keys over 850 bytes
+        await fsys.mkdir(deep, b"y" * 200, 0o755, 0, 0)
+        deep = (await fsys.lookup(deep, b"y" * 200)).ino
+    assert await errno_of(fsys.create(deep, b"z" * 60, 0o644, 0, 0, 0)) == errno.ENAMETOOLONG
+    assert await errno_of(fsys.rename(ROOT, b"d", d, b"inside", 0)) == errno.EINVAL
+
+
+async def test_objects_from_other_tools(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    # A plain object (cosfs, console): readable, default attributes.
+    await store.put("plain.txt", b"clear text", {})
+    # An object encrypted by another client with our key, with cosfs attributes.
+    dk = DataKey.generate()
+    meta = {**codec.seal(dk), "mode": str(stat.S_IFREG | 0o600), "mtime": "1700000000.5"}
+    await store.put("dir/enc.bin", crypt(dk, 0, b"secret"), meta)
+    assert await names(fsys, ROOT) == ["dir", "plain.txt"]
+    plain = await fsys.lookup(ROOT, b"plain.txt")
+    assert stat.S_IMODE(plain.mode) == 0o644
+    assert await read_file(fsys, plain.ino) == b"clear text"
+    d = await fsys.lookup(ROOT, b"dir")
+    assert stat.S_ISDIR(d.mode)
+    enc = await fsys.lookup(d.ino, b"enc.bin")
+    assert stat.S_IMODE(enc.mode) == 0o600
+    assert enc.mtime_ns == 1_700_000_000_500_000_000
+    assert await read_file(fsys, enc.ino) == b"secret"
+
+
+async def test_wrong_key_is_an_error_not_garbage(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs()
+    await write_file(fs1, ROOT, "f", b"top secret")
+    fs2 = await make_fs()
+    fs2.ctx.codec = EnvelopeCodec(AesMasterKey(os.urandom(32)))
+    ino = (await fs2.lookup(ROOT, b"f")).ino
+    fh, _ = await fs2.open(ino, os.O_RDONLY)
+    with pytest.raises(WrongKeyError):
+        await fs2.read(fh, 0, 100)
+    await fs2.release(fh)
+
+
+async def test_close_to_open_sees_other_writers(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    fs1 = await make_fs()
+    ino = await write_file(fs1, ROOT, "f", b"version one")
+    assert await read_file(fs1, ino) == b"version one"
+    dk = DataKey.generate()
+    await store.put("f", crypt(dk, 0, b"version two!"), codec.seal(dk))
+    assert await read_file(fs1, ino) == b"version two!"
+
+
+async def test_cache_holds_no_plaintext(fsys: Filesystem, tmp_path: Path) -> None:
+    data = (b"PLAINTEXT-MARKER-" * 4096)[:60_000]
+    ino = await write_file(fsys, ROOT, "p", data, sync=False)
+    assert await read_file(fsys, ino) == data
+    await fsys.sync_all()
+    assert await read_file(fsys, ino) == data
+    for path in (tmp_path / "fscache1").rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"PLAINTEXT-MARKER" not in blob, path
+
+
+async def test_attribute_cache_saves_heads_after_remount(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    fs1 = await make_fs(cache="shared")
+    for i in range(20):
+        await write_file(fs1, ROOT, f"f{i:02d}", b"x" * i, sync=False)
+    await fs1.sync_all()
+    make_fs.close(fs1)
+    fs2 = await make_fs(cache="shared")
+    before = store.counters.snapshot()
+    assert len(await names(fs2, ROOT)) == 20
+    assert store.counters.snapshot().minus(before).requests == {"ListObjects": 1}
+    fs3 = await make_fs()  # a cold cache has to HEAD each object once
+    before = store.counters.snapshot()
+    assert len(await names(fs3, ROOT)) == 20
+    assert store.counters.snapshot().minus(before).requests == {"ListObjects": 1, "HeadObject": 20}
+    before = store.counters.snapshot()
+    assert len(await names(fs3, ROOT)) == 20  # warm: nothing
+    for i in range(20):
+        await fs3.lookup(ROOT, f"f{i:02d}".encode())
+    assert store.counters.snapshot().minus(before).requests == {}
+
+
+async def test_sequential_read_uses_few_large_gets(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs()
+    data = os.urandom(24 * 1024 * 1024)
+    await write_file(fs1, ROOT, "big", data)
+    fs2 = await make_fs()
+    ino = (await fs2.lookup(ROOT, b"big")).ino
+    before = store.counters.snapshot()
+    assert await read_file(fs2, ino) == data
+    spent = store.counters.snapshot().minus(before)
+    assert spent.requests["GetObject"] <= 12
+    assert spent.bytes_down <= len(data) * 1.1
+
+
+async def test_random_reads_fetch_little(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs()
+    data = os.urandom(8 * 1024 * 1024)
+    await write_file(fs1, ROOT, "big", data)
+    fs2 = await make_fs()
+    ino = (await fs2.lookup(ROOT, b"big")).ino
+    fh, _ = await fs2.open(ino, os.O_RDONLY)
+    before = store.counters.snapshot()
+    for off in range(4096 * 7, len(data), 1024 * 1024 + 4096 * 3):
+        assert await fs2.read(fh, off, 4096) == data[off : off + 4096]
+    await fs2.release(fh)
+    spent = store.counters.snapshot().minus(before)
+    assert spent.bytes_down <= 8 * (4096 + 32)
+
+
+async def test_crypto_errors_surface(fsys: Filesystem, store: CosStore) -> None:
+    await store.put(
+        "java.bin",
+        b"xxxx",
+        {
+            "client-side-encryption-key": "AAAA",
+            "client-side-encryption-start": "AAAA",
+            "client-side-encryption-cek-alg": "AES/CTR/NoPadding",
+        },
+    )
+    ino = (await fsys.lookup(ROOT, b"java.bin")).ino
+    fh, _ = await fsys.open(ino, os.O_RDONLY)
+    with pytest.raises(CryptoError):
+        await fsys.read(fh, 0, 4)
+    await fsys.release(fh)
