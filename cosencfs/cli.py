@@ -23,6 +23,18 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_umount",
         "upload everything dirty, then unmount",
     ),
+    "stats": (
+        "cosencfs.cmd_control",
+        "configure_stats",
+        "run_stats",
+        "show requests, cost, cache and upload state of a mount",
+    ),
+    "sync": (
+        "cosencfs.cmd_control",
+        "configure_sync",
+        "run_sync",
+        "upload everything dirty in a mount and wait",
+    ),
     "local-server": (
         "cosencfs.server.cli",
         "configure",
@@ -48,8 +60,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: mount(8) options that mean nothing to FUSE (mount.fuse3 drops some itself).
+_GENERIC_MOUNT_OPTIONS = frozenset(
+    {
+        "rw",
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "_netdev",
+        "nofail",
+        "async",
+        "dev",
+        "suid",
+        "exec",
+        "relatime",
+        "noatime",
+        "atime",
+    }
+)
+#: ``-o name=value`` options of the mount helper form that are cosencfs settings.
+_HELPER_SETTINGS = {
+    "config": "--config",
+    "endpoint": "--endpoint",
+    "region": "--region",
+    "key_file": "--key-file",
+    "rsa_public_key": "--rsa-public-key",
+    "rsa_private_key": "--rsa-private-key",
+    "cache_dir": "--cache-dir",
+    "cache_size": "--cache-size",
+}
+
+
+def helper_argv(argv: Sequence[str]) -> list[str]:
+    """``cosencfs SOURCE MOUNTPOINT -o opts`` (how mount.fuse3 runs us for
+    ``mount -t fuse.cosencfs`` and fstab) -> ``cosencfs mount ...``."""
+    positional: list[str] = []
+    out: list[str] = ["mount"]
+    it = iter(argv)
+    for arg in it:
+        if arg == "-o":
+            opts = next(it, "")
+        elif arg.startswith("-o"):
+            opts = arg[2:]
+        else:
+            positional.append(arg)
+            continue
+        for opt in filter(None, (o.strip() for o in opts.split(","))):
+            name, eq, value = opt.partition("=")
+            if eq and name in _HELPER_SETTINGS:
+                out += [_HELPER_SETTINGS[name], value]
+            elif opt not in _GENERIC_MOUNT_OPTIONS and not opt.startswith("x-"):
+                out += ["-o", opt]
+    return out + positional
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv = helper_argv(argv)
     args = parser.parse_args(argv)
     try:
         rc: int = args._run(args)

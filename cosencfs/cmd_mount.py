@@ -9,127 +9,128 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Any
 
-from cosencfs.config import KeySettings, MountSettings, config_home, parse_size, split_target
+from cosencfs.config import (
+    MountSettings,
+    build_settings,
+    load_config_file,
+    split_target,
+    validate,
+)
+from cosencfs.control import XATTR_PID, XATTR_SYNC
 from cosencfs.errors import ConfigError
-from cosencfs.fs.attrs import Defaults
-from cosencfs.fs.context import FsOptions
 from cosencfs.logsetup import setup_logging
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "args",
-        nargs="+",
+        nargs="*",
         metavar="BUCKET[/PREFIX] MOUNTPOINT",
-        help="what to mount and where (with --local DIR: only MOUNTPOINT)",
+        help="what to mount and where (with --local DIR: only MOUNTPOINT); "
+        "may also come from the config file",
     )
+    p.add_argument("--config", metavar="FILE", help="TOML file with mount settings")
     p.add_argument("--local", metavar="DIR", help="serve DIR with a built-in local COS server")
     p.add_argument("--endpoint", help="http://HOST:PORT of a COS-compatible server, or a domain")
-    p.add_argument("--region", default="ap-guangzhou", help="COS region (default: %(default)s)")
+    p.add_argument("--region", help="COS region (default: ap-guangzhou)")
     p.add_argument("--key-file", help="AES master key file (base64, as the COS SDK reads it)")
     p.add_argument("--rsa-public-key", help="RSA public key (PEM)")
     p.add_argument("--rsa-private-key", help="RSA private key (PEM)")
     p.add_argument(
         "--aes-wrap",
         choices=["sdk", "kw"],
-        default="sdk",
-        help="how new data keys are wrapped with an AES master key: 'sdk' (readable "
-        "by the COS SDK; weak, see docs/format.md) or 'kw' (AES key wrap)",
+        help="how new data keys are wrapped with an AES master key: 'sdk' (default; "
+        "readable by the COS SDK; weak, see docs/format.md) or 'kw' (AES key wrap)",
     )
-    p.add_argument("--cache-dir", default="", help="cache directory (default ~/.cache/cosencfs)")
-    p.add_argument("--cache-size", default="1G", help="cache size limit (default %(default)s)")
-    p.add_argument("-f", "--foreground", action="store_true", help="do not detach")
+    p.add_argument("--cache-dir", help="cache directory (default ~/.cache/cosencfs)")
+    p.add_argument("--cache-size", help="cache size limit (default 1G)")
+    p.add_argument("-f", "--foreground", action="store_true", default=None, help="do not detach")
     p.add_argument(
         "-o",
         dest="fuse_options",
         action="append",
-        default=[],
         metavar="OPTS",
         help="FUSE mount options, e.g. allow_other",
     )
     p.add_argument(
         "--writeback-delay",
         type=float,
-        default=1.0,
         metavar="SECONDS",
-        help="upload a closed file this long after its last change",
+        help="upload a closed file this long after its last change (default 1)",
     )
     p.add_argument(
-        "--dir-ttl",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="reuse a directory listing this long",
+        "--dir-ttl", type=float, metavar="SECONDS", help="reuse a directory listing this long"
     )
-    p.add_argument("--uid", type=int, default=None, help="owner of objects without metadata")
-    p.add_argument("--gid", type=int, default=None, help="group of objects without metadata")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--uid", type=int, help="owner of objects without metadata")
+    p.add_argument("--gid", type=int, help="group of objects without metadata")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--debug",
         action="append",
-        default=[],
         metavar="SUBSYSTEM",
         help="debug logging for store, cache, fs, fuse, mount, server or all",
     )
 
 
+#: argparse destination -> settings name
+_CLI_FIELDS = {
+    "endpoint": "endpoint",
+    "region": "region",
+    "key_file": "keys.key_file",
+    "rsa_public_key": "keys.rsa_public_key",
+    "rsa_private_key": "keys.rsa_private_key",
+    "aes_wrap": "keys.aes_wrap",
+    "cache_dir": "cache.dir",
+    "cache_size": "cache.size",
+    "foreground": "fuse.foreground",
+    "fuse_options": "fuse.options",
+    "writeback_delay": "fs.writeback_delay",
+    "dir_ttl": "fs.dir_ttl",
+    "uid": "fs.uid",
+    "gid": "fs.gid",
+    "log_level": "log.level",
+    "debug": "log.debug",
+}
+
+
 def settings_from_args(args: argparse.Namespace) -> MountSettings:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_config_file(args.config))
+    cli: dict[str, Any] = {}
     positional: list[str] = args.args
     if args.local:
-        if len(positional) != 1:
+        cli["local_dir"] = args.local
+        if len(positional) > 1:
             raise ConfigError("with --local DIR give only the MOUNTPOINT")
-        bucket, prefix, mountpoint = "", "", positional[0]
-    else:
-        if len(positional) != 2:
-            raise ConfigError("give BUCKET[/PREFIX] and MOUNTPOINT")
-        (bucket, prefix), mountpoint = split_target(positional[0]), positional[1]
-    keys = KeySettings(
-        key_file=args.key_file,
-        rsa_public_key=args.rsa_public_key,
-        rsa_private_key=args.rsa_private_key,
-        aes_wrap=args.aes_wrap,
-    )
-    if args.local and not (keys.key_file or keys.rsa_public_key or keys.rsa_private_key):
-        keys.key_file = str(config_home() / "local.key")
-        keys.create_if_missing = True
-    uid = os.getuid() if args.uid is None else args.uid
-    gid = os.getgid() if args.gid is None else args.gid
-    settings = MountSettings(
-        bucket=bucket,
-        prefix=prefix,
-        mountpoint=mountpoint,
-        endpoint=args.endpoint,
-        region=args.region,
-        keys=keys,
-        cache_dir=args.cache_dir,
-        cache_size=parse_size(args.cache_size),
-        foreground=args.foreground,
-        fuse_options=args.fuse_options,
-        fs=FsOptions(
-            prefix=prefix,
-            defaults=Defaults(uid=uid, gid=gid),
-            writeback_delay=args.writeback_delay,
-            dir_ttl=args.dir_ttl,
-        ),
-        local_dir=os.path.abspath(args.local) if args.local else None,
-        log_level=args.log_level,
-        debug=args.debug,
-    )
-    if not args.local:
-        settings.credentials_from_env()
-    return settings
+        if positional:
+            cli["mountpoint"] = positional[0]
+    elif len(positional) == 2:
+        cli["bucket"], cli["prefix"] = split_target(positional[0])
+        cli["mountpoint"] = positional[1]
+    elif len(positional) == 1 and args.config:
+        cli["mountpoint"] = positional[0]
+    elif positional or not args.config:
+        raise ConfigError("give BUCKET[/PREFIX] and MOUNTPOINT (or --config FILE)")
+    for dest, name in _CLI_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            cli[name] = value
+    values.update(validate(cli, "command line"))
+    return build_settings(values)
 
 
 def run(args: argparse.Namespace) -> int:
     from cosencfs import mount  # noqa: PLC0415 - pyfuse3 only when mounting
 
-    setup_logging(args.log_level, args.debug)
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
         print(f"cosencfs: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.log_level, settings.debug)
     return mount.run(settings)
 
 
@@ -149,8 +150,6 @@ def configure_umount(p: argparse.ArgumentParser) -> None:
 
 
 def run_umount(args: argparse.Namespace) -> int:
-    from cosencfs.fuse_ops import XATTR_PID, XATTR_SYNC  # noqa: PLC0415
-
     mp = args.mountpoint
     pid = 0
     status = 0

@@ -1,8 +1,12 @@
 """Mount settings: where the bucket is, which key, which cache, which tunables.
 
-Built from the command line today (``cosencfs mount ...``); every field has a
-sane default.  Credentials come from ``COS_SECRET_ID``/``COS_SECRET_KEY``
-(and ``COS_TOKEN``), as in the COS SDK samples.
+Settings come from a TOML file (``--config``) and the command line, the
+command line winning; both are first turned into a flat mapping of dotted
+names (``fs.writeback_delay``) checked against ``FIELDS``, so every error
+names the field and where it came from.  Credentials come from the
+environment (``COS_SECRET_ID``/``COS_SECRET_KEY``/``COS_TOKEN``, as in the COS
+SDK samples), a credentials file, or the config file; a file holding secrets
+must not be readable by group or others.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import sys
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import (
@@ -22,6 +30,7 @@ from cosencfs.crypto.keyfiles import (
 )
 from cosencfs.crypto.master import MasterKey
 from cosencfs.errors import ConfigError
+from cosencfs.fs.attrs import Defaults
 from cosencfs.fs.context import FsOptions
 
 LOCAL_BUCKET = "local-1250000000"
@@ -133,3 +142,257 @@ class MountSettings:
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.bucket)
         return base / f"{safe}-{digest}"
+
+
+# ---------------------------------------------------------------------------
+# The settings schema: dotted name -> (converter, description)
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _num(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError("expected a number")
+    if v < 0:
+        raise ValueError("must not be negative")
+    return float(v)
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError("expected a whole number")
+    if v < 0:
+        raise ValueError("must not be negative")
+    return v
+
+
+def _pos_int(v: object) -> int:
+    n = _int(v)
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+def _size(v: object) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return _int(v)
+    if isinstance(v, str):
+        try:
+            return parse_size(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    raise ValueError("expected a size such as 512M or 10G")
+
+
+def _mode(v: object) -> int:
+    if isinstance(v, str):
+        try:
+            return int(v, 8) & 0o7777
+        except ValueError:
+            raise ValueError('expected an octal mode such as "0644"') from None
+    return _int(v) & 0o7777
+
+
+def _strlist(v: object) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected a list of strings")
+    return list(v)
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def conv(v: object) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return str(v)
+
+    return conv
+
+
+FIELDS: dict[str, Callable[[object], Any]] = {
+    "bucket": _str,
+    "prefix": _str,
+    "mountpoint": _str,
+    "region": _str,
+    "endpoint": _str,
+    "local_dir": _str,
+    "credentials.secret_id": _str,
+    "credentials.secret_key": _str,
+    "credentials.token": _str,
+    "credentials.file": _str,
+    "keys.key_file": _str,
+    "keys.rsa_public_key": _str,
+    "keys.rsa_private_key": _str,
+    "keys.rsa_passphrase": _str,
+    "keys.aes_wrap": _choice("sdk", "kw"),
+    "cache.dir": _str,
+    "cache.size": _size,
+    "fs.writeback_delay": _num,
+    "fs.max_dirty_age": _num,
+    "fs.dir_ttl": _num,
+    "fs.entry_timeout": _num,
+    "fs.attr_timeout": _num,
+    "fs.open_revalidate": _num,
+    "fs.upload_workers": _pos_int,
+    "fs.part_concurrency": _pos_int,
+    "fs.single_put_max": _size,
+    "fs.readahead_max": _size,
+    "fs.uid": _int,
+    "fs.gid": _int,
+    "fs.file_mode": _mode,
+    "fs.dir_mode": _mode,
+    "network.concurrency": _pos_int,
+    "network.timeout": _num,
+    "network.request_deadline": _num,
+    "fuse.options": _strlist,
+    "fuse.foreground": bool,
+    "log.level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log.debug": _strlist,
+}
+
+#: Names whose presence in a file makes that file secret.
+SECRET_FIELDS = {"credentials.secret_key", "credentials.token", "keys.rsa_passphrase"}
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse a secret-bearing file that group or others can read."""
+    mode = path.stat().st_mode
+    if stat.S_IMODE(mode) & 0o077:
+        raise ConfigError(
+            f"{what} {path} holds secrets but is accessible by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+        )
+
+
+def validate(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        conv = FIELDS.get(name)
+        if conv is None:
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        try:
+            out[name] = conv(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: setting {name!r}: {exc}") from None
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p}: not valid TOML: {exc}") from None
+    values = validate(_flatten(raw), f"config file {p}")
+    if SECRET_FIELDS & values.keys():
+        check_private_file(p, "config file")
+    return values
+
+
+def load_credentials_file(path: str | Path) -> dict[str, str]:
+    """A TOML file with ``secret_id``, ``secret_key`` and optionally ``token``."""
+    p = Path(path).expanduser()
+    try:
+        check_private_file(p, "credentials file")
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"credentials file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"credentials file {p}: not valid TOML: {exc}") from None
+    allowed = {"secret_id", "secret_key", "token"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"credentials file {p}: unknown setting {sorted(unknown)[0]!r}")
+    if not isinstance(raw.get("secret_id"), str) or not isinstance(raw.get("secret_key"), str):
+        raise ConfigError(f"credentials file {p}: needs secret_id and secret_key (strings)")
+    return {k: str(v) for k, v in raw.items()}
+
+
+def build_settings(values: Mapping[str, Any]) -> MountSettings:
+    """MountSettings from validated dotted names (file values overlaid by the CLI's)."""
+    v = dict(values)
+    local = v.get("local_dir")
+    bucket = v.get("bucket") or (LOCAL_BUCKET if local else "")
+    if not bucket:
+        raise ConfigError("no bucket given (BUCKET[/PREFIX] or 'bucket' in the config file)")
+    mountpoint = v.get("mountpoint")
+    if not mountpoint:
+        raise ConfigError("no mountpoint given")
+    prefix = str(v.get("prefix", "")).strip("/")
+    keys = KeySettings(
+        key_file=v.get("keys.key_file"),
+        rsa_public_key=v.get("keys.rsa_public_key"),
+        rsa_private_key=v.get("keys.rsa_private_key"),
+        rsa_passphrase=v.get("keys.rsa_passphrase"),
+        aes_wrap=v.get("keys.aes_wrap", "sdk"),
+    )
+    if local and not (keys.key_file or keys.rsa_public_key or keys.rsa_private_key):
+        keys.key_file = str(config_home() / "local.key")
+        keys.create_if_missing = True
+    defaults = FsOptions()
+    fs_kw: dict[str, Any] = {
+        name[3:]: v[name]
+        for name in v
+        if name.startswith("fs.") and name[3:] in FsOptions.__dataclass_fields__
+    }
+    fs = FsOptions(
+        prefix=prefix,
+        defaults=Defaults(
+            uid=v.get("fs.uid", os.getuid()),
+            gid=v.get("fs.gid", os.getgid()),
+            file_mode=v.get("fs.file_mode", 0o644),
+            dir_mode=v.get("fs.dir_mode", 0o755),
+        ),
+        **{k: type(getattr(defaults, k))(val) for k, val in fs_kw.items()},
+    )
+    settings = MountSettings(
+        bucket=bucket,
+        prefix=prefix,
+        mountpoint=str(mountpoint),
+        endpoint=v.get("endpoint"),
+        region=v.get("region", "ap-guangzhou"),
+        keys=keys,
+        cache_dir=v.get("cache.dir", ""),
+        cache_size=v.get("cache.size", 1024**3),
+        foreground=bool(v.get("fuse.foreground", False)),
+        fuse_options=v.get("fuse.options", []),
+        concurrency=v.get("network.concurrency", 16),
+        timeout=v.get("network.timeout", 30.0),
+        request_deadline=v.get("network.request_deadline", 30.0),
+        fs=fs,
+        local_dir=os.path.abspath(local) if local else None,
+        log_level=v.get("log.level", "INFO"),
+        debug=v.get("log.debug", []),
+    )
+    if not local:
+        creds_file = v.get("credentials.file")
+        if creds_file:
+            creds = load_credentials_file(creds_file)
+            settings.secret_id = creds["secret_id"]
+            settings.secret_key = creds["secret_key"]
+            settings.token = creds.get("token")
+        settings.secret_id = v.get("credentials.secret_id", settings.secret_id)
+        settings.secret_key = v.get("credentials.secret_key", settings.secret_key)
+        settings.token = v.get("credentials.token", settings.token)
+        settings.credentials_from_env()
+    return settings

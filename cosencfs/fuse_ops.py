@@ -20,6 +20,7 @@ import pyfuse3
 import trio
 
 from cosencfs.cache.manager import DamagedObjectError
+from cosencfs.control import XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
     ConfigError,
@@ -367,12 +368,6 @@ class FuseOperations(pyfuse3.Operations):
         d.f_favail = s.ffree
         d.f_namemax = s.namemax
         return d
-
-
-#: Control names on the mount's root directory (``cosencfs umount``, ``stats``).
-XATTR_PID = b"user.cosencfs.pid"
-XATTR_STATS = b"user.cosencfs.stats"
-XATTR_SYNC = b"user.cosencfs.sync"
 
 
 class ControlledOperations(FuseOperations):

@@ -33,6 +33,7 @@ from cosencfs.errors import (
 )
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import ControlledOperations
+from cosencfs.notify import Notifier
 from cosencfs.store.cos import CosSettings, CosStore
 from cosencfs.store.retry import RetryPolicy
 
@@ -130,22 +131,26 @@ async def serve(settings: MountSettings, ready: Callable[[], None] = lambda: Non
         store.close()
         raise MountError(f"cannot mount on {settings.mountpoint}: {exc}") from None
     stop = _Stop()
+    notifier = Notifier()
     status = EXIT_OK
     try:
         async with trio.open_nursery() as nursery:
             await fs.start(nursery)
-            nursery.start_soon(_signals, stop)
+            nursery.start_soon(_signals, stop, fs, notifier)
             log.info("mounted %s on %s", settings.bucket, mountpoint)
             ready()
+            notifier.ready(f"mounted {settings.bucket} on {mountpoint}")
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             fs.ctx.nursery = None
-            # After a signal the kernel still has us mounted: leave it first, so
-            # no new request arrives while the last uploads run.
+            if not stop.by_signal:
+                notifier.stopping("unmounted; uploading what is left")
+            # After a signal the kernel still has us mounted: leave it, so no
+            # new request arrives while the last uploads run.
             pyfuse3.close(unmount=stop.by_signal)
-            status = await _final_flush(fs)
+            status = await _final_flush(fs, notifier)
             cache.close()
             store.close()
     return status
@@ -155,22 +160,30 @@ class _Stop:
     by_signal = False
 
 
-async def _signals(stop: _Stop) -> None:
+async def _signals(stop: _Stop, fs: Filesystem, notifier: Notifier) -> None:
+    """SIGTERM/SIGINT: upload everything dirty while still mounted, then unmount."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 continue
-            log.info("signal %d: unmounting", signum)
+            dirty = len(fs.dirty_inodes())
+            log.info("signal %d: uploading %d dirty files, then unmounting", signum, dirty)
+            notifier.stopping(f"uploading {dirty} dirty files before unmounting")
+            try:
+                await fs.sync_all()
+            except Exception as exc:
+                log.error("uploads before unmount failed: %s", exc)
             stop.by_signal = True
             pyfuse3.terminate()
             return
 
 
-async def _final_flush(fs: Filesystem) -> int:
+async def _final_flush(fs: Filesystem, notifier: Notifier) -> int:
     pending = fs.dirty_inodes()
     if not pending:
         return EXIT_OK
     log.info("uploading %d dirty files before exit", len(pending))
+    notifier.status(f"uploading {len(pending)} dirty files before exit")
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fs.sync_all)

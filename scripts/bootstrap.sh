@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(fuse3 libfuse3-dev pkg-config rsync sqlite3 git)
+PKGS=(fuse3 libfuse3-dev pkg-config rsync sqlite3 git systemd)
 EXTRA_PKGS=${COSENCFS_EXTRA_PKGS:-}
 missing=()
 for p in "${PKGS[@]}" $EXTRA_PKGS; do
