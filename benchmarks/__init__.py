@@ -1,0 +1,1 @@
+"""Benchmarks of cosencfs; run each module with ``python -m benchmarks.<name>``."""

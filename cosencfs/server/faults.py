@@ -1,0 +1,89 @@
+"""Fault injection and request statistics of the local COS server."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from enum import Enum
+
+
+class FaultKind(Enum):
+    INTERNAL_ERROR = "500 InternalError"
+    SLOW_DOWN = "503 SlowDown"
+    RESET = "connection reset"
+    #: 200 with an <Error> body; real COS does this to CopyObject.
+    ERROR_200 = "200 with an Error body"
+
+
+_COMMON = (FaultKind.INTERNAL_ERROR, FaultKind.SLOW_DOWN, FaultKind.RESET)
+_COPY = (*_COMMON, FaultKind.ERROR_200)
+
+
+class FaultInjector:
+    """Decides, per request, whether and how it fails; deterministic for a given seed."""
+
+    def __init__(self, rate: float = 0.0, latency_ms: int = 0, seed: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self.rate = 0.0
+        self.latency_ms = 0
+        self.set(rate, latency_ms)
+
+    def set(self, rate: float, latency_ms: int = 0) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fault rate must be within [0, 1], not {rate}")
+        if latency_ms < 0:
+            raise ValueError(f"latency must be >= 0 ms, not {latency_ms}")
+        with self._lock:
+            self.rate = rate
+            self.latency_ms = latency_ms
+
+    def pick(self, is_copy: bool) -> FaultKind | None:
+        with self._lock:
+            if self.rate <= 0.0 or self._random.random() >= self.rate:
+                return None
+            return self._random.choice(_COPY if is_copy else _COMMON)
+
+
+class Stats:
+    """Request counts by operation name plus body byte counts (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._bytes_in = 0
+        self._bytes_out = 0
+
+    def count(self, op: str) -> None:
+        with self._lock:
+            self._counts[op] += 1
+
+    def add_in(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._bytes_in += n
+
+    def add_out(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._bytes_out += n
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "requests": dict(self._counts),
+                "total": sum(self._counts.values()),
+                "bytes_in": self._bytes_in,
+                "bytes_out": self._bytes_out,
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._bytes_in = 0
+            self._bytes_out = 0
