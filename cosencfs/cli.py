@@ -35,6 +35,24 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_sync",
         "upload everything dirty in a mount and wait",
     ),
+    "keygen": (
+        "cosencfs.cmd_keys",
+        "configure_keygen",
+        "run_keygen",
+        "create a master key file (AES) or key pair (RSA) in the COS SDK's formats",
+    ),
+    "rekey": (
+        "cosencfs.cmd_keys",
+        "configure_rekey",
+        "run_rekey",
+        "rotate the master key: re-wrap every object's data key, metadata only",
+    ),
+    "fsck": (
+        "cosencfs.cmd_keys",
+        "configure_fsck",
+        "run_fsck",
+        "check that every object opens with the key and can be shown by a mount",
+    ),
     "local-server": (
         "cosencfs.server.cli",
         "configure",

@@ -63,6 +63,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dir-ttl", type=float, metavar="SECONDS", help="reuse a directory listing this long"
     )
+    p.add_argument(
+        "--request-deadline",
+        type=float,
+        metavar="SECONDS",
+        help="give up on a request to COS, retries included, after this long (default 30)",
+    )
     p.add_argument("--uid", type=int, help="owner of objects without metadata")
     p.add_argument("--gid", type=int, help="group of objects without metadata")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -88,6 +94,7 @@ _CLI_FIELDS = {
     "fuse_options": "fuse.options",
     "writeback_delay": "fs.writeback_delay",
     "dir_ttl": "fs.dir_ttl",
+    "request_deadline": "network.request_deadline",
     "uid": "fs.uid",
     "gid": "fs.gid",
     "log_level": "log.level",

@@ -10,5 +10,8 @@ from __future__ import annotations
 XATTR_PID = b"user.cosencfs.pid"
 #: JSON statistics (``cosencfs stats``).
 XATTR_STATS = b"user.cosencfs.stats"
+#: On any file: how its object is stored (cosencfs, sdk, plain, foreign, damaged).
+#: Not listed by listxattr, so tools copying xattrs do not carry it along.
+XATTR_FORMAT = b"user.cosencfs.format"
 #: Setting it uploads everything dirty and returns when done (EIO on failure).
 XATTR_SYNC = b"user.cosencfs.sync"

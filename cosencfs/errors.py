@@ -122,6 +122,10 @@ class WrongKeyError(CryptoError):
     """The master key does not open this envelope (key check failed)."""
 
 
+class DamagedObjectError(CosEncFsError):
+    """The object's body does not match what its listing or metadata promised."""
+
+
 # --------------------------------------------------------------------------
 # Filesystem
 

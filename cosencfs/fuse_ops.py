@@ -19,12 +19,13 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from cosencfs.cache.manager import DamagedObjectError
-from cosencfs.control import XATTR_PID, XATTR_STATS, XATTR_SYNC
+from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
     ConfigError,
+    CosEncFsError,
     CryptoError,
+    DamagedObjectError,
     FsError,
     InvalidRequestError,
     NoSuchBucketError,
@@ -62,7 +63,7 @@ _CODE_ERRNO = {
 
 #: Errors worth one log line per object, not one per read.
 _LOG_EVERY = 60.0
-_last_logged: dict[tuple[str, str], float] = {}
+_last_logged: dict[tuple[str, str, str], float] = {}
 
 
 def errno_for(exc: BaseException) -> int:
@@ -83,8 +84,8 @@ def _report(op: str, exc: BaseException) -> None:
         if exc.errno == errno.EIO:
             log.error("%s: %s", op, exc)
         return
-    if isinstance(exc, StoreError | CryptoError | DamagedObjectError | ConfigError | OSError):
-        what = (type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
+    if isinstance(exc, CosEncFsError | OSError):
+        what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
         now = time.monotonic()
         if now - _last_logged.get(what, -1e9) >= _LOG_EVERY:
             _last_logged[what] = now
@@ -382,6 +383,8 @@ class ControlledOperations(FuseOperations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
+        if name == XATTR_FORMAT:
+            return (await self.fs.object_format(inode)).encode()
         if inode == pyfuse3.ROOT_INODE:
             if name == XATTR_PID:
                 return str(os.getpid()).encode()

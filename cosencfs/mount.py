@@ -185,9 +185,8 @@ async def _final_flush(fs: Filesystem, notifier: Notifier) -> int:
     log.info("uploading %d dirty files before exit", len(pending))
     notifier.status(f"uploading {len(pending)} dirty files before exit")
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fs.sync_all)
-    except BaseException as exc:  # an ExceptionGroup of upload failures
+        await fs.sync_all()
+    except Exception as exc:
         log.error("could not upload everything: %s", exc)
     left = fs.dirty_inodes()
     if left:

@@ -17,12 +17,48 @@ No plaintext and no unwrapped key is ever stored here.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _disk_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """A full disk is ENOSPC for the caller (a writer's close()), not an internal error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise OSError(errno.ENOSPC, "cache disk full (journal)") from exc
+            raise OSError(errno.EIO, f"cache journal: {exc}") from exc
+
+    return wrapper
+
+
+def _best_effort(fn: Callable[P, None]) -> Callable[P, None]:
+    """The attribute cache only saves requests: failing to write it is no error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            log.debug("attribute cache not updated: %s", exc)
+
+    return wrapper
 
 SCHEMA_VERSION = 1
 
@@ -117,11 +153,13 @@ class Journal:
         row = self._db.execute("SELECT value FROM settings WHERE name=?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    @_disk_errors
     def set_setting(self, name: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
     # -- dirty files -----------------------------------------------------------
 
+    @_disk_errors
     def put_dirty(self, rec: DirtyRecord) -> None:
         source = None
         if rec.source is not None:
@@ -160,15 +198,18 @@ class Journal:
             ),
         )
 
+    @_disk_errors
     def set_upload(self, fid: str, upload_id: str | None, parts: Mapping[int, str]) -> None:
         self._db.execute(
             "UPDATE dirty SET upload_id=?, parts=? WHERE fid=?",
             (upload_id, json.dumps({str(k): v for k, v in parts.items()}), fid),
         )
 
+    @_disk_errors
     def set_dirty_key(self, fid: str, key: str) -> None:
         self._db.execute("UPDATE dirty SET key=? WHERE fid=?", (key, fid))
 
+    @_disk_errors
     def delete_dirty(self, fid: str) -> None:
         self._db.execute("DELETE FROM dirty WHERE fid=?", (fid,))
 
@@ -221,6 +262,7 @@ class Journal:
             return None
         return AttrRecord(row[0], int(row[1]), row[2], json.loads(row[3]))
 
+    @_best_effort
     def put_attrs(
         self, key: str, etag: str, size: int, lm: float | None, meta: Mapping[str, str]
     ) -> None:
@@ -229,12 +271,15 @@ class Journal:
             (key, etag, size, lm, json.dumps(dict(meta))),
         )
 
+    @_best_effort
     def set_attrs_lm(self, key: str, lm: float) -> None:
         self._db.execute("UPDATE attrs SET lm=? WHERE key=? AND lm IS NULL", (lm, key))
 
+    @_best_effort
     def delete_attrs(self, key: str) -> None:
         self._db.execute("DELETE FROM attrs WHERE key=?", (key,))
 
+    @_best_effort
     def delete_attrs_prefix(self, prefix: str) -> None:
         # Keys are text; a range scan instead of LIKE avoids escaping % and _.
         self._db.execute(

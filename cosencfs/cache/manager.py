@@ -32,7 +32,7 @@ from cosencfs.cache.content import (
 from cosencfs.cache.extents import Extents
 from cosencfs.cache.journal import Journal
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.errors import ConfigError, CosEncFsError
+from cosencfs.errors import ConfigError, CosEncFsError, DamagedObjectError
 from cosencfs.store.base import ObjectStore
 from cosencfs.util import open_nursery
 
@@ -43,10 +43,6 @@ ALIGN = 16
 THREAD_THRESHOLD = 256 * 1024
 #: One ranged GET fetches at most this much; larger gaps become parallel GETs.
 FETCH_CHUNK = 8 * 1024 * 1024
-
-
-class DamagedObjectError(CosEncFsError):
-    """The object is shorter than its listing or envelope promised."""
 
 
 def align_down(n: int) -> int:
@@ -70,7 +66,10 @@ class CacheManager:
         self.store = store
         self.limit_bytes = limit_bytes
         self.max_versions = max_versions
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not root.parent.exists():
+            # Our own base directory (e.g. ~/.cache/cosencfs): private as well.
+            root.parent.mkdir(mode=0o700, parents=True)
+        root.mkdir(mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)
         self.data_dir = root / "data"
         self.data_dir.mkdir(mode=0o700, exist_ok=True)

@@ -19,6 +19,8 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
+#: Plaintext size at upload (cosencfs only): catches truncated bodies.
+META_SIZE = "cosencfs-size"
 ATTR_FIELDS = frozenset({META_MODE, META_UID, META_GID, META_MTIME})
 
 DIR_CONTENT_TYPE = "application/x-directory"

@@ -18,8 +18,8 @@ import trio
 
 from cosencfs.cache.content import ContentVersion
 from cosencfs.cache.manager import CacheManager
-from cosencfs.crypto.envelope import EnvelopeCodec
-from cosencfs.errors import FsError
+from cosencfs.crypto.envelope import EnvelopeCodec, ObjectFormat, classify
+from cosencfs.errors import CosEncFsError, FsError
 from cosencfs.fs.attrs import Kind
 from cosencfs.fs.context import FsContext, FsOptions
 from cosencfs.fs.files import Files
@@ -29,9 +29,12 @@ from cosencfs.fs.namespace import Namespace
 from cosencfs.fs.recovery import RecoveryReport, recover
 from cosencfs.fs.rename import Renamer
 from cosencfs.store.base import ObjectStore
-from cosencfs.util import open_nursery
 
 log = logging.getLogger(__name__)
+
+class SyncError(CosEncFsError):
+    """Some dirty files could not be uploaded (they stay in the journal)."""
+
 
 BLOCK = 512
 BLKSIZE = 128 * 1024
@@ -116,13 +119,25 @@ class Filesystem:
         return [n for n in self.ctx.table.all() if n.dirty and not n.unlinked]
 
     async def sync_all(self) -> None:
-        """Upload everything dirty now and wait (umount, ``cosencfs sync``)."""
-        for node in self.dirty_inodes():
-            if node.version is not None and node.version.dirty:
-                self.files.record_dirty(node)
-        async with open_nursery() as nursery:
+        """Upload everything dirty now and wait (umount, ``cosencfs sync``).
+
+        One file failing does not stop the others; the error at the end says
+        how many failed.
+        """
+        failures: list[str] = []
+
+        async def one(node: Inode) -> None:
+            try:
+                await self.files.writeback.flush(node)
+            except Exception as exc:
+                failures.append(f"{self.ctx.key_of(node)}: {exc}")
+                log.warning("upload of %r failed: %s", node.name, exc)
+
+        async with trio.open_nursery() as nursery:
             for node in self.dirty_inodes():
-                nursery.start_soon(self.files.writeback.flush, node)
+                nursery.start_soon(one, node)
+        if failures:
+            raise SyncError(f"{len(failures)} files could not be uploaded (first: {failures[0]})")
 
     # -- attributes ------------------------------------------------------------
 
@@ -349,6 +364,17 @@ class Filesystem:
             ffree=files - len(self.ctx.table),
             namemax=MAX_NAME_BYTES,
         )
+
+    async def object_format(self, ino: int) -> str:
+        """How a file's object is stored: cosencfs, sdk, plain, foreign or damaged."""
+        node = self.ns.inode(ino)
+        if node.is_dir:
+            raise FsError(errno.ENODATA)
+        await self.ns.ensure_attrs(node)
+        r = node.remote
+        if r is None or r.metadata is None or node.data_dirty:
+            return ObjectFormat.COSENCFS.value
+        return classify(r.metadata).value
 
     def stats(self) -> dict[str, object]:
         """What ``cosencfs stats`` shows."""

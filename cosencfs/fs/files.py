@@ -23,8 +23,8 @@ from cosencfs.cache.content import ContentVersion, Source
 from cosencfs.cache.journal import DirtyRecord, SourceRecord
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
-from cosencfs.errors import FsError, NotFoundError
-from cosencfs.fs.attrs import FILE_CONTENT_TYPE, Attrs, Kind, attrs_to_meta
+from cosencfs.errors import DamagedObjectError, FsError, NotFoundError, TransientError
+from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, Attrs, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.namespace import Namespace
@@ -43,6 +43,8 @@ class Handle:
     node: Inode
     writable: bool
     append: bool
+    #: Written through this handle since its last flush (close).
+    wrote: bool = False
     #: Sequential-read detection and readahead state.
     seq_end: int = 0
     window: int = 0
@@ -102,6 +104,7 @@ class Files:
         h = self._new_handle(node, flags)
         if flags & os.O_TRUNC and h.writable and node.file_size:
             await self.truncate(node, 0)
+            h.wrote = True
             keep_cache = False
         return h, keep_cache
 
@@ -114,6 +117,11 @@ class Files:
         key = self.ctx.key_of(node)
         try:
             info = await self.ctx.store.head(key)
+        except TransientError as exc:
+            # COS unreachable: what is cached stays readable; uncached bytes
+            # will fail with EIO when fetched.
+            log.warning("cannot revalidate %r (%s); opening the cached version", key, exc)
+            return True
         except NotFoundError:
             if node.parent is not None:
                 self.ns.detach(node)
@@ -159,6 +167,13 @@ class Files:
             # Another task may have made the version while we waited.
             return await self.clean_version(node) if node.remote is not None else None
         key = self.ctx.key_of(node)
+        written = r.metadata.get(META_SIZE)
+        if written is not None and written != str(r.size):
+            # CTR has no integrity check: a truncated or extended body would
+            # decrypt "fine". The size recorded at upload catches it.
+            raise DamagedObjectError(
+                f"object {key!r} is {r.size} bytes but was written with {written}"
+            )
         if classify(r.metadata) is ObjectFormat.PLAIN:
             # Plaintext object (not made by an encryption client): cached under a
             # throw-away key, so the cache still holds only ciphertext.
@@ -267,6 +282,7 @@ class Files:
                 else:
                     v.write_plain(offset, data)
                 break
+        h.wrote = True
         self._modified(node)
         return len(data)
 
@@ -296,6 +312,8 @@ class Files:
                     break
         node.size = size
         self._modified(node)
+        # truncate(2) returns with the change as durable as a close() would make it.
+        self.record_dirty(node)
 
     # -- close / sync ------------------------------------------------------------
 
@@ -303,7 +321,10 @@ class Files:
         """close(): make the dirty state survive a crash, and schedule the upload."""
         h = self.handle(fh)
         node = h.node
-        if node.dirty and not node.unlinked:
+        # Only a handle that wrote journals: closing a file opened for reading
+        # must not fail (or cost anything) because of someone else's writes.
+        if h.wrote and node.dirty and not node.unlinked:
+            h.wrote = False
             self.record_dirty(node)
             self.writeback.schedule(node)
 
@@ -366,7 +387,7 @@ class Files:
                 envelope=dict(v.envelope),
                 attrs=attrs_to_meta(node.attrs),
                 content_type=FILE_CONTENT_TYPE,
-                source=src if v.dirty else None,
+                source=src,
             )
         )
 
@@ -396,7 +417,7 @@ class Files:
                 v.sealed = True
             key = self.ctx.key_of(node)
             gen = node.meta_gen
-            meta = {**v.envelope, **attrs_to_meta(node.attrs)}
+            meta = {**v.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(v.size)}
             self.record_dirty(node)
             rec = self.ctx.journal.get_dirty(node.fid)
             resume = None

@@ -20,7 +20,7 @@ import trio
 from cosencfs.cache.content import Source
 from cosencfs.crypto.ctr import DataKey, crypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
-from cosencfs.errors import FsError, NotFoundError
+from cosencfs.errors import FsError, NotFoundError, TransientError
 from cosencfs.fs.attrs import (
     DIR_CONTENT_TYPE,
     Attrs,
@@ -36,6 +36,9 @@ from cosencfs.store.base import ObjectInfo
 from cosencfs.util import open_nursery
 
 log = logging.getLogger(__name__)
+
+#: When COS cannot be listed, a stale listing is retried after this many seconds.
+STALE_RETRY = 5.0
 
 
 class Namespace:
@@ -86,10 +89,14 @@ class Namespace:
             if parent.children.get(node.name) is node:
                 del parent.children[node.name]
             self._removed[(parent.ino, node.name)] = trio.current_time()
-        node.unlinked = True
         for sub in node.walk():
-            if sub is not node:
-                sub.unlinked = True
+            sub.unlinked = True
+            # Content nobody can reach any more: free the cache space now (an
+            # open file keeps its version until the last close).
+            v = sub.version
+            if v is not None and sub.open_count == 0 and v.pins == 0:
+                self.ctx.cache.discard(v)
+                sub.version = None
         self.maybe_drop(node)
 
     def attach(self, parent: Inode, name: str, node: Inode) -> None:
@@ -120,17 +127,26 @@ class Namespace:
             files: dict[str, ObjectInfo] = {}
             dirs: set[str] = set()
             marker: ObjectInfo | None = None
-            async for page in self.ctx.store.list_all(prefix, "/"):
-                for obj in page.objects:
-                    name = obj.key[len(prefix) :]
-                    if name == "":
-                        marker = obj
-                    elif valid_listed_name(name):
-                        files[name] = obj
-                for p in page.common_prefixes:
-                    name = p[len(prefix) : -1]
-                    if valid_listed_name(name):
-                        dirs.add(name)
+            try:
+                async for page in self.ctx.store.list_all(prefix, "/"):
+                    for obj in page.objects:
+                        name = obj.key[len(prefix) :]
+                        if name == "":
+                            marker = obj
+                        elif valid_listed_name(name):
+                            files[name] = obj
+                    for p in page.common_prefixes:
+                        name = p[len(prefix) : -1]
+                        if valid_listed_name(name):
+                            dirs.add(name)
+            except TransientError as exc:
+                if d.listed_at is None:
+                    raise
+                # COS unreachable: keep serving the last listing, and try again
+                # a little later rather than at every lookup.
+                log.warning("listing %r failed (%s); using the cached listing", prefix, exc)
+                d.listed_at = trio.current_time() - self.ctx.options.dir_ttl + STALE_RETRY
+                return
             self._merge(d, files, dirs, marker, started)
             d.listed_at = trio.current_time()
         finally:

@@ -19,6 +19,7 @@ from cosencfs.cache.extents import Extents
 from cosencfs.cache.journal import DirtyRecord
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
+from cosencfs.fs.attrs import META_SIZE
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.files import Files
 
@@ -119,7 +120,7 @@ async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, v: ContentVers
             "from is gone, and the cache holds only part of the new content"
         ) from exc
     v.sealed = True
-    meta = {**rec.envelope, **rec.attrs}
+    meta = {**rec.envelope, **rec.attrs, META_SIZE: str(v.size)}
     etag = await files.uploader.upload(
         rec.key,
         v,

@@ -270,13 +270,27 @@ class CosStore:
         """Run ``fn`` in a worker thread, retrying transient failures."""
         policy = policy or self._settings.retry
         started = trio.current_time()
+        # The whole call, retries included, ends by this time: an unreachable
+        # or hanging server gives an error after a known delay, never a hang.
+        # Bodies get extra time at a pessimistic 256 KiB/s.
+        deadline = started + policy.deadline + up / (256 * 1024)
         attempt = 0
         while True:
             attempt += 1
             self._counters.request(op, up=up)
             t0 = time.monotonic()
             try:
-                result = await trio.to_thread.run_sync(fn, limiter=self.sdk_limiter)
+                with trio.move_on_at(deadline) as scope:
+                    # A worker thread stuck in a socket read is abandoned (it
+                    # ends at its socket timeout); the caller goes on.
+                    result = await trio.to_thread.run_sync(
+                        fn, limiter=self.sdk_limiter, abandon_on_cancel=True
+                    )
+                if scope.cancelled_caught:
+                    self._counters.failure(op)
+                    raise TransientError(
+                        f"no answer within {deadline - started:.0f} s", op=op, key=key
+                    )
             except CosServiceError as exc:
                 self._counters.failure(op)
                 err = _service_error(op, key, exc)
@@ -299,7 +313,7 @@ class CosStore:
                 raise err
             delay = policy.delay(attempt)
             elapsed = trio.current_time() - started
-            if attempt >= policy.max_attempts or elapsed + delay > policy.deadline:
+            if attempt >= policy.max_attempts or started + elapsed + delay > deadline:
                 log.warning(
                     "%s %r failed after %d attempts in %.1f s: %s", op, key, attempt, elapsed, err
                 )
