@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 import trio
@@ -304,6 +304,23 @@ def _run_command(
     return status
 
 
+STOP_INTERRUPTED = "interrupted"
+
+
+async def _until_stopped(run: Callable[[], Awaitable[object]]) -> str:
+    """Run a bucket walk; "" when it went through, else why it stopped early."""
+    try:
+        await run()
+    except KeyboardInterrupt:
+        return STOP_INTERRUPTED
+    except StoreError as exc:
+        # A LIST (or another request the walk cannot do without) that
+        # outlived its retries: report what was done so far.
+        log.error("stopped early: %s", exc)
+        return f"stopped early: {exc}"
+    return ""
+
+
 # ---------------------------------------------------------------------------
 # rekey
 
@@ -373,20 +390,16 @@ def run_rekey(args: argparse.Namespace) -> int:
         before = store.counters.snapshot()
         started = time.monotonic()
         await _check_bucket(store, settings)
-        interrupted = False
         with Progress(
             "rekey (dry run)" if args.dry_run else "rekey", enabled=not args.no_progress
         ) as progress:
             rekeyer.progress = progress
-            try:
-                await rekeyer.run()
-            except KeyboardInterrupt:
-                interrupted = True
+            stop = await _until_stopped(rekeyer.run)
         used = store.counters.snapshot().minus(before)
-        _print_rekey(args, settings, rekeyer, used, time.monotonic() - started, interrupted)
-        if interrupted:
+        _print_rekey(args, settings, rekeyer, used, time.monotonic() - started, stop)
+        if stop == STOP_INTERRUPTED:
             return EXIT_INTERRUPTED
-        return EXIT_PROBLEMS if rekeyer.stats.failed else EXIT_OK
+        return EXIT_PROBLEMS if rekeyer.stats.failed or stop else EXIT_OK
 
     return _run_command(args, _prepare_rekey, main)
 
@@ -397,7 +410,7 @@ def _print_rekey(
     rekeyer: Rekeyer,
     used: CounterSnapshot,
     elapsed: float,
-    interrupted: bool,
+    stop: str,
 ) -> None:
     s: RekeyStats = rekeyer.stats
     new = rekeyer.new.master
@@ -407,7 +420,8 @@ def _print_rekey(
             "old_key_id": rekeyer.old.key_id,
             "new_key_id": new.key_id,
             "new_wrap": new.wrap_alg.value,
-            "interrupted": interrupted,
+            "complete": not stop,
+            "stopped": stop,
             "seconds": round(elapsed, 3),
             **s.as_dict(),
             "requests": used.as_dict(),
@@ -415,7 +429,7 @@ def _print_rekey(
         print(json.dumps(report, indent=2))
         return
     verb = "would re-wrap" if s.dry_run else "re-wrapped"
-    head = "interrupted" if interrupted else "done"
+    head = stop or "done"
     lines = [
         f"rekey {_target(settings)} {head}: {s.listed} objects listed in {elapsed:.1f} s; "
         f"master key {rekeyer.old.key_id} -> {new.key_id} ({new.wrap_alg.value})"
@@ -439,12 +453,13 @@ def _print_rekey(
         )
     lines.append(requests_line(used))
     retry_helps = {"changed", "store-error"}
-    if interrupted or retry_helps & s.failure_kinds.keys():
+    if stop or retry_helps & s.failure_kinds.keys():
         lines.append("Run the same command again to finish: objects already done are skipped.")
     if (s.failure_kinds.keys() - retry_helps) and not s.dry_run:
         lines.append(
-            "Objects that failed for other reasons need a look first (`cosencfs fsck` lists "
-            "wrong-key and damaged ones; docs/keys-and-fsck.md says what to do)."
+            "Failures other than changed objects and network errors will fail again: look at "
+            "them first (`cosencfs fsck` lists wrong-key and damaged objects; "
+            "docs/keys-and-fsck.md says what to do)."
         )
     print("\n".join(lines))
 
@@ -535,14 +550,10 @@ def run_fsck(args: argparse.Namespace) -> int:
                 "key_kind": codec.master.kind,
             }
         )
-        interrupted = False
         with Progress("fsck", enabled=not args.no_progress) as progress:
             fsck.progress = progress
             printer.progress = progress
-            try:
-                await fsck.run()
-            except KeyboardInterrupt:
-                interrupted = True
+            stop = await _until_stopped(fsck.run)
         printer.progress = None
         used = store.counters.snapshot().minus(before)
         elapsed = time.monotonic() - started
@@ -550,16 +561,17 @@ def run_fsck(args: argparse.Namespace) -> int:
             printer.finish(
                 {
                     "summary": fsck.stats.as_dict(),
-                    "interrupted": interrupted,
+                    "complete": not stop,
+                    "stopped": stop,
                     "seconds": round(elapsed, 3),
                     "requests": used.as_dict(),
                 }
             )
         else:
-            _print_fsck(settings, codec, fsck.stats, used, elapsed, interrupted)
-        if interrupted:
+            _print_fsck(settings, codec, fsck.stats, used, elapsed, stop)
+        if stop == STOP_INTERRUPTED:
             return EXIT_INTERRUPTED
-        return EXIT_OK if fsck.stats.clean else EXIT_PROBLEMS
+        return EXIT_OK if fsck.stats.clean and not stop else EXIT_PROBLEMS
 
     return _run_command(args, _prepare_fsck, main)
 
@@ -570,12 +582,12 @@ def _print_fsck(
     s: FsckStats,
     used: CounterSnapshot,
     elapsed: float,
-    interrupted: bool,
+    stop: str,
 ) -> None:
     ok = sum(s.ok.values())
     by_format = ", ".join(f"{fmt} {n}" for fmt, n in sorted(s.ok.items()))
     lines = [
-        f"fsck {_target(settings)}{' (interrupted)' if interrupted else ''} with master key "
+        f"fsck {_target(settings)}{f' ({stop})' if stop else ''} with master key "
         f"{codec.key_id} ({codec.master.kind}): {s.objects} objects ({s.bytes} bytes), "
         f"{s.markers} directory markers, {s.uploads} multipart uploads, in {elapsed:.1f} s",
         f"  {'ok:':<19}{ok}" + (f" ({by_format})" if by_format else ""),
@@ -593,5 +605,10 @@ def _print_fsck(
         )
     lines.append(requests_line(used))
     problems = sum(s.findings.values())
-    lines.append("clean" if not problems else f"{problems} problems found")
+    if problems:
+        lines.append(f"{problems} problems found")
+    elif stop:
+        lines.append("incomplete: no problems found in what was checked")
+    else:
+        lines.append("clean")
     print("\n".join(lines))

@@ -296,6 +296,8 @@ class Fsck:
             self.codec.open(meta, key=key)
         except NotEncryptedError:
             what = "an empty object" if info.size == 0 else f"{info.size} bytes"
+            if info.size == 1:
+                what = "1 byte"
             self._add(
                 Finding(
                     Category.PLAIN,

@@ -141,6 +141,7 @@ class FuseOperations(pyfuse3.Operations):
         self.fs = fs
         fs.ctx.invalidate_entry = self._invalidate_entry
         fs.ctx.invalidate_inode = self._invalidate_inode
+        fs.ctx.invalidate_attrs = self._invalidate_attrs
 
     # The kernel must not be told about changes from inside a request for the
     # same inode (it may hold the inode's lock): entries go through the async
@@ -167,6 +168,14 @@ class FuseOperations(pyfuse3.Operations):
                 log.debug("invalidate_inode(%d): %s", ino, exc)
 
         nursery.start_soon(run)
+
+    async def _invalidate_attrs(self, ino: int) -> None:
+        # Attributes only: no page-cache work, so it cannot wait on a request
+        # of ours (the page cache is dropped through keep_cache=False instead).
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(ino), True)
+        except Exception as exc:
+            log.debug("invalidate_inode(%d, attr_only): %s", ino, exc)
 
     # -- requests ----------------------------------------------------------------
 

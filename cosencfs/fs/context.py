@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -47,6 +47,10 @@ class FsOptions:
         object.__setattr__(self, "prefix", normalize_prefix(self.prefix))
 
 
+async def _nothing(ino: int) -> None:
+    return None
+
+
 class FsContext:
     def __init__(
         self,
@@ -67,6 +71,8 @@ class FsContext:
         #: Set by the FUSE adapter: tell the kernel a name or inode changed.
         self.invalidate_entry: Callable[[int, str], None] = lambda ino, name: None
         self.invalidate_inode: Callable[[int], None] = lambda ino: None
+        #: Forget the kernel's cached attributes of an inode, and wait until done.
+        self.invalidate_attrs: Callable[[int], Awaitable[None]] = _nothing
         self.head_limiter = trio.CapacityLimiter(options.head_concurrency)
 
     def key_of(self, node: Inode) -> str:

@@ -130,6 +130,9 @@ class Files:
         old = node.remote
         unchanged = old.etag == info.etag and old.size == info.size
         self.ns.apply_head(node, info)
+        if not unchanged:
+            # The kernel still has the old size: reads would stop there.
+            await self.ctx.invalidate_attrs(node.ino)
         return unchanged
 
     async def create(
@@ -212,6 +215,10 @@ class Files:
         end = offset + size
         h.seq_end = end
         if not h.window or self.ctx.nursery is None:
+            return
+        # Top the window up only once half of it has been consumed, so each
+        # prefetch is a few large GETs rather than one small GET per read.
+        if h.ahead_until - end > h.window // 2:
             return
         start = max(end, h.ahead_until)
         stop = min(end + h.window, v.limit)
