@@ -278,7 +278,12 @@ class Fsck:
     # ------------------------------------------------------------------ per object
 
     async def _check_object(self, listed: ObjectInfo) -> None:
-        key = listed.key
+        try:
+            await self._check(listed.key)
+        finally:
+            self.progress.set_status(self.stats.status())
+
+    async def _check(self, key: str) -> None:
         try:
             info = await self.store.head(key)
         except NotFoundError:
@@ -287,8 +292,6 @@ class Fsck:
         except StoreError as exc:
             self._add(Finding(Category.ERROR, key, f"HEAD failed: {exc}"))
             return
-        finally:
-            self.progress.set_status(self.stats.status())
         meta = dict(info.metadata)
         self._check_size(info, meta)
         env = inspect_envelope(meta)

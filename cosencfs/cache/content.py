@@ -55,6 +55,7 @@ class ContentVersion:
     """The cache file of one version and what is known about its bytes."""
 
     __slots__ = (
+        "account",
         "dirty",
         "discarded",
         "dk",
@@ -105,6 +106,8 @@ class ContentVersion:
         self.discarded = False
         #: The inode whose content this is (so eviction can tell it).
         self.owner: object | None = None
+        #: The cache's running total of present bytes, kept exact by mark().
+        self.account = [0]
 
     def __repr__(self) -> str:
         return (
@@ -127,6 +130,12 @@ class ContentVersion:
     def cached_bytes(self) -> int:
         return self.present.total
 
+    def mark(self, start: int, end: int) -> None:
+        """``[start, end)`` now holds valid ciphertext."""
+        before = self.present.total
+        self.present.add(start, end)
+        self.account[0] += self.present.total - before
+
     def close(self) -> None:
         if not self.discarded:
             self.discarded = True
@@ -140,7 +149,7 @@ class ContentVersion:
         cipher = crypt(self.dk, offset, data)
         _pwrite_all(self.fd, cipher, offset)
         end = offset + len(data)
-        self.present.add(offset, end)
+        self.mark(offset, end)
         self.size = max(self.size, end)
         self.dirty = True
 
@@ -161,7 +170,7 @@ class ContentVersion:
         view = memoryview(cipher)
         for s, e in self.present.missing(offset, min(end, self.size)):
             _pwrite_all(self.fd, view[s - offset : e - offset], s)
-            self.present.add(s, e)
+            self.mark(s, e)
 
     def zero_cipher(self, offset: int, length: int) -> bytes:
         return crypt(self.dk, offset, bytes(length))
@@ -169,7 +178,9 @@ class ContentVersion:
     def truncate(self, size: int) -> None:
         assert not self.sealed, "truncate of a sealed version"
         if size < self.size:
+            before = self.present.total
             self.present.truncate(size)
+            self.account[0] += self.present.total - before
             os.ftruncate(self.fd, size)
             if self.source is not None and self.source.limit > size:
                 self.source.limit = size
@@ -198,7 +209,7 @@ def transcode_into(old: ContentVersion, new: ContentVersion, upto: int) -> None:
             if len(data) != n:
                 raise OSError(f"cache file {old.vid} is short at {pos}+{n}")
             _pwrite_all(new.fd, transcode(old.dk, new.dk, pos, data), pos)
-        new.present.add(s, e)
+        new.mark(s, e)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

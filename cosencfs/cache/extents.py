@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 class Extents:
     """Disjoint, non-adjacent, sorted ranges; adjacent ranges are merged."""
 
-    __slots__ = ("_ends", "_starts")
+    __slots__ = ("_ends", "_starts", "_total")
 
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self._total = 0  # kept up to date: the cache sums it over every version
         for start, end in ranges:
             self.add(start, end)
 
@@ -45,11 +46,12 @@ class Extents:
         new = Extents()
         new._starts = list(self._starts)
         new._ends = list(self._ends)
+        new._total = self._total
         return new
 
     @property
     def total(self) -> int:
-        return sum(e - s for s, e in self)
+        return self._total
 
     def add(self, start: int, end: int) -> None:
         if end <= start:
@@ -61,6 +63,9 @@ class Extents:
         if i < j:
             start = min(start, self._starts[i])
             end = max(end, self._ends[j - 1])
+        self._total += (end - start) - sum(
+            e - s for s, e in zip(self._starts[i:j], self._ends[i:j], strict=True)
+        )
         self._starts[i:j] = [start]
         self._ends[i:j] = [end]
 
@@ -79,6 +84,9 @@ class Extents:
         if self._ends[j - 1] > end:
             new_starts.append(end)
             new_ends.append(self._ends[j - 1])
+        self._total += sum(e - s for s, e in zip(new_starts, new_ends, strict=True)) - sum(
+            e - s for s, e in zip(self._starts[i:j], self._ends[i:j], strict=True)
+        )
         self._starts[i:j] = new_starts
         self._ends[i:j] = new_ends
 

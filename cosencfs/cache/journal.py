@@ -23,7 +23,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -143,8 +143,11 @@ class Journal:
         self._db.execute(
             "INSERT OR IGNORE INTO settings VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
+        self._pending_attrs: dict[str, AttrRecord | None] = {}
+        self._attrs_flushed = time.monotonic()
 
     def close(self) -> None:
+        self.flush_attrs()
         self._db.close()
 
     # -- settings ----------------------------------------------------------------
@@ -254,7 +257,13 @@ class Journal:
 
     # -- attribute cache ---------------------------------------------------------
 
+    # Attribute records are a cache: they are collected in memory and written
+    # in one transaction now and then (flush_attrs), since one transaction
+    # per uploaded or HEADed object costs more than the upload of a small file.
+
     def get_attrs(self, key: str) -> AttrRecord | None:
+        if key in self._pending_attrs:
+            return self._pending_attrs[key]
         row = self._db.execute(
             "SELECT etag, size, lm, meta FROM attrs WHERE key=?", (key,)
         ).fetchone()
@@ -262,26 +271,50 @@ class Journal:
             return None
         return AttrRecord(row[0], int(row[1]), row[2], json.loads(row[3]))
 
-    @_best_effort
     def put_attrs(
         self, key: str, etag: str, size: int, lm: float | None, meta: Mapping[str, str]
     ) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?)",
-            (key, etag, size, lm, json.dumps(dict(meta))),
-        )
+        self._pending_attrs[key] = AttrRecord(etag, size, lm, dict(meta))
+        self._maybe_flush_attrs()
 
-    @_best_effort
     def set_attrs_lm(self, key: str, lm: float) -> None:
-        self._db.execute("UPDATE attrs SET lm=? WHERE key=? AND lm IS NULL", (lm, key))
+        rec = self.get_attrs(key)
+        if rec is not None and rec.lm is None:
+            self._pending_attrs[key] = AttrRecord(rec.etag, rec.size, lm, rec.meta)
+            self._maybe_flush_attrs()
 
-    @_best_effort
     def delete_attrs(self, key: str) -> None:
-        self._db.execute("DELETE FROM attrs WHERE key=?", (key,))
+        self._pending_attrs[key] = None
+        self._maybe_flush_attrs()
+
+    def delete_attrs_prefix(self, prefix: str) -> None:
+        self.flush_attrs()
+        # Keys are text; a range scan instead of LIKE avoids escaping % and _.
+        self._attrs_write(
+            "DELETE FROM attrs WHERE key >= ? AND key < ?", [(prefix, prefix + "\U0010ffff")]
+        )
+
+    def _maybe_flush_attrs(self) -> None:
+        now = time.monotonic()
+        if len(self._pending_attrs) >= 1000 or now - self._attrs_flushed > 1.0:
+            self.flush_attrs()
+
+    def flush_attrs(self) -> None:
+        pending, self._pending_attrs = self._pending_attrs, {}
+        self._attrs_flushed = time.monotonic()
+        puts = [
+            (k, r.etag, r.size, r.lm, json.dumps(dict(r.meta)))
+            for k, r in pending.items()
+            if r is not None
+        ]
+        deletes = [(k,) for k, r in pending.items() if r is None]
+        if deletes:
+            self._attrs_write("DELETE FROM attrs WHERE key=?", deletes)
+        if puts:
+            self._attrs_write("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?)", puts)
 
     @_best_effort
-    def delete_attrs_prefix(self, prefix: str) -> None:
-        # Keys are text; a range scan instead of LIKE avoids escaping % and _.
-        self._db.execute(
-            "DELETE FROM attrs WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff")
-        )
+    def _attrs_write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, rows)

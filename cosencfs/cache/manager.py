@@ -89,6 +89,9 @@ class CacheManager:
         self.hits = 0
         self.misses = 0
         self.fetched_bytes = 0
+        self._last_evict = -1e9
+        #: Bytes present over all versions (shared with each version).
+        self._usage = [0]
 
     def close(self) -> None:
         for v in list(self.versions.values()):
@@ -116,6 +119,7 @@ class CacheManager:
         v = ContentVersion(
             vid, self._path(vid), dk, envelope, size, source, dirty=dirty, sealed=sealed
         )
+        v.account = self._usage
         self.versions[vid] = v
         return v
 
@@ -141,6 +145,8 @@ class CacheManager:
             present=present,
             create=False,
         )
+        v.account = self._usage
+        self._usage[0] += present.total
         self.versions[vid] = v
         return v
 
@@ -170,7 +176,8 @@ class CacheManager:
 
     def discard(self, v: ContentVersion) -> None:
         """Forget a version and delete its cache file."""
-        self.versions.pop(v.vid, None)
+        if self.versions.pop(v.vid, None) is not None:
+            self._usage[0] -= v.present.total
         v.close()
         try:
             os.unlink(v.path)
@@ -327,10 +334,18 @@ class CacheManager:
     # -- space -----------------------------------------------------------------
 
     def usage(self) -> int:
-        return sum(v.cached_bytes for v in self.versions.values())
+        return self._usage[0]
 
     def dirty_bytes(self) -> int:
         return sum(v.size for v in self.versions.values() if v.dirty)
+
+    def maybe_evict(self) -> int:
+        """``evict``, at most twice a second: it walks every version."""
+        now = trio.current_time()
+        if now - self._last_evict < 0.5:
+            return 0
+        self._last_evict = now
+        return self.evict()
 
     def evict(self) -> int:
         """Drop least recently used clean versions until under the limits.

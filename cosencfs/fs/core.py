@@ -257,7 +257,7 @@ class Filesystem:
                 raise FsError(errno.ENOENT)
             key = self.ctx.key_of(node)
             self.files.writeback.cancel(node)
-            self.ctx.journal.delete_dirty(node.fid)
+            self.files.forget_record(node)
             had_remote = node.remote is not None
             if node.open_count and had_remote:
                 # Readers may still need bytes of the object: delete on last close.

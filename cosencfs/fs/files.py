@@ -376,6 +376,10 @@ class Files:
             return
         if not v.dirty and not node.meta_dirty:
             return
+        key = self.ctx.key_of(node)
+        signature = (key, v.vid, v.size, v.present.total, node.meta_gen)
+        if node.journaled == signature:
+            return
         src = None
         if v.source is not None:
             s = v.source
@@ -387,7 +391,7 @@ class Files:
         self.ctx.journal.put_dirty(
             DirtyRecord(
                 fid=node.fid,
-                key=self.ctx.key_of(node),
+                key=key,
                 vid=v.vid,
                 size=v.size,
                 present=v.present.to_list(),
@@ -397,6 +401,11 @@ class Files:
                 source=src,
             )
         )
+        node.journaled = signature
+
+    def forget_record(self, node: Inode) -> None:
+        self.ctx.journal.delete_dirty(node.fid)
+        node.journaled = None
 
     # -- commit (called by write-back) -----------------------------------------
 
@@ -426,10 +435,11 @@ class Files:
             gen = node.meta_gen
             meta = {**v.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(v.size)}
             self.record_dirty(node)
-            rec = self.ctx.journal.get_dirty(node.fid)
             resume = None
-            if rec is not None and rec.upload_id and rec.vid == v.vid and rec.key == key:
-                resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
+            if v.size > self.uploader.single_put_max:
+                rec = self.ctx.journal.get_dirty(node.fid)
+                if rec is not None and rec.upload_id and rec.vid == v.vid and rec.key == key:
+                    resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
             etag = await self.uploader.upload(
                 key, v, meta, content_type=FILE_CONTENT_TYPE, fid=node.fid, resume=resume
             )
@@ -448,7 +458,7 @@ class Files:
         if node.dirty:
             self.record_dirty(node)
         else:
-            self.ctx.journal.delete_dirty(node.fid)
+            self.forget_record(node)
         log.debug("committed %r (%d bytes)", key, v.size)
 
     async def _commit_attrs(self, node: Inode) -> None:
@@ -473,7 +483,7 @@ class Files:
         node.touched_at = trio.current_time()
         self.ctx.journal.put_attrs(key, etag, node.remote.size, None, meta)
         if not node.dirty:
-            self.ctx.journal.delete_dirty(node.fid)
+            self.forget_record(node)
 
     def _maybe_evict(self) -> None:
-        self.ctx.cache.evict()
+        self.ctx.cache.maybe_evict()

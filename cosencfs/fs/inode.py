@@ -58,6 +58,9 @@ class Inode:
     symlink_target: str | None = None
     #: Stable id of the file's dirty record in the journal.
     fid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: What the journal record says (key, version, size, bytes, attrs), to skip
+    #: writing the same record twice; None when there is no record.
+    journaled: tuple[object, ...] | None = None
     # directories
     children: dict[str, Inode] | None = None
     listed_at: float | None = None

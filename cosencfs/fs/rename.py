@@ -80,7 +80,7 @@ class Renamer:
     def _move_local(self, src: Inode, d_new: Inode, new_name: str, dst: Inode | None) -> None:
         if dst is not None:
             self.files.writeback.cancel(dst)
-            self.ctx.journal.delete_dirty(dst.fid)
+            self.files.forget_record(dst)
             self.ns.detach(dst)
         old_parent = src.parent
         assert old_parent is not None and old_parent.children is not None

@@ -15,6 +15,7 @@ parts are independent, unlike the SDK's shared-stream multipart.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -176,6 +177,11 @@ class WriteBack:
         self.delay = delay
         self.max_dirty_age = max_dirty_age
         self._due: dict[int, _Due] = {}
+        # Deadlines in a heap (stale entries skipped when popped): thousands of
+        # files closed at once must not make every scheduling step O(n).
+        self._heap: list[tuple[float, int, int]] = []
+        self._seq = 0
+        self._wake_at = math.inf
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(workers)
         self._running: dict[int, trio.Event] = {}
@@ -192,10 +198,16 @@ class WriteBack:
         wait = self.delay if delay is None else delay
         due = self._due.get(node.ino)
         if due is None:
-            self._due[node.ino] = _Due(node, now + wait, now)
+            due = self._due[node.ino] = _Due(node, now + wait, now)
         else:
             due.deadline = min(now + wait, due.first_dirty + self.max_dirty_age)
-        self._wake.set()
+        self._push(node.ino, due.deadline)
+
+    def _push(self, ino: int, deadline: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, ino))
+        if deadline < self._wake_at:
+            self._wake.set()
 
     def cancel(self, node: Inode) -> None:
         self._due.pop(node.ino, None)
@@ -212,14 +224,17 @@ class WriteBack:
             task_status.started()
             while True:
                 now = trio.current_time()
-                for ino, due in list(self._due.items()):
-                    if due.deadline <= now and ino not in self._running:
-                        del self._due[ino]
-                        self._running[ino] = trio.Event()
-                        nursery.start_soon(self._background, due)
-                next_deadline = min((d.deadline for d in self._due.values()), default=math.inf)
+                while self._heap and self._heap[0][0] <= now:
+                    deadline, _, ino = heapq.heappop(self._heap)
+                    due = self._due.get(ino)
+                    if due is None or due.deadline != deadline or ino in self._running:
+                        continue  # stale, or re-queued when the running upload ends
+                    del self._due[ino]
+                    self._running[ino] = trio.Event()
+                    nursery.start_soon(self._background, due)
+                self._wake_at = self._heap[0][0] if self._heap else math.inf
                 self._wake = trio.Event()
-                with trio.move_on_at(next_deadline):
+                with trio.move_on_at(self._wake_at):
                     await self._wake.wait()
 
     async def _background(self, due: _Due) -> None:
@@ -248,7 +263,9 @@ class WriteBack:
                 self._due[node.ino] = due
         finally:
             self._running.pop(node.ino).set()
-            self._wake.set()
+            again = self._due.get(node.ino)
+            if again is not None:  # changed while uploading, or failed
+                self._push(node.ino, again.deadline)
 
     async def wait_idle(self, node: Inode) -> None:
         """Wait until a background upload of ``node`` (if any) has finished."""

@@ -123,6 +123,8 @@ async def test_truncate_grow_shrink_and_holes(
     await fsys.release(fh)
     want = b"abcd" + bytes(16) + b"Z"
     assert await read_file(fsys, ino) == want
+    cache = fsys.ctx.cache
+    assert cache.usage() == sum(v.present.total for v in cache.versions.values()) > 0
     info = await store.head("t")
     assert decrypt_object(codec, dict(info.metadata), await store.get("t")) == want
 
