@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import trio
@@ -50,7 +50,13 @@ from cosencfs.errors import (
 from cosencfs.fs.names import normalize_prefix
 from cosencfs.fsck import Category, Finding, Fsck, FsckStats
 from cosencfs.logsetup import setup_logging
-from cosencfs.progress import Progress, display_key
+from cosencfs.progress import (
+    STOP_INTERRUPTED,
+    Progress,
+    display_key,
+    requests_line,
+    until_stopped,
+)
 from cosencfs.rekey import Rekeyer, RekeyStats
 from cosencfs.store.cos import CosSettings, CosStore
 from cosencfs.store.counters import CounterSnapshot
@@ -255,26 +261,6 @@ def _target(settings: MountSettings) -> str:
     return settings.bucket + (f"/{settings.prefix}" if settings.prefix else "")
 
 
-def requests_line(used: CounterSnapshot) -> str:
-    names = {
-        "ListObjects": "LIST",
-        "HeadObject": "HEAD",
-        "CopyObject": "COPY",
-        "HeadBucket": "HEAD bucket",
-        "ListMultipartUploads": "LIST uploads",
-        "AbortMultipartUpload": "ABORT",
-    }
-    order = list(names)
-    ops = sorted(used.requests, key=lambda op: (order.index(op) if op in order else len(order), op))
-    parts = [f"{used.requests[op]} {names.get(op, op)}" for op in ops]
-    failed = sum(used.failures.values())
-    extra = f", {failed} failed" if failed else ""
-    return (
-        f"requests: {', '.join(parts) or 'none'} ({used.total_requests} in all{extra}); "
-        f"{used.bytes_up} bytes up, {used.bytes_down} bytes down"
-    )
-
-
 def _run_command(
     args: argparse.Namespace,
     prepare: Callable[[argparse.Namespace, MountSettings], Any],
@@ -284,11 +270,11 @@ def _run_command(
     try:
         settings = settings_from_args(args)
         prepared = prepare(args, settings)
+        store = open_store(settings)  # checks the endpoint
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_USAGE
     setup_logging(settings.log_level, settings.debug)
-    store = open_store(settings)
     try:
         status: int = trio.run(main, store, settings, prepared)
     except _Unusable as exc:
@@ -302,23 +288,6 @@ def _run_command(
     finally:
         store.close()
     return status
-
-
-STOP_INTERRUPTED = "interrupted"
-
-
-async def _until_stopped(run: Callable[[], Awaitable[object]]) -> str:
-    """Run a bucket walk; "" when it went through, else why it stopped early."""
-    try:
-        await run()
-    except KeyboardInterrupt:
-        return STOP_INTERRUPTED
-    except StoreError as exc:
-        # A LIST (or another request the walk cannot do without) that
-        # outlived its retries: report what was done so far.
-        log.error("stopped early: %s", exc)
-        return f"stopped early: {exc}"
-    return ""
 
 
 # ---------------------------------------------------------------------------
@@ -394,7 +363,7 @@ def run_rekey(args: argparse.Namespace) -> int:
             "rekey (dry run)" if args.dry_run else "rekey", enabled=not args.no_progress
         ) as progress:
             rekeyer.progress = progress
-            stop = await _until_stopped(rekeyer.run)
+            stop = await until_stopped(rekeyer.run)
         used = store.counters.snapshot().minus(before)
         _print_rekey(args, settings, rekeyer, used, time.monotonic() - started, stop)
         if stop == STOP_INTERRUPTED:
@@ -553,7 +522,7 @@ def run_fsck(args: argparse.Namespace) -> int:
         with Progress("fsck", enabled=not args.no_progress) as progress:
             fsck.progress = progress
             printer.progress = progress
-            stop = await _until_stopped(fsck.run)
+            stop = await until_stopped(fsck.run)
         printer.progress = None
         used = store.counters.snapshot().minus(before)
         elapsed = time.monotonic() - started

@@ -1,15 +1,17 @@
 """Progress of bucket-wide commands, and the bounded parallel walk they share.
 
 ``Progress`` draws a ``tqdm`` bar on stderr when stderr is a terminal and
-otherwise logs one line every ``log_interval`` seconds (and one at the
-end), so a run under systemd or cron leaves a readable trace instead of
-carriage-return noise.
+otherwise logs one line every ``log_interval`` seconds, so a run under
+systemd or cron leaves a readable trace instead of carriage-return noise.
 
 ``walk_bucket`` lists a prefix one page at a time (``LIST_PAGE_MAX`` keys)
 and runs a handler per object in a trio nursery whose tasks are bounded by a
 ``CapacityLimiter``: the next page is only requested once all but
-``concurrency`` objects of the current one have been handled, so memory
-stays bounded however large the bucket is.
+``concurrency`` objects of the current one have been handed to a task, so
+memory stays bounded however large the bucket is.
+
+``until_stopped`` and ``requests_line`` are the end of such a run: why it
+stopped early, if it did, and what it cost.
 """
 
 from __future__ import annotations
@@ -22,11 +24,20 @@ from typing import Any, TextIO
 
 import trio
 
+from cosencfs.errors import StoreError
 from cosencfs.store.base import LIST_PAGE_MAX, ObjectInfo, ObjectStore
+from cosencfs.store.counters import CounterSnapshot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Progress", "display_key", "walk_bucket"]
+__all__ = [
+    "STOP_INTERRUPTED",
+    "Progress",
+    "display_key",
+    "requests_line",
+    "until_stopped",
+    "walk_bucket",
+]
 
 
 def _load_tqdm() -> Any:
@@ -211,3 +222,41 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             out.append(exc)
     return out
+
+
+STOP_INTERRUPTED = "interrupted"
+
+
+async def until_stopped(run: Callable[[], Awaitable[object]]) -> str:
+    """Run a bucket walk; "" when it went through, else why it stopped early."""
+    try:
+        await run()
+    except KeyboardInterrupt:
+        return STOP_INTERRUPTED
+    except StoreError as exc:
+        # A LIST (or another request the walk cannot do without) that
+        # outlived its retries: report what was done so far.
+        log.error("stopped early: %s", exc)
+        return f"stopped early: {exc}"
+    return ""
+
+
+def requests_line(used: CounterSnapshot) -> str:
+    """One line on what a run cost: requests by kind, failures, body bytes."""
+    names = {
+        "ListObjects": "LIST",
+        "HeadObject": "HEAD",
+        "CopyObject": "COPY",
+        "HeadBucket": "HEAD bucket",
+        "ListMultipartUploads": "LIST uploads",
+        "AbortMultipartUpload": "ABORT",
+    }
+    order = list(names)
+    ops = sorted(used.requests, key=lambda op: (order.index(op) if op in order else len(order), op))
+    parts = [f"{used.requests[op]} {names.get(op, op)}" for op in ops]
+    failed = sum(used.failures.values())
+    extra = f", {failed} failed" if failed else ""
+    return (
+        f"requests: {', '.join(parts) or 'none'} ({used.total_requests} in all{extra}); "
+        f"{used.bytes_up} bytes up, {used.bytes_down} bytes down"
+    )

@@ -407,4 +407,10 @@ class Filesystem:
                 "last_error": wb.last_error,
             },
             "inodes": len(self.ctx.table),
+            "fuse": {
+                "reads": self.files.reads,
+                "read_bytes": self.files.read_bytes,
+                "writes": self.files.writes,
+                "write_bytes": self.files.write_bytes,
+            },
         }

@@ -70,6 +70,8 @@ class Files:
         )
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
+        #: Requests served (average sizes tell how well the kernel batches).
+        self.reads = self.read_bytes = self.writes = self.write_bytes = 0
         self._forking: dict[int, trio.Event] = {}
         #: Keys whose delete waits for the last close of an unlinked file.
         self.pending_deletes: set[str] = set()
@@ -197,9 +199,12 @@ class Files:
         if v is None or offset >= v.size:
             return b""
         v.pins += 1
+        self.reads += 1
         try:
             self._readahead(h, v, offset, size)
-            return await self.ctx.cache.read(v, offset, size)
+            data = await self.ctx.cache.read(v, offset, size)
+            self.read_bytes += len(data)
+            return data
         finally:
             v.pins -= 1
             self._maybe_evict()
@@ -290,6 +295,8 @@ class Files:
                     v.write_plain(offset, data)
                 break
         h.wrote = True
+        self.writes += 1
+        self.write_bytes += len(data)
         self._modified(node)
         return len(data)
 
