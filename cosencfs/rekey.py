@@ -248,15 +248,6 @@ class Rekeyer:
         except CryptoError as exc:
             self._fail(key, "unreadable", crypto_message(exc))
             return
-        mangled = _mangled_field(meta)
-        if mangled is not None:
-            self._fail(
-                key,
-                "non-ascii-metadata",
-                f"metadata field {mangled!r} holds non-ASCII text that the rewrite would alter "
-                "(the store reads header bytes as Latin-1); left under the old key",
-            )
-            return
         new_meta = {**strip_envelope(meta), **self.new.seal(dk)}
         size = metadata_bytes(new_meta)
         if size > MAX_USER_META_BYTES:
@@ -274,6 +265,7 @@ class Rekeyer:
                     key,
                     metadata=new_meta,
                     content_type=info.content_type,
+                    headers=info.headers,
                     if_match=info.etag,
                     size=info.size,
                 )
@@ -299,21 +291,3 @@ class Rekeyer:
         if len(self.stats.failures) < MAX_REPORTED_FAILURES:
             self.stats.failures.append((key, reason))
         log.warning("not rotated: %s: %s", display_key(key), reason)
-
-
-def _mangled_field(meta: Mapping[str, str]) -> str | None:
-    """A metadata name whose value looks like UTF-8 bytes read as Latin-1.
-
-    COS returns metadata values as raw bytes; read as Latin-1 (what HTTP
-    clients do) UTF-8 text turns into mojibake, which a Replaced copy would
-    write back double-encoded.  Such objects are left alone.
-    """
-    for name, value in meta.items():
-        if value.isascii() or max(map(ord, value)) > 0xFF:
-            continue
-        try:
-            value.encode("latin-1").decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        return name
-    return None

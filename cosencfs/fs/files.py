@@ -482,10 +482,11 @@ class Files:
             key,
             metadata=meta,
             content_type=FILE_CONTENT_TYPE,
+            headers=node.remote.headers,
             if_match=node.remote.etag,
             size=node.remote.size,
         )
-        node.remote = Remote(etag, node.remote.size, time.time(), meta)
+        node.remote = Remote(etag, node.remote.size, time.time(), meta, node.remote.headers)
         node.meta_synced_gen = gen
         node.touched_at = trio.current_time()
         self.ctx.journal.put_attrs(key, etag, node.remote.size, None, meta)

@@ -31,6 +31,8 @@ class Remote:
     last_modified: float
     #: Envelope (and attribute) metadata; None when only a listing was seen.
     metadata: dict[str, str] | None = None
+    #: Standard headers other tools set (Cache-Control ...), kept on rewrites.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

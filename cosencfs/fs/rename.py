@@ -133,6 +133,7 @@ class Renamer:
             new_key,
             metadata=meta,
             content_type=FILE_CONTENT_TYPE,
+            headers=remote.headers,
             if_match=remote.etag,
             size=remote.size,
         )

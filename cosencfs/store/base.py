@@ -65,6 +65,10 @@ class ObjectInfo:
     content_type: str = ""
     #: False when the info came from a listing, which carries no user metadata.
     has_metadata: bool = True
+    #: Standard headers set by other tools (Cache-Control, Content-Disposition,
+    #: Content-Encoding, Content-Language, Expires), lowercase names; a copy
+    #: that replaces metadata must send them again or they are lost.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -149,18 +153,25 @@ class ObjectStore(Protocol):
         *,
         metadata: Mapping[str, str] | None = None,
         content_type: str = "",
+        headers: Mapping[str, str] | None = None,
         if_match: str | None = None,
         size: int | None = None,
     ) -> str:
         """Server-side copy; returns the new ETag.
 
         ``metadata=None`` keeps the source's (directive Copy), otherwise the
-        object gets exactly ``metadata`` (directive Replaced).  Objects over
+        object gets exactly ``metadata``, ``content_type`` and ``headers``
+        (directive Replaced).  Objects over
         5 GB are copied with part copies.  ``size``, when known, saves a HEAD.
         """
 
     async def create_multipart(
-        self, key: str, metadata: Mapping[str, str], *, content_type: str = ""
+        self,
+        key: str,
+        metadata: Mapping[str, str],
+        *,
+        content_type: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Start a multipart upload; return its upload id."""
 
@@ -175,6 +186,8 @@ class ObjectStore(Protocol):
         src_key: str,
         start: int,
         end: int,
+        *,
+        if_match: str | None = None,
     ) -> str:
         """Copy bytes ``[start, end)`` of ``src_key`` as a part; return its ETag."""
 

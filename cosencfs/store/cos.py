@@ -166,9 +166,31 @@ def _parse_iso_date(value: str) -> float:
         return 0.0
 
 
+#: Standard headers a Replaced copy would drop unless sent again.
+STANDARD_HEADERS = {
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-encoding": "ContentEncoding",
+    "content-language": "ContentLanguage",
+    "expires": "Expires",
+}
+
+
+def _header_text(value: str) -> str:
+    """COS sends metadata as UTF-8 bytes; http.client reads them as Latin-1."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     lower = {k.lower(): v for k, v in headers.items()}
-    meta = {k[len(META_PREFIX) :]: v for k, v in lower.items() if k.startswith(META_PREFIX)}
+    meta = {
+        k[len(META_PREFIX) :]: _header_text(v)
+        for k, v in lower.items()
+        if k.startswith(META_PREFIX)
+    }
     return ObjectInfo(
         key=key,
         size=int(lower.get("content-length", "0")),
@@ -177,11 +199,26 @@ def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
         metadata=meta,
         content_type=lower.get("content-type", ""),
         has_metadata=True,
+        headers={k: lower[k] for k in STANDARD_HEADERS if k in lower},
     )
 
 
 def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
     return {META_PREFIX + name.lower(): value for name, value in metadata.items()}
+
+
+def _replaced_headers(
+    metadata: Mapping[str, str], content_type: str, headers: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """SDK keyword arguments for an object whose metadata is set anew."""
+    kwargs: dict[str, Any] = {"Metadata": _meta_headers(metadata)}
+    if content_type:
+        kwargs["ContentType"] = content_type
+    for name, value in (headers or {}).items():
+        arg = STANDARD_HEADERS.get(name.lower())
+        if arg is not None:
+            kwargs[arg] = value
+    return kwargs
 
 
 class _FileRangeReader:
@@ -478,6 +515,7 @@ class CosStore:
         *,
         metadata: Mapping[str, str] | None = None,
         content_type: str = "",
+        headers: Mapping[str, str] | None = None,
         if_match: str | None = None,
         size: int | None = None,
     ) -> str:
@@ -486,14 +524,14 @@ class CosStore:
             if if_match and info.etag != if_match:
                 raise PreconditionFailedError("source changed", op="CopyObject", key=src_key)
             if info.size > MAX_PUT_BYTES:
-                return await self._copy_large(src_key, dst_key, info, metadata, content_type)
+                return await self._copy_large(
+                    src_key, dst_key, info, metadata, content_type, headers, info.etag
+                )
         kwargs: dict[str, Any] = {}
         directive = "Copy"
         if metadata is not None:
             directive = "Replaced"
-            kwargs["Metadata"] = _meta_headers(metadata)
-            if content_type:
-                kwargs["ContentType"] = content_type
+            kwargs.update(_replaced_headers(metadata, content_type, headers))
         if if_match:
             kwargs["CopySourceIfMatch"] = f'"{if_match}"'
         source = dict(self._copy_source_base, Key=src_key)
@@ -513,18 +551,27 @@ class CosStore:
         info: ObjectInfo,
         metadata: Mapping[str, str] | None,
         content_type: str,
+        headers: Mapping[str, str] | None,
+        source_etag: str,
     ) -> str:
         part = max(COPY_PART_BYTES, -(-info.size // MAX_PARTS))
         part = min(part, MAX_PART_BYTES)
         meta = info.metadata if metadata is None else metadata
         ctype = info.content_type if metadata is None else content_type
-        upload_id = await self.create_multipart(dst_key, meta, content_type=ctype)
+        std = info.headers if metadata is None else (headers or {})
+        upload_id = await self.create_multipart(
+            dst_key, meta, content_type=ctype, headers=std
+        )
         etags: dict[int, str] = {}
         try:
 
             async def one(n: int, start: int) -> None:
                 end = min(start + part, info.size)
-                etags[n] = await self.upload_part_copy(dst_key, upload_id, n, src_key, start, end)
+                # Every part is taken from the same version of the source: a
+                # source rewritten meanwhile fails the copy instead of mixing.
+                etags[n] = await self.upload_part_copy(
+                    dst_key, upload_id, n, src_key, start, end, if_match=source_etag
+                )
 
             async with trio.open_nursery() as nursery:
                 for n, start in enumerate(range(0, info.size, part), start=1):
@@ -541,11 +588,14 @@ class CosStore:
     # ------------------------------------------------------------------ multipart
 
     async def create_multipart(
-        self, key: str, metadata: Mapping[str, str], *, content_type: str = ""
+        self,
+        key: str,
+        metadata: Mapping[str, str],
+        *,
+        content_type: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> str:
-        kwargs: dict[str, Any] = {"Metadata": _meta_headers(metadata)}
-        if content_type:
-            kwargs["ContentType"] = content_type
+        kwargs = _replaced_headers(metadata, content_type, headers)
 
         def fn() -> str:
             data = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **kwargs)
@@ -570,9 +620,20 @@ class CosStore:
         return await self._call("UploadPart", key, fn, up=length)
 
     async def upload_part_copy(
-        self, key: str, upload_id: str, part_number: int, src_key: str, start: int, end: int
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src_key: str,
+        start: int,
+        end: int,
+        *,
+        if_match: str | None = None,
     ) -> str:
         source = dict(self._copy_source_base, Key=src_key)
+        kwargs: dict[str, Any] = {}
+        if if_match:
+            kwargs["CopySourceIfMatch"] = f'"{if_match}"'
 
         def fn() -> str:
             resp = self._client.upload_part_copy(
@@ -582,6 +643,7 @@ class CosStore:
                 UploadId=upload_id,
                 CopySource=source,
                 CopySourceRange=f"bytes={start}-{end - 1}",
+                **kwargs,
             )
             etag = _strip_etag(str(resp.get("ETag", "")))
             if not etag:

@@ -153,7 +153,7 @@ def test_rekey_killed_halfway_then_resumed(
 
     trio.run(setup)
     server.reset_stats()
-    server.set_faults(0.0, latency_ms=25)
+    server.set_faults(0.0, latency_ms=100)  # slow enough to catch it half-way under load
     log = open(tmp_path / "rekey1.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "cosencfs",
@@ -162,7 +162,7 @@ def test_rekey_killed_halfway_then_resumed(
     )  # fmt: skip
     log.close()
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while server.stats().get("CopyObject", 0) < 10:
             assert proc.poll() is None, (tmp_path / "rekey1.log").read_text()
             assert time.monotonic() < deadline
@@ -577,15 +577,9 @@ def test_rekey_config_file_and_usage_errors(
 
 
 # ---------------------------------------------------------------------------
-# Known problems elsewhere (strict xfail: they start failing once fixed)
+# Metadata other tools set survives the rewrite
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CosStore.head returns non-ASCII metadata values as UTF-8 bytes read as Latin-1 "
-    "(mojibake) and a Replaced copy writes them back double-encoded; rekey therefore "
-    "refuses such objects",
-)
 async def test_rekey_keeps_non_ascii_metadata(
     store: CosStore, codec: EnvelopeCodec, new_codec: EnvelopeCodec
 ) -> None:
@@ -593,17 +587,6 @@ async def test_rekey_keeps_non_ascii_metadata(
     stats = await Rekeyer(store, codec, new_codec).run()
     assert stats.rewrapped == 1
     assert (await store.head("f")).metadata["note"] == "h\u00e9llo \u4e16\u754c"
-
-
-async def test_rekey_refuses_to_mangle_non_ascii_metadata(
-    store: CosStore, codec: EnvelopeCodec, new_codec: EnvelopeCodec
-) -> None:
-    await put_encrypted(store, codec, "f", b"x", extra={"note": "h\u00e9llo"})
-    before = dict((await store.head("f")).metadata)
-    stats = await Rekeyer(store, codec, new_codec).run()
-    assert (stats.rewrapped, stats.failed) == (0, 1)
-    assert stats.failure_kinds == {"non-ascii-metadata": 1}
-    assert dict((await store.head("f")).metadata) == before
 
 
 @pytest.fixture
@@ -617,12 +600,6 @@ def raw_client(server: LocalCosServer) -> Iterator[Any]:
     session.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ObjectStore.head/copy carry only user metadata and Content-Type: a Replaced "
-    "self-copy drops Cache-Control, Content-Disposition, Content-Encoding, Content-Language "
-    "and Expires set by other tools",
-)
 async def test_rekey_keeps_standard_headers(
     store: CosStore, codec: EnvelopeCodec, new_codec: EnvelopeCodec, raw_client: Any
 ) -> None:
