@@ -36,6 +36,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", help="http://HOST:PORT of a COS-compatible server, or a domain")
     p.add_argument("--region", help="COS region (default: ap-guangzhou)")
     p.add_argument("--key-file", help="AES master key file (base64, as the COS SDK reads it)")
+    p.add_argument(
+        "--also-read-key-file",
+        dest="also_read",
+        action="append",
+        metavar="FILE",
+        help="an older AES key file whose objects must stay readable (during a key rotation)",
+    )
     p.add_argument("--rsa-public-key", help="RSA public key (PEM)")
     p.add_argument("--rsa-private-key", help="RSA private key (PEM)")
     p.add_argument(
@@ -88,6 +95,7 @@ _CLI_FIELDS = {
     "rsa_public_key": "keys.rsa_public_key",
     "rsa_private_key": "keys.rsa_private_key",
     "aes_wrap": "keys.aes_wrap",
+    "also_read": "keys.also_read",
     "cache_dir": "cache.dir",
     "cache_size": "cache.size",
     "foreground": "fuse.foreground",

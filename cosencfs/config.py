@@ -75,6 +75,9 @@ class KeySettings:
     aes_wrap: str = "sdk"
     #: Create the AES key file when it does not exist (``--local`` only).
     create_if_missing: bool = False
+    #: Older AES key files that may still open objects (during a rotation);
+    #: new objects always use the main key.
+    also_read: list[str] = field(default_factory=list)
 
     def load(self) -> MasterKey:
         hardened = self.aes_wrap == "kw"
@@ -102,7 +105,9 @@ class KeySettings:
         return load_aes_key_file(self.key_file, hardened=hardened)
 
     def codec(self) -> EnvelopeCodec:
-        return EnvelopeCodec(self.load())
+        hardened = self.aes_wrap == "kw"
+        old = [load_aes_key_file(path, hardened=hardened) for path in self.also_read]
+        return EnvelopeCodec(self.load(), also_read=old)
 
 
 @dataclass(slots=True)
@@ -230,6 +235,7 @@ FIELDS: dict[str, Callable[[object], Any]] = {
     "keys.rsa_private_key": _str,
     "keys.rsa_passphrase": _str,
     "keys.aes_wrap": _choice("sdk", "kw"),
+    "keys.also_read": _strlist,
     "cache.dir": _str,
     "cache.size": _size,
     "fs.writeback_delay": _num,
@@ -345,6 +351,7 @@ def build_settings(values: Mapping[str, Any]) -> MountSettings:
         rsa_private_key=v.get("keys.rsa_private_key"),
         rsa_passphrase=v.get("keys.rsa_passphrase"),
         aes_wrap=v.get("keys.aes_wrap", "sdk"),
+        also_read=v.get("keys.also_read", []),
     )
     if local and not (keys.key_file or keys.rsa_public_key or keys.rsa_private_key):
         keys.key_file = str(config_home() / "local.key")

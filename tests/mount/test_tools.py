@@ -323,3 +323,22 @@ def test_data_closed_before_kill9_is_uploaded_by_the_next_mount(
     assert (m2.mountpoint / "sub" / "small").read_bytes() == b"tiny"
     m3 = mounts(cache="cold")
     assert (m3.mountpoint / "precious.bin").read_bytes() == data
+
+
+def test_mount_reads_old_and_new_keys_during_a_rotation(
+    mounts: MountFactory, tmp_path: Path, key_file: Path
+) -> None:
+    from testlib import new_key_file
+
+    m = mounts()
+    (m.mountpoint / "old.txt").write_text("under the old key\n")
+    assert m.umount() == 0
+    new = new_key_file(tmp_path / "new.key")
+    m2 = mounts(key_file=new, cache="c2", extra=["--also-read-key-file", str(key_file)])
+    assert (m2.mountpoint / "old.txt").read_text() == "under the old key\n"
+    (m2.mountpoint / "new.txt").write_text("under the new key\n")
+    assert m2.umount() == 0
+    m3 = mounts(key_file=new, cache="c3")
+    assert (m3.mountpoint / "new.txt").read_text() == "under the new key\n"
+    with pytest.raises(OSError):
+        (m3.mountpoint / "old.txt").read_bytes()
