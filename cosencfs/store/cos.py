@@ -15,6 +15,7 @@ silenced for good in ``_silence_sdk_logging``.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import ipaddress
 import logging
 import os
@@ -58,6 +59,7 @@ from cosencfs.store.base import (
     body_length,
 )
 from cosencfs.store.counters import RequestCounters
+from cosencfs.store.fasthttp import FastTransport, HttpStatusError
 from cosencfs.store.retry import RetryPolicy, is_retryable
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
     ConnectionError,
     TimeoutError,
 )
@@ -103,6 +106,9 @@ class CosSettings:
     concurrency: int = 16
     timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Send object GET/HEAD/PUT/DELETE/part uploads over plain http.client
+    #: (signed by the SDK); False routes everything through CosS3Client.
+    fast_path: bool = True
 
 
 def make_cos_config(settings: CosSettings) -> CosConfig:
@@ -269,6 +275,11 @@ class CosStore:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._client = CosS3Client(self._conf, retry=0, session=self._session)
+        self._fast = (
+            FastTransport(self._conf, settings.bucket, settings.timeout)
+            if settings.fast_path
+            else None
+        )
         #: The named limiter every SDK call goes through.
         self.sdk_limiter = trio.CapacityLimiter(settings.concurrency)
         self._counters = RequestCounters()
@@ -292,8 +303,19 @@ class CosStore:
     def settings(self) -> CosSettings:
         return self._settings
 
+    def _resent(self, op: str) -> Callable[[], None]:
+        """Count the failed first attempt of a request resent on a fresh connection."""
+
+        def count() -> None:
+            self._counters.failure(op)
+            self._counters.request(op)
+
+        return count
+
     def close(self) -> None:
         self._session.close()
+        if self._fast is not None:
+            self._fast.close()
 
     async def _call(
         self,
@@ -331,6 +353,9 @@ class CosStore:
             except CosServiceError as exc:
                 self._counters.failure(op)
                 err = _service_error(op, key, exc)
+            except HttpStatusError as exc:
+                self._counters.failure(op)
+                err = _status_error(op, key, exc.status, exc.code, exc.message, exc.request_id)
             except CosClientError as exc:
                 self._counters.failure(op)
                 cause = exc.__context__
@@ -375,7 +400,13 @@ class CosStore:
             ) from exc
 
     async def head(self, key: str) -> ObjectInfo:
+        fast = self._fast
+
         def fn() -> ObjectInfo:
+            if fast is not None:
+                return _info_from_headers(
+                    key, fast.request("HEAD", key, on_resend=self._resent("HeadObject")).headers
+                )
             headers = self._client.head_object(Bucket=self.bucket, Key=key)
             return _info_from_headers(key, headers)
 
@@ -392,7 +423,22 @@ class CosStore:
         if if_match:
             kwargs["IfMatch"] = f'"{if_match}"'
 
+        fast = self._fast
+
         def fn() -> bytes:
+            if fast is not None:
+                headers = {}
+                if "Range" in kwargs:
+                    headers["Range"] = kwargs["Range"]
+                if if_match:
+                    headers["If-Match"] = kwargs["IfMatch"]
+                answer = fast.request(
+                    "GET", key, headers=headers, on_resend=self._resent("GetObject")
+                )
+                self._counters.add_down(len(answer.body))
+                if "Range" in kwargs:
+                    return _ranged_part(answer.body, answer.headers, start, end)
+                return answer.body
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
             body = resp["Body"]
             raw = body.get_raw_stream()
@@ -428,8 +474,20 @@ class CosStore:
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
 
+        fast = self._fast
+
         def fn() -> str:
             with _open_body(body) as data:
+                if fast is not None:
+                    headers = _meta_headers(metadata)
+                    if content_type:
+                        headers["Content-Type"] = content_type
+                    if if_none_match:
+                        headers["If-None-Match"] = "*"
+                    answer = fast.request(
+                        "PUT", key, headers=headers, body=data, on_resend=self._resent("PutObject")
+                    )
+                    return _strip_etag(answer.headers.get("etag", ""))
                 resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)
             return _strip_etag(resp.get("ETag", ""))
 
@@ -481,7 +539,12 @@ class CosStore:
             marker = page.next_marker
 
     async def delete(self, key: str) -> None:
+        fast = self._fast
+
         def fn() -> None:
+            if fast is not None:
+                fast.request("DELETE", key, on_resend=self._resent("DeleteObject"))
+                return
             self._client.delete_object(Bucket=self.bucket, Key=key)
 
         try:
@@ -559,9 +622,7 @@ class CosStore:
         meta = info.metadata if metadata is None else metadata
         ctype = info.content_type if metadata is None else content_type
         std = info.headers if metadata is None else (headers or {})
-        upload_id = await self.create_multipart(
-            dst_key, meta, content_type=ctype, headers=std
-        )
+        upload_id = await self.create_multipart(dst_key, meta, content_type=ctype, headers=std)
         etags: dict[int, str] = {}
         try:
 
@@ -606,8 +667,19 @@ class CosStore:
     async def upload_part(self, key: str, upload_id: str, part_number: int, body: Body) -> str:
         length = body_length(body)
 
+        fast = self._fast
+
         def fn() -> str:
             with _open_body(body) as data:
+                if fast is not None:
+                    answer = fast.request(
+                        "PUT",
+                        key,
+                        params={"partNumber": part_number, "uploadId": upload_id},
+                        body=data,
+                        on_resend=self._resent("UploadPart"),
+                    )
+                    return _strip_etag(answer.headers.get("etag", ""))
                 resp = self._client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
@@ -796,6 +868,12 @@ def _service_error(op: str, key: str, exc: CosServiceError) -> StoreError:
         message = str(exc.get_error_msg())
     except (KeyError, TypeError):
         message = code
+    return _status_error(op, key, status, code, message, request_id)
+
+
+def _status_error(
+    op: str, key: str, status: int, code: str, message: str, request_id: str
+) -> StoreError:
     kw: dict[str, Any] = {
         "op": op,
         "key": key,

@@ -179,7 +179,15 @@ def test_rekey_killed_halfway_then_resumed(
         finally:
             st.close()
 
+    # Copies the killed process had sent still finish on the server (after the
+    # injected latency): wait until nothing changes any more.
     halfway = trio.run(kids)
+    for _ in range(50):
+        time.sleep(0.2)
+        again_seen = trio.run(kids)
+        if again_seen == halfway:
+            break
+        halfway = again_seen
     done = sum(1 for kid in halfway.values() if kid == new_codec.key_id)
     assert 0 < done < n, done
     assert all(kid in (codec.key_id, new_codec.key_id) for kid in halfway.values())
