@@ -144,12 +144,13 @@ class FastTransport:
         req = _Signable(method, url, {"Host": self._host, "User-Agent": USER_AGENT})
         if self._token:
             req.headers["x-cos-security-token"] = self._token
-        for name, value in (headers or {}).items():
-            # http.client writes header values as Latin-1; COS wants UTF-8 bytes.
-            req.headers[name] = value.encode("utf-8").decode("latin-1")
+        req.headers.update(headers or {})
         if method in ("PUT", "POST"):
             req.headers["Content-Length"] = str(len(body) if body is not None else 0)
         CosS3Auth(self._conf, key, params=query)(req)
+        # The signature covers the text (as UTF-8, like the SDK); http.client
+        # writes header values as Latin-1, so hand it the UTF-8 bytes that way.
+        wire = {k: v.encode("utf-8").decode("latin-1") for k, v in req.headers.items()}
         path = urlsplit(url).path or "/"
         if query:
             path += "?" + urlencode(query)
@@ -161,7 +162,7 @@ class FastTransport:
             conn = self._connection()
             stale = conn.sock is not None and time.monotonic() - self._last_use() > STALE_AFTER
             try:
-                conn.request(method, path, body=body, headers=req.headers)
+                conn.request(method, path, body=body, headers=wire)
                 resp = conn.getresponse()
                 data = resp.read()  # also for HEAD: frees the connection for the next request
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
