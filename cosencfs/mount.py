@@ -202,6 +202,7 @@ async def _signals(stop: _Stop, fs: Filesystem, notifier: Notifier) -> None:
 
 
 async def _final_flush(fs: Filesystem, notifier: Notifier) -> int:
+    await fs.ctx.deleter.drain()
     pending = fs.dirty_inodes()
     if not pending:
         return EXIT_OK

@@ -84,6 +84,10 @@ CREATE TABLE IF NOT EXISTS attrs (
     lm REAL,
     meta TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deletes (
+    key TEXT PRIMARY KEY,
+    queued REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -254,6 +258,22 @@ class Journal:
                 upload_id=upload_id,
                 parts={int(k): v for k, v in json.loads(parts or "{}").items()},
             )
+
+    # -- deletes not yet done in COS ----------------------------------------------
+
+    @_disk_errors
+    def add_delete(self, key: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO deletes VALUES (?, ?)", (key, time.time()))
+
+    @_disk_errors
+    def remove_deletes(self, keys: Sequence[str]) -> None:
+        if keys:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("DELETE FROM deletes WHERE key=?", [(k,) for k in keys])
+
+    def pending_deletes(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT key FROM deletes ORDER BY queued")]
 
     # -- attribute cache ---------------------------------------------------------
 

@@ -11,6 +11,7 @@ import trio
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.attrs import Attrs, Defaults, Kind
+from cosencfs.fs.deleter import Deleter
 from cosencfs.fs.inode import Inode, InodeTable
 from cosencfs.fs.names import check_key, normalize_prefix
 from cosencfs.store.base import ObjectStore
@@ -74,6 +75,7 @@ class FsContext:
         #: Forget the kernel's cached attributes of an inode, and wait until done.
         self.invalidate_attrs: Callable[[int], Awaitable[None]] = _nothing
         self.head_limiter = trio.CapacityLimiter(options.head_concurrency)
+        self.deleter = Deleter(store, cache.journal)
 
     def key_of(self, node: Inode) -> str:
         """The object key of a file, or the marker key of a directory."""

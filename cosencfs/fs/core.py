@@ -114,6 +114,7 @@ class Filesystem:
         """Start the background workers (write-back) in ``nursery``."""
         self.ctx.nursery = nursery
         await nursery.start(self.files.writeback.run)
+        await nursery.start(self.ctx.deleter.run)
 
     def dirty_inodes(self) -> list[Inode]:
         return [n for n in self.ctx.table.all() if n.dirty and not n.unlinked]
@@ -136,6 +137,10 @@ class Filesystem:
         async with trio.open_nursery() as nursery:
             for node in self.dirty_inodes():
                 nursery.start_soon(one, node)
+        try:
+            await self.ctx.deleter.flush()
+        except CosEncFsError as exc:
+            failures.append(f"deletes: {exc}")
         if failures:
             raise SyncError(f"{len(failures)} files could not be uploaded (first: {failures[0]})")
 
@@ -262,10 +267,10 @@ class Filesystem:
             if node.open_count and had_remote:
                 # Readers may still need bytes of the object: delete on last close.
                 node.pending_delete = key
-                self.files.pending_deletes.add(key)
+                self.ctx.deleter.hold(key)
             elif had_remote:
-                await self.ctx.store.delete(key)
-                self.ctx.journal.delete_attrs(key)
+                self.ctx.deleter.queue(key)
+            self.ctx.journal.delete_attrs(key)
             node.remote = None
             node.attrs.ctime_ns = self.ctx.now_ns()
             self.ns.detach(node)
@@ -405,6 +410,11 @@ class Filesystem:
                 "failed": wb.failures,
                 "failing_now": len(wb.failing),
                 "last_error": wb.last_error,
+            },
+            "deletes": {
+                "pending": len(self.ctx.deleter),
+                "done": self.ctx.deleter.deleted,
+                "failed": self.ctx.deleter.failures,
             },
             "inodes": len(self.ctx.table),
             "fuse": {

@@ -73,8 +73,6 @@ class Files:
         #: Requests served (average sizes tell how well the kernel batches).
         self.reads = self.read_bytes = self.writes = self.write_bytes = 0
         self._forking: dict[int, trio.Event] = {}
-        #: Keys whose delete waits for the last close of an unlinked file.
-        self.pending_deletes: set[str] = set()
 
     def handle(self, fh: int) -> Handle:
         try:
@@ -142,7 +140,7 @@ class Files:
     ) -> tuple[Handle, Inode]:
         d = self.ns.directory(parent_ino)
         await self.ns.check_absent(d, name)
-        self.ctx.child_key(d, name, is_dir=False)
+        await self.ctx.deleter.settle(self.ctx.child_key(d, name, is_dir=False))
         now = self.ctx.now_ns()
         attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now, now, now)
         node = self.ctx.table.new(Kind.FILE, d, name, attrs)
@@ -354,23 +352,12 @@ class Files:
             self.writeback.schedule(node)
         if node.pending_delete is not None:
             key, node.pending_delete = node.pending_delete, None
-            if self.ctx.nursery is not None:
-                self.ctx.spawn(self._deferred_delete, key)
+            self.ctx.deleter.release(key)
         if node.unlinked and node.version is not None and node.version.pins == 0:
             self.ctx.cache.discard(node.version)
             node.version = None
         self.ns.maybe_drop(node)
         self._maybe_evict()
-
-    async def _deferred_delete(self, key: str) -> None:
-        try:
-            if key in self.pending_deletes:
-                await self.ctx.store.delete(key)
-                self.ctx.journal.delete_attrs(key)
-        except Exception as exc:
-            log.warning("could not delete %r after its last close: %s", key, exc)
-        finally:
-            self.pending_deletes.discard(key)
 
     async def fsync(self, fh: int) -> None:
         h = self.handle(fh)

@@ -176,9 +176,13 @@ class Namespace:
             if d.remote is None or not self._same(d.remote, marker):
                 d.remote = Remote(marker.etag, 0, marker.last_modified)
         seen: set[str] = set()
+        pending = self.ctx.deleter
+        prefix = self.ctx.key_of(d)
         for name in dirs:
             if self._removed.get((d.ino, name), -1.0) >= started:
                 continue
+            if pending.is_pending(f"{prefix}{name}/"):
+                continue  # removed here (rmdir), deletes not sent yet
             seen.add(name)
             child = d.children.get(name)
             if child is not None and (child.is_dir or child.touched_at >= started):
@@ -194,6 +198,8 @@ class Namespace:
                 log.debug("%r is both a file and a directory in COS; showing the directory", name)
                 continue
             if self._removed.get((d.ino, name), -1.0) >= started:
+                continue
+            if pending.is_pending(prefix + name):
                 continue
             seen.add(name)
             child = d.children.get(name)
@@ -392,7 +398,7 @@ class Namespace:
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Inode:
         d = self.directory(parent_ino)
         await self.check_absent(d, name)
-        self.ctx.child_key(d, name, is_dir=True)
+        await self.ctx.deleter.settle(self.ctx.child_key(d, name, is_dir=True))
         now = self.ctx.now_ns()
         attrs = Attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, now, now, now)
         node = self.ctx.table.new(Kind.DIR, d, name, attrs)
@@ -425,8 +431,10 @@ class Namespace:
         assert node.children is not None
         if node.children:
             raise FsError(errno.ENOTEMPTY)
-        await self.ctx.store.delete(self.ctx.key_of(node))
-        self.ctx.journal.delete_attrs(self.ctx.key_of(node))
+        key = self.ctx.key_of(node)
+        if node.has_marker or node.remote is not None:
+            self.ctx.deleter.queue(key)
+        self.ctx.journal.delete_attrs(key)
         self.detach(node)
         self.touch_dir(d)
 
@@ -436,6 +444,7 @@ class Namespace:
         d = self.directory(parent_ino)
         await self.check_absent(d, name)
         key = self.ctx.child_key(d, name, is_dir=False)
+        await self.ctx.deleter.settle(key)
         now = self.ctx.now_ns()
         attrs = Attrs(stat.S_IFLNK | 0o777, uid, gid, now, now, now)
         node = self.ctx.table.new(Kind.SYMLINK, d, name, attrs)

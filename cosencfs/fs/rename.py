@@ -104,11 +104,12 @@ class Renamer:
             if v is not None and v.dirty and not v.complete and v.source is not None:
                 # The new content still needs bytes of the old object: take them now.
                 await self.ctx.cache.fill_all(v)
+            await self.ctx.deleter.settle(new_key)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
                 self.files.record_dirty(src)
                 self.ctx.journal.set_dirty_key(src.fid, new_key)
-                await self.ctx.store.delete(old_key)
+                self.ctx.deleter.queue(old_key)
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
             elif src.remote is not None:
@@ -137,7 +138,7 @@ class Renamer:
             if_match=remote.etag,
             size=remote.size,
         )
-        await self.ctx.store.delete(old_key)
+        self.ctx.deleter.queue(old_key)
         new_meta = meta if meta is not None else remote.metadata
         src.remote = Remote(etag, remote.size, time.time(), new_meta)
         if meta is not None:
@@ -178,6 +179,8 @@ class Renamer:
             async for page in self.ctx.store.list_all(old_prefix):
                 objects.extend(page.objects)
             keys = [o.key for o in objects]
+            for old in keys:
+                await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
             copied: dict[str, str] = {}
             try:
                 await self._copy_many(objects, old_prefix, new_prefix, copied)
@@ -186,7 +189,7 @@ class Renamer:
                     await self._undo_copies(list(copied))
                 raise
             if dst is not None and dst.has_marker:
-                await self.ctx.store.delete(self.ctx.key_of(dst))
+                self.ctx.deleter.queue(self.ctx.key_of(dst))
             failures = await self.ctx.store.delete_many(keys)
             if failures:
                 log.warning(

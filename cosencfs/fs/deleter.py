@@ -1,0 +1,149 @@
+"""Deletes, batched: ``rm -r`` of 1000 files is one COS request, not 1000.
+
+``unlink`` and ``rmdir`` take the name out of the namespace at once and hand
+the object key to the ``Deleter``, which records it in the journal (so a
+crash does not bring the file back) and deletes queued keys together with
+DeleteMultipleObjects (up to 1000 keys a request) a moment later.  Keys of
+files still open are *held* until their last close, so readers keep their
+data.
+
+A key that comes back (create, mkdir, symlink or rename onto it) must not be
+deleted by an older queued delete: ``settle`` cancels a queued delete of the
+key, or waits for one already sent.  Listings skip keys that are pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from enum import Enum
+
+import trio
+
+from cosencfs.cache.journal import Journal
+from cosencfs.errors import CosEncFsError
+from cosencfs.store.base import LIST_PAGE_MAX, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class DeleteState(Enum):
+    HELD = "held"  # waits for the last close of an unlinked open file
+    QUEUED = "queued"
+    SENT = "sent"
+
+
+class Deleter:
+    def __init__(self, store: ObjectStore, journal: Journal, *, delay: float = 0.2) -> None:
+        self.store = store
+        self.journal = journal
+        self.delay = delay
+        self._state: dict[str, DeleteState] = {}
+        self._sent: dict[str, trio.Event] = {}
+        self._wake = trio.Event()
+        self.deleted = 0
+        self.failures = 0
+        self.last_error = ""
+        self._retry_at = -math.inf
+        for key in journal.pending_deletes():
+            self._state[key] = DeleteState.QUEUED
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def is_pending(self, key: str) -> bool:
+        return key in self._state
+
+    def pending_under(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in self._state)
+
+    # -- producers -------------------------------------------------------------
+
+    def queue(self, key: str) -> None:
+        if self._state.get(key) is DeleteState.SENT:
+            return
+        self.journal.add_delete(key)
+        self._state[key] = DeleteState.QUEUED
+        self._wake.set()
+
+    def hold(self, key: str) -> None:
+        """Delete ``key`` when ``release`` is called (the file's last close)."""
+        self.journal.add_delete(key)
+        self._state[key] = DeleteState.HELD
+
+    def release(self, key: str) -> None:
+        if self._state.get(key) is DeleteState.HELD:
+            self.queue(key)
+
+    async def settle(self, key: str) -> None:
+        """``key`` is about to be written: no older delete may remove it."""
+        state = self._state.get(key)
+        if state is DeleteState.SENT:
+            await self._sent[key].wait()
+        elif state is not None:
+            del self._state[key]
+            self.journal.remove_deletes([key])
+
+    # -- the worker ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            # Let an rm -r queue more before sending a batch.
+            await trio.sleep_until(max(trio.current_time() + self.delay, self._retry_at))
+            try:
+                await self.flush()
+            except _Retry:
+                pass  # queued again; the wake-up is set
+
+    async def flush(self) -> None:
+        """Send every queued delete now and wait for the answers."""
+        while True:
+            keys = [k for k, s in self._state.items() if s is DeleteState.QUEUED]
+            if not keys:
+                return
+            for i in range(0, len(keys), LIST_PAGE_MAX):
+                await self._send(keys[i : i + LIST_PAGE_MAX])
+
+    async def _send(self, batch: list[str]) -> None:
+        for key in batch:
+            self._state[key] = DeleteState.SENT
+            self._sent[key] = trio.Event()
+        done: list[str] = []
+        try:
+            failed = set(await self.store.delete_many(batch))
+        except CosEncFsError as exc:
+            failed = set(batch)
+            self.last_error = str(exc)
+            log.warning("deleting %d objects failed (%s); will retry", len(batch), exc)
+        for key in batch:
+            if key in failed:
+                self._state[key] = DeleteState.QUEUED
+            else:
+                del self._state[key]
+                done.append(key)
+            self._sent.pop(key).set()
+        self.journal.remove_deletes(done)
+        self.deleted += len(done)
+        if len(done) < len(batch):
+            self.failures += len(batch) - len(done)
+            self._retry_at = trio.current_time() + 5.0
+            self._wake.set()
+            raise _Retry()
+
+    async def drain(self) -> None:
+        """Flush, retrying failed deletes (at unmount)."""
+        for _ in range(3):
+            try:
+                await self.flush()
+                return
+            except _Retry:
+                await trio.sleep(1.0)
+        log.warning("%d deletes could not be done; they stay in the journal", len(self))
+
+
+class _Retry(CosEncFsError):
+    """Some deletes in a batch failed; they are queued again."""
+
