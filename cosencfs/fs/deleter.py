@@ -46,7 +46,9 @@ class Deleter:
         self.last_error = ""
         self._retry_at = -math.inf
         for key in journal.pending_deletes():
-            self._state[key] = DeleteState.QUEUED
+            self._state[key] = DeleteState.QUEUED  # left by a crash: send them soon
+        if self._state:
+            self._wake.set()
 
     def __len__(self) -> int:
         return len(self._state)
