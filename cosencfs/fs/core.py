@@ -168,7 +168,8 @@ class Filesystem:
             mtime_ns=a.mtime_ns,
             ctime_ns=a.ctime_ns,
             entry_timeout=opts.entry_timeout,
-            attr_timeout=opts.attr_timeout,
+            # Attributes still to be HEADed are defaults: the kernel must ask.
+            attr_timeout=opts.attr_timeout if node.attrs_known else 0.0,
         )
 
     async def lookup(self, parent: int, name: bytes) -> Entry:
@@ -185,6 +186,8 @@ class Filesystem:
 
     async def getattr(self, ino: int) -> Entry:
         node = self.ns.inode(ino)
+        if not node.attrs_known:
+            self.ns.stat_ahead(node)
         await self.ns.ensure_attrs(node)
         return self.entry(node)
 
@@ -324,7 +327,9 @@ class Filesystem:
         await self.ns.ensure_listed(d)
         assert d.children is not None
         entries = sorted(d.children.items())
-        await self.ns.ensure_attrs_many([n for _, n in entries])
+        # Only entries whose type the listing cannot tell need a HEAD now; the
+        # others get theirs when something stats them (rm -r and find do not).
+        await self.ns.ensure_attrs_many([n for _, n in entries if not self.ns.kind_certain(n)])
         entries = [(name, n) for name, n in entries if not n.unlinked]
         fh = self._next_dh
         self._next_dh += 1

@@ -68,6 +68,8 @@ class Inode:
     listed_at: float | None = None
     listing: trio.Event | None = None
     has_marker: bool = False
+    #: When the entries' attributes were last fetched ahead of stat() calls.
+    stat_ahead_at: float | None = None
     # files
     validated_at: float = -1e18
     #: trio time of the last local change of name or content committed to COS;

@@ -364,12 +364,52 @@ class Namespace:
 
     # -- lookups ---------------------------------------------------------------
 
+    @staticmethod
+    def kind_certain(node: Inode) -> bool:
+        """Whether the listing alone tells the file type.
+
+        The kernel must never see an inode change type, so an entry is given
+        to it before its HEAD only when the type cannot be wrong: directories,
+        and objects that cannot be symlinks (a link target is 1 to 4095 bytes).
+        Its other attributes are then the defaults, with a zero attribute
+        timeout, so a stat() asks (and HEADs) before believing them.
+        """
+        if node.attrs_known or node.is_dir:
+            return True
+        r = node.remote
+        return r is not None and (r.size == 0 or r.size >= 4096)
+
+    def stat_ahead(self, node: Inode) -> None:
+        """Someone stats entries of this directory (ls -l, rsync, du): HEAD the
+        other unknown entries in the background, in parallel, once per listing."""
+        d = node.parent
+        nursery = self.ctx.nursery
+        if d is None or d.children is None or nursery is None:
+            return
+        if d.stat_ahead_at is not None and d.stat_ahead_at >= (d.listed_at or 0.0):
+            return
+        d.stat_ahead_at = trio.current_time()
+        todo = [
+            n
+            for n in d.children.values()
+            if n is not node and not n.attrs_known and n.attrs_loading is None
+        ]
+        if todo:
+            nursery.start_soon(self._stat_ahead, todo)
+
+    async def _stat_ahead(self, nodes: list[Inode]) -> None:
+        try:
+            await self.ensure_attrs_many(nodes)
+        except Exception as exc:
+            log.debug("stat-ahead failed: %s", exc)
+
     async def lookup(self, parent_ino: int, name: str) -> Inode:
         d = self.directory(parent_ino)
         node = await self.child(d, name)
         if node is None:
             raise FsError(errno.ENOENT)
-        await self.ensure_attrs(node)
+        if not self.kind_certain(node):
+            await self.ensure_attrs(node)
         if node.unlinked:
             raise FsError(errno.ENOENT)
         node.nlookup += 1

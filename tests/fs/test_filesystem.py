@@ -83,7 +83,9 @@ async def test_remount_reads_what_was_written(make_fs: FsFactory) -> None:
     fs2 = await make_fs()  # empty cache: everything comes from COS
     entry = await fs2.lookup(ROOT, b"f")
     assert entry.size == len(data)
-    assert stat.S_IMODE(entry.mode) == 0o640
+    assert entry.attr_timeout == 0  # defaults until HEADed: the kernel will ask
+    entry = await fs2.getattr(entry.ino)
+    assert stat.S_IMODE(entry.mode) == 0o640 and entry.attr_timeout > 0
     assert await read_file(fs2, entry.ino) == data
     fh, _ = await fs2.open(entry.ino, os.O_RDONLY)
     for off, n in [(1, 1), (15, 17), (4095, 4097), (999_990, 100), (len(data) - 1, 5)]:
@@ -302,7 +304,7 @@ async def test_attribute_cache_saves_heads_after_remount(
 ) -> None:
     fs1 = await make_fs(cache="shared")
     for i in range(20):
-        await write_file(fs1, ROOT, f"f{i:02d}", b"x" * i, sync=False)
+        await write_file(fs1, ROOT, f"f{i:02d}", b"x" * (i + 1), sync=False)
     await fs1.sync_all()
     make_fs.close(fs1)
     fs2 = await make_fs(cache="shared")
@@ -395,3 +397,36 @@ async def test_deletes_are_batched_and_journaled(make_fs: FsFactory, store: CosS
     assert spent.requests["DeleteMultipleObjects"] == 1
     keys = [o.key async for page in store.list_all() for o in page.objects]
     assert keys == ["d/", "d/f0"]
+
+
+async def test_attributes_are_fetched_only_when_something_stats(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    fs1 = await make_fs()
+    await fs1.mkdir(ROOT, b"d", 0o700, 0, 0)
+    d = (await fs1.lookup(ROOT, b"d")).ino
+    for i in range(10):
+        await write_file(fs1, d, f"big{i}", os.urandom(5000), sync=False)
+    await write_file(fs1, d, "tiny", b"may be a link", sync=False)
+    await fs1.sync_all()
+    fs2 = await make_fs()
+    before = store.counters.snapshot()
+    d2 = (await fs2.lookup(ROOT, b"d")).ino  # a directory: no HEAD for its type
+    listed = await names(fs2, d2)  # only "tiny" could be a symlink: one HEAD
+    assert len(listed) == 11
+    assert store.counters.snapshot().minus(before).requests == {
+        "ListObjects": 2,
+        "HeadObject": 1,
+    }
+    for i in range(5):  # unlink (rm -r) needs no attributes at all
+        await fs2.unlink(d2, f"big{i}".encode())
+    assert store.counters.snapshot().minus(before).requests.get("HeadObject") == 1
+    # A stat fetches its entry and, in the background, its siblings' (ls -l).
+    e = await fs2.getattr((await fs2.lookup(d2, b"big5")).ino)
+    assert stat.S_IMODE(e.mode) == 0o640 and e.size == 5000
+    for _ in range(200):
+        if all(n.attrs_known for n in fs2.ns.directory(d2).children.values()):  # type: ignore[union-attr]
+            break
+        await trio.sleep(0.01)
+    heads = store.counters.snapshot().minus(before).requests["HeadObject"]
+    assert heads == 1 + 5  # tiny, then big5..big9
