@@ -246,6 +246,7 @@ FIELDS: dict[str, Callable[[object], Any]] = {
     "fs.open_revalidate": _num,
     "fs.upload_workers": _pos_int,
     "fs.part_concurrency": _pos_int,
+    "fs.stream_uploads": bool,
     "fs.single_put_max": _size,
     "fs.readahead_max": _size,
     "fs.uid": _int,

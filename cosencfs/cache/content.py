@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -28,6 +29,10 @@ from cosencfs.crypto.ctr import DataKey, crypt
 
 #: Transcoding and zero-filling work in chunks this big (memory bound).
 CHUNK = 4 * 1024 * 1024
+
+
+class Abandonable(Protocol):
+    def abandon(self) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -69,8 +74,10 @@ class ContentVersion:
         "pins",
         "present",
         "sealed",
+        "sealed_upto",
         "size",
         "source",
+        "stream",
         "vid",
     )
 
@@ -108,6 +115,11 @@ class ContentVersion:
         self.owner: object | None = None
         #: The cache's running total of present bytes, kept exact by mark().
         self.account = [0]
+        #: Bytes below this were sent to COS in parts of a streamed upload:
+        #: like ``sealed``, but only for the front of the file.
+        self.sealed_upto = 0
+        #: The streamed multipart upload feeding on this version, if any.
+        self.stream: Abandonable | None = None
 
     def __repr__(self) -> str:
         return (
@@ -145,7 +157,7 @@ class ContentVersion:
 
     def write_plain(self, offset: int, data: bytes | memoryview) -> None:
         """Encrypt ``data`` at ``offset`` into the cache file."""
-        assert not self.sealed, "write to a sealed version"
+        assert not self.sealed and offset >= self.sealed_upto, "write to sealed bytes"
         cipher = crypt(self.dk, offset, data)
         _pwrite_all(self.fd, cipher, offset)
         end = offset + len(data)
@@ -176,7 +188,7 @@ class ContentVersion:
         return crypt(self.dk, offset, bytes(length))
 
     def truncate(self, size: int) -> None:
-        assert not self.sealed, "truncate of a sealed version"
+        assert not self.sealed and size >= self.sealed_upto, "truncate of sealed bytes"
         if size < self.size:
             before = self.present.total
             self.present.truncate(size)

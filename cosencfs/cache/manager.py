@@ -178,6 +178,8 @@ class CacheManager:
         """Forget a version and delete its cache file."""
         if self.versions.pop(v.vid, None) is not None:
             self._usage[0] -= v.present.total
+        if v.stream is not None:
+            v.stream.abandon()
         v.close()
         try:
             os.unlink(v.path)

@@ -41,6 +41,8 @@ class FsOptions:
     #: Files up to this size go up in one PUT; larger ones in parallel parts.
     single_put_max: int = 16 * MIB
     part_concurrency: int = 8
+    #: Upload parts of a large file while it is still being written.
+    stream_uploads: bool = True
     readahead_min: int = 1 * MIB
     readahead_max: int = 32 * MIB
 

@@ -28,6 +28,7 @@ from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, Attrs, Kind, attrs_t
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.stream import StreamUpload
 from cosencfs.fs.writeback import Uploader, WriteBack
 
 log = logging.getLogger(__name__)
@@ -231,11 +232,15 @@ class Files:
 
     # -- writing -----------------------------------------------------------------
 
-    async def writable_version(self, node: Inode, upto: int | None = None) -> ContentVersion:
-        """The version writes go to: the current one unless it is sealed."""
+    async def writable_version(
+        self, node: Inode, upto: int | None = None, at: int | None = None
+    ) -> ContentVersion:
+        """The version writes go to: the current one unless it is sealed (or,
+        for a write ``at`` an offset or a truncate to ``upto``, unless those
+        bytes were already sent in a streamed part)."""
         while True:
             v = node.version
-            if v is not None and not v.sealed:
+            if v is not None and not v.sealed and _open_at(v, upto, at):
                 return v
             ev = self._forking.get(node.ino)
             if ev is not None:
@@ -254,6 +259,8 @@ class Files:
                 else:
                     limit = v.size if upto is None else min(upto, v.size)
                     new = await self.ctx.cache.fork(v, dk, envelope, limit)
+                    if v.stream is not None:
+                        v.stream.abandon()
                     self._retire(v)
                 self.set_version(node, new)
                 return new
@@ -277,12 +284,12 @@ class Files:
             raise FsError(errno.EBADF)
         node = h.node
         while True:
-            v = await self.writable_version(node)
+            v = await self.writable_version(node, at=None if h.append else offset)
             async with v.lock:
-                if v.sealed or node.version is not v:
-                    continue  # a commit sealed it meanwhile: fork again
                 if h.append:
                     offset = v.size
+                if v.sealed or node.version is not v or offset < v.sealed_upto:
+                    continue  # sealed meanwhile (a commit, a streamed part): fork
                 if offset + len(data) > MAX_FILE_SIZE:
                     raise FsError(errno.EFBIG)
                 if len(data) >= THREAD_WRITE:
@@ -291,12 +298,41 @@ class Files:
                     )
                 else:
                     v.write_plain(offset, data)
+                self._stream(node, v)
                 break
         h.wrote = True
         self.writes += 1
         self.write_bytes += len(data)
         self._modified(node)
         return len(data)
+
+    def _stream(self, node: Inode, v: ContentVersion) -> None:
+        """Send finished parts of a large file still being written (see stream.py)."""
+        if isinstance(v.stream, StreamUpload):
+            v.stream.pump()
+            return
+        nursery = self.ctx.nursery
+        if (
+            nursery is None
+            or not self.ctx.options.stream_uploads
+            or v.size <= self.uploader.single_put_max
+            or v.source is not None
+            or not v.present.contains(0, v.size)
+        ):
+            return
+        meta = {**v.envelope, **attrs_to_meta(node.attrs)}
+        v.stream = StreamUpload(
+            self.ctx.store,
+            self.ctx.journal,
+            self.uploader.part_limiter,
+            nursery,
+            key=self.ctx.key_of(node),
+            version=v,
+            metadata=meta,
+            content_type=FILE_CONTENT_TYPE,
+            fid=node.fid,
+        )
+        v.stream.pump()
 
     def _modified(self, node: Inode) -> None:
         now = self.ctx.now_ns()
@@ -318,7 +354,7 @@ class Files:
             while True:
                 v = await self.writable_version(node, upto=size)
                 async with v.lock:
-                    if v.sealed or node.version is not v:
+                    if v.sealed or node.version is not v or size < v.sealed_upto:
                         continue
                     v.truncate(size)
                     break
@@ -429,14 +465,16 @@ class Files:
             gen = node.meta_gen
             meta = {**v.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(v.size)}
             self.record_dirty(node)
-            resume = None
-            if v.size > self.uploader.single_put_max:
-                rec = self.ctx.journal.get_dirty(node.fid)
-                if rec is not None and rec.upload_id and rec.vid == v.vid and rec.key == key:
-                    resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
-            etag = await self.uploader.upload(
-                key, v, meta, content_type=FILE_CONTENT_TYPE, fid=node.fid, resume=resume
-            )
+            etag = None
+            stream = v.stream
+            if isinstance(stream, StreamUpload):
+                v.stream = None
+                if stream.key == key and v.size > self.uploader.single_put_max:
+                    etag = await stream.finish(v.size, meta)
+                else:
+                    await stream.abandon_now()  # renamed, or shrank to a simple PUT
+            if etag is None:
+                etag = await self._upload(node, v, key, meta)
         finally:
             v.pins -= 1
         node.remote = Remote(etag, v.size, time.time(), meta)
@@ -454,6 +492,16 @@ class Files:
         else:
             self.forget_record(node)
         log.debug("committed %r (%d bytes)", key, v.size)
+
+    async def _upload(self, node: Inode, v: ContentVersion, key: str, meta: dict[str, str]) -> str:
+        resume = None
+        if v.size > self.uploader.single_put_max:
+            rec = self.ctx.journal.get_dirty(node.fid)
+            if rec is not None and rec.upload_id and rec.vid == v.vid and rec.key == key:
+                resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
+        return await self.uploader.upload(
+            key, v, meta, content_type=FILE_CONTENT_TYPE, fid=node.fid, resume=resume
+        )
 
     async def _commit_attrs(self, node: Inode) -> None:
         gen = node.meta_gen
@@ -482,3 +530,10 @@ class Files:
 
     def _maybe_evict(self) -> None:
         self.ctx.cache.maybe_evict()
+
+
+def _open_at(v: ContentVersion, upto: int | None, at: int | None) -> bool:
+    """Whether a write at ``at`` / a truncate to ``upto`` leaves sealed bytes alone."""
+    if at is not None and at < v.sealed_upto:
+        return False
+    return upto is None or upto >= v.sealed_upto

@@ -430,3 +430,51 @@ async def test_attributes_are_fetched_only_when_something_stats(
         await trio.sleep(0.01)
     heads = store.counters.snapshot().minus(before).requests["HeadObject"]
     assert heads == 1 + 5  # tiny, then big5..big9
+
+
+async def test_large_sequential_write_streams_parts_before_close(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    data = os.urandom(40 * 1024 * 1024 + 12345)
+    fh, entry = await fsys.create(ROOT, b"stream.bin", 0o600, os.O_WRONLY, 0, 0)
+    before = store.counters.snapshot()
+    step = 1024 * 1024
+    for off in range(0, len(data), step):
+        await fsys.write(fh, off, data[off : off + step])
+    for _ in range(500):  # parts go up in the background while the file is open
+        if store.counters.snapshot().minus(before).requests.get("UploadPart", 0) >= 4:
+            break
+        await trio.sleep(0.01)
+    early = store.counters.snapshot().minus(before).requests
+    assert early.get("InitiateMultipartUpload") == 1 and early.get("UploadPart", 0) >= 4
+    await fsys.fsync(fh, False)
+    await fsys.release(fh)
+    spent = store.counters.snapshot().minus(before).requests
+    assert spent["UploadPart"] == 6  # no part sent twice
+    assert spent["CompleteMultipartUpload"] == 1 and spent["CopyObject"] == 1
+    info = await store.head("stream.bin")
+    assert info.metadata["cosencfs-size"] == str(len(data))
+    assert stat.S_IMODE(int(info.metadata["mode"])) == 0o600
+    assert decrypt_object(codec, dict(info.metadata), await store.get("stream.bin")) == data
+
+
+async def test_rewriting_streamed_bytes_forks_a_new_key(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    data = bytearray(os.urandom(30 * 1024 * 1024))
+    fh, _ = await fsys.create(ROOT, b"s.bin", 0o644, os.O_RDWR, 0, 0)
+    step = 1024 * 1024
+    for off in range(0, len(data), step):
+        await fsys.write(fh, off, bytes(data[off : off + step]))
+    for _ in range(500):
+        if store.counters.snapshot().requests.get("UploadPart", 0) >= 2:
+            break
+        await trio.sleep(0.01)
+    await fsys.write(fh, 100, b"REWRITTEN")  # below the sealed mark
+    data[100:109] = b"REWRITTEN"
+    await fsys.fsync(fh, False)
+    await fsys.release(fh)
+    assert store.counters.snapshot().requests.get("AbortMultipartUpload") == 1
+    assert await store.list_uploads() == []
+    info = await store.head("s.bin")
+    assert decrypt_object(codec, dict(info.metadata), await store.get("s.bin")) == bytes(data)

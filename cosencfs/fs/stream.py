@@ -1,0 +1,181 @@
+"""Uploading a large file while it is still being written.
+
+A sequential writer (``cp``, ``dd``, a download) produces a file front to
+back.  Once it has written more than a single PUT would carry, cosencfs
+starts a multipart upload and sends every 8 MiB part as soon as a byte
+beyond it exists, so at ``close``/``fsync`` only the last parts remain.
+
+Sent bytes are *sealed*: their ciphertext is in COS under the version's key,
+so writing them again would reuse keystream.  A write or truncate below the
+sealed mark therefore forks a new version (new key) and abandons the stream
+(its upload is aborted), exactly as a write after a finished upload does.
+
+The object's metadata is fixed when a multipart upload starts, before the
+final size and mtime are known; when the upload completes, a server-side copy
+onto itself puts the final metadata (one request, no data moved).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import trio
+
+from cosencfs.cache.content import ContentVersion
+from cosencfs.cache.journal import Journal
+from cosencfs.errors import CosEncFsError, StoreError
+from cosencfs.fs.writeback import MIN_PART, parts_of
+from cosencfs.store.base import FileRange, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class StreamUpload:
+    """The multipart upload of one version, fed part by part while it is written."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        journal: Journal,
+        limiter: trio.CapacityLimiter,
+        nursery: trio.Nursery,
+        *,
+        key: str,
+        version: ContentVersion,
+        metadata: Mapping[str, str],
+        content_type: str,
+        fid: str,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.limiter = limiter
+        self.key = key
+        self.v = version
+        self.metadata = dict(metadata)
+        self.content_type = content_type
+        self.fid = fid
+        self.upload_id: str | None = None
+        self.etags: dict[int, str] = {}
+        self.abandoned = False
+        self._started = trio.Event()
+        self._sent_parts = 0  # parts handed to uploads, in order
+        self._running: dict[int, trio.Event] = {}
+        self._nursery = nursery
+        nursery.start_soon(self._start)
+
+    async def _start(self) -> None:
+        try:
+            self.upload_id = await self.store.create_multipart(
+                self.key, self.metadata, content_type=self.content_type
+            )
+            self.journal.set_upload(self.fid, self.upload_id, {})
+        except (CosEncFsError, OSError) as exc:
+            log.debug("streamed upload of %r not started: %s", self.key, exc)
+        finally:
+            self._started.set()
+        if self.abandoned:
+            await self._abort()
+        else:
+            self.pump()
+
+    def ready_upto(self) -> int:
+        """Bytes that can be sealed now: whole parts with data beyond them."""
+        n = max(0, (self.v.size - 1) // MIN_PART)  # the part holding the last byte waits
+        return n * MIN_PART
+
+    def pump(self) -> None:
+        """Seal and send the parts the writer has finished."""
+        if self.abandoned:
+            return
+        upto = self.ready_upto()
+        self.v.sealed_upto = max(self.v.sealed_upto, upto)
+        if self.upload_id is None:
+            return  # sent once the upload exists
+        while (self._sent_parts + 1) * MIN_PART <= self.v.sealed_upto:
+            self._sent_parts += 1
+            n = self._sent_parts
+            self._running[n] = trio.Event()
+            self._nursery.start_soon(self._send, n)
+
+    async def _send(self, n: int) -> None:
+        start = (n - 1) * MIN_PART
+        try:
+            if self.abandoned or self.upload_id is None:
+                return
+            async with self.limiter:
+                etag = await self.store.upload_part(
+                    self.key, self.upload_id, n, FileRange(self.v.path, start, MIN_PART)
+                )
+            self.etags[n] = etag
+            self.journal.set_upload(self.fid, self.upload_id, self.etags)
+        except (CosEncFsError, OSError) as exc:
+            # finish() sends it again; a failed part is not fatal yet.
+            log.debug("part %d of %r failed: %s", n, self.key, exc)
+        finally:
+            self._running.pop(n).set()
+
+    async def finish(self, size: int, metadata: Mapping[str, str]) -> str | None:
+        """Send what is left and complete; None when the stream cannot be used
+        (never started, abandoned, or the file outgrew the fixed part size)."""
+        await self._started.wait()
+        for ev in list(self._running.values()):
+            await ev.wait()
+        layout = parts_of(size)
+        if self.upload_id is None or self.abandoned or layout[0][2] != min(size, MIN_PART):
+            await self.abandon_now()
+            return None
+        upload_id = self.upload_id
+        missing = [(n, s, e) for n, s, e in layout if n not in self.etags]
+
+        async def one(n: int, start: int, end: int) -> None:
+            async with self.limiter:
+                self.etags[n] = await self.store.upload_part(
+                    self.key, upload_id, n, FileRange(self.v.path, start, end - start)
+                )
+            self.journal.set_upload(self.fid, upload_id, self.etags)
+
+        async with trio.open_nursery() as nursery:
+            for n, s, e in missing:
+                nursery.start_soon(one, n, s, e)
+        parts = sorted((n, self.etags[n]) for n, _, _ in layout)
+        etag = await self.store.complete_multipart(self.key, upload_id, parts)
+        self.journal.set_upload(self.fid, None, {})
+        if dict(metadata) != self.metadata:
+            # The final size and mtime were unknown when the upload started.
+            etag = await self.store.copy(
+                self.key,
+                self.key,
+                metadata=metadata,
+                content_type=self.content_type,
+                if_match=etag,
+                size=size,
+            )
+        log.debug("streamed %r: %d parts, %d sent at close", self.key, len(layout), len(missing))
+        return etag
+
+    def abandon(self) -> None:
+        """The version changed below the sealed mark, or went away."""
+        if self.abandoned:
+            return
+        self.abandoned = True
+        if self.upload_id is not None:
+            self._nursery.start_soon(self._abort)
+
+    async def abandon_now(self) -> None:
+        self.abandoned = True
+        await self._abort()
+
+    async def _abort(self) -> None:
+        upload_id, self.upload_id = self.upload_id, None
+        if upload_id is None:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await self.store.abort_multipart(self.key, upload_id)
+            except StoreError as exc:
+                log.warning("could not abort the upload of %r: %s", self.key, exc)
+            try:
+                self.journal.set_upload(self.fid, None, {})
+            except OSError:
+                pass
