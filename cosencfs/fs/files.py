@@ -414,10 +414,12 @@ class Files:
         if v.source is not None:
             s = v.source
             src = SourceRecord(s.key, s.etag, dict(s.envelope), s.limit)
-        old = self.ctx.journal.get_dirty(node.fid)
-        if old is not None and old.upload_id and old.vid != v.vid and self.ctx.nursery:
-            # A multipart upload of a version that will never be completed.
-            self.ctx.spawn(self.uploader.abort, old.key, old.upload_id)
+        if node.journaled is not None and node.journaled[1] != v.vid and self.ctx.nursery:
+            # Only a multipart upload records an upload id: look only then.
+            old = self.ctx.journal.get_dirty(node.fid) if _large(node.journaled) else None
+            if old is not None and old.upload_id and old.vid != v.vid:
+                # A multipart upload of a version that will never be completed.
+                self.ctx.spawn(self.uploader.abort, old.key, old.upload_id)
         self.ctx.journal.put_dirty(
             DirtyRecord(
                 fid=node.fid,
@@ -537,3 +539,13 @@ def _open_at(v: ContentVersion, upto: int | None, at: int | None) -> bool:
     if at is not None and at < v.sealed_upto:
         return False
     return upto is None or upto >= v.sealed_upto
+
+
+def _large(signature: tuple[object, ...]) -> bool:
+    """Whether a journaled version may have had a multipart upload (``record_dirty``)."""
+    size = signature[2]
+    return isinstance(size, int) and size > MULTIPART_MIN
+
+
+#: Below this, uploads are single PUTs (the default single_put_max is larger).
+MULTIPART_MIN = 1024 * 1024
