@@ -1,0 +1,360 @@
+"""The filesystems under test: how to mount, unmount and clear each one.
+
+Each peer owns a directory of its own (mountpoint, cache, logs) and, except
+the pass-through, a fresh local COS server on a fresh root. The mount
+process is always started in the foreground as a child of the runner, so
+its pid is the daemon's (for RSS sampling and profiling) and it can be
+killed if anything goes wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.server import BUCKET, REGION, SECRET_ID, SECRET_KEY, LocalServer, ServerStats
+from benchmarks.system import (
+    BenchError,
+    clean_env,
+    empty_dir,
+    force_unmount,
+    is_mounted,
+    run,
+    stop_process,
+    wait_mounted,
+)
+
+MOUNT_TIMEOUT = 60.0
+UNMOUNT_TIMEOUT = 600.0
+
+# cosencfs's control channel (cosencfs/control.py); read as xattrs of the
+# mount root so no Python start-up is timed.
+XATTR_STATS = "user.cosencfs.stats"
+XATTR_SYNC = "user.cosencfs.sync"
+
+
+def fuse_available() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+class Peer:
+    """One filesystem under test."""
+
+    name: str = ""
+    #: Whether it stores into the local COS server (request columns apply).
+    has_bucket = True
+    #: Whether it has a local cache directory that "cold" runs must empty.
+    has_cache = True
+
+    def __init__(self, work: Path) -> None:
+        self.work = work / self.name
+        self.mnt = self.work / "mnt"
+        self.cache = self.work / "cache"
+        self.logs = self.work / "logs"
+        self.server: LocalServer | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.mounts = 0
+        #: Exit status of each daemon that ended (cosencfs: 3 = files left dirty).
+        self.exit_codes: list[int | None] = []
+
+    # ----------------------------------------------------------- interface
+
+    def missing(self) -> str | None:
+        """Why this peer cannot run here, or None."""
+        return fuse_available()
+
+    def version(self) -> str:
+        return ""
+
+    def mount_command(self) -> list[str]:
+        raise NotImplementedError
+
+    def mount_env(self) -> dict[str, str]:
+        return clean_env()
+
+    def prepare(self) -> None:
+        """Write configuration files once the server runs."""
+
+    def sync(self) -> None:
+        """Push everything pending to the bucket, where the filesystem has a way to."""
+
+    def client_stats(self) -> dict[str, Any] | None:
+        """The daemon's own request counters, where it has them."""
+        return None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def setup(self) -> None:
+        for d in (self.mnt, self.cache, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.has_bucket:
+            self.server = LocalServer(self.work / "server", self.logs / "server.log")
+            self.server.start()
+        self.prepare()
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"{self.name}: the mount process is not running")
+        return self.proc.pid
+
+    @property
+    def mounted(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and is_mounted(self.mnt)
+
+    def mount(self, *, clear_cache: bool = False) -> None:
+        if self.mounted:
+            raise BenchError(f"{self.name}: already mounted")
+        if is_mounted(self.mnt):
+            force_unmount(self.mnt)
+        if clear_cache and self.has_cache:
+            empty_dir(self.cache)
+        self.mounts += 1
+        log = self.logs / f"mount-{self.mounts}.log"
+        out = open(log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                self.mount_command(),
+                stdout=out,
+                stderr=out,
+                env=self.mount_env(),
+                start_new_session=True,
+            )
+        finally:
+            out.close()
+        try:
+            wait_mounted(self.mnt, self.proc, timeout=MOUNT_TIMEOUT, log=log)
+        except BenchError:
+            self.kill()
+            raise
+
+    def unmount(self) -> None:
+        """Clean unmount (the daemon uploads what is left); kill if it does not end."""
+        try:
+            if self.proc is None:
+                return
+            if is_mounted(self.mnt):
+                self.clean_unmount()
+            self.exit_codes.append(stop_process(self.proc, timeout=UNMOUNT_TIMEOUT))
+        finally:
+            self.kill()
+
+    def clean_unmount(self) -> None:
+        run(["fusermount3", "-u", str(self.mnt)], timeout=60, check=False)
+
+    def remount(self, *, clear_cache: bool) -> None:
+        self.unmount()
+        self.mount(clear_cache=clear_cache)
+
+    def kill(self) -> None:
+        """Never leave anything behind: kill the daemon, then lazy-unmount."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)
+        force_unmount(self.mnt)
+        self.proc = None
+
+    def teardown(self) -> None:
+        try:
+            self.kill()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+                self.server = None
+
+    # --------------------------------------------------------------- bucket
+
+    def reset_stats(self) -> None:
+        if self.server is not None:
+            self.server.reset_stats()
+
+    def server_stats(self) -> ServerStats | None:
+        return self.server.stats() if self.server is not None else None
+
+
+class CosencfsPeer(Peer):
+    name = "cosencfs"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.key_file = self.work / "master.key"
+        #: More `cosencfs mount` options (experiments; the suite uses the defaults).
+        self.extra: list[str] = []
+
+    def version(self) -> str:
+        import cosencfs
+
+        return str(getattr(cosencfs, "__version__", "?"))
+
+    def prepare(self) -> None:
+        from cosencfs.crypto.keyfiles import generate_aes_key_file
+
+        if not self.key_file.exists():
+            generate_aes_key_file(self.key_file)
+
+    def mount_command(self) -> list[str]:
+        assert self.server is not None
+        return [
+            sys.executable, "-m", "cosencfs", "mount", BUCKET, str(self.mnt),
+            "--endpoint", self.server.url, "--region", REGION,
+            "--key-file", str(self.key_file), "--cache-dir", str(self.cache),
+            "--foreground", "--log-level", "WARNING", *self.extra,
+        ]  # fmt: skip
+
+    def mount_env(self) -> dict[str, str]:
+        return clean_env({"COS_SECRET_ID": SECRET_ID, "COS_SECRET_KEY": SECRET_KEY})
+
+    def clean_unmount(self) -> None:
+        # `cosencfs umount` uploads everything dirty, then unmounts.
+        done = run(
+            [sys.executable, "-m", "cosencfs", "umount", str(self.mnt),
+             "--timeout", str(int(UNMOUNT_TIMEOUT))],
+            timeout=UNMOUNT_TIMEOUT + 30, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            super().clean_unmount()
+
+    def sync(self) -> None:
+        # What `cosencfs sync MNT` does, without the 0.3 s of Python start-up.
+        os.setxattr(self.mnt, XATTR_SYNC, b"1")
+
+    def client_stats(self) -> dict[str, Any] | None:
+        import json
+
+        try:
+            data: dict[str, Any] = json.loads(os.getxattr(self.mnt, XATTR_STATS))
+        except OSError:
+            return None
+        return data
+
+
+class PassthroughPeer(Peer):
+    name = "passthrough"
+    has_bucket = False
+    has_cache = False
+
+    def missing(self) -> str | None:
+        if importlib.util.find_spec("pyfuse3") is None:
+            return "pyfuse3 is not installed"
+        return super().missing()
+
+    def version(self) -> str:
+        import pyfuse3
+
+        return str(getattr(pyfuse3, "__version__", "?"))
+
+    def mount_command(self) -> list[str]:
+        script = Path(__file__).with_name("passthroughfs.py")
+        # The backing directory plays the bucket; it lives in the cache dir's
+        # place but is never emptied between mounts.
+        backing = self.work / "backing"
+        backing.mkdir(exist_ok=True)
+        return [sys.executable, str(script), str(backing), str(self.mnt)]
+
+
+class RclonePeer(Peer):
+    """rclone mount of a crypt remote over an S3 remote on the local server."""
+
+    name = "rclone"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.conf = self.work / "rclone.conf"
+
+    def missing(self) -> str | None:
+        if shutil.which("rclone") is None:
+            return "rclone is not installed"
+        return super().missing()
+
+    def version(self) -> str:
+        with contextlib.suppress(BenchError):
+            out = run(["rclone", "version"], timeout=30).stdout.decode()
+            return out.splitlines()[0].strip()
+        return "?"
+
+    def prepare(self) -> None:
+        assert self.server is not None
+        obscured = (
+            run(["rclone", "obscure", "cosencfs-benchmark-password"], timeout=30, env=clean_env())
+            .stdout.decode()
+            .strip()
+        )
+        self.conf.write_text(
+            "[s3]\n"
+            "type = s3\n"
+            "provider = Other\n"
+            f"endpoint = {self.server.url}\n"
+            f"access_key_id = {SECRET_ID}\n"
+            f"secret_access_key = {SECRET_KEY}\n"
+            "region = us-east-1\n"
+            "force_path_style = true\n"
+            "\n"
+            "[crypt]\n"
+            "type = crypt\n"
+            f"remote = s3:{BUCKET}\n"
+            "filename_encryption = standard\n"
+            "directory_name_encryption = true\n"
+            f"password = {obscured}\n"
+        )
+        self.conf.chmod(0o600)
+
+    def mount_command(self) -> list[str]:
+        return [
+            "rclone", "--config", str(self.conf), "mount", "crypt:", str(self.mnt),
+            "--vfs-cache-mode", "full", "--vfs-write-back", "0s",
+            "--cache-dir", str(self.cache),
+            "--log-level", "NOTICE",
+        ]  # fmt: skip
+
+
+class S3fsPeer(Peer):
+    """s3fs-fuse on the local server: the unencrypted baseline."""
+
+    name = "s3fs"
+    has_cache = False
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.passwd = self.work / "passwd-s3fs"
+
+    def missing(self) -> str | None:
+        if shutil.which("s3fs") is None:
+            return "s3fs is not installed"
+        return super().missing()
+
+    def version(self) -> str:
+        with contextlib.suppress(BenchError):
+            out = run(["s3fs", "--version"], timeout=30).stdout.decode()
+            return out.splitlines()[0].strip()
+        return "?"
+
+    def prepare(self) -> None:
+        self.passwd.write_text(f"{SECRET_ID}:{SECRET_KEY}\n")
+        self.passwd.chmod(0o600)
+
+    def mount_command(self) -> list[str]:
+        assert self.server is not None
+        opts = [
+            f"url={self.server.url}",
+            "use_path_request_style",
+            f"passwd_file={self.passwd}",
+            "dbglevel=warn",
+        ]
+        return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", ",".join(opts)]
+
+
+PEERS: dict[str, type[Peer]] = {
+    "cosencfs": CosencfsPeer,
+    "passthrough": PassthroughPeer,
+    "rclone": RclonePeer,
+    "s3fs": S3fsPeer,
+}
