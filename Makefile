@@ -16,6 +16,7 @@ lint: setup
 
 bench: setup
 	COSENCFS_EXTRA_PKGS="rclone s3fs" ./scripts/bootstrap.sh
+	.venv/bin/python -m pip install -q -e ".[test,bench]"
 	.venv/bin/python -m benchmarks.run
 
 clean:
