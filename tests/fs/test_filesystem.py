@@ -436,7 +436,7 @@ async def test_large_sequential_write_streams_parts_before_close(
     fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
 ) -> None:
     data = os.urandom(40 * 1024 * 1024 + 12345)
-    fh, entry = await fsys.create(ROOT, b"stream.bin", 0o600, os.O_WRONLY, 0, 0)
+    fh, _ = await fsys.create(ROOT, b"stream.bin", 0o600, os.O_WRONLY, 0, 0)
     before = store.counters.snapshot()
     step = 1024 * 1024
     for off in range(0, len(data), step):
