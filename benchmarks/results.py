@@ -7,20 +7,7 @@ from typing import Any
 
 MIB = 1024 * 1024
 
-#: COS operations that write (billed as write requests; "PUT-class").
-WRITE_OPS = frozenset(
-    {
-        "PutObject",
-        "CopyObject",
-        "DeleteObject",
-        "DeleteMultipleObjects",
-        "InitiateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-    }
-)
+
 #: Requests that upload data or create an object: "PUT requests" in the targets.
 PUT_OPS = frozenset(
     {"PutObject", "CopyObject", "InitiateMultipartUpload", "UploadPart", "UploadPartCopy",

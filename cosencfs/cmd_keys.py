@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import trio
 
 from cosencfs.config import (
+    COMMON_CLI_FIELDS,
     KeySettings,
     MountSettings,
     build_settings,
@@ -58,9 +59,8 @@ from cosencfs.progress import (
     until_stopped,
 )
 from cosencfs.rekey import Rekeyer, RekeyStats
-from cosencfs.store.cos import CosSettings, CosStore
+from cosencfs.store.cos import CosStore
 from cosencfs.store.counters import CounterSnapshot
-from cosencfs.store.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +158,7 @@ def _keygen_rsa(directory: str, bits: int) -> None:
 # settings shared by rekey and fsck
 
 #: argparse destination -> settings name (config.FIELDS)
-_CLI_FIELDS = {
-    "endpoint": "endpoint",
-    "region": "region",
-    "key_file": "keys.key_file",
-    "rsa_public_key": "keys.rsa_public_key",
-    "rsa_private_key": "keys.rsa_private_key",
-    "aes_wrap": "keys.aes_wrap",
-    "concurrency": "network.concurrency",
-    "log_level": "log.level",
-    "debug": "log.debug",
-}
+_CLI_FIELDS = {**COMMON_CLI_FIELDS, "concurrency": "network.concurrency"}
 
 
 def _add_bucket_arguments(p: argparse.ArgumentParser) -> None:
@@ -222,19 +212,7 @@ def settings_from_args(args: argparse.Namespace) -> MountSettings:
 
 
 def open_store(settings: MountSettings) -> CosStore:
-    return CosStore(
-        CosSettings(
-            bucket=settings.bucket,
-            region=settings.region,
-            endpoint=settings.endpoint,
-            secret_id=settings.secret_id,
-            secret_key=settings.secret_key,
-            token=settings.token,
-            concurrency=settings.concurrency,
-            timeout=settings.timeout,
-            retry=RetryPolicy(deadline=settings.request_deadline),
-        )
-    )
+    return CosStore(settings.cos_settings())
 
 
 class _Unusable(CosEncFsError):

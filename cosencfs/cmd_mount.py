@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from cosencfs.config import (
+    COMMON_CLI_FIELDS,
     MountSettings,
     build_settings,
     load_config_file,
@@ -89,12 +90,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 #: argparse destination -> settings name
 _CLI_FIELDS = {
-    "endpoint": "endpoint",
-    "region": "region",
-    "key_file": "keys.key_file",
-    "rsa_public_key": "keys.rsa_public_key",
-    "rsa_private_key": "keys.rsa_private_key",
-    "aes_wrap": "keys.aes_wrap",
+    **COMMON_CLI_FIELDS,
     "also_read": "keys.also_read",
     "cache_dir": "cache.dir",
     "cache_size": "cache.size",
@@ -105,8 +101,6 @@ _CLI_FIELDS = {
     "request_deadline": "network.request_deadline",
     "uid": "fs.uid",
     "gid": "fs.gid",
-    "log_level": "log.level",
-    "debug": "log.debug",
 }
 
 

@@ -32,6 +32,8 @@ from cosencfs.crypto.master import MasterKey
 from cosencfs.errors import ConfigError
 from cosencfs.fs.attrs import Defaults
 from cosencfs.fs.context import FsOptions
+from cosencfs.store.cos import CosSettings
+from cosencfs.store.retry import RetryPolicy
 
 LOCAL_BUCKET = "local-1250000000"
 
@@ -139,6 +141,20 @@ class MountSettings:
         self.secret_id = self.secret_id or os.environ.get("COS_SECRET_ID", "")
         self.secret_key = self.secret_key or os.environ.get("COS_SECRET_KEY", "")
         self.token = self.token or os.environ.get("COS_TOKEN") or None
+
+    def cos_settings(self) -> CosSettings:
+        """How the store reaches the bucket (shared by mount, rekey and fsck)."""
+        return CosSettings(
+            bucket=self.bucket,
+            region=self.region,
+            endpoint=self.endpoint,
+            secret_id=self.secret_id,
+            secret_key=self.secret_key,
+            token=self.token,
+            concurrency=self.concurrency,
+            timeout=self.timeout,
+            retry=RetryPolicy(deadline=self.request_deadline),
+        )
 
     def cache_root(self) -> Path:
         """The cache subdirectory of this bucket and prefix (one per mount)."""
@@ -260,6 +276,19 @@ FIELDS: dict[str, Callable[[object], Any]] = {
     "fuse.foreground": bool,
     "log.level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
     "log.debug": _strlist,
+}
+
+#: Command-line destinations -> settings names, for the options every command
+#: that reaches a bucket shares (mount, rekey, fsck).
+COMMON_CLI_FIELDS = {
+    "endpoint": "endpoint",
+    "region": "region",
+    "key_file": "keys.key_file",
+    "rsa_public_key": "keys.rsa_public_key",
+    "rsa_private_key": "keys.rsa_private_key",
+    "aes_wrap": "keys.aes_wrap",
+    "log_level": "log.level",
+    "debug": "log.debug",
 }
 
 #: Names whose presence in a file makes that file secret.

@@ -34,8 +34,7 @@ from cosencfs.errors import (
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import ControlledOperations
 from cosencfs.notify import Notifier
-from cosencfs.store.cos import CosSettings, CosStore
-from cosencfs.store.retry import RetryPolicy
+from cosencfs.store.cos import CosStore
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +71,7 @@ def fuse_options(settings: MountSettings) -> set[str]:
 
 async def open_store(settings: MountSettings) -> CosStore:
     """Connect and check the bucket; errors name what is wrong."""
-    store = CosStore(
-        CosSettings(
-            bucket=settings.bucket,
-            region=settings.region,
-            endpoint=settings.endpoint,
-            secret_id=settings.secret_id,
-            secret_key=settings.secret_key,
-            token=settings.token,
-            concurrency=settings.concurrency,
-            timeout=settings.timeout,
-            retry=RetryPolicy(deadline=settings.request_deadline),
-        )
-    )
+    store = CosStore(settings.cos_settings())
     where = settings.endpoint or f"region {settings.region}"
     try:
         with trio.fail_after(settings.request_deadline + 5):
