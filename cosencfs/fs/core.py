@@ -273,8 +273,8 @@ class Filesystem:
                 self.ctx.deleter.hold(key)
             elif had_remote:
                 self.ctx.deleter.queue(key)
+                node.remote = None
             self.ctx.journal.delete_attrs(key)
-            node.remote = None
             node.attrs.ctime_ns = self.ctx.now_ns()
             self.ns.detach(node)
         self.ns.touch_dir(d)

@@ -21,7 +21,7 @@ from enum import Enum
 import trio
 
 from cosencfs.cache.journal import Journal
-from cosencfs.errors import CosEncFsError
+from cosencfs.errors import CosEncFsError, TransientError
 from cosencfs.store.base import LIST_PAGE_MAX, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,29 @@ class Deleter:
             self.queue(key)
 
     async def settle(self, key: str) -> None:
-        """``key`` is about to be written: no older delete may remove it."""
-        state = self._state.get(key)
-        if state is DeleteState.SENT:
-            await self._sent[key].wait()
-        elif state is not None:
-            del self._state[key]
-            self.journal.remove_deletes([key])
+        """``key`` is about to be written: no older delete may remove it.
+
+        A queued delete is sent now rather than dropped: until the new object
+        is uploaded, the journaled delete is what keeps the old content from
+        coming back after a crash.  A held one (the old file is still open
+        elsewhere) is dropped: the new upload replaces the object anyway.
+        """
+        for _ in range(3):
+            state = self._state.get(key)
+            if state is None:
+                return
+            if state is DeleteState.HELD:
+                del self._state[key]
+                self.journal.remove_deletes([key])
+                return
+            if state is DeleteState.SENT:
+                await self._sent[key].wait()
+                continue
+            try:
+                await self._send([key])
+            except _Retry:
+                await trio.sleep(0.5)
+        raise TransientError(f"cannot delete the old object {key!r} before writing it again")
 
     # -- the worker ------------------------------------------------------------
 

@@ -154,6 +154,7 @@ class Files:
         self.ns.touch_dir(d)
         node.nlookup += 1
         h = self._new_handle(node, flags)
+        h.wrote = True  # creating is a change: close() journals it even without a write
         self.writeback.schedule(node)
         return h, node
 

@@ -114,6 +114,11 @@ class Renamer:
                 src.remote = None
             elif src.remote is not None:
                 await self._copy_file(src, old_key, new_key)
+            elif dst is not None and dst.remote is not None:
+                # The new key still holds dst's object until src's upload
+                # replaces it: src now answers for it (an unlink or a rename
+                # of src before its upload must delete it).
+                src.remote = dst.remote
             self._move_local(src, d_new, new_name, dst)
             if src.dirty:
                 self.files.record_dirty(src)
@@ -188,7 +193,8 @@ class Renamer:
                 with trio.CancelScope(shield=True):
                     await self._undo_copies(list(copied))
                 raise
-            if dst is not None and dst.has_marker:
+            if dst is not None and dst.has_marker and self.ctx.key_of(dst) not in copied:
+                # (When the source had a marker, the copy just replaced this one.)
                 self.ctx.deleter.queue(self.ctx.key_of(dst))
             failures = await self.ctx.store.delete_many(keys)
             if failures:
