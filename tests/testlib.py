@@ -92,7 +92,7 @@ class Mount:
     url: str
     mountpoint: Path
     cache_dir: Path
-    key_file: Path
+    key_file: Path | None  # None: the key options come in ``extra`` (RSA)
     bucket: str = BUCKET
     prefix: str = ""
     extra: list[str] = field(default_factory=list)
@@ -113,8 +113,7 @@ class Mount:
             self.url,
             "--region",
             REGION,
-            "--key-file",
-            str(self.key_file),
+            *(["--key-file", str(self.key_file)] if self.key_file is not None else []),
             "--cache-dir",
             str(self.cache_dir),
             "--foreground",

@@ -480,3 +480,29 @@ async def test_rewriting_streamed_bytes_forks_a_new_key(
     assert await store.list_uploads() == []
     info = await store.head("s.bin")
     assert decrypt_object(codec, dict(info.metadata), await store.get("s.bin")) == bytes(data)
+
+
+async def test_cache_limit_evicts_clean_data_only(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs()
+    files = {f"f{i}": os.urandom(600_000) for i in range(6)}
+    for name, data in files.items():
+        await write_file(fs1, ROOT, name, data)
+    fs2 = await make_fs()
+    cache = fs2.ctx.cache
+    cache.limit_bytes = 1_500_000
+    for name, data in files.items():
+        ino = (await fs2.lookup(ROOT, name.encode())).ino
+        assert await read_file(fs2, ino) == data
+        cache._last_evict = -1e9  # let the next release evict at once
+    assert cache.usage() <= cache.limit_bytes
+    # Dirty data is never evicted, even over the limit.
+    pending = os.urandom(2_000_000)
+    await write_file(fs2, ROOT, "dirty", pending, sync=False)
+    cache._last_evict = -1e9
+    cache.evict()
+    dirty = [v for v in cache.versions.values() if v.dirty]
+    assert len(dirty) == 1 and dirty[0].present.total == len(pending)
+    await fs2.sync_all()
+    for name, data in files.items():  # evicted files read again from COS
+        ino = (await fs2.lookup(ROOT, name.encode())).ino
+        assert await read_file(fs2, ino) == data

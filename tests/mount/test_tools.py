@@ -342,3 +342,43 @@ def test_mount_reads_old_and_new_keys_during_a_rotation(
     assert (m3.mountpoint / "new.txt").read_text() == "under the new key\n"
     with pytest.raises(OSError):
         (m3.mountpoint / "old.txt").read_bytes()
+
+
+def test_rsa_mount_objects_read_by_the_sdk(
+    mounts: MountFactory, server: LocalCosServer, tmp_path: Path
+) -> None:
+    import requests
+    from qcloud_cos import CosConfig
+    from qcloud_cos.cos_encryption_client import CosEncryptionClient
+    from qcloud_cos.crypto import AESCTRCipher, RSAProvider
+    from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
+
+    from cosencfs.crypto.keyfiles import generate_rsa_key_files
+
+    keydir = tmp_path / "rsa"
+    generate_rsa_key_files(keydir)
+    pub, priv = keydir / "public_key.pem", keydir / "private_key.pem"
+    m = mounts(key_file=None, extra=["--rsa-public-key", str(pub), "--rsa-private-key", str(priv)])
+    data = os.urandom(3 * 1024 * 1024 + 77)
+    (m.mountpoint / "rsa.bin").write_bytes(data)
+    assert m.umount() == 0
+    session = requests.Session()
+    conf = CosConfig(IP="127.0.0.1", Port=server.port, Region=REGION, Scheme="http",
+                     SecretId=SECRET_ID, SecretKey=SECRET_KEY)  # fmt: skip
+    provider = RSAProvider(
+        RSAProvider.get_rsa_key_pair_path(str(pub), str(priv)), cipher=AESCTRCipher()
+    )
+    client = CosEncryptionClient(conf, provider, session=session)
+    try:
+        whole = client.get_object(Bucket=BUCKET, Key="rsa.bin")["Body"]
+        got = b""
+        while chunk := whole.read(1 << 20):
+            got += chunk
+        assert got == data
+        ranged = client.get_object(Bucket=BUCKET, Key="rsa.bin", Range="bytes=1048576-2097151")
+        part = b""
+        while chunk := ranged["Body"].read(1 << 20):
+            part += chunk
+        assert part == data[1048576:2097152]
+    finally:
+        session.close()

@@ -337,3 +337,86 @@ def test_concurrent_writers_and_readers(mounts: MountFactory, tmp_path: Path) ->
     assert sorted(p.name for p in m2.mountpoint.iterdir()) == sorted(
         ["big.bin", "moved.txt", "shared.bin"] + [f"own{n}.txt" for n in range(4)]
     )
+
+
+def test_interrupted_multipart_upload_resumes_from_its_missing_parts(
+    mounts: MountFactory, server: LocalCosServer, tmp_path: Path
+) -> None:
+    import threading
+
+    cfg = tmp_path / "serial.toml"
+    cfg.write_text("[fs]\nstream_uploads = false\npart_concurrency = 1\n")
+    m = mounts(extra=["--writeback-delay", "3600", "--config", str(cfg)])
+    data = os.urandom(40 * 1024 * 1024)  # five 8 MiB parts
+    (m.mountpoint / "big.bin").write_bytes(data)  # closed: journaled, not uploaded
+    server.set_faults(0.0, latency_ms=300)
+
+    def sync() -> None:
+        try:
+            os.setxattr(m.mountpoint, b"user.cosencfs.sync", b"1")
+        except OSError:
+            pass  # the daemon is killed under it
+
+    t = threading.Thread(target=sync, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while server.stats().get("UploadPart", 0) < 3:  # two done, the third in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    m.kill()
+    t.join(10)
+    time.sleep(1.0)  # let the server finish what it was sent
+    server.set_faults(0.0, latency_ms=0)
+    server.reset_stats()
+    m2 = mounts(cache=m.cache_dir.name)  # recovery before the mount goes live
+    stats = server.stats()
+    assert stats.get("ListParts") == 1
+    assert stats.get("CompleteMultipartUpload") == 1
+    assert 1 <= stats.get("UploadPart", 0) <= 3, stats  # not all five again
+    assert m2.umount() == 0
+    check = mounts(cache="cold")
+    assert (check.mountpoint / "big.bin").read_bytes() == data
+
+
+def test_umount_with_uploads_failing_keeps_the_data(
+    mounts: MountFactory, server: LocalCosServer
+) -> None:
+    import subprocess as sp
+    import sys
+
+    m = mounts(extra=["--writeback-delay", "3600", "--request-deadline", "2"])
+    (m.mountpoint / "kept.txt").write_text("not lost\n")
+    root, port = server.root, server.port
+    server.stop()
+    restarted = None
+    try:
+        done = sp.run(
+            [sys.executable, "-m", "cosencfs", "umount", str(m.mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert "stay in the cache journal" in done.stderr
+        assert m.proc is not None and m.proc.wait(60) == 3
+        assert "could not be uploaded" in m.log()
+        restarted = LocalCosServer(
+            root,
+            port=port,
+            buckets=[BUCKET],
+            secret_id=SECRET_ID,
+            secret_key=SECRET_KEY,
+            region=REGION,
+        )
+        restarted.start()
+        m2 = mounts(cache=m.cache_dir.name)
+        assert (m2.mountpoint / "kept.txt").read_text() == "not lost\n"
+        assert m2.umount() == 0
+        check = mounts(cache="cold")
+        assert (check.mountpoint / "kept.txt").read_text() == "not lost\n"
+    finally:
+        for mm in mounts.mounts:
+            mm.cleanup()
+        if restarted is not None:
+            restarted.stop()
