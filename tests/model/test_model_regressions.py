@@ -1,8 +1,7 @@
 """Minimal reproductions of the bugs the model test (test_model.py) found.
 
-Each is marked ``xfail(strict=True)`` until fixed: when a fix lands the test
-starts passing, strict xfail turns that into a failure, and the marker must
-go.  The model test itself checks the full behaviour and fails on them too.
+All are fixed; they stay as regression tests.  The model test itself checks
+the full behaviour too.
 """
 
 from __future__ import annotations
@@ -18,11 +17,6 @@ pytestmark = pytest.mark.mount
 NO_WRITEBACK = ["--writeback-delay", "3600"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a file created and closed without a write is not journaled at close(), "
-    "so kill -9 before its upload loses it",
-)
 def test_empty_file_closed_survives_kill9(mounts: MountFactory) -> None:
     m = mounts(extra=NO_WRITEBACK)
     fd = os.open(m.mountpoint / "empty", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -34,12 +28,6 @@ def test_empty_file_closed_survives_kill9(mounts: MountFactory) -> None:
     assert st.st_mode & 0o777 == 0o640
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: rename of a directory onto an existing empty directory deletes the "
-    "destination's marker after copying the source's marker onto it: the directory "
-    "is gone from COS",
-)
 def test_rename_dir_onto_empty_dir_keeps_it(mounts: MountFactory) -> None:
     m = mounts()
     os.mkdir(m.mountpoint / "a", 0o700)
@@ -52,12 +40,6 @@ def test_rename_dir_onto_empty_dir_keeps_it(mounts: MountFactory) -> None:
     assert os.stat(m2.mountpoint / "b").st_mode & 0o777 == 0o700
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: unlink of an open file whose content is not cached (e.g. after a "
-    "remount) makes it unreadable through the open descriptor: reads give EOF, and "
-    "a write fills the rest with zeros",
-)
 def test_unlinked_open_file_stays_readable_when_not_cached(mounts: MountFactory) -> None:
     m = mounts()
     data = os.urandom(177)
@@ -74,12 +56,6 @@ def test_unlinked_open_file_stays_readable_when_not_cached(mounts: MountFactory)
         os.close(fd)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a file not uploaded yet, renamed onto a file that is in COS, then "
-    "unlinked or renamed away before its upload: the replaced file's object is never "
-    "deleted, so the old name comes back with the old content",
-)
 @pytest.mark.parametrize("then", ["unlink", "rename"])
 def test_replaced_object_does_not_come_back(mounts: MountFactory, then: str) -> None:
     m = mounts()
@@ -100,12 +76,6 @@ def test_replaced_object_does_not_come_back(mounts: MountFactory, then: str) -> 
     assert sorted(os.listdir(m2.mountpoint)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: re-creating a name right after unlink cancels the queued delete, so "
-    "the unlink now depends on the new file's upload; a kill -9 before it brings the "
-    "deleted content back",
-)
 def test_unlink_then_recreate_does_not_resurrect_after_kill9(mounts: MountFactory) -> None:
     m = mounts(extra=NO_WRITEBACK)
     root = m.mountpoint
