@@ -7,34 +7,27 @@ The SDK's own retry loop is switched off (``retry=0``): it sleeps in the
 calling thread, never retries non-rewindable bodies and cannot be bounded in
 time.  Retries happen here instead (``cosencfs.store.retry``).
 
-This is the only module that imports ``qcloud_cos``.  The SDK logs signing
-keys and request headers at DEBUG and every 404 at WARNING, so its logger is
-silenced for good in ``_silence_sdk_logging``.
+Protocol details (configuration, headers, error mapping) live in
+``cosencfs.store.cosproto``; the data-plane fast path in ``fasthttp``.
 """
 
 from __future__ import annotations
 
-import email.utils
 import http.client
-import ipaddress
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 import trio
 import urllib3.exceptions
-from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos import CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from cosencfs.errors import (
-    AccessDeniedError,
-    ConfigError,
     InvalidRequestError,
     NoSuchBucketError,
     NoSuchUploadError,
@@ -48,7 +41,6 @@ from cosencfs.store.base import (
     MAX_PART_BYTES,
     MAX_PARTS,
     MAX_PUT_BYTES,
-    META_PREFIX,
     Body,
     FileRange,
     ListPage,
@@ -58,9 +50,24 @@ from cosencfs.store.base import (
     UploadInfo,
     body_length,
 )
+from cosencfs.store.cosproto import (
+    BadAnswer,
+    CosSettings,
+    info_from_headers,
+    make_cos_config,
+    meta_headers,
+    parse_iso_date,
+    ranged_part,
+    replaced_headers,
+    service_error,
+    status_error,
+    strip_etag,
+)
 from cosencfs.store.counters import RequestCounters
 from cosencfs.store.fasthttp import FastTransport, HttpStatusError
-from cosencfs.store.retry import RetryPolicy, is_retryable
+from cosencfs.store.retry import RetryPolicy
+
+__all__ = ["COPY_PART_BYTES", "CosSettings", "CosStore", "make_cos_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,154 +84,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-def _silence_sdk_logging() -> None:
-    sdk_log = logging.getLogger("qcloud_cos")
-    sdk_log.setLevel(logging.CRITICAL + 1)
-    sdk_log.propagate = False
-    # urllib3 logs full URLs (with presigned queries when used) at DEBUG.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-_silence_sdk_logging()
-
-
-@dataclass(slots=True, frozen=True)
-class CosSettings:
-    """Where the bucket is and how to reach it."""
-
-    bucket: str
-    region: str = "ap-guangzhou"
-    #: ``http://HOST:PORT`` (a local server: the SDK connects to HOST:PORT and
-    #: sends the bucket in the Host header), or ``https://DOMAIN`` for a custom
-    #: COS endpoint; None uses the region's public endpoint.
-    endpoint: str | None = None
-    secret_id: str = field(default="", repr=False)
-    secret_key: str = field(default="", repr=False)
-    token: str | None = field(default=None, repr=False)
-    concurrency: int = 16
-    timeout: float = 30.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: Send object GET/HEAD/PUT/DELETE/part uploads over plain http.client
-    #: (signed by the SDK); False routes everything through CosS3Client.
-    fast_path: bool = True
-
-
-def make_cos_config(settings: CosSettings) -> CosConfig:
-    """Translate settings into the SDK's ``CosConfig``."""
-    kwargs: dict[str, Any] = {
-        "Region": settings.region,
-        "Timeout": settings.timeout,
-        "PoolConnections": settings.concurrency,
-        "PoolMaxSize": settings.concurrency,
-    }
-    if settings.secret_id and settings.secret_key:
-        kwargs["SecretId"] = settings.secret_id
-        kwargs["SecretKey"] = settings.secret_key
-        if settings.token:
-            kwargs["Token"] = settings.token
-    else:
-        kwargs["Anonymous"] = True
-    if settings.endpoint:
-        parts = urlsplit(settings.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"endpoint {settings.endpoint!r}: expected http://HOST:PORT or https://DOMAIN"
-            )
-        kwargs["Scheme"] = parts.scheme
-        if parts.port is not None or _is_ip_or_localhost(parts.hostname):
-            # IP mode: connect to HOST:PORT, sign and send the bucket host name.
-            kwargs["IP"] = parts.hostname
-            kwargs["Port"] = parts.port
-        else:
-            kwargs["Endpoint"] = parts.hostname
-    else:
-        kwargs["Scheme"] = "https"
-    return CosConfig(**kwargs)
-
-
-def _is_ip_or_localhost(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _strip_etag(etag: str) -> str:
-    return etag.strip().strip('"')
-
-
-def _parse_http_date(value: str) -> float:
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _parse_iso_date(value: str) -> float:
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return 0.0
-
-
-#: Standard headers a Replaced copy would drop unless sent again.
-STANDARD_HEADERS = {
-    "cache-control": "CacheControl",
-    "content-disposition": "ContentDisposition",
-    "content-encoding": "ContentEncoding",
-    "content-language": "ContentLanguage",
-    "expires": "Expires",
-}
-
-
-def _header_text(value: str) -> str:
-    """COS sends metadata as UTF-8 bytes; http.client reads them as Latin-1."""
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return value
-
-
-def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
-    lower = {k.lower(): v for k, v in headers.items()}
-    meta = {
-        k[len(META_PREFIX) :]: _header_text(v)
-        for k, v in lower.items()
-        if k.startswith(META_PREFIX)
-    }
-    return ObjectInfo(
-        key=key,
-        size=int(lower.get("content-length", "0")),
-        etag=_strip_etag(lower.get("etag", "")),
-        last_modified=_parse_http_date(lower.get("last-modified", "")),
-        metadata=meta,
-        content_type=lower.get("content-type", ""),
-        has_metadata=True,
-        headers={k: lower[k] for k in STANDARD_HEADERS if k in lower},
-    )
-
-
-def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
-    return {META_PREFIX + name.lower(): value for name, value in metadata.items()}
-
-
-def _replaced_headers(
-    metadata: Mapping[str, str], content_type: str, headers: Mapping[str, str] | None
-) -> dict[str, Any]:
-    """SDK keyword arguments for an object whose metadata is set anew."""
-    kwargs: dict[str, Any] = {"Metadata": _meta_headers(metadata)}
-    if content_type:
-        kwargs["ContentType"] = content_type
-    for name, value in (headers or {}).items():
-        arg = STANDARD_HEADERS.get(name.lower())
-        if arg is not None:
-            kwargs[arg] = value
-    return kwargs
 
 
 class _FileRangeReader:
@@ -352,10 +211,10 @@ class CosStore:
                     )
             except CosServiceError as exc:
                 self._counters.failure(op)
-                err = _service_error(op, key, exc)
+                err = service_error(op, key, exc)
             except HttpStatusError as exc:
                 self._counters.failure(op)
-                err = _status_error(op, key, exc.status, exc.code, exc.message, exc.request_id)
+                err = status_error(op, key, exc.status, exc.code, exc.message, exc.request_id)
             except CosClientError as exc:
                 self._counters.failure(op)
                 cause = exc.__context__
@@ -365,7 +224,7 @@ class CosStore:
             except _CONNECTION_ERRORS as exc:
                 self._counters.failure(op)
                 err = TransientError(f"connection failed: {type(exc).__name__}", op=op, key=key)
-            except _BadAnswer as exc:
+            except BadAnswer as exc:
                 self._counters.failure(op)
                 err = TransientError(str(exc), op=op, key=key)
             else:
@@ -404,11 +263,11 @@ class CosStore:
 
         def fn() -> ObjectInfo:
             if fast is not None:
-                return _info_from_headers(
+                return info_from_headers(
                     key, fast.request("HEAD", key, on_resend=self._resent("HeadObject")).headers
                 )
             headers = self._client.head_object(Bucket=self.bucket, Key=key)
-            return _info_from_headers(key, headers)
+            return info_from_headers(key, headers)
 
         return await self._call("HeadObject", key, fn)
 
@@ -437,7 +296,7 @@ class CosStore:
                 )
                 self._counters.add_down(len(answer.body))
                 if "Range" in kwargs:
-                    return _ranged_part(answer.body, answer.headers, start, end)
+                    return ranged_part(answer.body, answer.headers, start, end)
                 return answer.body
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
             body = resp["Body"]
@@ -449,9 +308,9 @@ class CosStore:
             expected = int(resp.get("Content-Length", len(data)))
             self._counters.add_down(len(data))
             if len(data) != expected:
-                raise _BadAnswer(f"short body: {len(data)} of {expected} bytes")
+                raise BadAnswer(f"short body: {len(data)} of {expected} bytes")
             if "Range" in kwargs:
-                data = _ranged_part(data, resp, start, end)
+                data = ranged_part(data, resp, start, end)
             return data
 
         return await self._call("GetObject", key, fn)
@@ -468,7 +327,7 @@ class CosStore:
         length = body_length(body)
         if length > MAX_PUT_BYTES:
             raise InvalidRequestError("object too large for a simple PUT", op="PutObject", key=key)
-        kwargs: dict[str, Any] = {"Metadata": _meta_headers(metadata)}
+        kwargs: dict[str, Any] = {"Metadata": meta_headers(metadata)}
         if content_type:
             kwargs["ContentType"] = content_type
         if if_none_match:
@@ -479,7 +338,7 @@ class CosStore:
         def fn() -> str:
             with _open_body(body) as data:
                 if fast is not None:
-                    headers = _meta_headers(metadata)
+                    headers = meta_headers(metadata)
                     if content_type:
                         headers["Content-Type"] = content_type
                     if if_none_match:
@@ -487,9 +346,9 @@ class CosStore:
                     answer = fast.request(
                         "PUT", key, headers=headers, body=data, on_resend=self._resent("PutObject")
                     )
-                    return _strip_etag(answer.headers.get("etag", ""))
+                    return strip_etag(answer.headers.get("etag", ""))
                 resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)
-            return _strip_etag(resp.get("ETag", ""))
+            return strip_etag(resp.get("ETag", ""))
 
         return await self._call("PutObject", key, fn, up=length)
 
@@ -510,8 +369,8 @@ class CosStore:
                 ObjectInfo(
                     key=item["Key"],
                     size=int(item.get("Size", 0)),
-                    etag=_strip_etag(item.get("ETag", "")),
-                    last_modified=_parse_iso_date(item.get("LastModified", "")),
+                    etag=strip_etag(item.get("ETag", "")),
+                    last_modified=parse_iso_date(item.get("LastModified", "")),
                     has_metadata=False,
                 )
                 for item in data.get("Contents", [])
@@ -594,7 +453,7 @@ class CosStore:
         directive = "Copy"
         if metadata is not None:
             directive = "Replaced"
-            kwargs.update(_replaced_headers(metadata, content_type, headers))
+            kwargs.update(replaced_headers(metadata, content_type, headers))
         if if_match:
             kwargs["CopySourceIfMatch"] = f'"{if_match}"'
         source = dict(self._copy_source_base, Key=src_key)
@@ -603,7 +462,7 @@ class CosStore:
             resp = self._client.copy_object(
                 Bucket=self.bucket, Key=dst_key, CopySource=source, CopyStatus=directive, **kwargs
             )
-            return _strip_etag(str(resp.get("ETag", "")))
+            return strip_etag(str(resp.get("ETag", "")))
 
         return await self._call("CopyObject", dst_key, fn)
 
@@ -656,7 +515,7 @@ class CosStore:
         content_type: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> str:
-        kwargs = _replaced_headers(metadata, content_type, headers)
+        kwargs = replaced_headers(metadata, content_type, headers)
 
         def fn() -> str:
             data = self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **kwargs)
@@ -679,7 +538,7 @@ class CosStore:
                         body=data,
                         on_resend=self._resent("UploadPart"),
                     )
-                    return _strip_etag(answer.headers.get("etag", ""))
+                    return strip_etag(answer.headers.get("etag", ""))
                 resp = self._client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
@@ -687,7 +546,7 @@ class CosStore:
                     PartNumber=part_number,
                     UploadId=upload_id,
                 )
-            return _strip_etag(resp.get("ETag", ""))
+            return strip_etag(resp.get("ETag", ""))
 
         return await self._call("UploadPart", key, fn, up=length)
 
@@ -717,11 +576,11 @@ class CosStore:
                 CopySourceRange=f"bytes={start}-{end - 1}",
                 **kwargs,
             )
-            etag = _strip_etag(str(resp.get("ETag", "")))
+            etag = strip_etag(str(resp.get("ETag", "")))
             if not etag:
                 # Like CopyObject, a part copy can answer 200 with an <Error>
                 # body; the SDK does not check this one.
-                raise _BadAnswer("UploadPartCopy answered without an ETag")
+                raise BadAnswer("UploadPartCopy answered without an ETag")
             return etag
 
         return await self._call("UploadPartCopy", key, fn)
@@ -742,7 +601,7 @@ class CosStore:
                 parts.append(
                     PartInfo(
                         part_number=int(p["PartNumber"]),
-                        etag=_strip_etag(p.get("ETag", "")),
+                        etag=strip_etag(p.get("ETag", "")),
                         size=int(p.get("Size", 0)),
                     )
                 )
@@ -759,7 +618,7 @@ class CosStore:
             data = self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=body
             )
-            return _strip_etag(str(data.get("ETag", "")))
+            return strip_etag(str(data.get("ETag", "")))
 
         try:
             return await self._call("CompleteMultipartUpload", key, fn)
@@ -798,35 +657,13 @@ class CosStore:
                     UploadInfo(
                         key=u["Key"],
                         upload_id=u["UploadId"],
-                        initiated=_parse_iso_date(u.get("Initiated", "")),
+                        initiated=parse_iso_date(u.get("Initiated", "")),
                     )
                 )
             if str(data.get("IsTruncated", "false")).lower() != "true":
                 return uploads
             key_marker = data.get("NextKeyMarker", "")
             id_marker = data.get("NextUploadIdMarker", "")
-
-
-class _BadAnswer(Exception):
-    """An answer that cannot be right (short body, missing ETag): try again."""
-
-
-def _ranged_part(data: bytes, resp: Mapping[str, Any], start: int, end: int | None) -> bytes:
-    """The requested bytes of a ranged GET's answer.
-
-    HTTP lets a server ignore Range and send the whole object with 200; bytes
-    from the wrong offset would decrypt under the wrong counter into garbage,
-    so the answer's Content-Range is checked and a whole body is cut.
-    """
-    content_range = next((v for k, v in resp.items() if k.lower() == "content-range"), None)
-    if content_range is None:
-        want_end = len(data) if end is None else min(end, len(data))
-        return data[start:want_end]
-    unit, _, spec = str(content_range).partition(" ")
-    first = spec.partition("-")[0]
-    if unit != "bytes" or not first.isdigit() or int(first) != start:
-        raise _BadAnswer(f"answer for the wrong range: {content_range}")
-    return data
 
 
 class _open_body:
@@ -852,49 +689,3 @@ class _open_body:
     def __exit__(self, *exc: object) -> None:
         if self._reader is not None:
             self._reader.close()
-
-
-def _service_error(op: str, key: str, exc: CosServiceError) -> StoreError:
-    status = int(exc.get_status_code() or 0)
-    try:
-        code = str(exc.get_error_code())
-    except (KeyError, TypeError):
-        code = "Unknown"
-    try:
-        request_id = str(exc.get_request_id())
-    except (KeyError, TypeError):
-        request_id = ""
-    try:
-        message = str(exc.get_error_msg())
-    except (KeyError, TypeError):
-        message = code
-    return _status_error(op, key, status, code, message, request_id)
-
-
-def _status_error(
-    op: str, key: str, status: int, code: str, message: str, request_id: str
-) -> StoreError:
-    kw: dict[str, Any] = {
-        "op": op,
-        "key": key,
-        "code": code,
-        "status": status,
-        "request_id": request_id,
-    }
-    if is_retryable(status, code):
-        return TransientError(message, **kw)
-    if code == "NoSuchBucket":
-        return NoSuchBucketError(message, **kw)
-    if code == "NoSuchUpload":
-        return NoSuchUploadError(message, **kw)
-    if status == 404:
-        return NotFoundError(message, **kw)
-    if status == 403:
-        return AccessDeniedError(message, **kw)
-    if status == 412:
-        return PreconditionFailedError(message, **kw)
-    if status == 200:
-        # A copy or complete answered 200 with an <Error> body we cannot classify:
-        # the operation did not happen; let the caller retry it.
-        return TransientError(message or "error body in a 200 answer", **kw)
-    return InvalidRequestError(message, **kw)

@@ -1,0 +1,252 @@
+"""How COS is spoken: endpoint configuration, headers and metadata, answers
+and the errors they carry.
+
+Split from ``cos.py`` (the store itself) so each stays readable: everything
+here is a pure function of settings, headers or SDK exceptions.  The SDK logs
+signing keys and request headers at DEBUG and every 404 at WARNING, so its
+logger is silenced for good when this module loads.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from qcloud_cos import CosConfig
+from qcloud_cos.cos_exception import CosServiceError
+
+from cosencfs.errors import (
+    AccessDeniedError,
+    ConfigError,
+    InvalidRequestError,
+    NoSuchBucketError,
+    NoSuchUploadError,
+    NotFoundError,
+    PreconditionFailedError,
+    StoreError,
+    TransientError,
+)
+from cosencfs.store.base import META_PREFIX, ObjectInfo
+from cosencfs.store.retry import RetryPolicy, is_retryable
+
+
+def _silence_sdk_logging() -> None:
+    sdk_log = logging.getLogger("qcloud_cos")
+    sdk_log.setLevel(logging.CRITICAL + 1)
+    sdk_log.propagate = False
+    # urllib3 logs full URLs (with presigned queries when used) at DEBUG.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+_silence_sdk_logging()
+
+
+@dataclass(slots=True, frozen=True)
+class CosSettings:
+    """Where the bucket is and how to reach it."""
+
+    bucket: str
+    region: str = "ap-guangzhou"
+    #: ``http://HOST:PORT`` (a local server: the SDK connects to HOST:PORT and
+    #: sends the bucket in the Host header), or ``https://DOMAIN`` for a custom
+    #: COS endpoint; None uses the region's public endpoint.
+    endpoint: str | None = None
+    secret_id: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    token: str | None = field(default=None, repr=False)
+    concurrency: int = 16
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Send object GET/HEAD/PUT/DELETE/part uploads over plain http.client
+    #: (signed by the SDK); False routes everything through CosS3Client.
+    fast_path: bool = True
+
+
+def make_cos_config(settings: CosSettings) -> CosConfig:
+    """Translate settings into the SDK's ``CosConfig``."""
+    kwargs: dict[str, Any] = {
+        "Region": settings.region,
+        "Timeout": settings.timeout,
+        "PoolConnections": settings.concurrency,
+        "PoolMaxSize": settings.concurrency,
+    }
+    if settings.secret_id and settings.secret_key:
+        kwargs["SecretId"] = settings.secret_id
+        kwargs["SecretKey"] = settings.secret_key
+        if settings.token:
+            kwargs["Token"] = settings.token
+    else:
+        kwargs["Anonymous"] = True
+    if settings.endpoint:
+        parts = urlsplit(settings.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"endpoint {settings.endpoint!r}: expected http://HOST:PORT or https://DOMAIN"
+            )
+        kwargs["Scheme"] = parts.scheme
+        if parts.port is not None or _is_ip_or_localhost(parts.hostname):
+            # IP mode: connect to HOST:PORT, sign and send the bucket host name.
+            kwargs["IP"] = parts.hostname
+            kwargs["Port"] = parts.port
+        else:
+            kwargs["Endpoint"] = parts.hostname
+    else:
+        kwargs["Scheme"] = "https"
+    return CosConfig(**kwargs)
+
+
+def _is_ip_or_localhost(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def strip_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def parse_http_date(value: str) -> float:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def parse_iso_date(value: str) -> float:
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
+#: Standard headers a Replaced copy would drop unless sent again.
+STANDARD_HEADERS = {
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-encoding": "ContentEncoding",
+    "content-language": "ContentLanguage",
+    "expires": "Expires",
+}
+
+
+def header_text(value: str) -> str:
+    """COS sends metadata as UTF-8 bytes; http.client reads them as Latin-1."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    lower = {k.lower(): v for k, v in headers.items()}
+    meta = {
+        k[len(META_PREFIX) :]: header_text(v)
+        for k, v in lower.items()
+        if k.startswith(META_PREFIX)
+    }
+    return ObjectInfo(
+        key=key,
+        size=int(lower.get("content-length", "0")),
+        etag=strip_etag(lower.get("etag", "")),
+        last_modified=parse_http_date(lower.get("last-modified", "")),
+        metadata=meta,
+        content_type=lower.get("content-type", ""),
+        has_metadata=True,
+        headers={k: lower[k] for k in STANDARD_HEADERS if k in lower},
+    )
+
+
+def meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {META_PREFIX + name.lower(): value for name, value in metadata.items()}
+
+
+def replaced_headers(
+    metadata: Mapping[str, str], content_type: str, headers: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """SDK keyword arguments for an object whose metadata is set anew."""
+    kwargs: dict[str, Any] = {"Metadata": meta_headers(metadata)}
+    if content_type:
+        kwargs["ContentType"] = content_type
+    for name, value in (headers or {}).items():
+        arg = STANDARD_HEADERS.get(name.lower())
+        if arg is not None:
+            kwargs[arg] = value
+    return kwargs
+
+
+class BadAnswer(Exception):
+    """An answer that cannot be right (short body, missing ETag): try again."""
+
+
+def ranged_part(data: bytes, resp: Mapping[str, Any], start: int, end: int | None) -> bytes:
+    """The requested bytes of a ranged GET's answer.
+
+    HTTP lets a server ignore Range and send the whole object with 200; bytes
+    from the wrong offset would decrypt under the wrong counter into garbage,
+    so the answer's Content-Range is checked and a whole body is cut.
+    """
+    content_range = next((v for k, v in resp.items() if k.lower() == "content-range"), None)
+    if content_range is None:
+        want_end = len(data) if end is None else min(end, len(data))
+        return data[start:want_end]
+    unit, _, spec = str(content_range).partition(" ")
+    first = spec.partition("-")[0]
+    if unit != "bytes" or not first.isdigit() or int(first) != start:
+        raise BadAnswer(f"answer for the wrong range: {content_range}")
+    return data
+
+
+def service_error(op: str, key: str, exc: CosServiceError) -> StoreError:
+    status = int(exc.get_status_code() or 0)
+    try:
+        code = str(exc.get_error_code())
+    except (KeyError, TypeError):
+        code = "Unknown"
+    try:
+        request_id = str(exc.get_request_id())
+    except (KeyError, TypeError):
+        request_id = ""
+    try:
+        message = str(exc.get_error_msg())
+    except (KeyError, TypeError):
+        message = code
+    return status_error(op, key, status, code, message, request_id)
+
+
+def status_error(
+    op: str, key: str, status: int, code: str, message: str, request_id: str
+) -> StoreError:
+    kw: dict[str, Any] = {
+        "op": op,
+        "key": key,
+        "code": code,
+        "status": status,
+        "request_id": request_id,
+    }
+    if is_retryable(status, code):
+        return TransientError(message, **kw)
+    if code == "NoSuchBucket":
+        return NoSuchBucketError(message, **kw)
+    if code == "NoSuchUpload":
+        return NoSuchUploadError(message, **kw)
+    if status == 404:
+        return NotFoundError(message, **kw)
+    if status == 403:
+        return AccessDeniedError(message, **kw)
+    if status == 412:
+        return PreconditionFailedError(message, **kw)
+    if status == 200:
+        # A copy or complete answered 200 with an <Error> body we cannot classify:
+        # the operation did not happen; let the caller retry it.
+        return TransientError(message or "error body in a 200 answer", **kw)
+    return InvalidRequestError(message, **kw)
