@@ -43,8 +43,8 @@ and mounting a prefix of the bucket.
 
 Budgets (environment variables, all optional)::
 
-    COSENCFS_MODEL_EXAMPLES   examples (default 6)
-    COSENCFS_MODEL_STEPS      steps per example (default 25)
+    COSENCFS_MODEL_EXAMPLES   examples (default 10)
+    COSENCFS_MODEL_STEPS      steps per example (default 30)
     COSENCFS_MODEL_REMOUNTS   remount/crash steps per example at most (default 3)
     COSENCFS_MODEL_SEED       Hypothesis seed (default 0; "random" picks one
                               and prints it)
@@ -103,8 +103,8 @@ from testlib import Mount, MountFactory, start_server
 
 # -- budget ----------------------------------------------------------------------
 
-CI_EXAMPLES = 6
-CI_STEPS = 25
+CI_EXAMPLES = 10
+CI_STEPS = 30
 CI_REMOUNTS = 3
 
 
