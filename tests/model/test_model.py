@@ -81,6 +81,7 @@ import random
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -883,7 +884,7 @@ class CosencfsMachine(RuleBasedStateMachine):
         self.remounts += 1
         STATS["crash"] += 1
         self.ops.append("crash")
-        self.m.kill()
+        self.kill()
         self.m = self._mount(cache=self.m.cache_dir.name)
         self.resolve("crash", verify)
         self.model.settle()  # recovery uploaded everything before the mount went live
@@ -910,10 +911,27 @@ class CosencfsMachine(RuleBasedStateMachine):
         # unlink/rmdir/rename send their deletes ~0.2 s later (journaled): a lost
         # journal may resurrect names deleted just before, which is documented.
         self.wait_deletes()
-        self.m.kill()
+        self.kill()
         self.m = self._mount()
         self.resolve("cos", True)
         self.model.settle()
+
+    def kill(self) -> None:
+        """kill -9 the daemon, then let the server finish what it had received.
+
+        Requests the daemon sent just before dying still complete (so would
+        they on COS); a mount started meanwhile could see their effect late
+        (e.g. a chmod's server-side copy landing after its first listing).
+        The local server serves each connection in a thread named
+        ``cos-conn``: once none is left, the dead daemon's requests are done.
+        """
+        assert self.m is not None
+        self.m.kill()
+        deadline = time.monotonic() + 10.0
+        while any(t.name == "cos-conn" for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                self.fail("the server still serves the killed daemon's requests after 10 s")
+            time.sleep(0.02)
 
     def wait_deletes(self, timeout: float = 10.0) -> None:
         """Wait until the mount has sent every queued delete to COS."""
