@@ -17,7 +17,7 @@ import http.client
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,6 +36,7 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
+from cosencfs.store.asynchttp import SMALL_BODY, AsyncTransport
 from cosencfs.store.base import (
     LIST_PAGE_MAX,
     MAX_PART_BYTES,
@@ -54,6 +55,8 @@ from cosencfs.store.cosproto import (
     BadAnswer,
     CosSettings,
     info_from_headers,
+    list_page,
+    list_page_from_xml,
     make_cos_config,
     meta_headers,
     parse_iso_date,
@@ -64,7 +67,7 @@ from cosencfs.store.cosproto import (
     strip_etag,
 )
 from cosencfs.store.counters import RequestCounters
-from cosencfs.store.fasthttp import FastTransport, HttpStatusError
+from cosencfs.store.fasthttp import Answer, FastTransport, HttpStatusError
 from cosencfs.store.retry import RetryPolicy
 
 __all__ = ["COPY_PART_BYTES", "CosSettings", "CosStore", "make_cos_config"]
@@ -139,6 +142,11 @@ class CosStore:
             if settings.fast_path
             else None
         )
+        self._aio = (
+            AsyncTransport(self._fast, settings.concurrency, settings.timeout)
+            if self._fast is not None and self._fast.scheme == "http"
+            else None
+        )
         #: The named limiter every SDK call goes through.
         self.sdk_limiter = trio.CapacityLimiter(settings.concurrency)
         self._counters = RequestCounters()
@@ -175,6 +183,8 @@ class CosStore:
         self._session.close()
         if self._fast is not None:
             self._fast.close()
+        if self._aio is not None:
+            self._aio.close()
 
     async def _call(
         self,
@@ -184,8 +194,10 @@ class CosStore:
         *,
         up: int = 0,
         policy: RetryPolicy | None = None,
+        afn: Callable[[], Awaitable[T]] | None = None,
     ) -> T:
-        """Run ``fn`` in a worker thread, retrying transient failures."""
+        """Run ``fn`` in a worker thread (or ``afn`` in the event loop), retrying
+        transient failures."""
         policy = policy or self._settings.retry
         started = trio.current_time()
         # The whole call, retries included, ends by this time: an unreachable
@@ -199,11 +211,14 @@ class CosStore:
             t0 = time.monotonic()
             try:
                 with trio.move_on_at(deadline) as scope:
-                    # A worker thread stuck in a socket read is abandoned (it
-                    # ends at its socket timeout); the caller goes on.
-                    result = await trio.to_thread.run_sync(
-                        fn, limiter=self.sdk_limiter, abandon_on_cancel=True
-                    )
+                    if afn is not None:
+                        result = await afn()
+                    else:
+                        # A worker thread stuck in a socket read is abandoned
+                        # (it ends at its socket timeout); the caller goes on.
+                        result = await trio.to_thread.run_sync(
+                            fn, limiter=self.sdk_limiter, abandon_on_cancel=True
+                        )
                 if scope.cancelled_caught:
                     self._counters.failure(op)
                     raise TransientError(
@@ -259,7 +274,7 @@ class CosStore:
             ) from exc
 
     async def head(self, key: str) -> ObjectInfo:
-        fast = self._fast
+        fast, aio = self._fast, self._aio
 
         def fn() -> ObjectInfo:
             if fast is not None:
@@ -269,7 +284,12 @@ class CosStore:
             headers = self._client.head_object(Bucket=self.bucket, Key=key)
             return info_from_headers(key, headers)
 
-        return await self._call("HeadObject", key, fn)
+        async def afn() -> ObjectInfo:
+            assert aio is not None
+            answer = await aio.request("HEAD", key, on_resend=self._resent("HeadObject"))
+            return info_from_headers(key, answer.headers)
+
+        return await self._call("HeadObject", key, fn, afn=afn if aio is not None else None)
 
     async def get(
         self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
@@ -282,22 +302,24 @@ class CosStore:
         if if_match:
             kwargs["IfMatch"] = f'"{if_match}"'
 
-        fast = self._fast
+        fast, aio = self._fast, self._aio
+        headers = {}
+        if "Range" in kwargs:
+            headers["Range"] = kwargs["Range"]
+        if if_match:
+            headers["If-Match"] = kwargs["IfMatch"]
+
+        def received(answer: Answer) -> bytes:
+            self._counters.add_down(len(answer.body))
+            if "Range" in kwargs:
+                return ranged_part(answer.body, answer.headers, start, end)
+            return answer.body
 
         def fn() -> bytes:
             if fast is not None:
-                headers = {}
-                if "Range" in kwargs:
-                    headers["Range"] = kwargs["Range"]
-                if if_match:
-                    headers["If-Match"] = kwargs["IfMatch"]
-                answer = fast.request(
-                    "GET", key, headers=headers, on_resend=self._resent("GetObject")
+                return received(
+                    fast.request("GET", key, headers=headers, on_resend=self._resent("GetObject"))
                 )
-                self._counters.add_down(len(answer.body))
-                if "Range" in kwargs:
-                    return ranged_part(answer.body, answer.headers, start, end)
-                return answer.body
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
             body = resp["Body"]
             raw = body.get_raw_stream()
@@ -313,7 +335,16 @@ class CosStore:
                 data = ranged_part(data, resp, start, end)
             return data
 
-        return await self._call("GetObject", key, fn)
+        async def afn() -> bytes:
+            assert aio is not None
+            return received(
+                await aio.request("GET", key, headers=headers, on_resend=self._resent("GetObject"))
+            )
+
+        small = end is not None and end - start <= SMALL_BODY
+        return await self._call(
+            "GetObject", key, fn, afn=afn if aio is not None and small else None
+        )
 
     async def put(
         self,
@@ -333,16 +364,16 @@ class CosStore:
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
 
-        fast = self._fast
+        fast, aio = self._fast, self._aio
+        headers = meta_headers(metadata)
+        if content_type:
+            headers["Content-Type"] = content_type
+        if if_none_match:
+            headers["If-None-Match"] = "*"
 
         def fn() -> str:
             with _open_body(body) as data:
                 if fast is not None:
-                    headers = meta_headers(metadata)
-                    if content_type:
-                        headers["Content-Type"] = content_type
-                    if if_none_match:
-                        headers["If-None-Match"] = "*"
                     answer = fast.request(
                         "PUT", key, headers=headers, body=data, on_resend=self._resent("PutObject")
                     )
@@ -350,14 +381,42 @@ class CosStore:
                 resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **kwargs)
             return strip_etag(resp.get("ETag", ""))
 
-        return await self._call("PutObject", key, fn, up=length)
+        async def afn() -> str:
+            assert aio is not None
+            # A small cache-file range is read in the event loop: page-cache
+            # reads of this size take microseconds, less than a thread hop.
+            data = read_small_body(body)
+            answer = await aio.request(
+                "PUT", key, headers=headers, body=data, on_resend=self._resent("PutObject")
+            )
+            return strip_etag(answer.headers.get("etag", ""))
+
+        small = length <= SMALL_BODY
+        return await self._call(
+            "PutObject", key, fn, up=length, afn=afn if aio is not None and small else None
+        )
 
     async def list_objects(
         self, prefix: str = "", delimiter: str = "", marker: str = "", max_keys: int = 1000
     ) -> ListPage:
         max_keys = max(1, min(max_keys, LIST_PAGE_MAX))
 
+        fast = self._fast
+
         def fn() -> ListPage:
+            if fast is not None:
+                params = {
+                    "prefix": prefix,
+                    "delimiter": delimiter,
+                    "marker": marker,
+                    "max-keys": max_keys,
+                    "encoding-type": "url",
+                }
+                # Listing XML is not counted in bytes down, which are object data.
+                answer = fast.request(
+                    "GET", "", params=params, on_resend=self._resent("ListObjects")
+                )
+                return list_page_from_xml(answer.body)
             data = self._client.list_objects(
                 Bucket=self.bucket,
                 Prefix=prefix,
@@ -377,14 +436,7 @@ class CosStore:
             ]
             prefixes = [p["Prefix"] for p in data.get("CommonPrefixes", [])]
             truncated = str(data.get("IsTruncated", "false")).lower() == "true"
-            next_marker = ""
-            if truncated:
-                next_marker = data.get("NextMarker") or ""
-                if not next_marker:
-                    # COS omits NextMarker without a delimiter; the last key is the marker.
-                    last = [o.key for o in objects] + prefixes
-                    next_marker = max(last) if last else ""
-            return ListPage(objects, prefixes, next_marker, truncated)
+            return list_page(objects, prefixes, truncated, data.get("NextMarker") or "")
 
         return await self._call("ListObjects", prefix, fn)
 
@@ -666,6 +718,20 @@ class CosStore:
             id_marker = data.get("NextUploadIdMarker", "")
 
 
+def read_small_body(body: Body) -> bytes | bytearray | memoryview:
+    """The bytes of a body small enough to hold in memory."""
+    if not isinstance(body, FileRange):
+        return body
+    fd = os.open(body.path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, body.length, body.offset)
+    finally:
+        os.close(fd)
+    if len(data) != body.length:
+        raise OSError(f"cache file shorter than the upload ({len(data)} < {body.length})")
+    return data
+
+
 class _open_body:
     """Turn a ``Body`` into what requests can send, and clean up after."""
 
@@ -678,11 +744,7 @@ class _open_body:
         if not isinstance(body, FileRange):
             return body
         if body.length <= _INLINE_BODY_MAX:
-            with open(body.path, "rb") as f:
-                data = os.pread(f.fileno(), body.length, body.offset)
-            if len(data) != body.length:
-                raise OSError(f"cache file shorter than the upload ({len(data)} < {body.length})")
-            return data
+            return read_small_body(body)
         self._reader = _FileRangeReader(body)
         return self._reader
 

@@ -1,4 +1,4 @@
-"""A lean HTTP path for the data plane: GET, HEAD, PUT and DELETE of one object.
+"""A lean HTTP path for the data plane: GET, HEAD, PUT, DELETE and LIST.
 
 The SDK's request pipeline (argument mapping, requests' session, prepared
 requests, adapters, hooks) costs about a millisecond of CPU per request on
@@ -7,8 +7,10 @@ under the GIL it serializes.  For the requests that move object data, cosencfs
 keeps the SDK's URL building and signature (``CosConfig.uri``,
 ``CosConfig.get_host``, ``CosS3Auth``: the exact bytes the SDK would sign) and
 sends them over plain ``http.client`` keep-alive connections, one per worker
-thread.  Everything else (listings, copies, multipart control) still goes
-through ``CosS3Client``.
+thread.  Listings come here too (their answer is parsed by
+``cosproto.list_page_from_xml``).  Copies, batch deletes and multipart control
+still go through ``CosS3Client``; small requests on plain HTTP go through
+``asynchttp`` in the event loop, signed by ``FastTransport.prepare``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 from xml.etree import ElementTree
 
 from qcloud_cos import CosConfig
@@ -92,8 +94,8 @@ class FastTransport:
         self._lock = threading.Lock()
         self._token = conf._token
         base = urlsplit(conf.uri(bucket=bucket))
-        self._scheme = base.scheme
-        self._netloc = base.netloc
+        self._scheme: str = base.scheme
+        self._netloc: str = base.netloc
         # What the SDK puts in Host: the bucket's host name when connecting by
         # IP (so one server can serve many buckets), else the URL's host.
         self._host = conf.get_host(Bucket=bucket) if conf._ip is not None else base.netloc
@@ -129,6 +131,42 @@ class FastTransport:
             conn.close()
             self._local.conn = None
 
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    @property
+    def netloc(self) -> str:
+        return self._netloc
+
+    def prepare(
+        self,
+        method: str,
+        key: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, Any] | None,
+        body_length: int,
+    ) -> tuple[str, dict[str, str]]:
+        """The request target and the signed headers, as the SDK would send them."""
+        url = self._conf.uri(bucket=self._bucket, path=key or None)
+        query = {k: str(v) for k, v in (params or {}).items()}
+        req = _Signable(method, url, {"Host": self._host, "User-Agent": USER_AGENT})
+        if self._token:
+            req.headers["x-cos-security-token"] = self._token
+        req.headers.update(headers or {})
+        if method in ("PUT", "POST"):
+            req.headers["Content-Length"] = str(body_length)
+        CosS3Auth(self._conf, key or None, params=query)(req)
+        # The signature covers the text (as UTF-8, like the SDK); http.client
+        # writes header values as Latin-1, so hand it the UTF-8 bytes that way.
+        wire = {k: v.encode("utf-8").decode("latin-1") for k, v in req.headers.items()}
+        path = urlsplit(url).path or "/"
+        if query:
+            # Percent-encoded as the signature encodes them (a '+' for a
+            # space would be read back as a plus sign by some servers).
+            path += "?" + urlencode(query, safe="", quote_via=quote)
+        return path, wire
+
     def request(
         self,
         method: str,
@@ -139,21 +177,9 @@ class FastTransport:
         body: bytes | bytearray | memoryview | Any = None,
         on_resend: Callable[[], None] = lambda: None,
     ) -> Answer:
-        url = self._conf.uri(bucket=self._bucket, path=key)
-        query = {k: str(v) for k, v in (params or {}).items()}
-        req = _Signable(method, url, {"Host": self._host, "User-Agent": USER_AGENT})
-        if self._token:
-            req.headers["x-cos-security-token"] = self._token
-        req.headers.update(headers or {})
-        if method in ("PUT", "POST"):
-            req.headers["Content-Length"] = str(len(body) if body is not None else 0)
-        CosS3Auth(self._conf, key, params=query)(req)
-        # The signature covers the text (as UTF-8, like the SDK); http.client
-        # writes header values as Latin-1, so hand it the UTF-8 bytes that way.
-        wire = {k: v.encode("utf-8").decode("latin-1") for k, v in req.headers.items()}
-        path = urlsplit(url).path or "/"
-        if query:
-            path += "?" + urlencode(query)
+        path, wire = self.prepare(
+            method, key, headers, params, len(body) if body is not None else 0
+        )
         # A keep-alive connection idle for a while may have been closed by the
         # server; if it fails before any answer it is replaced and the request
         # sent once more (reported through on_resend: every attempt is billed).

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -42,7 +43,9 @@ from cosencfs.server import LocalCosServer
 from cosencfs.server.faults import FaultKind
 from cosencfs.store.base import FileRange, ListPage, ObjectStore
 from cosencfs.store.cos import CosSettings, CosStore, make_cos_config
+from cosencfs.store.cosproto import BadAnswer, list_page_from_xml
 from cosencfs.store.counters import CounterSnapshot
+from cosencfs.store.fasthttp import Answer
 from cosencfs.store.retry import RetryPolicy, is_retryable
 
 VHOST = f"{BUCKET}.cos.{REGION}.myqcloud.com"
@@ -380,21 +383,35 @@ async def test_list_prefix_delimiter_marker_max_keys(store: CosStore) -> None:
     assert (list(page.objects), list(page.common_prefixes), page.truncated) == ([], [], False)
 
 
+@pytest.mark.parametrize("path", ["fast", "sdk"])
 async def test_listing_without_next_marker_continues_after_the_last_key(
-    store: CosStore, monkeypatch: pytest.MonkeyPatch
+    store: CosStore, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     # COS leaves NextMarker out of truncated listings without a delimiter.
     keys = ["p/a", "p/b", "p/c/x", "p/d", "p/e"]
     for key in keys:
         await store.put(key, b"x", {})
-    real = store._client.list_objects
+    if path == "sdk":
+        real = store._client.list_objects
 
-    def without_next_marker(**kwargs: Any) -> dict[str, Any]:
-        data: dict[str, Any] = real(**kwargs)
-        data.pop("NextMarker", None)
-        return data
+        def without_next_marker(**kwargs: Any) -> dict[str, Any]:
+            data: dict[str, Any] = real(**kwargs)
+            data.pop("NextMarker", None)
+            return data
 
-    monkeypatch.setattr(store._client, "list_objects", without_next_marker)
+        monkeypatch.setattr(store, "_fast", None)
+        monkeypatch.setattr(store._client, "list_objects", without_next_marker)
+    else:
+        fast = store._fast
+        assert fast is not None
+        real_request = fast.request
+
+        def strip_next_marker(method: str, key: str, **kwargs: Any) -> Answer:
+            answer = real_request(method, key, **kwargs)
+            body = re.sub(rb"<NextMarker>[^<]*</NextMarker>", b"", answer.body)
+            return Answer(answer.status, answer.headers, body)
+
+        monkeypatch.setattr(fast, "request", strip_next_marker)
     seen: list[str] = []
     marker = ""
     while True:
@@ -405,6 +422,42 @@ async def test_listing_without_next_marker_continues_after_the_last_key(
         assert page.next_marker == seen[-1]
         marker = page.next_marker
     assert seen == keys
+
+
+async def test_listing_round_trips_awkward_names(store: CosStore) -> None:
+    # Listings are asked for URL-encoded: names XML cannot carry or that
+    # look like escapes come back exactly.
+    keys = ["n/a b", "n/a+b", "n/100%", "n/%41", "n/ü€😀", "n/tab\tx", "n/amp&<>'\"", "n/q?x=1#y"]
+    for key in keys:
+        await store.put(key, b"x", {})
+    page = await store.list_objects(prefix="n/")
+    assert sorted(o.key for o in page.objects) == sorted(keys)
+    page = await store.list_objects(prefix="n/a+", delimiter="/")
+    assert [o.key for o in page.objects] == ["n/a+b"]
+    page = await store.list_objects(prefix="n/", marker="n/a b", max_keys=1)
+    assert [o.key for o in page.objects] == ["n/a+b"]
+
+
+def test_list_page_from_xml_namespaced_and_unencoded() -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<ListBucketResult xmlns="http://www.qcloud.com/document/product/436/7751">'
+        b"<Name>b-1250000000</Name><Prefix>d/</Prefix><Marker></Marker>"
+        b"<MaxKeys>2</MaxKeys><IsTruncated>true</IsTruncated>"
+        b"<Contents><Key>d/a%20b</Key><LastModified>2026-01-02T03:04:05.000Z</LastModified>"
+        b'<ETag>"abc"</ETag><Size>7</Size></Contents>'
+        b"<CommonPrefixes><Prefix>d/z/</Prefix></CommonPrefixes>"
+        b"</ListBucketResult>"
+    )
+    page = list_page_from_xml(body)
+    # Without <EncodingType>url</EncodingType> names are taken as they are.
+    assert [(o.key, o.size, o.etag) for o in page.objects] == [("d/a%20b", 7, "abc")]
+    assert page.objects[0].last_modified == 1767323045.0
+    assert not page.objects[0].has_metadata
+    assert list(page.common_prefixes) == ["d/z/"]
+    assert (page.truncated, page.next_marker) == (True, "d/z/")
+    with pytest.raises(BadAnswer):
+        list_page_from_xml(b"<html>proxy error")
 
 
 async def test_list_all_and_delete_many_over_1000_keys(
