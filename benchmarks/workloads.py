@@ -133,6 +133,9 @@ def measure(
 ) -> Measured:
     """Time ``action`` (and the commit), count the requests it caused."""
     timeout = timeout or ctx.sizes.timeout
+    # Dirty pages of earlier steps (the generated input, the previous peer's
+    # bucket) would otherwise be written back during this measurement.
+    os.sync()
     waited, busy = wait_for_quiet(ctx.cfg.quiet_wait) if ctx.cfg.quiet_wait > 0 else (0.0, None)
     load = loadavg()
     peer.reset_stats()

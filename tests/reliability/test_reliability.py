@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 from testlib import (
-    BUCKET,
-    REGION,
-    SECRET_ID,
     SECRET_KEY,
     MountFactory,
     new_key_file,
+    start_server,
 )
 
 from cosencfs.crypto.ctr import DataKey, crypt
@@ -112,15 +110,7 @@ def test_server_down_for_30_seconds(
         # open() revalidation and the fetch each give up after the deadline.
         assert time.monotonic() - t0 < 2 * deadline + 5
         time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
-        restarted = LocalCosServer(
-            root,
-            port=port,
-            buckets=[BUCKET],
-            secret_id=SECRET_ID,
-            secret_key=SECRET_KEY,
-            region=REGION,
-        )
-        restarted.start()
+        restarted = start_server(root, port=port)
         os.setxattr(m.mountpoint, b"user.cosencfs.sync", b"1")
         assert (m.mountpoint / "uncached.bin").read_bytes() == uncached
         assert m.umount() == 0
@@ -401,15 +391,7 @@ def test_umount_with_uploads_failing_keeps_the_data(
         assert "stay in the cache journal" in done.stderr
         assert m.proc is not None and m.proc.wait(60) == 3
         assert "could not be uploaded" in m.log()
-        restarted = LocalCosServer(
-            root,
-            port=port,
-            buckets=[BUCKET],
-            secret_id=SECRET_ID,
-            secret_key=SECRET_KEY,
-            region=REGION,
-        )
-        restarted.start()
+        restarted = start_server(root, port=port)
         m2 = mounts(cache=m.cache_dir.name)
         assert (m2.mountpoint / "kept.txt").read_text() == "not lost\n"
         assert m2.umount() == 0
