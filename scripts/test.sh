@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv/bin
 status=0
 echo "== ruff"; $VENV/ruff check cosencfs tests benchmarks || status=1
+$VENV/ruff format --check cosencfs tests benchmarks || status=1
 echo "== mypy"; $VENV/mypy || status=1
 echo "== pytest"
 $VENV/python -m pytest "$@"

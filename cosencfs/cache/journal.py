@@ -60,6 +60,7 @@ def _best_effort(fn: Callable[P, None]) -> Callable[P, None]:
 
     return wrapper
 
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """

@@ -32,6 +32,7 @@ from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
+
 class SyncError(CosEncFsError):
     """Some dirty files could not be uploaded (they stay in the journal)."""
 

@@ -164,4 +164,3 @@ class Deleter:
 
 class _Retry(CosEncFsError):
     """Some deletes in a batch failed; they are queued again."""
-

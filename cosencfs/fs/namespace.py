@@ -333,9 +333,7 @@ class Namespace:
             if old is not None and (old.etag != info.etag or old.size != info.size):
                 self.drop_clean_content(node)
             node.kind = kind_from_meta(meta)
-            node.remote = Remote(
-                info.etag, info.size, info.last_modified, meta, dict(info.headers)
-            )
+            node.remote = Remote(info.etag, info.size, info.last_modified, meta, dict(info.headers))
             if not node.data_dirty:
                 node.size = info.size
             node.attrs = attrs_from_meta(meta, node.kind, defaults, info.last_modified)
