@@ -308,6 +308,17 @@ class Journal:
         self._pending_attrs[key] = None
         self._maybe_flush_attrs()
 
+    def forget_attrs_now(self, key: str) -> None:
+        """Drop ``key``'s record at once, before its metadata changes in COS.
+
+        A metadata-only change (a copy onto itself, a directory marker written
+        again) keeps the ETag and size a record is matched by; if the daemon
+        died before the new record was flushed, the old one would still match
+        the changed object after a restart and bring the old attributes back.
+        """
+        self._pending_attrs.pop(key, None)
+        self._attrs_write("DELETE FROM attrs WHERE key=?", [(key,)])
+
     def delete_attrs_prefix(self, prefix: str) -> None:
         self.flush_attrs()
         # Keys are text; a range scan instead of LIKE avoids escaping % and _.

@@ -515,6 +515,7 @@ class Files:
             await self.ns.ensure_attrs(node)
         assert node.remote.metadata is not None
         meta = {**node.remote.metadata, **attrs_to_meta(node.attrs)}
+        self.ctx.journal.forget_attrs_now(key)
         etag = await self.ctx.store.copy(
             key,
             key,

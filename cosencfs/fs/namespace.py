@@ -426,6 +426,9 @@ class Namespace:
         key = self.ctx.key_of(node)
         meta = self.marker_meta(node)
         gen = node.meta_gen
+        # Every marker has the ETag of the empty body: only dropping the old
+        # record first keeps a crash from reviving the old attributes.
+        self.ctx.journal.forget_attrs_now(key)
         etag = await self.ctx.store.put(key, b"", meta, content_type=DIR_CONTENT_TYPE)
         node.has_marker = True
         node.remote = Remote(etag, 0, 0.0, meta)

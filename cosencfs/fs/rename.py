@@ -134,6 +134,9 @@ class Renamer:
                 remote = src.remote
                 assert remote is not None and remote.metadata is not None
             meta = {**(remote.metadata or {}), **attrs_to_meta(src.attrs)}
+        # A copy keeps the ETag: a record left at new_key from an earlier
+        # object with these bytes must not outlive a crash (see forget_attrs_now).
+        self.ctx.journal.forget_attrs_now(new_key)
         etag = await self.ctx.store.copy(
             old_key,
             new_key,
@@ -187,6 +190,7 @@ class Renamer:
             for old in keys:
                 await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
             copied: dict[str, str] = {}
+            self.ctx.journal.delete_attrs_prefix(new_prefix)
             try:
                 await self._copy_many(objects, old_prefix, new_prefix, copied)
             except BaseException:
