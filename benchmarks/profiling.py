@@ -82,8 +82,9 @@ class Profiler:
 #: What the frame on top of a stack is doing, by function or file (first match).
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("trio loop waiting in epoll (idle)", ("EpollIOManager.get_events", "_epoll_wait")),
-    ("cache file I/O (pwrite/pread of ciphertext)", ("_pwrite_all", "_open_body", "read_plain",
-                                                     "_FileRangeReader", "store_cipher")),
+    ("cache file I/O (pwrite/pread of ciphertext)", ("_pwrite_all", "open_body", "read_small_body",
+                                                     "read_plain", "FileRangeReader",
+                                                     "store_cipher")),
     ("AES-CTR (cryptography)", ("crypto/ctr.py", "cryptography/")),
     ("HTTP and sockets (send/recv, http.client, urllib3, requests)",
      ("socket.py", "http/client.py", "urllib3/", "requests/", "fasthttp.py", "ssl.py")),

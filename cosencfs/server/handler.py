@@ -436,18 +436,21 @@ class CosHandler(BaseHTTPRequestHandler):
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         send_body = self.command != "HEAD" and not no_body
         fd = resp.file_fd
+        # Bodies are counted before they are sent: a client that has read the
+        # whole answer must find it in the stats it asks for next.
         try:
             if fd is not None and send_body:
+                self.ctx.stats.add_out(length)
                 self.wfile.write(head)
                 with open(fd, "rb", buffering=0, closefd=False) as f:
                     sent = self.connection.sendfile(f, resp.file_offset, length)
                 if sent != length:
                     log.error("data file shorter than its index entry; closing the connection")
                     self.close_connection = True
-                self.ctx.stats.add_out(sent)
+                    self.ctx.stats.add_out(sent - length)
             elif send_body and resp.body:
-                self.wfile.write(head + resp.body)
                 self.ctx.stats.add_out(len(resp.body))
+                self.wfile.write(head + resp.body)
             else:
                 self.wfile.write(head)
         finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -43,7 +42,6 @@ from cosencfs.store.base import (
     MAX_PARTS,
     MAX_PUT_BYTES,
     Body,
-    FileRange,
     ListPage,
     ObjectInfo,
     PartInfo,
@@ -51,6 +49,7 @@ from cosencfs.store.base import (
     UploadInfo,
     body_length,
 )
+from cosencfs.store.bodies import open_body, read_small_body
 from cosencfs.store.cosproto import (
     BadAnswer,
     CosSettings,
@@ -87,39 +86,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-class _FileRangeReader:
-    """A file-like request body over ``FileRange`` that requests can size and stream
-    without reading the whole range into memory."""
-
-    def __init__(self, rng: FileRange) -> None:
-        self._fd = os.open(rng.path, os.O_RDONLY)
-        self._pos = rng.offset
-        self._end = rng.offset + rng.length
-
-    def __len__(self) -> int:
-        return self._end - self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self._end - self._pos
-        n = min(n, self._end - self._pos)
-        if n <= 0:
-            return b""
-        data = os.pread(self._fd, n, self._pos)
-        if len(data) < n:
-            raise OSError(f"cache file shrank while uploading it ({len(data)} < {n} bytes)")
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-#: Bodies up to this size are read into memory at once: one send() instead of
-#: many small ones, and bounded by (concurrency x part size).
-_INLINE_BODY_MAX = 64 * 1024**2
 
 
 class CosStore:
@@ -372,7 +338,7 @@ class CosStore:
             headers["If-None-Match"] = "*"
 
         def fn() -> str:
-            with _open_body(body) as data:
+            with open_body(body) as data:
                 if fast is not None:
                     answer = fast.request(
                         "PUT", key, headers=headers, body=data, on_resend=self._resent("PutObject")
@@ -581,7 +547,7 @@ class CosStore:
         fast = self._fast
 
         def fn() -> str:
-            with _open_body(body) as data:
+            with open_body(body) as data:
                 if fast is not None:
                     answer = fast.request(
                         "PUT",
@@ -716,38 +682,3 @@ class CosStore:
                 return uploads
             key_marker = data.get("NextKeyMarker", "")
             id_marker = data.get("NextUploadIdMarker", "")
-
-
-def read_small_body(body: Body) -> bytes | bytearray | memoryview:
-    """The bytes of a body small enough to hold in memory."""
-    if not isinstance(body, FileRange):
-        return body
-    fd = os.open(body.path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, body.length, body.offset)
-    finally:
-        os.close(fd)
-    if len(data) != body.length:
-        raise OSError(f"cache file shorter than the upload ({len(data)} < {body.length})")
-    return data
-
-
-class _open_body:
-    """Turn a ``Body`` into what requests can send, and clean up after."""
-
-    def __init__(self, body: Body) -> None:
-        self._body = body
-        self._reader: _FileRangeReader | None = None
-
-    def __enter__(self) -> bytes | bytearray | memoryview | _FileRangeReader:
-        body = self._body
-        if not isinstance(body, FileRange):
-            return body
-        if body.length <= _INLINE_BODY_MAX:
-            return read_small_body(body)
-        self._reader = _FileRangeReader(body)
-        return self._reader
-
-    def __exit__(self, *exc: object) -> None:
-        if self._reader is not None:
-            self._reader.close()

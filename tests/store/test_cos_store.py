@@ -27,6 +27,7 @@ import trio
 from _store_helpers import MIB, ScriptedFaults, md5_hex, quick_policy
 from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, make_store, start_server
 
+import cosencfs.store.bodies as bodies_module
 import cosencfs.store.cos as cos_module
 from cosencfs.errors import (
     AccessDeniedError,
@@ -272,18 +273,18 @@ async def test_put_bytes_like_bodies(store: CosStore, kind: str) -> None:
 async def test_put_file_range(
     store: CosStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
-    # Bodies over _INLINE_BODY_MAX (64 MiB) are streamed from the file; a small
+    # Bodies over INLINE_BODY_MAX (64 MiB) are streamed from the file; a small
     # limit takes that path without writing 64 MiB.
     opened: list[FileRange] = []
 
-    class Spy(cos_module._FileRangeReader):
+    class Spy(bodies_module.FileRangeReader):
         def __init__(self, rng: FileRange) -> None:
             opened.append(rng)
             super().__init__(rng)
 
-    monkeypatch.setattr(cos_module, "_FileRangeReader", Spy)
+    monkeypatch.setattr(bodies_module, "FileRangeReader", Spy)
     if streamed:
-        monkeypatch.setattr(cos_module, "_INLINE_BODY_MAX", 64 * 1024)
+        monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 64 * 1024)
     data = os.urandom(3 * MIB + 7)
     path = write_file(tmp_path / "cache.bin", data)
     offset, length = 12_345, 2 * MIB + 3
@@ -305,7 +306,7 @@ async def test_put_file_range_of_a_shrunken_file_stores_nothing(
     # must not leave a truncated object behind.  (The inline path raises the
     # OSError as is; the streamed one a TransientError after its retries.)
     if streamed:
-        monkeypatch.setattr(cos_module, "_INLINE_BODY_MAX", 100)
+        monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 100)
     path = write_file(tmp_path / "short.bin", os.urandom(500))
     with trio.fail_after(15), pytest.raises((OSError, StoreError)):
         await store.put("short", FileRange(str(path), 100, 1000), {})
@@ -968,7 +969,7 @@ async def test_everything_succeeds_despite_random_faults(
     store = faulty_store
     faulty_server.reset_stats()
     # Streamed bodies too: they are reopened on every attempt.
-    monkeypatch.setattr(cos_module, "_INLINE_BODY_MAX", 256 * 1024)
+    monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 256 * 1024)
     file_data = os.urandom(2 * MIB)
     path = write_file(tmp_path / "src.bin", file_data)
     bodies = {f"f/{i:02d}": os.urandom(1000 * i + 7) for i in range(20)}
@@ -1267,7 +1268,7 @@ async def test_file_range_body_is_resent_on_retry(
     streamed: bool,
 ) -> None:
     if streamed:
-        monkeypatch.setattr(cos_module, "_INLINE_BODY_MAX", 4096)
+        monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 4096)
     data = os.urandom(MIB + 100)
     path = write_file(tmp_path / "f", data)
     scripted.script = [fault]
