@@ -185,7 +185,10 @@ class Renamer:
                     await self.ctx.cache.fill_all(v)
             objects: list[ObjectInfo] = []
             async for page in self.ctx.store.list_all(old_prefix):
-                objects.extend(page.objects)
+                # Objects whose delete is still queued (unlink, rmdir just
+                # before) are gone already: copying them would bring them
+                # back under the new name. Their own deletes remove them.
+                objects.extend(o for o in page.objects if not self.ctx.deleter.is_pending(o.key))
             keys = [o.key for o in objects]
             for old in keys:
                 await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])

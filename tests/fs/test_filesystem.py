@@ -540,3 +540,24 @@ async def test_attribute_change_lost_in_a_crash_is_not_revived_by_the_attribute_
     # timeout: the kernel asks getattr before it believes them.)
     ino = (await fs2.lookup(ROOT, b"n")).ino
     assert stat.S_IMODE((await fs2.getattr(ino)).mode) == 0o600
+
+
+async def test_directory_rename_does_not_revive_names_whose_delete_is_queued(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    fs = await make_fs()
+    await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+    d = (await fs.lookup(ROOT, b"d")).ino
+    await write_file(fs, d, "gone", b"unlinked before the rename", sync=True)
+    await write_file(fs, d, "kept", b"still here", sync=True)
+    await fs.mkdir(d, b"sub", 0o755, 0, 0)
+    fs.ctx.deleter.delay = 3600  # the deletes stay queued across the rename
+    await fs.unlink(d, b"gone")
+    await fs.rmdir(d, b"sub")
+    await fs.rename(ROOT, b"d", ROOT, b"e", 0)
+    await fs.ctx.deleter.flush()
+    keys = sorted([o.key async for page in store.list_all() for o in page.objects])
+    assert keys == ["e/", "e/kept"]
+    e = (await fs.lookup(ROOT, b"e")).ino
+    fs.ns.directory(e).listed_at = None  # a fresh listing agrees
+    assert await names(fs, e) == ["kept"]
