@@ -139,6 +139,9 @@ class Namespace:
                         name = p[len(prefix) : -1]
                         if valid_listed_name(name):
                             dirs.add(name)
+                for name in list(dirs):
+                    if await self._only_deleted_under(f"{prefix}{name}/"):
+                        dirs.discard(name)
             except TransientError as exc:
                 if d.listed_at is None:
                     raise
@@ -152,6 +155,24 @@ class Namespace:
         finally:
             ev, d.listing = d.listing, None
             ev.set()
+
+    async def _only_deleted_under(self, sub: str) -> bool:
+        """Whether every object under ``sub`` is one whose delete is queued here.
+
+        Such a directory (its files unlinked, or the directory renamed away,
+        a moment ago) is gone although COS still lists it for a fraction of a
+        second, or until the journaled deletes go out after a crash. Costs a
+        LIST only while deletes under ``sub`` are pending.
+        """
+        deleter = self.ctx.deleter
+        if not deleter.pending_under(sub):
+            return False
+        async for page in self.ctx.store.list_all(sub):
+            if page.common_prefixes:
+                return False  # (not asked for: no delimiter)
+            if any(not deleter.is_pending(o.key) for o in page.objects):
+                return False
+        return True
 
     def _pending(self, node: Inode) -> bool:
         """Local state COS does not have yet; a listing must not undo it."""

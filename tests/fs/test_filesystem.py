@@ -555,6 +555,9 @@ async def test_directory_rename_does_not_revive_names_whose_delete_is_queued(
     await fs.unlink(d, b"gone")
     await fs.rmdir(d, b"sub")
     await fs.rename(ROOT, b"d", ROOT, b"e", 0)
+    # Before the deletes go out, COS still lists d/gone: d/ must not come back.
+    fs.ns.directory(ROOT).listed_at = None
+    assert await names(fs, ROOT) == ["e"]
     await fs.ctx.deleter.flush()
     keys = sorted([o.key async for page in store.list_all() for o in page.objects])
     assert keys == ["e/", "e/kept"]
