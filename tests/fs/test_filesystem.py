@@ -369,8 +369,7 @@ async def test_crypto_errors_surface(fsys: Filesystem, store: CosStore) -> None:
 
 async def test_deletes_are_batched_and_journaled(make_fs: FsFactory, store: CosStore) -> None:
     fs1 = await make_fs(cache="c")
-    await fs1.mkdir(ROOT, b"d", 0o755, 0, 0)
-    d = (await fs1.lookup(ROOT, b"d")).ino
+    d = (await fs1.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
     for i in range(30):
         await write_file(fs1, d, f"f{i}", b"x", sync=False)
     await fs1.sync_all()
@@ -384,8 +383,7 @@ async def test_deletes_are_batched_and_journaled(make_fs: FsFactory, store: CosS
     fs1.ns.directory(ROOT).listed_at = None
     assert await names(fs1, ROOT) == []
     # Names re-created before the batch went out keep their new objects.
-    await fs1.mkdir(ROOT, b"d", 0o755, 0, 0)
-    d = (await fs1.lookup(ROOT, b"d")).ino
+    d = (await fs1.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
     await write_file(fs1, d, "f0", b"new", sync=True)
     # Re-creating a name sends its queued delete first (the new object must not
     # be deleted later, nor the old one come back after a crash).
@@ -405,8 +403,7 @@ async def test_attributes_are_fetched_only_when_something_stats(
     make_fs: FsFactory, store: CosStore
 ) -> None:
     fs1 = await make_fs()
-    await fs1.mkdir(ROOT, b"d", 0o700, 0, 0)
-    d = (await fs1.lookup(ROOT, b"d")).ino
+    d = (await fs1.mkdir(ROOT, b"d", 0o700, 0, 0)).ino
     for i in range(10):
         await write_file(fs1, d, f"big{i}", os.urandom(5000), sync=False)
     await write_file(fs1, d, "tiny", b"may be a link", sync=False)
@@ -546,8 +543,7 @@ async def test_directory_rename_does_not_revive_names_whose_delete_is_queued(
     make_fs: FsFactory, store: CosStore
 ) -> None:
     fs = await make_fs()
-    await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
-    d = (await fs.lookup(ROOT, b"d")).ino
+    d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
     await write_file(fs, d, "gone", b"unlinked before the rename", sync=True)
     await write_file(fs, d, "kept", b"still here", sync=True)
     await fs.mkdir(d, b"sub", 0o755, 0, 0)
