@@ -40,6 +40,9 @@ class Deleter:
         self.delay = delay
         self._state: dict[str, DeleteState] = {}
         self._sent: dict[str, trio.Event] = {}
+        #: When recent deletes were done: a listing that started before may
+        #: still show those objects.
+        self._done_at: dict[str, float] = {}
         self._wake = trio.Event()
         self.deleted = 0
         self.failures = 0
@@ -58,6 +61,16 @@ class Deleter:
 
     def pending_under(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self._state)
+
+    def gone_since(self, key: str, since: float) -> bool:
+        """Whether ``key`` is being deleted, or was deleted at or after ``since``
+        (so that a listing started at ``since`` may still show it)."""
+        return key in self._state or self._done_at.get(key, -math.inf) >= since
+
+    def any_gone_under(self, prefix: str, since: float) -> bool:
+        return self.pending_under(prefix) or any(
+            k.startswith(prefix) and t >= since for k, t in self._done_at.items()
+        )
 
     # -- producers -------------------------------------------------------------
 
@@ -144,6 +157,12 @@ class Deleter:
                 done.append(key)
             self._sent.pop(key).set()
         self.journal.remove_deletes(done)
+        now = trio.current_time()
+        if len(self._done_at) > 4096:
+            # Listings take seconds at most; older entries cannot matter.
+            self._done_at = {k: t for k, t in self._done_at.items() if now - t < 60.0}
+        for key in done:
+            self._done_at[key] = now
         self.deleted += len(done)
         if len(done) < len(batch):
             self.failures += len(batch) - len(done)

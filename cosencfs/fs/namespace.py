@@ -140,7 +140,7 @@ class Namespace:
                         if valid_listed_name(name):
                             dirs.add(name)
                 for name in list(dirs):
-                    if await self._only_deleted_under(f"{prefix}{name}/"):
+                    if await self._only_deleted_under(f"{prefix}{name}/", started):
                         dirs.discard(name)
             except TransientError as exc:
                 if d.listed_at is None:
@@ -156,7 +156,7 @@ class Namespace:
             ev, d.listing = d.listing, None
             ev.set()
 
-    async def _only_deleted_under(self, sub: str) -> bool:
+    async def _only_deleted_under(self, sub: str, since: float) -> bool:
         """Whether every object under ``sub`` is one whose delete is queued here.
 
         Such a directory (its files unlinked, or the directory renamed away,
@@ -165,12 +165,12 @@ class Namespace:
         LIST only while deletes under ``sub`` are pending.
         """
         deleter = self.ctx.deleter
-        if not deleter.pending_under(sub):
+        if not deleter.any_gone_under(sub, since):
             return False
         async for page in self.ctx.store.list_all(sub):
             if page.common_prefixes:
                 return False  # (not asked for: no delimiter)
-            if any(not deleter.is_pending(o.key) for o in page.objects):
+            if any(not deleter.gone_since(o.key, since) for o in page.objects):
                 return False
         return True
 
@@ -202,8 +202,8 @@ class Namespace:
         for name in dirs:
             if self._removed.get((d.ino, name), -1.0) >= started:
                 continue
-            if pending.is_pending(f"{prefix}{name}/"):
-                continue  # removed here (rmdir), deletes not sent yet
+            if pending.gone_since(f"{prefix}{name}/", started):
+                continue  # removed here (rmdir): delete not sent, or sent during the listing
             seen.add(name)
             child = d.children.get(name)
             if child is not None and (child.is_dir or child.touched_at >= started):
@@ -220,7 +220,7 @@ class Namespace:
                 continue
             if self._removed.get((d.ino, name), -1.0) >= started:
                 continue
-            if pending.is_pending(prefix + name):
+            if pending.gone_since(prefix + name, started):
                 continue
             seen.add(name)
             child = d.children.get(name)

@@ -184,11 +184,13 @@ class Renamer:
                 if v is not None and v.dirty and not v.complete and v.source is not None:
                     await self.ctx.cache.fill_all(v)
             objects: list[ObjectInfo] = []
+            listed_at = trio.current_time()
             async for page in self.ctx.store.list_all(old_prefix):
                 # Objects whose delete is still queued (unlink, rmdir just
                 # before) are gone already: copying them would bring them
                 # back under the new name. Their own deletes remove them.
-                objects.extend(o for o in page.objects if not self.ctx.deleter.is_pending(o.key))
+                deleter = self.ctx.deleter
+                objects.extend(o for o in page.objects if not deleter.gone_since(o.key, listed_at))
             keys = [o.key for o in objects]
             for old in keys:
                 await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])

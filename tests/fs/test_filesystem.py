@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.master import AesMasterKey
 from cosencfs.errors import CryptoError, FsError, WrongKeyError
 from cosencfs.fs.core import Filesystem
+from cosencfs.store.base import ListPage
 from cosencfs.store.cos import CosStore
 
 ROOT = 1
@@ -560,3 +562,27 @@ async def test_directory_rename_does_not_revive_names_whose_delete_is_queued(
     e = (await fs.lookup(ROOT, b"e")).ino
     fs.ns.directory(e).listed_at = None  # a fresh listing agrees
     assert await names(fs, e) == ["kept"]
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+async def test_listing_that_overlaps_the_delete_does_not_bring_the_name_back(
+    make_fs: FsFactory, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    fs = await make_fs(dir_ttl=0.0)
+    if kind == "file":
+        # Over 4095 bytes: the listing alone tells it is no symlink, no HEAD.
+        await write_file(fs, ROOT, "x", b"b" * 5000, sync=True)
+    else:
+        await fs.mkdir(ROOT, b"x", 0o755, 0, 0)
+    fs.ctx.deleter.delay = 3600
+    await (fs.unlink if kind == "file" else fs.rmdir)(ROOT, b"x")
+    real = fs.ctx.store.list_all
+
+    async def racing(prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
+        async for page in real(prefix, delimiter):
+            # The delete lands while this (older) answer is on its way.
+            await fs.ctx.deleter.flush()
+            yield page
+
+    monkeypatch.setattr(fs.ctx.store, "list_all", racing)
+    assert await names(fs, ROOT) == []
