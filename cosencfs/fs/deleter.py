@@ -14,6 +14,7 @@ key, or waits for one already sent.  Listings skip keys that are pending.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from enum import Enum
@@ -59,18 +60,22 @@ class Deleter:
     def is_pending(self, key: str) -> bool:
         return key in self._state
 
-    def pending_under(self, prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in self._state)
-
     def gone_since(self, key: str, since: float) -> bool:
         """Whether ``key`` is being deleted, or was deleted at or after ``since``
         (so that a listing started at ``since`` may still show it)."""
         return key in self._state or self._done_at.get(key, -math.inf) >= since
 
-    def any_gone_under(self, prefix: str, since: float) -> bool:
-        return self.pending_under(prefix) or any(
-            k.startswith(prefix) and t >= since for k, t in self._done_at.items()
-        )
+    def dirs_with_gone_keys(self, prefix: str, since: float) -> set[str]:
+        """Names of the subdirectories of ``prefix`` holding a key that is being
+        deleted or was deleted at or after ``since`` (one pass, per listing)."""
+        recent = (k for k, t in self._done_at.items() if t >= since)
+        names: set[str] = set()
+        for key in itertools.chain(self._state, recent):
+            if key.startswith(prefix):
+                name, sep, _ = key[len(prefix) :].partition("/")
+                if sep:
+                    names.add(name)
+        return names
 
     # -- producers -------------------------------------------------------------
 
@@ -158,7 +163,7 @@ class Deleter:
             self._sent.pop(key).set()
         self.journal.remove_deletes(done)
         now = trio.current_time()
-        if len(self._done_at) > 4096:
+        if len(self._done_at) > 1024:
             # Listings take seconds at most; older entries cannot matter.
             self._done_at = {k: t for k, t in self._done_at.items() if now - t < 60.0}
         for key in done:

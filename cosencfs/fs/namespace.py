@@ -139,7 +139,8 @@ class Namespace:
                         name = p[len(prefix) : -1]
                         if valid_listed_name(name):
                             dirs.add(name)
-                for name in list(dirs):
+                deleter = self.ctx.deleter
+                for name in dirs & deleter.dirs_with_gone_keys(prefix, started):
                     if await self._only_deleted_under(f"{prefix}{name}/", started):
                         dirs.discard(name)
             except TransientError as exc:
@@ -161,12 +162,10 @@ class Namespace:
 
         Such a directory (its files unlinked, or the directory renamed away,
         a moment ago) is gone although COS still lists it for a fraction of a
-        second, or until the journaled deletes go out after a crash. Costs a
-        LIST only while deletes under ``sub`` are pending.
+        second, or until the journaled deletes go out after a crash. Asked
+        only for directories with such deletes under them: one LIST each.
         """
         deleter = self.ctx.deleter
-        if not deleter.any_gone_under(sub, since):
-            return False
         async for page in self.ctx.store.list_all(sub):
             if page.common_prefixes:
                 return False  # (not asked for: no delimiter)

@@ -937,6 +937,16 @@ class CosencfsMachine(RuleBasedStateMachine):
                 self.fail("the server still serves the killed daemon's requests after 10 s")
             time.sleep(0.02)
 
+    def mode_among(self, which: str, path: str, st_: os.stat_result, modes: set[int]) -> int:
+        """The mode found after a remount, which must be one of ``modes``."""
+        mode = stat.S_IMODE(st_.st_mode)
+        if mode not in modes:
+            self.fail(
+                f"after {which}: {path!r} mode {mode:o},"
+                f" expected one of {sorted(f'{m:o}' for m in modes)}"
+            )
+        return mode
+
     def wait_deletes(self, timeout: float = 10.0) -> None:
         """Wait until the mount has sent every queued delete to COS."""
         deadline = time.monotonic() + timeout
@@ -971,12 +981,7 @@ class CosencfsMachine(RuleBasedStateMachine):
                     st_ = os.lstat(self.p(path))
                     if not stat.S_ISDIR(st_.st_mode):
                         self.fail(f"after {which}: {path!r} is not a directory")
-                    if stat.S_IMODE(st_.st_mode) not in modes:
-                        self.fail(
-                            f"after {which}: {path!r} mode {stat.S_IMODE(st_.st_mode):o},"
-                            f" expected one of {sorted(f'{m:o}' for m in modes)}"
-                        )
-                    node.mode = stat.S_IMODE(st_.st_mode)
+                    node.mode = self.mode_among(which, path, st_, modes)
                     walk(node, path)
                     continue
                 assert isinstance(node, MFile)
@@ -992,12 +997,7 @@ class CosencfsMachine(RuleBasedStateMachine):
                 contents = [s for s in states if s is not None]
                 if not contents:
                     self.fail(f"after {which}: {path!r} exists but was never committed")
-                if stat.S_IMODE(st_.st_mode) not in modes:
-                    self.fail(
-                        f"after {which}: {path!r} mode {stat.S_IMODE(st_.st_mode):o},"
-                        f" expected one of {sorted(f'{m:o}' for m in modes)}"
-                    )
-                node.mode = stat.S_IMODE(st_.st_mode)
+                node.mode = self.mode_among(which, path, st_, modes)
                 if read_all or len(set(contents)) > 1:
                     data = self.read_file(path)
                     if data not in contents:
