@@ -1,5 +1,5 @@
 # The two entry points of the README: `make demo` and `make test`.
-.PHONY: setup demo test bench bench-smoke lint clean
+.PHONY: setup demo test test-latest lock bench lint clean
 
 setup:
 	./scripts/bootstrap.sh
@@ -15,10 +15,19 @@ lint: setup
 	.venv/bin/ruff format --check cosencfs tests benchmarks
 	.venv/bin/mypy
 
+# The whole suite on the newest release of every dependency, in a venv of its
+# own (not part of CI): a coming upstream break shows here before it lands.
+test-latest:
+	VENV=.venv-latest COSENCFS_LATEST=1 ./scripts/bootstrap.sh
+	VENV=.venv-latest ./scripts/test.sh
+
+# Refresh requirements/*.txt to the newest releases (then run make test).
+lock:
+	./scripts/lock.sh
+
 bench: setup
 	COSENCFS_EXTRA_PKGS="rclone s3fs" ./scripts/bootstrap.sh
-	.venv/bin/python -m pip install -q -e ".[test,bench]"
 	.venv/bin/python -m benchmarks.run
 
 clean:
-	rm -rf .venv build *.egg-info .mypy_cache .ruff_cache .pytest_cache demo
+	rm -rf .venv .venv-latest .venv-lock build *.egg-info .mypy_cache .ruff_cache .pytest_cache demo

@@ -3,7 +3,7 @@
 # including pytest exit status 5 ("no tests collected").
 set -uo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv/bin
+VENV=${VENV:-.venv}/bin
 status=0
 echo "== ruff"; $VENV/ruff check cosencfs tests benchmarks || status=1
 $VENV/ruff format --check cosencfs tests benchmarks || status=1

@@ -17,7 +17,6 @@ from cosencfs.crypto.ctr import (
     DataKey,
     counter_block,
     crypt,
-    crypt_into,
 )
 from cosencfs.crypto.envelope import (
     ENVELOPE_FIELDS,
@@ -64,7 +63,6 @@ __all__ = [
     "classify",
     "counter_block",
     "crypt",
-    "crypt_into",
     "extract_envelope",
     "generate_aes_key_file",
     "generate_rsa_key_files",

@@ -27,7 +27,6 @@ __all__ = [
     "DataKey",
     "counter_block",
     "crypt",
-    "crypt_into",
 ]
 
 BLOCK_SIZE = 16
@@ -36,12 +35,8 @@ IV_SIZE = 16
 
 _COUNTER_MOD = 1 << 128
 _ZEROS = bytes(BLOCK_SIZE)
-# Older cryptography releases documented update_into as needing
-# len(data) + block_size - 1 bytes of output space; see crypt_into.
-_UPDATE_INTO_SLACK = BLOCK_SIZE - 1
 
 Buffer = bytes | bytearray | memoryview
-WritableBuffer = bytearray | memoryview
 
 
 @dataclass(slots=True, frozen=True, repr=False)
@@ -120,38 +115,3 @@ def crypt(dk: DataKey, offset: int, data: Buffer) -> bytes:
     every ``o`` and ``n``.
     """
     return _keystream_at(dk, offset).update(data)
-
-
-def crypt_into(dk: DataKey, offset: int, data: Buffer, out: WritableBuffer) -> None:
-    """Like :func:`crypt` but writes into ``out[:len(data)]`` without allocating.
-
-    ``out`` must be writable and at least ``len(data)`` bytes long.  ``out``
-    may be the same buffer as ``data`` (in-place, same start address);
-    partially overlapping buffers are not allowed.
-
-    Buffer size rule: ``cryptography`` documents that
-    ``CipherContext.update_into(data, buf)`` needs ``len(buf) >= len(data) +
-    block_size - 1`` (15 spare bytes for AES).  Recent releases only need
-    ``len(data)`` for CTR, but we do not depend on that: all but the last 15
-    bytes go through ``update_into`` into ``out[:len(data)]`` (which then has
-    exactly the 15 spare bytes the rule asks for), and the last <= 15 bytes
-    through ``update``.  Either way the caller only provides ``len(data)``.
-    """
-    n = len(data) if not isinstance(data, memoryview) else data.nbytes
-    out_len = len(out) if not isinstance(out, memoryview) else out.nbytes
-    if out_len < n:
-        raise ValueError(f"output buffer has {out_len} bytes, needs at least {n}")
-    if n == 0:
-        return
-    ctx = _keystream_at(dk, offset)
-    src = memoryview(data).cast("B")
-    dst = memoryview(out).cast("B")
-    if out_len >= n + _UPDATE_INTO_SLACK:
-        ctx.update_into(src, dst)
-        return
-    head = n - _UPDATE_INTO_SLACK
-    if head > 0:
-        ctx.update_into(src[:head], dst[:n])
-    else:
-        head = 0
-    dst[head:n] = ctx.update(src[head:n])

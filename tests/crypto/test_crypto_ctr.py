@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from qcloud_cos.crypto import AESCTRCipher, iv_to_big_int
 
-from cosencfs.crypto import DataKey, counter_block, crypt, crypt_into
+from cosencfs.crypto import DataKey, counter_block, crypt
 
 # NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt / F.5.6 CTR-AES256.Decrypt.
 NIST_KEY = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
@@ -84,14 +84,6 @@ def test_nist_every_split() -> None:
         for end in range(start, 65):
             assert crypt(NIST_DK, start, NIST_PLAIN[start:end]) == NIST_CIPHER[start:end]
             assert crypt(NIST_DK, start, NIST_CIPHER[start:end]) == NIST_PLAIN[start:end]
-
-
-def test_nist_every_split_into() -> None:
-    for start in range(65):
-        for end in range(start, 65):
-            out = bytearray(end - start)
-            crypt_into(NIST_DK, start, NIST_PLAIN[start:end], out)
-            assert bytes(out) == NIST_CIPHER[start:end]
 
 
 def test_nist_sdk_cipher_agrees() -> None:
@@ -190,52 +182,6 @@ def test_large_buffer_consistency() -> None:
     chunk = 1024 * 1024 + 7
     pieces = [crypt(dk, 3 + i, data[i : i + chunk]) for i in range(0, len(data), chunk)]
     assert b"".join(pieces) == whole
-    out = bytearray(len(data))
-    crypt_into(dk, 3, data, out)
-    assert out == whole
-
-
-# -- crypt_into buffer handling ---------------------------------------------
-
-
-@pytest.mark.parametrize("n", [0, 1, 14, 15, 16, 17, 31, 4096, 65537])
-@pytest.mark.parametrize("offset", [0, 1, 15, 16, 4093])
-def test_crypt_into_exact_and_larger(n: int, offset: int) -> None:
-    dk = DataKey.generate()
-    data = os.urandom(n)
-    expected = crypt(dk, offset, data)
-    exact = bytearray(n)
-    crypt_into(dk, offset, data, exact)
-    assert exact == expected
-    larger = bytearray(b"\xaa" * (n + 40))
-    crypt_into(dk, offset, data, larger)
-    assert larger[:n] == expected
-    assert larger[n:] == b"\xaa" * 40  # nothing written past len(data)
-    # Into a slice of a bigger buffer (how a cache fills a block).
-    backing = bytearray(b"\x55" * (n + 20))
-    crypt_into(dk, offset, memoryview(data), memoryview(backing)[10 : 10 + n])
-    assert backing[10 : 10 + n] == expected
-    assert backing[:10] == b"\x55" * 10
-    assert backing[10 + n :] == b"\x55" * 10
-
-
-@pytest.mark.parametrize("n", [1, 15, 16, 100, 70000])
-def test_crypt_into_in_place(n: int) -> None:
-    dk = DataKey.generate()
-    data = os.urandom(n)
-    buf = bytearray(data)
-    crypt_into(dk, 7, buf, buf)
-    assert buf == crypt(dk, 7, data)
-    crypt_into(dk, 7, buf, buf)
-    assert buf == data
-
-
-def test_crypt_into_rejects_short_or_readonly_buffer() -> None:
-    dk = DataKey.generate()
-    with pytest.raises(ValueError):
-        crypt_into(dk, 0, b"x" * 20, bytearray(19))
-    with pytest.raises(TypeError):
-        crypt_into(dk, 0, b"x" * 20, memoryview(b"y" * 20))  # type: ignore[arg-type]
 
 
 def test_crypt_accepts_buffer_types() -> None:
