@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+# The keystream ledger must be on before cosencfs is imported (the CTR module
+# reads the variable once), and every daemon a test starts inherits it: one
+# file spans the whole run, remounts and crashes included.
+if not os.environ.get("COSENCFS_KEYSTREAM_LEDGER"):
+    os.environ["COSENCFS_KEYSTREAM_LEDGER"] = str(
+        Path(tempfile.mkdtemp(prefix="cosencfs-ledger-")) / "ledger.bin"
+    )
 
 import pytest
 import trio
 from testlib import BUCKET, FsFactory, MountFactory, make_store, new_key_file, start_server
 
+from cosencfs.crypto import ledger
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.fs.core import Filesystem
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+
+_LEDGER_REPORT: list[ledger.Report] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any keystream block was used for two plaintexts."""
+    report = ledger.check(Path(os.environ[ledger.ENV]))
+    _LEDGER_REPORT.append(report)
+    if report.violations:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for report in _LEDGER_REPORT:
+        terminalreporter.write_line(str(report), red=bool(report.violations))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -25,7 +25,7 @@ from typing import Protocol
 import trio
 
 from cosencfs.cache.extents import Extents
-from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 
 #: Transcoding and zero-filling work in chunks this big (memory bound).
 CHUNK = 4 * 1024 * 1024
@@ -158,7 +158,7 @@ class ContentVersion:
     def write_plain(self, offset: int, data: bytes | memoryview) -> None:
         """Encrypt ``data`` at ``offset`` into the cache file."""
         assert not self.sealed and offset >= self.sealed_upto, "write to sealed bytes"
-        cipher = crypt(self.dk, offset, data)
+        cipher = encrypt(self.dk, offset, data)
         _pwrite_all(self.fd, cipher, offset)
         end = offset + len(data)
         self.mark(offset, end)
@@ -170,7 +170,7 @@ class ContentVersion:
         cipher = os.pread(self.fd, length, offset)
         if len(cipher) != length:
             raise OSError(f"cache file {self.vid} is short at {offset}+{length}")
-        return crypt(self.dk, offset, cipher)
+        return decrypt(self.dk, offset, cipher)
 
     def store_cipher(self, offset: int, cipher: bytes | memoryview) -> None:
         """Put ciphertext (under ``dk``) where bytes are still missing.
@@ -185,7 +185,7 @@ class ContentVersion:
             self.mark(s, e)
 
     def zero_cipher(self, offset: int, length: int) -> bytes:
-        return crypt(self.dk, offset, bytes(length))
+        return encrypt(self.dk, offset, bytes(length))
 
     def truncate(self, size: int) -> None:
         assert not self.sealed and size >= self.sealed_upto, "truncate of sealed bytes"
@@ -208,8 +208,8 @@ def transcode(src_dk: DataKey | None, dst_dk: DataKey, offset: int, data: bytes)
 
     The plaintext exists only in memory, for one chunk.
     """
-    plain = data if src_dk is None else crypt(src_dk, offset, data)
-    return crypt(dst_dk, offset, plain)
+    plain = data if src_dk is None else decrypt(src_dk, offset, data)
+    return encrypt(dst_dk, offset, plain)
 
 
 def transcode_into(old: ContentVersion, new: ContentVersion, upto: int) -> None:

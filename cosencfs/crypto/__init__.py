@@ -16,7 +16,8 @@ from cosencfs.crypto.ctr import (
     KEY_SIZE,
     DataKey,
     counter_block,
-    crypt,
+    decrypt,
+    encrypt,
 )
 from cosencfs.crypto.envelope import (
     ENVELOPE_FIELDS,
@@ -62,7 +63,8 @@ __all__ = [
     "aes_key_from_base64",
     "classify",
     "counter_block",
-    "crypt",
+    "decrypt",
+    "encrypt",
     "extract_envelope",
     "generate_aes_key_file",
     "generate_rsa_key_files",

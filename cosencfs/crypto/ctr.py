@@ -11,6 +11,13 @@ ranged GETs without touching the bytes before them.
 ``cryptography``'s CTR mode increments the full 16-byte counter block with
 carry and wraps at ``2**128`` (so does pycryptodome's ``Counter.new(128)``),
 which is what makes the two interoperable for every IV.
+
+This is the one module that builds keystream ciphers (CTR, and GCM, whose
+body is CTR too): a test fails if any other module of the package does.
+Every encryption under a data key goes through :func:`encrypt` or
+:func:`seal_record`, which feed the test-only keystream ledger
+(:mod:`cosencfs.crypto.ledger`) when it is switched on; :func:`decrypt` and
+:func:`open_record` never encrypt anything new and are not recorded.
 """
 
 from __future__ import annotations
@@ -18,23 +25,40 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cosencfs.crypto import ledger as _ledger_mod
 
 __all__ = [
     "BLOCK_SIZE",
     "IV_SIZE",
     "KEY_SIZE",
+    "NONCE_SIZE",
+    "TAG_SIZE",
     "DataKey",
+    "RecordTagError",
     "counter_block",
-    "crypt",
+    "decrypt",
+    "encrypt",
+    "open_record",
+    "sdk_wrap_pad",
+    "seal_record",
 ]
 
 BLOCK_SIZE = 16
 KEY_SIZE = 32
 IV_SIZE = 16
 
+#: AES-GCM record nonce and tag (cache records, journal secrets).
+NONCE_SIZE = 12
+TAG_SIZE = 16
+
 _COUNTER_MOD = 1 << 128
 _ZEROS = bytes(BLOCK_SIZE)
+# Test-only keystream ledger (None in production; see cosencfs.crypto.ledger).
+_LEDGER = _ledger_mod.from_environment()
 
 Buffer = bytes | bytearray | memoryview
 
@@ -107,11 +131,72 @@ def _keystream_at(dk: DataKey, offset: int) -> CipherContext:
     return ctx
 
 
-def crypt(dk: DataKey, offset: int, data: Buffer) -> bytes:
-    """Encrypt or decrypt ``data`` that sits at byte ``offset`` of an object.
+def encrypt(dk: DataKey, offset: int, plain: Buffer) -> bytes:
+    """Encrypt ``plain``, which sits at byte ``offset`` of an object body.
 
-    CTR is an XOR with a keystream, so encryption and decryption are the same
-    operation.  ``crypt(dk, o, body[o:o+n]) == crypt(dk, 0, body)[o:o+n]`` for
-    every ``o`` and ``n``.
+    The caller promises that no other plaintext was or will be encrypted at
+    these offsets under ``dk``: each object version has its own data key,
+    drawn when the version is sealed, and every byte of it is encrypted once
+    (re-encrypting the same bytes after a crash gives the same ciphertext).
     """
-    return _keystream_at(dk, offset).update(data)
+    if _LEDGER is not None:
+        _LEDGER.record(dk.key, counter_block(dk.iv, offset), offset % BLOCK_SIZE, plain)
+    return _keystream_at(dk, offset).update(plain)
+
+
+def decrypt(dk: DataKey, offset: int, cipher: Buffer) -> bytes:
+    """Decrypt ``cipher`` found at byte ``offset`` of an object body.
+
+    CTR is an XOR with a keystream, so ``decrypt(dk, o, body[o:o+n]) ==
+    decrypt(dk, 0, body)[o:o+n]`` for every ``o`` and ``n``.
+    """
+    return _keystream_at(dk, offset).update(cipher)
+
+
+class RecordTagError(ValueError):
+    """An AES-GCM record did not verify: altered, truncated or another key."""
+
+
+def _gcm_first_counter(nonce: bytes) -> bytes:
+    # GCM with a 96-bit nonce encrypts block i of the plaintext with counter
+    # block nonce || (i + 2) (block nonce || 1 masks the tag).
+    return nonce + (2).to_bytes(4, "big")
+
+
+def seal_record(key: bytes, plain: Buffer, aad: bytes) -> bytes:
+    """AES-256-GCM under a fresh random nonce: ``nonce || ciphertext || tag``.
+
+    For bytes that are not (yet) an object body: dirty data in the cache and
+    secrets in the journal.  A random 96-bit nonce per record keeps every
+    (key, counter block) pair fresh however often the same range is written;
+    the tag makes a tampered cache a clear error instead of garbage.
+    """
+    nonce = os.urandom(NONCE_SIZE)
+    if _LEDGER is not None:
+        _LEDGER.record(key, _gcm_first_counter(nonce), 0, plain)
+    return nonce + AESGCM(key).encrypt(nonce, bytes(plain), aad)
+
+
+def open_record(key: bytes, record: Buffer, aad: bytes) -> bytes:
+    """The plaintext of a :func:`seal_record` result; RecordTagError if it does not verify."""
+    view = memoryview(record)
+    if len(view) < NONCE_SIZE + TAG_SIZE:
+        raise RecordTagError("record too short")
+    try:
+        return AESGCM(key).decrypt(bytes(view[:NONCE_SIZE]), bytes(view[NONCE_SIZE:]), aad)
+    except InvalidTag:
+        raise RecordTagError("record does not verify") from None
+
+
+def sdk_wrap_pad(master: bytes, length: int) -> bytes:
+    """The SDK's AESProvider wrap keystream: AES-CTR under the master key from counter 0.
+
+    The SDK XORs every object's data key and IV with these same bytes; that
+    reuse is the SDK format's (docs/format.md), kept for compatibility and
+    not a data-key encryption, so the ledger does not record it.
+    """
+    return (
+        Cipher(algorithms.AES(master), modes.CTR(bytes(BLOCK_SIZE)))
+        .encryptor()
+        .update(bytes(length))
+    )

@@ -37,14 +37,13 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import (
     InvalidUnwrap,
     aes_key_unwrap,
     aes_key_wrap,
 )
 
-from cosencfs.crypto.ctr import IV_SIZE, KEY_SIZE, DataKey
+from cosencfs.crypto.ctr import IV_SIZE, KEY_SIZE, DataKey, sdk_wrap_pad
 from cosencfs.errors import ConfigError, DamagedEnvelopeError, WrongKeyError
 
 __all__ = [
@@ -161,8 +160,7 @@ class AesMasterKey:
         self._hardened = hardened
         # The SDK's wrap keystream never changes (counter restarts at 0 for
         # every object), so it is computed once.
-        ctr = Cipher(algorithms.AES(raw), modes.CTR(bytes(16))).encryptor()
-        self._pad = ctr.update(bytes(KEY_SIZE + IV_SIZE))
+        self._pad = sdk_wrap_pad(raw, KEY_SIZE + IV_SIZE)
         # HMAC is a PRF: the id is indistinguishable from random to anyone
         # without the key and cannot be turned back into it.
         tag = hmac.new(raw, _KEY_ID_LABEL, hashlib.sha256).hexdigest()

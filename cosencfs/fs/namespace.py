@@ -18,7 +18,7 @@ import time
 import trio
 
 from cosencfs.cache.content import Source
-from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import FsError, NotFoundError, TransientError
 from cosencfs.fs.attrs import (
@@ -514,7 +514,7 @@ class Namespace:
         dk = DataKey.generate()
         meta = {**self.ctx.codec.seal(dk), **attrs_to_meta(attrs)}
         try:
-            etag = await self.ctx.store.put(key, crypt(dk, 0, body), meta)
+            etag = await self.ctx.store.put(key, encrypt(dk, 0, body), meta)
         except BaseException:
             self.ctx.table.drop(node)
             raise
@@ -541,7 +541,7 @@ class Namespace:
             plain = body  # made by cosfs or the console: targets in the clear
         else:
             dk = self.ctx.codec.open(node.remote.metadata, key=key)
-            plain = crypt(dk, 0, body)
+            plain = decrypt(dk, 0, body)
         try:
             target = plain.decode("utf-8")
         except UnicodeDecodeError:

@@ -15,7 +15,7 @@ from qcloud_cos.cos_encryption_client import CosEncryptionClient
 from qcloud_cos.crypto import AESProvider, RSAProvider
 from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
-from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE
 from cosencfs.server import LocalCosServer
@@ -72,14 +72,14 @@ async def put_encrypted(
     """An object as cosencfs writes it: CTR body, envelope + attributes."""
     dk = DataKey.generate()
     meta = {**ATTRS, **(extra or {}), **codec.seal(dk)}
-    await store.put(key, crypt(dk, 0, plain), meta, content_type=content_type)
+    await store.put(key, decrypt(dk, 0, plain), meta, content_type=content_type)
     return dk
 
 
 async def read_encrypted(store: ObjectStore, codec: EnvelopeCodec, key: str) -> bytes:
     info = await store.head(key)
     dk = codec.open(info.metadata, key=key)
-    return crypt(dk, 0, await store.get(key))
+    return decrypt(dk, 0, await store.get(key))
 
 
 class Sdk:

@@ -31,7 +31,7 @@ from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key
 
 import cosencfs.progress as progress_module
 import cosencfs.store.cos as cos_module
-from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import (
     KID_FIELD,
     WRAP_FIELD,
@@ -615,7 +615,7 @@ async def test_rekey_keeps_standard_headers(
     raw_client.put_object(
         Bucket=BUCKET,
         Key="web/page.html",
-        Body=crypt(dk, 0, b"<html></html>"),
+        Body=decrypt(dk, 0, b"<html></html>"),
         ContentType="text/html",
         CacheControl="max-age=60",
         ContentDisposition="attachment",

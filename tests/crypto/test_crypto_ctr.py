@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from qcloud_cos.crypto import AESCTRCipher, iv_to_big_int
 
-from cosencfs.crypto import DataKey, counter_block, crypt
+from cosencfs.crypto import DataKey, counter_block, decrypt
 
 # NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt / F.5.6 CTR-AES256.Decrypt.
 NIST_KEY = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
@@ -65,11 +65,11 @@ def _sdk_crypt(dk: DataKey, offset: int, data: bytes) -> bytes:
 
 
 def test_nist_f55_encrypt() -> None:
-    assert crypt(NIST_DK, 0, NIST_PLAIN) == NIST_CIPHER
+    assert decrypt(NIST_DK, 0, NIST_PLAIN) == NIST_CIPHER
 
 
 def test_nist_f56_decrypt() -> None:
-    assert crypt(NIST_DK, 0, NIST_CIPHER) == NIST_PLAIN
+    assert decrypt(NIST_DK, 0, NIST_CIPHER) == NIST_PLAIN
 
 
 def test_nist_counter_blocks() -> None:
@@ -82,8 +82,8 @@ def test_nist_every_split() -> None:
     # Every (offset, end) pair of the 64-byte message, both directions.
     for start in range(65):
         for end in range(start, 65):
-            assert crypt(NIST_DK, start, NIST_PLAIN[start:end]) == NIST_CIPHER[start:end]
-            assert crypt(NIST_DK, start, NIST_CIPHER[start:end]) == NIST_PLAIN[start:end]
+            assert decrypt(NIST_DK, start, NIST_PLAIN[start:end]) == NIST_CIPHER[start:end]
+            assert decrypt(NIST_DK, start, NIST_CIPHER[start:end]) == NIST_PLAIN[start:end]
 
 
 def test_nist_sdk_cipher_agrees() -> None:
@@ -106,9 +106,9 @@ def test_counter_carry_across_2_64() -> None:
     expected = _ecb(
         key, iv + bytes(7) + b"\x01" + bytes(8) + bytes(7) + b"\x01" + bytes(7) + b"\x01"
     )
-    assert crypt(dk, 0, bytes(48)) == expected
+    assert decrypt(dk, 0, bytes(48)) == expected
     # Starting mid-block right before the carry.
-    assert crypt(dk, 9, bytes(30)) == expected[9:39]
+    assert decrypt(dk, 9, bytes(30)) == expected[9:39]
     assert _sdk_crypt(dk, 0, bytes(48)) == expected
 
 
@@ -119,9 +119,9 @@ def test_counter_wraps_at_2_128() -> None:
     key = os.urandom(32)
     dk = DataKey(key, iv)
     expected = _ecb(key, b"\xff" * 16 + bytes(16) + bytes(15) + b"\x01")
-    assert crypt(dk, 0, bytes(48)) == expected
-    assert crypt(dk, 15, bytes(2)) == expected[15:17]
-    assert crypt(dk, 16, bytes(32)) == expected[16:]
+    assert decrypt(dk, 0, bytes(48)) == expected
+    assert decrypt(dk, 15, bytes(2)) == expected[15:17]
+    assert decrypt(dk, 16, bytes(32)) == expected[16:]
     # The SDK (pycryptodome Counter.new(128)) wraps the same way.
     assert _sdk_crypt(dk, 0, bytes(48)) == expected
 
@@ -152,13 +152,13 @@ def test_counter_block_rejects(iv: bytes, offset: int) -> None:
 )
 def test_matches_sdk_and_pycryptodome(key: bytes, iv: bytes, data: bytes, offset: int) -> None:
     dk = DataKey(key, iv)
-    ours = crypt(dk, offset, data)
+    ours = decrypt(dk, offset, data)
     assert ours == _sdk_crypt(dk, offset, data)
     start = (int.from_bytes(iv, "big") + offset // 16) % 2**128
     ref = AES.new(key, AES.MODE_CTR, counter=Counter.new(128, initial_value=start))
     skip = offset % 16
     assert ours == ref.encrypt(bytes(skip) + data)[skip:]
-    assert crypt(dk, offset, ours) == data
+    assert decrypt(dk, offset, ours) == data
 
 
 @settings(max_examples=200, deadline=None, database=None)
@@ -169,27 +169,27 @@ def test_matches_sdk_and_pycryptodome(key: bytes, iv: bytes, data: bytes, offset
 )
 def test_pieces_concatenate(data: bytes, cuts: list[int], base: int) -> None:
     dk = DataKey.generate()
-    whole = crypt(dk, base, data)
+    whole = decrypt(dk, base, data)
     points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    pieces = [crypt(dk, base + a, data[a:b]) for a, b in itertools.pairwise(points)]
+    pieces = [decrypt(dk, base + a, data[a:b]) for a, b in itertools.pairwise(points)]
     assert b"".join(pieces) == whole
 
 
 def test_large_buffer_consistency() -> None:
     dk = DataKey.generate()
     data = os.urandom(8 * 1024 * 1024 + 5)
-    whole = crypt(dk, 3, data)
+    whole = decrypt(dk, 3, data)
     chunk = 1024 * 1024 + 7
-    pieces = [crypt(dk, 3 + i, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+    pieces = [decrypt(dk, 3 + i, data[i : i + chunk]) for i in range(0, len(data), chunk)]
     assert b"".join(pieces) == whole
 
 
 def test_crypt_accepts_buffer_types() -> None:
     dk = DataKey.generate()
     data = os.urandom(100)
-    expected = crypt(dk, 5, data)
-    assert crypt(dk, 5, bytearray(data)) == expected
-    assert crypt(dk, 5, memoryview(data)) == expected
+    expected = decrypt(dk, 5, data)
+    assert decrypt(dk, 5, bytearray(data)) == expected
+    assert decrypt(dk, 5, memoryview(data)) == expected
 
 
 # -- DataKey -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from cosencfs.crypto import (
     RsaMasterKey,
     WrapAlg,
     aes_key_from_base64,
-    crypt,
+    decrypt,
     generate_aes_key_file,
     generate_rsa_key_files,
     load_aes_key_file,
@@ -59,7 +59,7 @@ def _sdk_can_read(provider: AESProvider | RSAProvider, codec: EnvelopeCodec) -> 
     ek, eiv = MetaHandle().get_object_meta(headers)
     provider.init_data_cipter_by_user(ek, eiv, 0)
     plain = os.urandom(100)
-    return bool(provider.data_cipher.decrypt(crypt(dk, 0, plain)) == plain)
+    return bool(provider.data_cipher.decrypt(decrypt(dk, 0, plain)) == plain)
 
 
 # -- AES: loading ---------------------------------------------------------------

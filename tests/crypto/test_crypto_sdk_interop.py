@@ -40,7 +40,7 @@ from cosencfs.crypto import (
     ObjectFormat,
     WrapAlg,
     classify,
-    crypt,
+    decrypt,
     inspect_envelope,
     load_aes_key_file,
     load_rsa_key_files,
@@ -142,9 +142,9 @@ def test_sdk_put_object_read_by_cosencfs(sdk: Setup) -> None:
     assert classify(metadata) is ObjectFormat.SDK
     assert len(body) == len(plain) and body != plain
     dk = sdk.codec.open(metadata, key="dir/file.bin")
-    assert crypt(dk, 0, body) == plain
+    assert decrypt(dk, 0, body) == plain
     for start, end in ((0, 1), (1, 17), (15, 33), (16, 32), (4095, 4099), (99_999, 100_003)):
-        assert crypt(dk, start, body[start:end]) == plain[start:end]
+        assert decrypt(dk, start, body[start:end]) == plain[start:end]
 
 
 def test_sdk_put_file_object_read_by_cosencfs(sdk: Setup, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_sdk_put_file_object_read_by_cosencfs(sdk: Setup, tmp_path: Path) -> Non
     with open(src, "rb") as fp:
         client.put_object(Bucket=BUCKET, Body=fp, Key="f")
     dk = sdk.codec.open(fake.metadata("f"), key="f")
-    assert crypt(dk, 0, fake.body("f")) == plain
+    assert decrypt(dk, 0, fake.body("f")) == plain
 
 
 @settings(max_examples=60, deadline=None, database=None)
@@ -166,11 +166,11 @@ def test_sdk_objects_any_range(sdk: Setup, data: st.DataObject) -> None:
     plain = data.draw(st.binary(min_size=0, max_size=3000), label="plain")
     metadata, body = _sdk_encrypt(provider, plain)
     dk = sdk.codec.open(metadata)
-    assert crypt(dk, 0, body) == plain
+    assert decrypt(dk, 0, body) == plain
     for _ in range(5):
         start = data.draw(st.integers(0, len(plain)), label="start")
         end = data.draw(st.integers(start, len(plain)), label="end")
-        assert crypt(dk, start, body[start:end]) == plain[start:end]
+        assert decrypt(dk, start, body[start:end]) == plain[start:end]
 
 
 def test_sdk_multipart_read_by_cosencfs(sdk: Setup) -> None:
@@ -198,10 +198,10 @@ def test_sdk_multipart_read_by_cosencfs(sdk: Setup) -> None:
     metadata = fake.metadata("big")
     dk = sdk.codec.open(metadata, key="big")
     body = fake.body("big")
-    assert crypt(dk, 0, body) == plain
+    assert decrypt(dk, 0, body) == plain
     parts = fake.uploads[upload_id][1]
     for number, (offset, size) in enumerate(zip(offsets, sizes, strict=True), start=1):
-        assert parts[number] == crypt(dk, offset, plain[offset : offset + size])
+        assert parts[number] == decrypt(dk, offset, plain[offset : offset + size])
 
 
 def test_sdk_envelope_wrap_detected(sdk: Setup) -> None:
@@ -221,14 +221,14 @@ def _cosencfs_object(
     dk = DataKey.generate()
     metadata = sdk.codec.seal(dk)
     if part_size is None:
-        body = crypt(dk, 0, plain)
+        body = decrypt(dk, 0, plain)
     else:
         # Parts encrypted independently and in reverse order, as parallel
         # multipart upload does; part boundaries are multiples of 16.
         assert part_size % 16 == 0
         pieces = {}
         for off in reversed(range(0, len(plain), part_size)):
-            pieces[off] = crypt(dk, off, plain[off : off + part_size])
+            pieces[off] = decrypt(dk, off, plain[off : off + part_size])
         body = b"".join(pieces[o] for o in sorted(pieces))
     return metadata, body, dk
 
@@ -301,7 +301,7 @@ def test_values_provider_cannot_read_oaep(rsa_a: RsaPair) -> None:
         dk = DataKey.generate()
         metadata = codec.seal(dk)
         try:
-            got = _sdk_decrypt_range(values, metadata, crypt(dk, 0, plain), 0, 63)
+            got = _sdk_decrypt_range(values, metadata, decrypt(dk, 0, plain), 0, 63)
         except (ValueError, struct.error):
             got = b""
         assert got != plain
@@ -345,11 +345,11 @@ def test_sdk_rsa_providers_do_not_read_each_other(rsa_a: RsaPair, tmp_path: Path
     with pytest.raises(ValueError):
         _sdk_decrypt_range(files, v_meta, v_body, 0, 99)
     dk = codec.open(v_meta)
-    assert crypt(dk, 0, v_body) == plain
+    assert decrypt(dk, 0, v_body) == plain
     f_meta, f_body = _sdk_encrypt(files, plain)
     try:
         got = _sdk_decrypt_range(values, f_meta, f_body, 0, 99)
     except (ValueError, struct.error):
         got = b""
     assert got != plain
-    assert crypt(codec.open(f_meta), 0, f_body) == plain
+    assert decrypt(codec.open(f_meta), 0, f_body) == plain

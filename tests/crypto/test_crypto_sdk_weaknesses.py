@@ -20,7 +20,7 @@ from qcloud_cos.cos_encryption_client import CosEncryptionClient
 from qcloud_cos.cos_exception import CosClientError
 from qcloud_cos.crypto import AESCTRCipher, AESProvider, RSAProvider
 
-from cosencfs.crypto import EnvelopeCodec, crypt, load_aes_key_file
+from cosencfs.crypto import EnvelopeCodec, decrypt, load_aes_key_file
 
 BUCKET = "examplebucket-1250000000"
 
@@ -61,7 +61,7 @@ def test_multipart_retried_part_corrupts_object(aes_key_path: Path) -> None:
     client.upload_part(Bucket=BUCKET, Key="k", Body=p2, PartNumber=2, UploadId=upload_id)
     fake.complete(upload_id, "k")
     dk = EnvelopeCodec(load_aes_key_file(aes_key_path)).open(fake.metadata("k"))
-    assert crypt(dk, 0, fake.body("k")) != p1 + p2
+    assert decrypt(dk, 0, fake.body("k")) != p1 + p2
 
 
 def test_multipart_out_of_order_parts_corrupt_object(aes_key_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_multipart_out_of_order_parts_corrupt_object(aes_key_path: Path) -> None
     upload_id = _multipart(client, "k", [(2, p2), (1, p1)])
     fake.complete(upload_id, "k")
     dk = EnvelopeCodec(load_aes_key_file(aes_key_path)).open(fake.metadata("k"))
-    plain = crypt(dk, 0, fake.body("k"))
+    plain = decrypt(dk, 0, fake.body("k"))
     assert plain[:4096] != p1 and plain[4096:] != p2
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 from testlib import FsFactory
 
-from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.master import AesMasterKey
 from cosencfs.errors import CryptoError, FsError, WrongKeyError
@@ -58,7 +58,7 @@ async def names(fs: Filesystem, ino: int) -> list[str]:
 
 
 def decrypt_object(codec: EnvelopeCodec, meta: dict[str, str], body: bytes) -> bytes:
-    return crypt(codec.open(meta), 0, body)
+    return decrypt(codec.open(meta), 0, body)
 
 
 async def test_write_fsync_puts_one_sdk_format_object(
@@ -253,7 +253,7 @@ async def test_objects_from_other_tools(
     # An object encrypted by another client with our key, with cosfs attributes.
     dk = DataKey.generate()
     meta = {**codec.seal(dk), "mode": str(stat.S_IFREG | 0o600), "mtime": "1700000000.5"}
-    await store.put("dir/enc.bin", crypt(dk, 0, b"secret"), meta)
+    await store.put("dir/enc.bin", decrypt(dk, 0, b"secret"), meta)
     assert await names(fsys, ROOT) == ["dir", "plain.txt"]
     plain = await fsys.lookup(ROOT, b"plain.txt")
     assert stat.S_IMODE(plain.mode) == 0o644
@@ -285,7 +285,7 @@ async def test_close_to_open_sees_other_writers(
     ino = await write_file(fs1, ROOT, "f", b"version one")
     assert await read_file(fs1, ino) == b"version one"
     dk = DataKey.generate()
-    await store.put("f", crypt(dk, 0, b"version two!"), codec.seal(dk))
+    await store.put("f", decrypt(dk, 0, b"version two!"), codec.seal(dk))
     assert await read_file(fs1, ino) == b"version two!"
 
 

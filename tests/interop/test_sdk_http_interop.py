@@ -4,7 +4,7 @@ Everything goes through the local COS server with signature checking on:
 
 - SDK -> cosencfs: objects written by ``put_object``, by a serial multipart
   upload and by ``upload_file`` decrypt byte-identically with cosencfs' store
-  + codec + ``crypt`` and through the filesystem layer, whole and at odd
+  + codec + ``decrypt`` and through the filesystem layer, whole and at odd
   offsets.
 - cosencfs -> SDK: files written through the filesystem layer (one PUT, and
   a multipart upload with parallel parts) read back with
@@ -52,7 +52,7 @@ from _interop_helpers import (
 from qcloud_cos.crypto import AESCTRCipher, AESProvider
 from testlib import BUCKET, MountFactory
 
-from cosencfs.crypto.ctr import crypt
+from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.envelope import (
     IV_FIELD,
     KEY_FIELD,
@@ -210,10 +210,10 @@ async def test_sdk_objects_decrypt_with_cosencfs(
         body = await store.get(key)
         assert len(body) == len(plain) and body != plain
         dk = setup.codec.open(info.metadata, key=key)
-        assert crypt(dk, 0, body) == plain, key
+        assert decrypt(dk, 0, body) == plain, key
         for start, end in odd_ranges(len(plain), edges_of(key)):
             piece = await store.get(key, start, end)
-            assert crypt(dk, start, piece) == plain[start:end], (key, start, end)
+            assert decrypt(dk, start, piece) == plain[start:end], (key, start, end)
 
 
 async def test_sdk_objects_read_through_the_filesystem(

@@ -18,7 +18,7 @@ from testlib import (
     start_server,
 )
 
-from cosencfs.crypto.ctr import DataKey, crypt
+from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.server import LocalCosServer
@@ -163,7 +163,7 @@ def test_bad_objects_give_eio_and_one_log_line(
     async def setup() -> None:
         dk = DataKey.generate()
         good = b"good data " * 100
-        await store.put("ok.bin", crypt(dk, 0, good), codec.seal(dk))
+        await store.put("ok.bin", decrypt(dk, 0, good), codec.seal(dk))
         await store.put("plain.txt", b"written by cosfs\n", {})
         await store.put(
             "java.bin",
@@ -176,9 +176,9 @@ def test_bad_objects_give_eio_and_one_log_line(
         )
         meta = codec.seal(dk)
         meta["client-side-encryption-iv"] = "!!not base64!!"
-        await store.put("damaged.bin", crypt(dk, 0, good), meta)
+        await store.put("damaged.bin", decrypt(dk, 0, good), meta)
         meta = {**codec.seal(dk), "cosencfs-size": str(len(good))}
-        await store.put("truncated.bin", crypt(dk, 0, good)[:500], meta)
+        await store.put("truncated.bin", decrypt(dk, 0, good)[:500], meta)
 
     trio.run(setup)
     m = mounts()
