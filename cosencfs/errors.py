@@ -1,7 +1,7 @@
 """The project's own exceptions.
 
 Lower layers (store, crypto, cache) raise these; only the FUSE adapter turns
-them into errno values, through the table in ``cosencfs.fuse_errors``.
+them into errno values, through the table in ``cosencfs.fuse_ops`` (``ERRNO_TABLE``).
 Messages name the object key but never carry secrets, key material or
 signed URLs.
 """
@@ -124,6 +124,10 @@ class WrongKeyError(CryptoError):
 
 class DamagedObjectError(CosEncFsError):
     """The object's body does not match what its listing or metadata promised."""
+
+
+class CacheIntegrityError(CosEncFsError):
+    """A cache file or a journal record does not verify: altered or damaged."""
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import trio
 from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
+    CacheIntegrityError,
     ConfigError,
     CosEncFsError,
     CryptoError,
@@ -50,6 +51,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (TransientError, errno.EIO),
     (CryptoError, errno.EIO),
     (DamagedObjectError, errno.EIO),
+    (CacheIntegrityError, errno.EIO),
     (ConfigError, errno.EIO),
     (StoreError, errno.EIO),
 )

@@ -1,26 +1,21 @@
-"""One encrypted version of a file's content in the cache directory.
+"""Clean copies of objects in the cache directory: the object's own ciphertext.
 
-A version is a sparse cache file holding ciphertext at the same offsets as in
-the object, under one data key (``dk``).  ``present`` says which bytes are
-valid.  Bytes that are not present come from ``source`` (the remote object
-the version started from, under the source's own key), or are zeros at and
-beyond ``source.limit``.
+An :class:`ObjectContent` is a sparse cache file holding an object's bytes
+exactly as COS stores them (its ciphertext, under its own data key) at the
+same offsets, plus the set of byte ranges present.  Gaps are filled with
+bytes fetched from COS, which are the same bytes every time, so a clean copy
+never holds two ciphertexts of one (key, counter block).  Nothing a user
+writes ever goes here: writes go to a dirty layer (cosencfs/cache/dirtylog.py),
+and an upload produces a new clean copy under the new object's fresh key.
 
-Plaintext never reaches the disk: writes are encrypted before ``pwrite``,
-reads decrypted after ``pread``, and a version that must change key is
-re-encrypted in memory, chunk by chunk (``transcode_into``).
-
-Once any byte of a version has been sent to COS (``sealed``), the version
-must not change: writing it again would encrypt different data under the
-same key and counter, which CTR forbids.  The filesystem forks a new version
-(new key) instead.
+A plaintext object (no envelope, refused unless the mount allows it) is kept
+under a throw-away key of its own, so the cache still holds only ciphertext.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
@@ -31,13 +26,9 @@ from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 CHUNK = 4 * 1024 * 1024
 
 
-class Abandonable(Protocol):
-    def abandon(self) -> None: ...
-
-
 @dataclass(slots=True, eq=False)
 class Source:
-    """Where the bytes a version does not hold yet come from."""
+    """A remote object whose bytes a clean copy (or a dirty layer) come from."""
 
     key: str
     etag: str
@@ -56,16 +47,15 @@ class Inflight:
     done: trio.Event = field(default_factory=trio.Event)
 
 
-class ContentVersion:
-    """The cache file of one version and what is known about its bytes."""
+class ObjectContent:
+    """The cache file of one object (or of one being produced for upload)."""
 
     __slots__ = (
         "account",
-        "dirty",
         "discarded",
         "dk",
-        "envelope",
         "fd",
+        "holds",
         "inflight",
         "last_access",
         "lock",
@@ -73,11 +63,8 @@ class ContentVersion:
         "path",
         "pins",
         "present",
-        "sealed",
-        "sealed_upto",
         "size",
         "source",
-        "stream",
         "vid",
     )
 
@@ -86,53 +73,47 @@ class ContentVersion:
         vid: str,
         path: str,
         dk: DataKey,
-        envelope: dict[str, str],
         size: int,
         source: Source | None,
         *,
-        dirty: bool,
-        sealed: bool,
-        present: Extents | None = None,
         create: bool = True,
     ) -> None:
         self.vid = vid
         self.path = path
+        #: The key of the bytes in the file: the object's data key, or a
+        #: throw-away key for a plaintext object.
         self.dk = dk
-        self.envelope = envelope
         self.size = size
+        #: Where missing bytes come from; None while a copy is being produced
+        #: for an upload (every byte is written by the producer).
         self.source = source
-        self.dirty = dirty
-        self.sealed = sealed
-        self.present = present if present is not None else Extents()
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.present = Extents()
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if create else 0)
         self.fd = os.open(path, flags, 0o600)
+        #: Readers and uploads using it right now (not evictable).
         self.pins = 0
+        #: Reasons to keep it beyond eviction (being produced for an upload).
+        self.holds = 0
         self.lock = trio.Lock()
         self.inflight: list[Inflight] = []
         self.last_access = trio.current_time()
         self.discarded = False
-        #: The inode whose content this is (so eviction can tell it).
+        #: The inode whose clean content this is (so eviction can tell it).
         self.owner: object | None = None
         #: The cache's running total of present bytes, kept exact by mark().
         self.account = [0]
-        #: Bytes below this were sent to COS in parts of a streamed upload:
-        #: like ``sealed``, but only for the front of the file.
-        self.sealed_upto = 0
-        #: The streamed multipart upload feeding on this version, if any.
-        self.stream: Abandonable | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"ContentVersion({self.vid}, size={self.size}, dirty={self.dirty}, "
-            f"sealed={self.sealed}, present={self.present.total})"
-        )
-
-    # -- bookkeeping -----------------------------------------------------------
+        return f"ObjectContent({self.vid}, size={self.size}, present={self.present.total})"
 
     @property
     def limit(self) -> int:
-        """Below this, missing bytes come from the source; above, they are zeros."""
+        """Bytes below this can be fetched from the source."""
         return min(self.source.limit, self.size) if self.source is not None else 0
+
+    @property
+    def plaintext_source(self) -> bool:
+        return self.source is not None and self.source.dk is None
 
     @property
     def complete(self) -> bool:
@@ -155,16 +136,6 @@ class ContentVersion:
 
     # -- data (synchronous: callers decide whether to run them in a thread) ------
 
-    def write_plain(self, offset: int, data: bytes | memoryview) -> None:
-        """Encrypt ``data`` at ``offset`` into the cache file."""
-        assert not self.sealed and offset >= self.sealed_upto, "write to sealed bytes"
-        cipher = encrypt(self.dk, offset, data)
-        _pwrite_all(self.fd, cipher, offset)
-        end = offset + len(data)
-        self.mark(offset, end)
-        self.size = max(self.size, end)
-        self.dirty = True
-
     def read_plain(self, offset: int, length: int) -> bytes:
         """Decrypt ``[offset, offset+length)``; the range must be present."""
         cipher = os.pread(self.fd, length, offset)
@@ -172,59 +143,34 @@ class ContentVersion:
             raise OSError(f"cache file {self.vid} is short at {offset}+{length}")
         return decrypt(self.dk, offset, cipher)
 
-    def store_cipher(self, offset: int, cipher: bytes | memoryview) -> None:
-        """Put ciphertext (under ``dk``) where bytes are still missing.
+    def store_fetched(self, offset: int, data: bytes | memoryview) -> None:
+        """Put bytes fetched from the source where they are still missing.
 
-        Bytes written meanwhile by the user are newer than fetched ones, so
-        only the gaps are filled.
+        An encrypted object's bytes are stored as they come; a plaintext
+        object's are encrypted under the copy's own key first.  Either way a
+        range is stored once: present bytes are never written again.
         """
-        end = offset + len(cipher)
-        view = memoryview(cipher)
+        end = offset + len(data)
+        view = memoryview(data)
         for s, e in self.present.missing(offset, min(end, self.size)):
-            _pwrite_all(self.fd, view[s - offset : e - offset], s)
+            piece = view[s - offset : e - offset]
+            if self.plaintext_source:
+                piece = memoryview(encrypt(self.dk, s, piece))
+            pwrite_all(self.fd, piece, s)
             self.mark(s, e)
 
-    def zero_cipher(self, offset: int, length: int) -> bytes:
-        return encrypt(self.dk, offset, bytes(length))
-
-    def truncate(self, size: int) -> None:
-        assert not self.sealed and size >= self.sealed_upto, "truncate of sealed bytes"
-        if size < self.size:
-            before = self.present.total
-            self.present.truncate(size)
-            self.account[0] += self.present.total - before
-            os.ftruncate(self.fd, size)
-            if self.source is not None and self.source.limit > size:
-                self.source.limit = size
-        self.size = size
-        self.dirty = True
+    def produce(self, offset: int, plain: bytes | memoryview) -> None:
+        """Encrypt a range of a copy being produced for upload (each range once)."""
+        if self.present.missing(offset, offset + len(plain)) != [(offset, offset + len(plain))]:
+            raise ValueError(f"range {offset}+{len(plain)} of {self.vid} was produced before")
+        pwrite_all(self.fd, encrypt(self.dk, offset, plain), offset)
+        self.mark(offset, offset + len(plain))
 
     def fsync(self) -> None:
         os.fdatasync(self.fd)
 
 
-def transcode(src_dk: DataKey | None, dst_dk: DataKey, offset: int, data: bytes) -> bytes:
-    """Ciphertext under ``src_dk`` (plaintext when None) -> ciphertext under ``dst_dk``.
-
-    The plaintext exists only in memory, for one chunk.
-    """
-    plain = data if src_dk is None else decrypt(src_dk, offset, data)
-    return encrypt(dst_dk, offset, plain)
-
-
-def transcode_into(old: ContentVersion, new: ContentVersion, upto: int) -> None:
-    """Copy every present byte of ``old`` below ``upto`` into ``new``, re-keyed."""
-    for s, e in old.present.intersection(0, upto):
-        for pos in range(s, e, CHUNK):
-            n = min(CHUNK, e - pos)
-            data = os.pread(old.fd, n, pos)
-            if len(data) != n:
-                raise OSError(f"cache file {old.vid} is short at {pos}+{n}")
-            _pwrite_all(new.fd, transcode(old.dk, new.dk, pos, data), pos)
-        new.mark(s, e)
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

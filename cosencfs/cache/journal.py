@@ -3,11 +3,16 @@
 It holds two things:
 
 * ``dirty``: every file whose content or attributes are not yet in COS —
-  the object key, the cache file (version id), its size and present ranges,
-  the *wrapped* data key (envelope), the attributes, and where missing bytes
-  come from.  A record is written when the file is closed (so data whose
-  ``close()`` returned survives a crash of the daemon) and removed once the
-  object is committed.  The next mount finishes what it finds here.
+  the object key, the layers of its dirty content (each a log in the cache
+  directory: its id, how many bytes of it count, its size and limit, and its
+  cache key *wrapped* under a key derived from the master key), where the
+  bytes below the layers come from, the attributes, and, once the content is
+  sealed for upload, the new object's envelope and multipart upload.  A
+  record is written when the file is closed (so data whose ``close()``
+  returned survives a crash of the daemon) and removed once the object is
+  committed.  The next mount finishes what it finds here.  Records of format
+  1 (written by releases before the dirty-log cache) name one cache file of
+  ciphertext at object offsets instead; they are still read and uploaded.
 * ``attrs``: attributes (object metadata) of objects seen or written, keyed by
   object key and validated by ETag and size (and Last-Modified when known),
   so a remount need not HEAD every object again to show ``ls -l``.
@@ -27,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
+
+from cosencfs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -61,7 +68,7 @@ def _best_effort(fn: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -76,7 +83,10 @@ CREATE TABLE IF NOT EXISTS dirty (
     source TEXT,
     upload_id TEXT,
     parts TEXT,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    format INTEGER NOT NULL DEFAULT 1,
+    layers TEXT,
+    object_envelope TEXT
 );
 CREATE TABLE IF NOT EXISTS attrs (
     key TEXT PRIMARY KEY,
@@ -105,18 +115,43 @@ class SourceRecord:
 
 
 @dataclass(slots=True)
+class LayerRecord:
+    """One dirty layer: its log ``vid``, the first ``end`` bytes of it that count."""
+
+    vid: str
+    end: int
+    #: The layer's cache key, wrapped (EnvelopeCodec.wrap_cache_key).
+    key: str
+    size: int
+    limit: int
+
+
+#: Record formats: 1 = one cache file of ciphertext (releases before the
+#: dirty-log cache), 2 = layers of AES-GCM record logs.
+FORMAT_LEGACY = 1
+FORMAT_LAYERS = 2
+
+
+@dataclass(slots=True)
 class DirtyRecord:
     fid: str
     key: str
+    #: The newest layer's id (format 2), or the cache file (format 1).
     vid: str
     size: int
-    present: list[list[int]]
-    envelope: dict[str, str]
     attrs: dict[str, str]
     content_type: str = ""
     source: SourceRecord | None = None
     upload_id: str | None = None
     parts: dict[int, str] = field(default_factory=dict)
+    format: int = FORMAT_LAYERS
+    #: Format 2: the layers, newest first.
+    layers: list[LayerRecord] = field(default_factory=list)
+    #: Format 2: the envelope of the object being uploaded, once sealed.
+    object_envelope: dict[str, str] | None = None
+    #: Format 1: the cache file's present ranges and its wrapped data key.
+    present: list[list[int]] = field(default_factory=list)
+    envelope: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,15 +180,33 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO settings VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-        )
+        self._migrate()
         self._pending_attrs: dict[str, AttrRecord | None] = {}
         self._attrs_flushed = time.monotonic()
 
     def close(self) -> None:
         self.flush_attrs()
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a journal of an older release up to this schema (dirty rows kept)."""
+        found = self.get_setting("schema")
+        if found is not None and found.isdigit() and int(found) > SCHEMA_VERSION:
+            raise ConfigError(
+                f"cache journal {self.path} has schema {found}, written by a newer cosencfs "
+                f"(this one reads {SCHEMA_VERSION}); use that release, or another --cache-dir"
+            )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(dirty)")}
+        for name, decl in (
+            ("format", "INTEGER NOT NULL DEFAULT 1"),
+            ("layers", "TEXT"),
+            ("object_envelope", "TEXT"),
+        ):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE dirty ADD COLUMN {name} {decl}")
+        self._db.execute(
+            "INSERT OR REPLACE INTO settings VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
 
     # -- settings ----------------------------------------------------------------
 
@@ -179,17 +232,27 @@ class Journal:
                     "limit": rec.source.limit,
                 }
             )
-        # A multipart upload under way stays recorded while the version (vid) is
-        # the same: it can be resumed.  A new version starts afresh.
+        layers = json.dumps(
+            [
+                {"vid": x.vid, "end": x.end, "key": x.key, "size": x.size, "limit": x.limit}
+                for x in rec.layers
+            ]
+        )
+        obj_env = None if rec.object_envelope is None else json.dumps(rec.object_envelope)
+        # A multipart upload under way stays recorded while the sealed layer
+        # (vid) is the same: it can be resumed.  A new layer starts afresh.
         self._db.execute(
-            "INSERT INTO dirty VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(fid) DO UPDATE SET"
+            "INSERT INTO dirty (fid, key, vid, size, present, envelope, attrs, content_type,"
+            " source, upload_id, parts, updated, format, layers, object_envelope)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(fid) DO UPDATE SET"
             " key=excluded.key, vid=excluded.vid, size=excluded.size,"
             " present=excluded.present, envelope=excluded.envelope, attrs=excluded.attrs,"
             " content_type=excluded.content_type, source=excluded.source,"
             " upload_id=CASE WHEN dirty.vid=excluded.vid THEN dirty.upload_id"
             " ELSE excluded.upload_id END,"
             " parts=CASE WHEN dirty.vid=excluded.vid THEN dirty.parts ELSE excluded.parts END,"
-            " updated=excluded.updated",
+            " updated=excluded.updated, format=excluded.format, layers=excluded.layers,"
+            " object_envelope=excluded.object_envelope",
             (
                 rec.fid,
                 rec.key,
@@ -203,6 +266,9 @@ class Journal:
                 rec.upload_id,
                 json.dumps({str(k): v for k, v in rec.parts.items()}),
                 time.time(),
+                rec.format,
+                layers,
+                obj_env,
             ),
         )
 
@@ -235,13 +301,17 @@ class Journal:
     def _iter_dirty(self, fid: str | None = None) -> Iterator[DirtyRecord]:
         query = (
             "SELECT fid, key, vid, size, present, envelope, attrs, content_type, source,"
-            " upload_id, parts FROM dirty"
+            " upload_id, parts, format, layers, object_envelope FROM dirty"
         )
         if fid is None:
             rows = self._db.execute(query + " ORDER BY updated").fetchall()
         else:
             rows = self._db.execute(query + " WHERE fid=?", (fid,)).fetchall()
-        for rid, key, vid, size, present, envelope, attrs, ctype, source, upload_id, parts in rows:
+        for row in rows:
+            (rid, key, vid, size, present, envelope, attrs, ctype, source, upload_id, parts) = row[
+                :11
+            ]
+            fmt, layers, obj_env = row[11:]
             src = None
             if source:
                 s = json.loads(source)
@@ -258,6 +328,18 @@ class Journal:
                 source=src,
                 upload_id=upload_id,
                 parts={int(k): v for k, v in json.loads(parts or "{}").items()},
+                format=int(fmt),
+                layers=[
+                    LayerRecord(
+                        str(x["vid"]),
+                        int(x["end"]),
+                        str(x["key"]),
+                        int(x["size"]),
+                        int(x["limit"]),
+                    )
+                    for x in json.loads(layers or "[]")
+                ],
+                object_envelope=None if obj_env is None else json.loads(obj_env),
             )
 
     # -- deletes not yet done in COS ----------------------------------------------

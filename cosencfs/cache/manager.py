@@ -1,13 +1,13 @@
-"""The block cache: versions on local disk, fetching, and eviction.
+"""The block cache: clean object copies and dirty layers on local disk.
 
-Fetches are 16-byte aligned ranged GETs of exactly what is missing (plus the
-readahead the caller asks for); concurrent readers of the same bytes share
-one request.  Fetched ciphertext is re-encrypted to the version's key when
-the version is not the object's own (after a write started a new version).
+Clean copies (:class:`ObjectContent`) hold objects' own ciphertext, one per
+(key, ETag), filled by 16-byte aligned ranged GETs of exactly what is missing
+(plus the readahead the caller asks for); concurrent readers of the same
+bytes share one request.  Dirty layers (:class:`DirtyLayer`) hold what users
+wrote, as logs of AES-GCM records under cache-only keys.
 
-Eviction is least-recently-used over clean, unpinned versions; dirty data is
-never evicted, and a version is pinned while a file handle or an upload uses
-it.
+Eviction is least-recently-used over clean, unpinned copies; dirty data is
+never evicted.
 """
 
 from __future__ import annotations
@@ -21,15 +21,8 @@ from pathlib import Path
 
 import trio
 
-from cosencfs.cache.content import (
-    CHUNK,
-    ContentVersion,
-    Inflight,
-    Source,
-    transcode,
-    transcode_into,
-)
-from cosencfs.cache.extents import Extents
+from cosencfs.cache.content import Inflight, ObjectContent, Source
+from cosencfs.cache.dirtylog import DirtyLayer, LayerState, new_cache_key
 from cosencfs.cache.journal import Journal
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.errors import ConfigError, CosEncFsError, DamagedObjectError
@@ -82,116 +75,213 @@ class CacheManager:
                 f"cache directory {root} is in use by another cosencfs process"
             ) from None
         self.journal = Journal(root / "journal.db")
-        self.versions: dict[str, ContentVersion] = {}
-        #: Called when a clean version is evicted, so its owner forgets it.
-        self.on_evict: Callable[[ContentVersion], None] = lambda v: None
+        #: Clean copies by vid, and by the (key, ETag) of the object they copy.
+        self.versions: dict[str, ObjectContent] = {}
+        self._by_source: dict[tuple[str, str], ObjectContent] = {}
+        self.layers: dict[str, DirtyLayer] = {}
+        #: Called when a clean copy is evicted, so its owner forgets it.
+        self.on_evict: Callable[[ObjectContent], None] = lambda v: None
         self.io_limiter = trio.CapacityLimiter(4)
         self.hits = 0
         self.misses = 0
         self.fetched_bytes = 0
         self._last_evict = -1e9
-        #: Bytes present over all versions (shared with each version).
+        #: Bytes present over all clean copies (shared with each copy).
         self._usage = [0]
 
     def close(self) -> None:
         for v in list(self.versions.values()):
             v.close()
+        for layer in list(self.layers.values()):
+            layer.close()
         self.versions.clear()
+        self.layers.clear()
+        self._by_source.clear()
         self.journal.close()
         os.close(self._lock_fd)
 
-    # -- versions ----------------------------------------------------------------
+    # -- clean copies ------------------------------------------------------------
 
     def _path(self, vid: str) -> str:
         return str(self.data_dir / vid)
 
-    def create(
-        self,
-        dk: DataKey,
-        envelope: dict[str, str],
-        size: int,
-        source: Source | None,
-        *,
-        dirty: bool,
-        sealed: bool = False,
-    ) -> ContentVersion:
+    def _new(self, dk: DataKey, size: int, source: Source | None) -> ObjectContent:
         vid = uuid.uuid4().hex
-        v = ContentVersion(
-            vid, self._path(vid), dk, envelope, size, source, dirty=dirty, sealed=sealed
-        )
+        v = ObjectContent(vid, self._path(vid), dk, size, source)
         v.account = self._usage
         self.versions[vid] = v
         return v
 
-    def reopen(
-        self,
-        vid: str,
-        dk: DataKey,
-        envelope: dict[str, str],
-        size: int,
-        source: Source | None,
-        present: Extents,
-    ) -> ContentVersion:
-        """A version left by an earlier run (from the journal)."""
-        v = ContentVersion(
-            vid,
-            self._path(vid),
-            dk,
-            envelope,
-            size,
-            source,
-            dirty=True,
-            sealed=False,
-            present=present,
-            create=False,
-        )
-        v.account = self._usage
-        self._usage[0] += present.total
-        self.versions[vid] = v
+    def clean_for(self, source: Source) -> ObjectContent:
+        """The clean copy of the object ``source`` names (made empty on first use).
+
+        ``source.limit`` is the object's size: the bytes there are to fetch.
+        """
+        v = self._by_source.get((source.key, source.etag))
+        if v is not None and not v.discarded:
+            return v
+        # A plaintext object is kept under a throw-away key of its own.
+        dk = source.dk if source.dk is not None else DataKey.generate()
+        src = Source(source.key, source.etag, source.dk, source.limit, dict(source.envelope))
+        v = self._new(dk, source.limit, src)
+        self._by_source[(source.key, source.etag)] = v
         return v
 
-    async def fork(
-        self, old: ContentVersion, dk: DataKey, envelope: dict[str, str], upto: int
-    ) -> ContentVersion:
-        """A new version under a new key, holding ``old``'s bytes below ``upto``."""
-        source = None
-        if old.source is not None and not old.complete:
-            src = old.source
-            source = Source(src.key, src.etag, src.dk, min(src.limit, upto), src.envelope)
-        new = self.create(dk, envelope, min(old.size, upto), source, dirty=True)
-        old.pins += 1
-        try:
-            # Under old's lock: a concurrent fill must not change old.present
-            # while the worker thread walks it.
-            async with old.lock:
-                await trio.to_thread.run_sync(
-                    transcode_into, old, new, upto, limiter=self.io_limiter
-                )
-        except BaseException:
-            self.discard(new)
-            raise
-        finally:
-            old.pins -= 1
-        return new
+    def staged(self, dk: DataKey, size: int) -> ObjectContent:
+        """An empty copy an upload produces under the new object's key ``dk``."""
+        v = self._new(dk, size, None)
+        v.holds += 1
+        return v
 
-    def discard(self, v: ContentVersion) -> None:
-        """Forget a version and delete its cache file."""
+    def adopt(self, v: ObjectContent, source: Source) -> None:
+        """A produced copy is the object ``source`` now (its upload succeeded)."""
+        v.source = source
+        v.holds -= 1
+        old = self._by_source.get((source.key, source.etag))
+        if old is not None and old is not v:
+            self._forget_source(old)
+        self._by_source[(source.key, source.etag)] = v
+
+    def rekey(self, v: ObjectContent, key: str, etag: str) -> None:
+        """The object was copied to ``key`` (a rename): fetch from there now."""
+        src = v.source
+        if src is None:
+            return
+        self._forget_source(v)
+        src.key, src.etag = key, etag
+        self._by_source[(key, etag)] = v
+
+    def _forget_source(self, v: ObjectContent) -> None:
+        if v.source is not None:
+            ident = (v.source.key, v.source.etag)
+            if self._by_source.get(ident) is v:
+                del self._by_source[ident]
+
+    def discard(self, v: ObjectContent) -> None:
+        """Forget a clean copy and delete its cache file."""
         if self.versions.pop(v.vid, None) is not None:
             self._usage[0] -= v.present.total
-        if v.stream is not None:
-            v.stream.abandon()
+        self._forget_source(v)
         v.close()
         try:
             os.unlink(v.path)
         except FileNotFoundError:
             pass
 
-    def touch(self, v: ContentVersion) -> None:
+    def touch(self, v: ObjectContent) -> None:
         v.last_access = trio.current_time()
+
+    # -- dirty layers ------------------------------------------------------------
+
+    def new_layer(
+        self,
+        *,
+        size: int,
+        limit: int,
+        below: DirtyLayer | None = None,
+        source: Source | None = None,
+    ) -> DirtyLayer:
+        vid = uuid.uuid4().hex
+        layer = DirtyLayer(
+            vid,
+            self.layer_path(vid),
+            new_cache_key(),
+            size=size,
+            limit=limit,
+            below=below,
+            source=source,
+        )
+        self.layers[vid] = layer
+        return layer
+
+    def reopen_layer(
+        self,
+        vid: str,
+        cache_key: bytes,
+        *,
+        size: int,
+        limit: int,
+        log_end: int,
+        below: DirtyLayer | None,
+        source: Source | None,
+    ) -> DirtyLayer:
+        """A layer left by an earlier run (from the journal): its log replayed."""
+        layer = DirtyLayer(
+            vid,
+            self.layer_path(vid),
+            cache_key,
+            size=size,
+            limit=limit,
+            below=below,
+            source=source,
+            create=False,
+        )
+        self.layers[vid] = layer
+        try:
+            layer.replay(log_end)
+        except BaseException:
+            self.layers.pop(vid, None)
+            layer.close()
+            raise
+        layer.size, layer.limit = size, limit
+        return layer
+
+    def layer_path(self, vid: str) -> str:
+        return str(self.data_dir / f"{vid}.log")
+
+    def retire_layer(self, layer: DirtyLayer) -> None:
+        """Nobody needs this layer: delete its log (now, or when the last pin goes)."""
+        layer.state = LayerState.RETIRED
+        if layer.stream is not None:
+            layer.stream.abandon()
+            layer.stream = None
+        if layer.pins == 0:
+            self._drop_layer(layer)
+
+    def retire_chain(self, layer: DirtyLayer | None) -> None:
+        """Retire ``layer`` and everything below it (nobody reads them any more).
+
+        Their log files go: call this only once the journal no longer names
+        them (docs/concurrency.md, "files and the journal").
+        """
+        while layer is not None:
+            below = layer.below
+            if layer.staged is not None:
+                self.discard(layer.staged)
+                layer.staged = None
+            self.retire_layer(layer)
+            layer = below
+
+    def release_chain(self, layer: DirtyLayer | None) -> None:
+        """Close ``layer`` and those below it but keep their files: the journal
+        still names them (an upload that failed, a recovery that must wait)."""
+        while layer is not None:
+            below = layer.below
+            if layer.staged is not None:
+                self.discard(layer.staged)
+                layer.staged = None
+            self.layers.pop(layer.vid, None)
+            layer.close()
+            layer = below
+
+    def unpin_layer(self, layer: DirtyLayer) -> None:
+        layer.pins -= 1
+        if layer.pins == 0 and layer.state is LayerState.RETIRED:
+            self._drop_layer(layer)
+
+    def _drop_layer(self, layer: DirtyLayer) -> None:
+        if self.layers.pop(layer.vid, None) is None:
+            return
+        layer.close()
+        layer.below = None
+        try:
+            os.unlink(layer.path)
+        except FileNotFoundError:
+            pass
 
     # -- reading -----------------------------------------------------------------
 
-    async def read(self, v: ContentVersion, offset: int, length: int) -> bytes:
+    async def read(self, v: ObjectContent, offset: int, length: int) -> bytes:
         end = min(offset + length, v.size)
         if end <= offset:
             return b""
@@ -207,9 +297,11 @@ class CacheManager:
             )
         return v.read_plain(offset, end - offset)
 
-    async def ensure(self, v: ContentVersion, start: int, end: int) -> None:
-        """Make ``[start, end)`` present: fetch from the source, or zero-fill."""
+    async def ensure(self, v: ObjectContent, start: int, end: int) -> None:
+        """Make ``[start, end)`` present: fetch it from the source."""
         end = min(end, v.size)
+        if end > v.limit:
+            raise CosEncFsError(f"cache copy {v.vid} has no source for bytes {v.limit}-{end}")
         v.pins += 1
         try:
             while True:
@@ -239,7 +331,7 @@ class CacheManager:
         finally:
             v.pins -= 1
 
-    def prefetch(self, nursery: trio.Nursery, v: ContentVersion, start: int, end: int) -> None:
+    def prefetch(self, nursery: trio.Nursery, v: ObjectContent, start: int, end: int) -> None:
         """Start fetching ``[start, end)`` in the background (readahead)."""
         end = min(end, v.limit)
         if end <= start:
@@ -250,7 +342,7 @@ class CacheManager:
                 nursery.start_soon(self._background_fill, v, inf)
 
     def _begin(
-        self, v: ContentVersion, start: int, end: int, *, only_new: bool = False
+        self, v: ObjectContent, start: int, end: int, *, only_new: bool = False
     ) -> list[Inflight]:
         """Register the fetches that cover ``[start, end)``, split into chunks.
 
@@ -261,10 +353,8 @@ class CacheManager:
         limit = v.limit
         ranges: list[tuple[int, int]] = []
         if start < limit:
-            # Aligned to the cipher block; clipped to the source's valid bytes.
+            # Aligned to the cipher block; clipped to the object's bytes.
             ranges.append((align_down(start), min(align_up(min(end, limit)), limit)))
-        if end > limit:
-            ranges.append((max(start, limit), end))  # zeros: no request
         for s, e in ranges:
             for pos in range(s, e, FETCH_CHUNK):
                 seg = (pos, min(e, pos + FETCH_CHUNK))
@@ -275,7 +365,7 @@ class CacheManager:
                 out.append(inf)
         return out
 
-    async def _background_fill(self, v: ContentVersion, inf: Inflight) -> None:
+    async def _background_fill(self, v: ObjectContent, inf: Inflight) -> None:
         try:
             await self._fill(v, inf)
         except (CosEncFsError, OSError) as exc:
@@ -284,62 +374,38 @@ class CacheManager:
         finally:
             v.pins -= 1
 
-    async def _fill(self, v: ContentVersion, inf: Inflight) -> None:
+    async def _fill(self, v: ObjectContent, inf: Inflight) -> None:
         try:
             start, end = inf.start, inf.end
-            limit = v.limit
             src = v.source
-            if src is not None and start < limit:
-                data = await self.store.get(src.key, start, end, if_match=src.etag or None)
-                if len(data) != end - start:
-                    raise DamagedObjectError(
-                        f"object {src.key!r} is shorter than expected "
-                        f"({start + len(data)} < {end} bytes)"
-                    )
-                self.fetched_bytes += len(data)
-                if src.dk is v.dk:
-                    cipher = data
-                elif len(data) >= THREAD_THRESHOLD:
-                    cipher = await trio.to_thread.run_sync(
-                        transcode, src.dk, v.dk, start, data, limiter=self.io_limiter
-                    )
-                else:
-                    cipher = transcode(src.dk, v.dk, start, data)
-            else:
-                cipher = await self._zeros(v, start, end)
+            if src is None:
+                raise CosEncFsError(f"cache copy {v.vid} has no source to fetch from")
+            data = await self.store.get(src.key, start, end, if_match=src.etag or None)
+            if len(data) != end - start:
+                raise DamagedObjectError(
+                    f"object {src.key!r} is shorter than expected "
+                    f"({start + len(data)} < {end} bytes)"
+                )
+            self.fetched_bytes += len(data)
             async with v.lock:
                 if v.discarded:
                     return
-                if len(cipher) >= THREAD_THRESHOLD:
+                if len(data) >= THREAD_THRESHOLD:
+                    # Under v's lock: nothing else stores into v meanwhile.
                     await trio.to_thread.run_sync(
-                        v.store_cipher, start, cipher, limiter=self.io_limiter
+                        v.store_fetched, start, data, limiter=self.io_limiter
                     )
                 else:
-                    v.store_cipher(start, cipher)
+                    v.store_fetched(start, data)
         finally:
             v.inflight.remove(inf)
             inf.done.set()
 
-    async def _zeros(self, v: ContentVersion, start: int, end: int) -> bytes:
-        if end - start >= THREAD_THRESHOLD:
-            return await trio.to_thread.run_sync(
-                v.zero_cipher, start, end - start, limiter=self.io_limiter
-            )
-        return v.zero_cipher(start, end - start)
-
-    async def fill_all(self, v: ContentVersion) -> None:
-        """Make every byte present (before an upload, or a rename of the source)."""
-        for s, e in v.present.missing(0, v.size):
-            for pos in range(s, e, CHUNK * 16):
-                await self.ensure(v, pos, min(e, pos + CHUNK * 16))
-
     # -- space -----------------------------------------------------------------
 
     def usage(self) -> int:
-        return self._usage[0]
-
-    def dirty_bytes(self) -> int:
-        return sum(v.size for v in self.versions.values() if v.dirty)
+        """Bytes in the cache directory's data: clean copies and dirty logs."""
+        return self._usage[0] + sum(layer.log_size for layer in self.layers.values())
 
     def maybe_evict(self) -> int:
         """``evict``, at most twice a second: it walks every version."""
@@ -350,7 +416,7 @@ class CacheManager:
         return self.evict()
 
     def evict(self) -> int:
-        """Drop least recently used clean versions until under the limits.
+        """Drop least recently used clean copies until under the limits (never dirty data).
 
         Returns the number of bytes freed.
         """
@@ -360,7 +426,7 @@ class CacheManager:
             return 0
         freed = 0
         candidates = sorted(
-            (v for v in self.versions.values() if not v.dirty and v.pins == 0 and not v.inflight),
+            (v for v in self.versions.values() if v.pins == 0 and v.holds == 0 and not v.inflight),
             key=lambda v: v.last_access,
         )
         for v in candidates:
@@ -375,10 +441,11 @@ class CacheManager:
         return freed
 
     def sweep_orphans(self, keep: set[str]) -> int:
-        """Delete cache files no version or journal record refers to."""
+        """Delete cache files no copy, layer or journal record refers to."""
         removed = 0
         for entry in os.scandir(self.data_dir):
-            if entry.name not in keep and entry.name not in self.versions:
+            vid = entry.name.removesuffix(".log")
+            if vid not in keep and vid not in self.versions and vid not in self.layers:
                 os.unlink(entry.path)
                 removed += 1
         return removed

@@ -111,6 +111,7 @@ FOREIGN_FIELDS: frozenset[str] = frozenset(
 ENVELOPE_FIELDS: frozenset[str] = SDK_FIELDS | COSENCFS_FIELDS | FOREIGN_FIELDS
 
 _KCV_LABEL = b"cosencfs-kcv-v1"
+_CACHE_KEY_CONTEXT = b"cache-layer-key:"
 _KCV_BYTES = 16
 _KID_RE = re.compile(r"[0-9a-f]{16}")
 # Foreign algorithm names are echoed in error messages; keep them short.
@@ -398,6 +399,24 @@ class EnvelopeCodec:
         raise WrongKeyError(
             f"none of the master keys ({ids}) opens this SDK envelope", key=key
         ) from None
+
+    def wrap_cache_key(self, secret: bytes, vid: str) -> str:
+        """A cache layer's key, wrapped for the journal and bound to the layer id."""
+        blob = self._master.seal_secret(secret, _CACHE_KEY_CONTEXT + vid.encode("ascii"))
+        return f"{self._master.key_id}:{base64.b64encode(blob).decode('ascii')}"
+
+    def unwrap_cache_key(self, wrapped: str, vid: str) -> bytes:
+        kid, _, text = wrapped.partition(":")
+        blob = _b64(text)
+        if blob is None:
+            raise DamagedEnvelopeError(f"cache layer {vid}: its wrapped key is not base64")
+        master = next((r for r in self._readers if r.key_id == kid), None)
+        if master is None:
+            raise WrongKeyError(
+                f"cache layer {vid} was written with master key id {kid!r}; "
+                f"this mount has {', '.join(r.key_id for r in self._readers)}"
+            )
+        return master.open_secret(blob, _CACHE_KEY_CONTEXT + vid.encode("ascii"))
 
     def rewrap(
         self, metadata: Mapping[str, str], new_codec: EnvelopeCodec, *, key: str = ""

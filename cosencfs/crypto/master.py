@@ -37,13 +37,22 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import (
     InvalidUnwrap,
     aes_key_unwrap,
     aes_key_wrap,
 )
 
-from cosencfs.crypto.ctr import IV_SIZE, KEY_SIZE, DataKey, sdk_wrap_pad
+from cosencfs.crypto.ctr import (
+    IV_SIZE,
+    KEY_SIZE,
+    DataKey,
+    RecordTagError,
+    open_record,
+    sdk_wrap_pad,
+    seal_record,
+)
 from cosencfs.errors import ConfigError, DamagedEnvelopeError, WrongKeyError
 
 __all__ = [
@@ -56,6 +65,8 @@ __all__ = [
 ]
 
 AES_MASTER_KEY_SIZES = (16, 24, 32)
+#: Domain of the secrets the cache journal keeps wrapped (cache keys).
+_JOURNAL_LABEL = b"cosencfs journal secret v1"
 
 _KEY_ID_LABEL = b"cosencfs key id v1"
 _KEY_ID_HEX_DIGITS = 16
@@ -130,6 +141,14 @@ class MasterKey(Protocol):
         """Return ``(wrapped_key, wrapped_iv, alg)``."""
         ...
 
+    def seal_secret(self, secret: bytes, context: bytes) -> bytes:
+        """Wrap a secret of the cache (never an object's data key) for the journal."""
+        ...
+
+    def open_secret(self, blob: bytes, context: bytes) -> bytes:
+        """Unwrap what :meth:`seal_secret` made with the same ``context``."""
+        ...
+
     def unwrap(self, wrapped_key: bytes, wrapped_iv: bytes, alg: WrapAlg | None = None) -> DataKey:
         """Recover the data key; ``alg=None`` tries whatever applies.
 
@@ -150,7 +169,7 @@ class AesMasterKey:
     the SDK cannot read.  Either instance unwraps both.
     """
 
-    __slots__ = ("_hardened", "_key_id", "_pad", "_raw")
+    __slots__ = ("_hardened", "_journal", "_key_id", "_pad", "_raw")
 
     def __init__(self, raw: bytes, *, hardened: bool = False) -> None:
         raw = bytes(raw)
@@ -161,6 +180,7 @@ class AesMasterKey:
         # The SDK's wrap keystream never changes (counter restarts at 0 for
         # every object), so it is computed once.
         self._pad = sdk_wrap_pad(raw, KEY_SIZE + IV_SIZE)
+        self._journal = HKDF(hashes.SHA256(), 32, salt=None, info=_JOURNAL_LABEL).derive(raw)
         # HMAC is a PRF: the id is indistinguishable from random to anyone
         # without the key and cannot be turned back into it.
         tag = hmac.new(raw, _KEY_ID_LABEL, hashlib.sha256).hexdigest()
@@ -213,6 +233,22 @@ class AesMasterKey:
         out = self._xor_pad(dk.key + dk.iv)
         return out[:KEY_SIZE], out[KEY_SIZE:], WrapAlg.SDK_AES_CTR
 
+    def seal_secret(self, secret: bytes, context: bytes) -> bytes:
+        """Wrap a cache secret for the journal: AES-GCM under a key derived with HKDF.
+
+        Never the SDK's fixed-pad wrap, whatever ``hardened`` says: with that
+        pad, one leaked data key would unwrap every secret wrapped the same way.
+        """
+        return seal_record(self._journal, secret, context)
+
+    def open_secret(self, blob: bytes, context: bytes) -> bytes:
+        try:
+            return open_record(self._journal, blob, context)
+        except RecordTagError:
+            raise WrongKeyError(
+                "a secret in the cache journal does not open with this master key"
+            ) from None
+
     def unwrap(self, wrapped_key: bytes, wrapped_iv: bytes, alg: WrapAlg | None = None) -> DataKey:
         klen, ivlen = len(wrapped_key), len(wrapped_iv)
         if alg is None:
@@ -256,6 +292,14 @@ class AesMasterKey:
 # RSA
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+
+
+def _journal_oaep(context: bytes) -> padding.OAEP:
+    return padding.OAEP(
+        mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=_JOURNAL_LABEL + context
+    )
+
+
 _PKCS1V15 = padding.PKCS1v15()
 
 
@@ -337,6 +381,27 @@ class RsaMasterKey:
     @property
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public
+
+    def seal_secret(self, secret: bytes, context: bytes) -> bytes:
+        """Wrap a cache secret for the journal: RSA-OAEP-SHA256, ``context`` as label.
+
+        The public key suffices to wrap (a write-only mount journals too);
+        opening needs the private key.
+        """
+        return self._public.encrypt(secret, _journal_oaep(context))
+
+    def open_secret(self, blob: bytes, context: bytes) -> bytes:
+        if self._private is None:
+            raise WrongKeyError(
+                "the cache journal's secrets need the RSA private key; this mount has "
+                "only the public key"
+            )
+        try:
+            return self._private.decrypt(blob, _journal_oaep(context))
+        except ValueError:
+            raise WrongKeyError(
+                "a secret in the cache journal does not open with this master key"
+            ) from None
 
     def wrap(self, dk: DataKey) -> tuple[bytes, bytes, WrapAlg]:
         return (

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from cosencfs.cache.content import ContentVersion
+from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec, ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, FsError
@@ -100,10 +100,10 @@ class Filesystem:
     def options(self) -> FsOptions:
         return self.ctx.options
 
-    def _evicted(self, v: ContentVersion) -> None:
+    def _evicted(self, v: ObjectContent) -> None:
         node = v.owner
-        if isinstance(node, Inode) and node.version is v:
-            node.version = None
+        if isinstance(node, Inode) and node.clean is v:
+            node.clean = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -400,6 +400,7 @@ class Filesystem:
                 "bytes": cache.usage(),
                 "limit": cache.limit_bytes,
                 "versions": len(cache.versions),
+                "dirty_layers": len(cache.layers),
                 "hits": cache.hits,
                 "misses": cache.misses,
                 "hit_ratio": cache.hits / lookups if lookups else 0.0,

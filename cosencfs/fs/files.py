@@ -1,11 +1,12 @@
-"""File content: open, read, write, truncate, close, fsync and the commit to COS.
+"""File content: open, read, write, truncate, close and fsync.
 
-Reading a file makes a *clean* version of it in the cache (the object's own
-key; bytes fetched on demand).  The first write makes a *dirty* version under
-a fresh data key: bytes already cached are re-encrypted into it, missing ones
-are fetched and re-encrypted when needed.  A commit fills every missing byte,
-seals the version (no further writes to it; a later write forks a new one)
-and uploads the cache file as it is.
+Reading a clean file goes through a clean copy of its object in the cache
+(the object's own ciphertext, fetched on demand).  Writing goes to the
+file's *head*: a dirty layer, a log of AES-GCM records under a cache-only
+key (cosencfs/cache/dirtylog.py), on top of what the file held before.  A
+head is sealed (immutable) when its upload begins; a write that finds it
+sealed starts a new head on top of it instead, so sealing never races a
+write (docs/concurrency.md).  The commit itself is in cosencfs/fs/commit.py.
 """
 
 from __future__ import annotations
@@ -14,28 +15,32 @@ import errno
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass
 
 import trio
 
-from cosencfs.cache.content import ContentVersion, Source
-from cosencfs.cache.journal import DirtyRecord, SourceRecord
-from cosencfs.crypto.ctr import DataKey
+from cosencfs.cache import assemble
+from cosencfs.cache.content import ObjectContent, Source
+from cosencfs.cache.dirtylog import DirtyLayer, LayerState
+from cosencfs.cache.journal import DirtyRecord, LayerRecord, SourceRecord
+from cosencfs.cache.segments import RecordRef
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import DamagedObjectError, FsError, NotFoundError, TransientError
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, Attrs, Kind, attrs_to_meta
+from cosencfs.fs.commit import Committer
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.inode import Inode
 from cosencfs.fs.namespace import Namespace
 from cosencfs.fs.stream import StreamUpload
-from cosencfs.fs.writeback import Uploader, WriteBack
+from cosencfs.fs.writeback import WriteBack
+from cosencfs.store.base import MAX_FILE_SIZE
 
 log = logging.getLogger(__name__)
 
-#: Largest file cosencfs writes: COS's object limit.
-MAX_FILE_SIZE = 48_828_125 * 1024 * 1024
-THREAD_WRITE = 1024 * 1024
+#: Writes this large are encrypted and written in a worker thread.
+THREAD_WRITE = 256 * 1024
+#: A head this many layers deep is uploaded soon (each fork adds one).
+MAX_DEPTH = 4
 
 
 @dataclass(slots=True, eq=False)
@@ -56,13 +61,9 @@ class Files:
     def __init__(self, ctx: FsContext, ns: Namespace) -> None:
         self.ctx = ctx
         self.ns = ns
+        self.committer = Committer(ctx, ns, self)
+        self.uploader = self.committer.uploader
         opts = ctx.options
-        self.uploader = Uploader(
-            ctx.store,
-            ctx.journal,
-            single_put_max=opts.single_put_max,
-            part_concurrency=opts.part_concurrency,
-        )
         self.writeback = WriteBack(
             self.commit,
             delay=opts.writeback_delay,
@@ -73,7 +74,9 @@ class Files:
         self._next_fh = 1
         #: Requests served (average sizes tell how well the kernel batches).
         self.reads = self.read_bytes = self.writes = self.write_bytes = 0
-        self._forking: dict[int, trio.Event] = {}
+
+    async def commit(self, node: Inode) -> None:
+        await self.committer.commit(node)
 
     def handle(self, fh: int) -> Handle:
         try:
@@ -146,31 +149,44 @@ class Files:
         attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now, now, now)
         node = self.ctx.table.new(Kind.FILE, d, name, attrs)
         node.attrs_known = True
-        dk = DataKey.generate()
-        self.set_version(
-            node, self.ctx.cache.create(dk, self.ctx.codec.seal(dk), 0, None, dirty=True)
-        )
+        self.set_head(node, self.ctx.cache.new_layer(size=0, limit=0))
         self.ns.attach(d, name, node)
         self.ns.touch_dir(d)
         node.nlookup += 1
         h = self._new_handle(node, flags)
         h.wrote = True  # creating is a change: close() journals it even without a write
-        self.writeback.schedule(node)
+        # Open for writing: uploaded when closed (or once dirty too long), not
+        # under a writer that is just starting.
+        self.writeback.schedule(node, self.ctx.options.max_dirty_age)
         return h, node
 
     # -- reading -----------------------------------------------------------------
 
-    async def clean_version(self, node: Inode) -> ContentVersion | None:
-        """The version reads come from; a clean one is made on first use."""
-        if node.version is not None:
-            return node.version
+    async def clean_copy(self, node: Inode) -> ObjectContent | None:
+        """The clean copy reads of an unchanged file come from (made on first use)."""
+        v = node.clean
+        if v is not None and not v.discarded:
+            return v
         r = node.remote
         if r is None or r.size == 0:
             return None
         if r.metadata is None:
             await self.ns.ensure_attrs(node)
-            # Another task may have made the version while we waited.
-            return await self.clean_version(node) if node.remote is not None else None
+            # Another task may have made the copy while we waited.
+            return await self.clean_copy(node) if node.remote is not None else None
+        source = self.remote_source(node)
+        if source is None:
+            return None
+        v = self.ctx.cache.clean_for(source)
+        v.owner = node
+        node.clean = v
+        return v
+
+    def remote_source(self, node: Inode) -> Source | None:
+        """The object ``node`` holds in COS, with its data key (None: empty)."""
+        r = node.remote
+        if r is None or r.size == 0 or r.metadata is None:
+            return None
         key = self.ctx.key_of(node)
         written = r.metadata.get(META_SIZE)
         if written is not None and written != str(r.size):
@@ -180,26 +196,28 @@ class Files:
                 f"object {key!r} is {r.size} bytes but was written with {written}"
             )
         if classify(r.metadata) is ObjectFormat.PLAIN:
-            # Plaintext object (not made by an encryption client): cached under a
-            # throw-away key, so the cache still holds only ciphertext.
-            dk = DataKey.generate()
-            source = Source(key, r.etag, None, r.size, {})
             log.info("%r has no encryption envelope; reading it as plaintext", key)
-        else:
-            dk = self.ctx.codec.open(r.metadata, key=key)
-            source = Source(key, r.etag, dk, r.size, dict(r.metadata))
-        v = self.ctx.cache.create(dk, dict(r.metadata), r.size, source, dirty=False, sealed=True)
-        self.set_version(node, v)
-        return v
+            return Source(key, r.etag, None, r.size, {})
+        dk = self.ctx.codec.open(r.metadata, key=key)
+        return Source(key, r.etag, dk, r.size, dict(r.metadata))
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self.handle(fh)
         node = h.node
-        v = await self.clean_version(node)
+        self.reads += 1
+        head = node.head
+        if head is not None:
+            bottom = _chain(head)[-1]
+            if bottom.source is not None:
+                # Bytes not rewritten come from the object: read ahead there.
+                self._readahead(h, self.ctx.cache.clean_for(bottom.source), offset, size)
+            data = await assemble.read_plain(self.ctx.cache, head, offset, offset + size)
+            self.read_bytes += len(data)
+            return data
+        v = await self.clean_copy(node)
         if v is None or offset >= v.size:
             return b""
         v.pins += 1
-        self.reads += 1
         try:
             self._readahead(h, v, offset, size)
             data = await self.ctx.cache.read(v, offset, size)
@@ -207,9 +225,9 @@ class Files:
             return data
         finally:
             v.pins -= 1
-            self._maybe_evict()
+            self.ctx.cache.maybe_evict()
 
-    def _readahead(self, h: Handle, v: ContentVersion, offset: int, size: int) -> None:
+    def _readahead(self, h: Handle, v: ObjectContent, offset: int, size: int) -> None:
         """Grow a window on sequential reads; none at all for random ones."""
         opts = self.ctx.options
         if offset == h.seq_end:
@@ -233,51 +251,46 @@ class Files:
 
     # -- writing -----------------------------------------------------------------
 
-    async def writable_version(
-        self, node: Inode, upto: int | None = None, at: int | None = None
-    ) -> ContentVersion:
-        """The version writes go to: the current one unless it is sealed (or,
-        for a write ``at`` an offset or a truncate to ``upto``, unless those
-        bytes were already sent in a streamed part)."""
-        while True:
-            v = node.version
-            if v is not None and not v.sealed and _open_at(v, upto, at):
-                return v
-            ev = self._forking.get(node.ino)
-            if ev is not None:
-                await ev.wait()
-                continue
-            self._forking[node.ino] = ev = trio.Event()
-            try:
-                dk = DataKey.generate()
-                envelope = self.ctx.codec.seal(dk)
-                if v is None:
-                    if node.remote is not None and node.remote.metadata is None:
-                        await self.ns.ensure_attrs(node)
-                    source = self.ns.source_of(node)
-                    size = node.file_size if upto is None else min(upto, node.file_size)
-                    new = self.ctx.cache.create(dk, envelope, size, source, dirty=True)
-                else:
-                    limit = v.size if upto is None else min(upto, v.size)
-                    new = await self.ctx.cache.fork(v, dk, envelope, limit)
-                    if v.stream is not None:
-                        v.stream.abandon()
-                    self._retire(v)
-                self.set_version(node, new)
-                return new
-            finally:
-                del self._forking[node.ino]
-                ev.set()
-
     @staticmethod
-    def set_version(node: Inode, v: ContentVersion) -> None:
-        node.version = v
-        v.owner = node
+    def set_head(node: Inode, layer: DirtyLayer) -> None:
+        node.head = layer
+        layer.owner = node
 
-    def _retire(self, v: ContentVersion) -> None:
-        """An old version nobody needs once its upload (if any) is done."""
-        if v.pins == 0 and not (v.dirty and not v.sealed):
-            self.ctx.cache.discard(v)
+    async def writable_head(self, node: Inode, at: int | None) -> DirtyLayer:
+        """The layer a write at ``at`` (None: an append) or a truncate to ``at`` may
+        change; a new one on top when the head is sealed or ``at`` is below the
+        part of it a streamed upload sealed."""
+        while True:
+            head = node.head
+            if head is not None and head.accepts(0 if at is None else at):
+                return head
+            await self._new_head(node, head)
+
+    async def _new_head(self, node: Inode, head: DirtyLayer | None) -> None:
+        cache = self.ctx.cache
+        if head is None:
+            if node.remote is not None and node.remote.metadata is None:
+                await self.ns.ensure_attrs(node)
+            if node.head is not None:
+                return  # another writer made one while we waited
+            source = self.remote_source(node)
+            size = node.file_size
+            self.set_head(node, cache.new_layer(size=size, limit=size, source=source))
+            return
+        async with head.lock:
+            if node.head is not head:
+                return  # another writer moved on already
+            # Freeze it (check and change with no await between): it stays
+            # readable below the new head until its content is in COS.
+            head.state = LayerState.SEALED
+            if head.stream is not None and not head.uploading:
+                head.stream.abandon()
+                head.stream = None
+            new = cache.new_layer(size=head.size, limit=head.size, below=head)
+            self.set_head(node, new)
+        if new.depth > MAX_DEPTH:
+            # Each abandoned streamed upload adds a layer: collapse them soon.
+            self.writeback.schedule(node, 0.0)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self.handle(fh)
@@ -285,21 +298,24 @@ class Files:
             raise FsError(errno.EBADF)
         node = h.node
         while True:
-            v = await self.writable_version(node, at=None if h.append else offset)
-            async with v.lock:
+            head = await self.writable_head(node, None if h.append else offset)
+            async with head.lock:
                 if h.append:
-                    offset = v.size
-                if v.sealed or node.version is not v or offset < v.sealed_upto:
-                    continue  # sealed meanwhile (a commit, a streamed part): fork
+                    offset = head.size
+                if node.head is not head or not head.accepts(offset):
+                    continue  # sealed meanwhile (a commit, a streamed part): new head
                 if offset + len(data) > MAX_FILE_SIZE:
                     raise FsError(errno.EFBIG)
                 if len(data) >= THREAD_WRITE:
-                    await trio.to_thread.run_sync(
-                        v.write_plain, offset, data, limiter=self.ctx.cache.io_limiter
+                    # The worker thread runs while this task holds head.lock:
+                    # sealing, truncation and other writers wait for it.
+                    n, refs = await trio.to_thread.run_sync(
+                        _append_write, head, offset, data, limiter=self.ctx.cache.io_limiter
                     )
                 else:
-                    v.write_plain(offset, data)
-                self._stream(node, v)
+                    n, refs = _append_write(head, offset, data)
+                head.apply_write(refs, n)
+                self._stream(node, head)
                 break
         h.wrote = True
         self.writes += 1
@@ -307,62 +323,99 @@ class Files:
         self._modified(node)
         return len(data)
 
-    def _stream(self, node: Inode, v: ContentVersion) -> None:
-        """Send finished parts of a large file still being written (see stream.py)."""
-        if isinstance(v.stream, StreamUpload):
-            v.stream.pump()
+    def _stream(self, node: Inode, head: DirtyLayer) -> None:
+        """Send finished parts of a large file still being written (see stream.py).
+
+        Called with ``head.lock`` held: sealing parts is exclusive with writes.
+        """
+        if isinstance(head.stream, StreamUpload):
+            head.stream.pump()
             return
         nursery = self.ctx.nursery
         if (
             nursery is None
             or not self.ctx.options.stream_uploads
-            or v.size <= self.uploader.single_put_max
-            or v.source is not None
-            or not v.present.contains(0, v.size)
+            or head.size <= self.uploader.single_put_max
+            or head.below is not None
+            or head.source is not None
+            or head.covered < head.size
         ):
             return
-        meta = {**v.envelope, **attrs_to_meta(node.attrs)}
-        v.stream = StreamUpload(
-            self.ctx.store,
-            self.ctx.journal,
+        head.stream = StreamUpload(
+            self.ctx,
             self.uploader.part_limiter,
             nursery,
             key=self.ctx.key_of(node),
-            version=v,
-            metadata=meta,
+            layer=head,
+            attrs=attrs_to_meta(node.attrs),
             content_type=FILE_CONTENT_TYPE,
             fid=node.fid,
+            on_seal=lambda: self.record_dirty(node),
         )
-        v.stream.pump()
+        head.stream.pump()
 
     def _modified(self, node: Inode) -> None:
         now = self.ctx.now_ns()
         node.attrs.mtime_ns = node.attrs.ctime_ns = now
+        head = node.head
+        if head is not None and head.log_size > 2 * head.size + self.ctx.options.single_put_max:
+            # Rewritten over and over (a database): upload it, which starts an
+            # empty log, rather than let the log grow without bound.
+            self.writeback.schedule(node, 0.0)
+            return
         self.writeback.schedule(node, self.ctx.options.max_dirty_age if node.open_count else None)
 
     async def truncate(self, node: Inode, size: int) -> None:
         if size > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
+        old = None
         if size == 0:
-            dk = DataKey.generate()
-            old = node.version
-            self.set_version(
-                node, self.ctx.cache.create(dk, self.ctx.codec.seal(dk), 0, None, dirty=True)
-            )
+            # The whole content is new: older layers go (after the journal says so).
+            old = node.head
             if old is not None:
-                self._retire(old)
+                async with old.lock:
+                    old.state = LayerState.SEALED
+            self.set_head(node, self.ctx.cache.new_layer(size=0, limit=0))
         else:
             while True:
-                v = await self.writable_version(node, upto=size)
-                async with v.lock:
-                    if v.sealed or node.version is not v or size < v.sealed_upto:
+                head = await self.writable_head(node, size)
+                async with head.lock:
+                    if node.head is not head or not head.accepts(size):
                         continue
-                    v.truncate(size)
+                    blob = head.encode_truncate(size)
+                    head.append(blob)
+                    head.apply_truncate(size, len(blob))
                     break
         node.size = size
         self._modified(node)
         # truncate(2) returns with the change as durable as a close() would make it.
         self.record_dirty(node)
+        if old is not None and not old.uploading:
+            self.ctx.cache.retire_chain(old)
+
+    async def materialize(self, node: Inode) -> None:
+        """Copy every byte the file still needs from its object into a new head.
+
+        Before that object goes away (a rename deletes the old key), so the
+        dirty content no longer depends on it.  The caller holds the upload lock.
+        """
+        head = node.head
+        if head is None or not _uses_source(head):
+            return
+        cache = self.ctx.cache
+        new = cache.new_layer(size=head.size, limit=0)
+        async with head.lock:
+            head.state = LayerState.SEALED
+        chunk = 4 * 1024 * 1024
+        for pos in range(0, head.size, chunk):
+            plain = await assemble.read_plain(cache, head, pos, pos + chunk)
+            n, refs = await trio.to_thread.run_sync(
+                _append_write, new, pos, plain, limiter=cache.io_limiter
+            )
+            new.apply_write(refs, n)
+        self.set_head(node, new)
+        self.record_dirty(node)
+        self.ctx.cache.retire_chain(head)
 
     # -- close / sync ------------------------------------------------------------
 
@@ -390,11 +443,10 @@ class Files:
         if node.pending_delete is not None:
             key, node.pending_delete = node.pending_delete, None
             self.ctx.deleter.release(key)
-        if node.unlinked and node.version is not None and node.version.pins == 0:
-            self.ctx.cache.discard(node.version)
-            node.version = None
+        if node.unlinked:
+            self.ns.drop_content(node)
         self.ns.maybe_drop(node)
-        self._maybe_evict()
+        self.ctx.cache.maybe_evict()
 
     async def fsync(self, fh: int) -> None:
         h = self.handle(fh)
@@ -402,36 +454,50 @@ class Files:
             await self.writeback.flush(h.node)
 
     def record_dirty(self, node: Inode) -> None:
-        v = node.version
-        if v is None:
+        """Journal what ``node`` holds that COS does not (close, truncate, seal)."""
+        head = node.head
+        if head is None:
             return
-        if not v.dirty and not node.meta_dirty:
-            return
+        chain = _chain(head)
         key = self.ctx.key_of(node)
-        signature = (key, v.vid, v.size, v.present.total, node.meta_gen)
+        signature = Journaled(
+            key,
+            tuple((x.vid, x.log_size, x.size, x.limit) for x in chain),
+            node.meta_gen,
+            head.object_dk is not None,
+        )
         if node.journaled == signature:
             return
-        src = None
-        if v.source is not None:
-            s = v.source
-            src = SourceRecord(s.key, s.etag, dict(s.envelope), s.limit)
-        if node.journaled is not None and node.journaled[1] != v.vid and self.ctx.nursery:
+        prev = node.journaled
+        if isinstance(prev, Journaled) and self.ctx.nursery is not None:
+            prev_vid, _, prev_size, _ = prev.layers[0]
             # Only a multipart upload records an upload id: look only then.
-            old = self.ctx.journal.get_dirty(node.fid) if _large(node.journaled) else None
-            if old is not None and old.upload_id and old.vid != v.vid:
-                # A multipart upload of a version that will never be completed.
-                self.ctx.spawn(self.uploader.abort, old.key, old.upload_id)
+            if prev_vid != head.vid and prev_size > MULTIPART_MIN:
+                old = self.ctx.journal.get_dirty(node.fid)
+                if old is not None and old.upload_id and old.vid != head.vid:
+                    # A multipart upload of a layer that will never be completed.
+                    self.ctx.spawn(self.uploader.abort, old.key, old.upload_id)
+        codec = self.ctx.codec
+        layers = []
+        for x in chain:
+            if x.wrapped_key is None:
+                x.wrapped_key = codec.wrap_cache_key(x.cache_key, x.vid)
+            layers.append(LayerRecord(x.vid, x.log_size, x.wrapped_key, x.size, x.limit))
+        src = None
+        bottom = chain[-1].source
+        if bottom is not None:
+            src = SourceRecord(bottom.key, bottom.etag, dict(bottom.envelope), bottom.limit)
         self.ctx.journal.put_dirty(
             DirtyRecord(
                 fid=node.fid,
                 key=key,
-                vid=v.vid,
-                size=v.size,
-                present=v.present.to_list(),
-                envelope=dict(v.envelope),
+                vid=head.vid,
+                size=head.size,
                 attrs=attrs_to_meta(node.attrs),
                 content_type=FILE_CONTENT_TYPE,
                 source=src,
+                layers=layers,
+                object_envelope=dict(head.envelope) if head.object_dk is not None else None,
             )
         )
         node.journaled = signature
@@ -440,113 +506,36 @@ class Files:
         self.ctx.journal.delete_dirty(node.fid)
         node.journaled = None
 
-    # -- commit (called by write-back) -----------------------------------------
 
-    async def commit(self, node: Inode) -> None:
-        """Put ``node``'s content and attributes in COS."""
-        async with node.upload_lock:
-            if node.unlinked:
-                return
-            if node.is_dir:
-                if node.meta_dirty and node.parent is not None:
-                    await self.ns.put_marker(node)
-                return
-            v = node.version
-            if v is not None and v.dirty:
-                await self._commit_content(node, v)
-            elif node.meta_dirty:
-                await self._commit_attrs(node)
+@dataclass(slots=True, frozen=True)
+class Journaled:
+    """What a file's journal record says, to skip writing the same record twice."""
 
-    async def _commit_content(self, node: Inode, v: ContentVersion) -> None:
-        v.pins += 1
-        try:
-            if not v.sealed:
-                while not v.complete:
-                    await self.ctx.cache.fill_all(v)
-                v.sealed = True
-            key = self.ctx.key_of(node)
-            gen = node.meta_gen
-            meta = {**v.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(v.size)}
-            self.record_dirty(node)
-            etag = None
-            stream = v.stream
-            if isinstance(stream, StreamUpload):
-                v.stream = None
-                if stream.key == key and v.size > self.uploader.single_put_max:
-                    etag = await stream.finish(v.size, meta)
-                else:
-                    await stream.abandon_now()  # renamed, or shrank to a simple PUT
-            if etag is None:
-                etag = await self._upload(node, v, key, meta)
-        finally:
-            v.pins -= 1
-        node.remote = Remote(etag, v.size, time.time(), meta)
-        node.size = v.size
-        node.meta_synced_gen = gen
-        node.touched_at = node.validated_at = trio.current_time()
-        self.ctx.journal.put_attrs(key, etag, v.size, None, meta)
-        if node.version is v:
-            v.dirty = False
-            v.source = Source(key, etag, v.dk, v.size, dict(v.envelope))
-        else:
-            self._retire(v)
-        if node.dirty:
-            self.record_dirty(node)
-        else:
-            self.forget_record(node)
-        log.debug("committed %r (%d bytes)", key, v.size)
-
-    async def _upload(self, node: Inode, v: ContentVersion, key: str, meta: dict[str, str]) -> str:
-        resume = None
-        if v.size > self.uploader.single_put_max:
-            rec = self.ctx.journal.get_dirty(node.fid)
-            if rec is not None and rec.upload_id and rec.vid == v.vid and rec.key == key:
-                resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
-        return await self.uploader.upload(
-            key, v, meta, content_type=FILE_CONTENT_TYPE, fid=node.fid, resume=resume
-        )
-
-    async def _commit_attrs(self, node: Inode) -> None:
-        gen = node.meta_gen
-        key = self.ctx.key_of(node)
-        if node.remote is None:
-            return
-        if node.remote.metadata is None:
-            await self.ns.ensure_attrs(node)
-        assert node.remote.metadata is not None
-        meta = {**node.remote.metadata, **attrs_to_meta(node.attrs)}
-        self.ctx.journal.forget_attrs_now(key)
-        etag = await self.ctx.store.copy(
-            key,
-            key,
-            metadata=meta,
-            content_type=FILE_CONTENT_TYPE,
-            headers=node.remote.headers,
-            if_match=node.remote.etag,
-            size=node.remote.size,
-        )
-        node.remote = Remote(etag, node.remote.size, time.time(), meta, node.remote.headers)
-        node.meta_synced_gen = gen
-        node.touched_at = trio.current_time()
-        self.ctx.journal.put_attrs(key, etag, node.remote.size, None, meta)
-        if not node.dirty:
-            self.forget_record(node)
-
-    def _maybe_evict(self) -> None:
-        self.ctx.cache.maybe_evict()
+    key: str
+    #: (vid, log bytes, size, limit) of each layer, newest first.
+    layers: tuple[tuple[str, int, int, int], ...]
+    meta_gen: int
+    sealed: bool
 
 
-def _open_at(v: ContentVersion, upto: int | None, at: int | None) -> bool:
-    """Whether a write at ``at`` / a truncate to ``upto`` leaves sealed bytes alone."""
-    if at is not None and at < v.sealed_upto:
-        return False
-    return upto is None or upto >= v.sealed_upto
+def _append_write(layer: DirtyLayer, offset: int, data: bytes) -> tuple[int, list[RecordRef]]:
+    """Seal and append records; the caller holds ``layer.lock`` (maybe in a worker thread)."""
+    blob, refs = layer.encode_write(offset, data)
+    layer.append(blob)
+    return len(blob), refs
 
 
-def _large(signature: tuple[object, ...]) -> bool:
-    """Whether a journaled version may have had a multipart upload (``record_dirty``)."""
-    size = signature[2]
-    return isinstance(size, int) and size > MULTIPART_MIN
+def _chain(layer: DirtyLayer) -> list[DirtyLayer]:
+    out = []
+    node: DirtyLayer | None = layer
+    while node is not None:
+        out.append(node)
+        node = node.below
+    return out
+
+
+def _uses_source(layer: DirtyLayer) -> bool:
+    return _chain(layer)[-1].source is not None
 
 
 #: Below this, uploads are single PUTs (the default single_put_max is larger).

@@ -2,7 +2,9 @@
 
 An inode knows its parent and name (its object key follows from them, so a
 directory rename moves every descendant at once), its attributes, what COS
-holds for it (``remote``), and, for files, the cache version of its content.
+holds for it (``remote``), and, for files, its content in the cache: a clean
+copy of the object (``clean``) and, while there are changes not yet in COS,
+the newest dirty layer (``head``).
 Inode numbers are allocated per mount; lookup counts follow the pyfuse3
 contract (``lookup``/``readdir`` add, ``forget`` subtracts).
 """
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cosencfs.cache.content import ContentVersion
+from cosencfs.cache.content import ObjectContent
+from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.fs.attrs import Attrs, Kind
 
 ROOT_INO = 1
@@ -56,13 +59,16 @@ class Inode:
     unlinked: bool = False
     #: The key to delete once the last handle closes (unlink of an open file).
     pending_delete: str | None = None
-    version: ContentVersion | None = None
+    #: The cached copy of ``remote``'s bytes (reads of a clean file).
+    clean: ObjectContent | None = None
+    #: The newest layer of content not yet in COS (writes go here).
+    head: DirtyLayer | None = None
     symlink_target: str | None = None
     #: Stable id of the file's dirty record in the journal.
     fid: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: What the journal record says (key, version, size, bytes, attrs), to skip
     #: writing the same record twice; None when there is no record.
-    journaled: tuple[object, ...] | None = None
+    journaled: object | None = None
     # directories
     children: dict[str, Inode] | None = None
     listed_at: float | None = None
@@ -88,7 +94,7 @@ class Inode:
 
     @property
     def data_dirty(self) -> bool:
-        return self.version is not None and self.version.dirty
+        return self.head is not None
 
     @property
     def dirty(self) -> bool:
@@ -96,8 +102,8 @@ class Inode:
 
     @property
     def file_size(self) -> int:
-        if self.version is not None:
-            return self.version.size
+        if self.head is not None:
+            return self.head.size
         return self.size
 
     def path_parts(self) -> list[str]:

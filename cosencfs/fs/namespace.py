@@ -17,7 +17,6 @@ import time
 
 import trio
 
-from cosencfs.cache.content import Source
 from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import FsError, NotFoundError, TransientError
@@ -76,10 +75,10 @@ class Namespace:
         if not node.unlinked:
             # Still in its directory: keep it unless it has nothing worth keeping.
             return
-        if node.version is not None and not node.version.dirty and node.version.pins == 0:
-            self.ctx.cache.discard(node.version)
-            node.version = None
-        if node.version is None:
+        if node.clean is not None and node.clean.pins == 0:
+            self.ctx.cache.discard(node.clean)
+            node.clean = None
+        if node.head is None:
             self.ctx.table.drop(node)
 
     def detach(self, node: Inode) -> None:
@@ -92,11 +91,9 @@ class Namespace:
         for sub in node.walk():
             sub.unlinked = True
             # Content nobody can reach any more: free the cache space now (an
-            # open file keeps its version until the last close).
-            v = sub.version
-            if v is not None and sub.open_count == 0 and v.pins == 0:
-                self.ctx.cache.discard(v)
-                sub.version = None
+            # open file keeps its content until the last close).
+            if sub.open_count == 0:
+                self.drop_content(sub)
         self.maybe_drop(node)
 
     def attach(self, parent: Inode, name: str, node: Inode) -> None:
@@ -300,11 +297,25 @@ class Namespace:
         self.ctx.invalidate_inode(node.ino)
 
     def drop_clean_content(self, node: Inode) -> None:
-        v = node.version
-        if v is not None and not v.dirty and node.open_count == 0 and v.pins == 0:
+        v = node.clean
+        if v is not None and node.open_count == 0 and v.pins == 0:
             self.ctx.cache.discard(v)
-            node.version = None
+            node.clean = None
         node.symlink_target = None
+
+    def drop_content(self, node: Inode) -> None:
+        """Free the cache space of a file nobody can reach: clean copy and dirty layers.
+
+        Not while an upload of it runs (unlink and rename wait for those).
+        """
+        head = node.head
+        if head is not None and not head.uploading:
+            node.head = None
+            self.ctx.cache.retire_chain(head)
+        v = node.clean
+        if v is not None and v.pins == 0:
+            self.ctx.cache.discard(v)
+            node.clean = None
 
     async def child(self, d: Inode, name: str) -> Inode | None:
         await self.ensure_listed(d)
@@ -548,16 +559,3 @@ class Namespace:
             raise FsError(errno.EIO, f"symlink {key!r} has a target that is not UTF-8") from None
         node.symlink_target = target
         return target
-
-    # -- helpers for files -------------------------------------------------------
-
-    def source_of(self, node: Inode) -> Source | None:
-        """The remote object a new version of ``node`` starts from."""
-        r = node.remote
-        if r is None or r.size == 0 or r.metadata is None:
-            return None
-        key = self.ctx.key_of(node)
-        if classify(r.metadata) is ObjectFormat.PLAIN:
-            return Source(key, r.etag, None, r.size, {})
-        dk = self.ctx.codec.open(r.metadata, key=key)
-        return Source(key, r.etag, dk, r.size, dict(r.metadata))

@@ -2,21 +2,33 @@
 
 Runs when a mount starts, before it goes live, so the namespace the user sees
 already holds the recovered files.  Each record names the object key, the
-cache file, its present ranges, the wrapped data key and where missing bytes
-come from; the version is reopened, completed and uploaded exactly as a
-normal commit would.  A multipart upload that was under way is resumed: parts
-already in COS with the recorded ETags are kept, only the others are sent.
+file's dirty layers (logs in the cache directory, each with the length that
+counts and its wrapped cache key) and where the bytes below them come from;
+the layers are replayed, sealed, produced and uploaded exactly as a normal
+commit would.  A sealed head keeps the object envelope it was given, so a
+multipart upload that was under way is resumed: parts already in COS with
+the recorded ETags are kept (the same plaintext under the same key gives the
+same ciphertext), only the others are sent.
+
+Records of format 1 (releases before the dirty-log cache: one cache file of
+ciphertext under the version's own key) are converted first: their bytes
+are decrypted and written as records of a new layer, and uploaded under a
+fresh object key, never the old one (that release could have reused it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
-from cosencfs.cache.content import ContentVersion, Source
+from cosencfs.cache import assemble
+from cosencfs.cache.content import Source
+from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.extents import Extents
-from cosencfs.cache.journal import DirtyRecord
+from cosencfs.cache.journal import FORMAT_LEGACY, DirtyRecord, SourceRecord
+from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
 from cosencfs.fs.attrs import META_SIZE
@@ -61,7 +73,8 @@ async def recover(ctx: FsContext, files: Files) -> RecoveryReport:
         else:
             report.uploaded.append(rec.key)
     remaining = ctx.journal.dirty_records()
-    report.orphan_files = ctx.cache.sweep_orphans({rec.vid for rec in remaining})
+    keep = {rec.vid for rec in remaining} | {x.vid for rec in remaining for x in rec.layers}
+    report.orphan_files = ctx.cache.sweep_orphans(keep)
     report.aborted_uploads = await _abort_orphan_uploads(
         ctx, files, {r.upload_id for r in remaining if r.upload_id}
     )
@@ -88,47 +101,139 @@ async def _abort_orphan_uploads(ctx: FsContext, files: Files, keep: set[str]) ->
 
 
 async def _recover_one(ctx: FsContext, files: Files, rec: DirtyRecord) -> None:
+    if rec.format == FORMAT_LEGACY:
+        head = await _convert_legacy(ctx, rec)
+    else:
+        head = _reopen(ctx, rec)
+    try:
+        await _upload(ctx, files, rec, head)
+    except BaseException:
+        # The journal still names these logs: keep them for the next try.
+        ctx.cache.release_chain(head)
+        raise
+    ctx.cache.retire_chain(head)
+
+
+def _source(ctx: FsContext, s: SourceRecord | None) -> Source | None:
+    if s is None:
+        return None
+    dk = None
+    if s.envelope and classify(s.envelope) is not ObjectFormat.PLAIN:
+        dk = ctx.codec.open(s.envelope, key=s.key)
+    return Source(s.key, s.etag, dk, s.limit, dict(s.envelope))
+
+
+def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
+    """The record's layers, bottom first, each log replayed to the length that counts."""
+    if not rec.layers:
+        raise CosEncFsError(f"journal record of {rec.key!r} names no cache layer")
+    below: DirtyLayer | None = None
+    source = _source(ctx, rec.source)
+    opened: list[DirtyLayer] = []
+    try:
+        for x in reversed(rec.layers):
+            if not os.path.exists(ctx.cache.layer_path(x.vid)):
+                raise CosEncFsError(f"cache log {x.vid} of {rec.key!r} is missing")
+            layer = ctx.cache.reopen_layer(
+                x.vid,
+                ctx.codec.unwrap_cache_key(x.key, x.vid),
+                size=x.size,
+                limit=x.limit,
+                log_end=x.end,
+                below=below,
+                source=source if below is None else None,
+            )
+            layer.wrapped_key = x.key
+            layer.state = LayerState.SEALED
+            opened.append(layer)
+            below = layer
+    except BaseException:
+        if opened:
+            ctx.cache.release_chain(opened[-1])
+        raise
+    if below is None:
+        raise CosEncFsError(f"journal record of {rec.key!r} names no cache layer")
+    head = below
+    if rec.object_envelope is not None:
+        # Sealed before the crash: the same key again, so parts already sent
+        # stay valid (same plaintext, same key and counters, same bytes).
+        head.object_dk = ctx.codec.open(rec.object_envelope, key=rec.key)
+        head.envelope = dict(rec.object_envelope)
+    return head
+
+
+async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
+    """A format-1 record: its cache file's bytes become records of a new layer."""
     path = ctx.cache.data_dir / rec.vid
     if not path.exists():
         raise CosEncFsError(f"cache file {rec.vid} is missing")
-    dk = ctx.codec.open(rec.envelope, key=rec.key)
-    source = None
-    if rec.source is not None:
-        s = rec.source
-        src_dk = None
-        if s.envelope and classify(s.envelope) is not ObjectFormat.PLAIN:
-            src_dk = ctx.codec.open(s.envelope, key=s.key)
-        source = Source(s.key, s.etag, src_dk, s.limit, dict(s.envelope))
-    # The cache file may hold more than the journal knows (writes after the
-    # last close): only the recorded ranges count; the rest is fetched again.
-    v = ctx.cache.reopen(
-        rec.vid, dk, rec.envelope, rec.size, source, Extents.from_list(rec.present)
-    )
+    old_dk = ctx.codec.open(rec.envelope, key=rec.key)
+    source = _source(ctx, rec.source)
+    limit = rec.source.limit if rec.source is not None else 0
+    layer = ctx.cache.new_layer(size=rec.size, limit=min(limit, rec.size), source=source)
     try:
-        await _upload(ctx, files, rec, v)
-    finally:
-        ctx.cache.discard(v)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            # Only the recorded ranges count; the rest is fetched again.
+            for s, e in Extents.from_list(rec.present):
+                for pos in range(s, min(e, rec.size), _LEGACY_CHUNK):
+                    n = min(_LEGACY_CHUNK, min(e, rec.size) - pos)
+                    layer_write(layer, pos, _legacy_plain(fd, old_dk, pos, n, rec.vid))
+        finally:
+            os.close(fd)
+    except BaseException:
+        ctx.cache.retire_layer(layer)  # new, named by no record: the legacy file stays
+        raise
+    layer.state = LayerState.SEALED
+    log.info("converted %r from a cache file of an older release", rec.key)
+    return layer
 
 
-async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, v: ContentVersion) -> None:
+_LEGACY_CHUNK = 4 * 1024 * 1024
+
+
+def _legacy_plain(fd: int, dk: DataKey, pos: int, n: int, vid: str) -> bytes:
+    data = os.pread(fd, n, pos)
+    if len(data) != n:
+        raise CosEncFsError(f"cache file {vid} is short at {pos}+{n}")
+    return decrypt(dk, pos, data)
+
+
+def layer_write(layer: DirtyLayer, offset: int, data: bytes) -> None:
+    blob, refs = layer.encode_write(offset, data)
+    layer.append(blob)
+    layer.apply_write(refs, len(blob))
+
+
+async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLayer) -> None:
+    if head.object_dk is None:
+        head.object_dk = DataKey.generate()
+        head.envelope = ctx.codec.seal(head.object_dk)
+    size = head.size
+    staged = ctx.cache.staged(head.object_dk, size)
+    head.staged = staged
     try:
-        while not v.complete:
-            await ctx.cache.fill_all(v)
+        await assemble.produce(ctx.cache, head, staged, 0, size)
     except NotFoundError as exc:
         raise CosEncFsError(
             f"the object {rec.source.key if rec.source else rec.key!r} the file started "
             "from is gone, and the cache holds only part of the new content"
         ) from exc
-    v.sealed = True
-    meta = {**rec.envelope, **rec.attrs, META_SIZE: str(v.size)}
+    meta = {**head.envelope, **rec.attrs, META_SIZE: str(size)}
+    resume = None
+    if rec.upload_id and rec.object_envelope is not None:
+        resume = (rec.upload_id, rec.parts)
+    elif rec.upload_id:
+        # Parts sent under a key this run does not have: start afresh.
+        await files.uploader.abort(rec.key, rec.upload_id)
     etag = await files.uploader.upload(
         rec.key,
-        v,
+        staged,
         meta,
         content_type=rec.content_type or "application/octet-stream",
         fid=rec.fid,
-        resume=(rec.upload_id, rec.parts) if rec.upload_id else None,
+        resume=resume,
     )
-    ctx.journal.put_attrs(rec.key, etag, v.size, None, meta)
+    ctx.journal.put_attrs(rec.key, etag, size, None, meta)
     ctx.journal.delete_dirty(rec.fid)
-    log.info("recovered %r (%d bytes)", rec.key, v.size)
+    log.info("recovered %r (%d bytes)", rec.key, size)

@@ -100,10 +100,10 @@ class Renamer:
                 await stack.enter_async_context(dst.upload_lock)
             old_key = self.ctx.key_of(src)
             new_key = self.ctx.child_key(d_new, new_name, is_dir=False)
-            v = src.version
-            if v is not None and v.dirty and not v.complete and v.source is not None:
-                # The new content still needs bytes of the old object: take them now.
-                await self.ctx.cache.fill_all(v)
+            if src.data_dirty and src.remote is not None:
+                # The new content still needs bytes of the old object, which
+                # goes: take them now.
+                await self.files.materialize(src)
             await self.ctx.deleter.settle(new_key)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
@@ -159,13 +159,10 @@ class Renamer:
             self.ctx.journal.put_attrs(new_key, etag, remote.size, None, rec.meta)
         self._repoint(src, new_key, etag)
 
-    @staticmethod
-    def _repoint(node: Inode, key: str, etag: str) -> None:
-        """A clean cached version fetches its missing bytes from the new key now."""
-        v = node.version
-        if v is not None and v.source is not None and not v.dirty:
-            v.source.key = key
-            v.source.etag = etag
+    def _repoint(self, node: Inode, key: str, etag: str) -> None:
+        """A clean copy fetches its missing bytes from the new key now."""
+        if node.clean is not None:
+            self.ctx.cache.rekey(node.clean, key, etag)
 
     # -- directories -------------------------------------------------------------
 
@@ -180,9 +177,9 @@ class Renamer:
             for node in files:
                 await stack.enter_async_context(node.upload_lock)
             for node in files:
-                v = node.version
-                if v is not None and v.dirty and not v.complete and v.source is not None:
-                    await self.ctx.cache.fill_all(v)
+                if node.data_dirty and node.remote is not None:
+                    # Its old object goes: the dirty content must not need it.
+                    await self.files.materialize(node)
             objects: list[ObjectInfo] = []
             listed_at = trio.current_time()
             async for page in self.ctx.store.list_all(old_prefix):

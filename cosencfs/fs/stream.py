@@ -5,10 +5,12 @@ back.  Once it has written more than a single PUT would carry, cosencfs
 starts a multipart upload and sends every 8 MiB part as soon as a byte
 beyond it exists, so at ``close``/``fsync`` only the last parts remain.
 
-Sent bytes are *sealed*: their ciphertext is in COS under the version's key,
-so writing them again would reuse keystream.  A write or truncate below the
-sealed mark therefore forks a new version (new key) and abandons the stream
-(its upload is aborted), exactly as a write after a finished upload does.
+The object's data key is drawn when the stream starts.  Each part is
+*sealed* before it is produced: ``sealed_upto`` moves past it while the
+writer holds the layer's lock, so no write can change those bytes any more
+(a write below the mark starts a new layer instead, and the stream is
+abandoned, its upload aborted).  A part is produced once, from frozen bytes,
+under the object key into the layer's upload copy, and sent from there.
 
 The object's metadata is fixed when a multipart upload starts, before the
 final size and mtime are known; when the upload completes, a server-side copy
@@ -18,43 +20,53 @@ onto itself puts the final metadata (one request, no data moved).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
-from cosencfs.cache.content import ContentVersion
-from cosencfs.cache.journal import Journal
+from cosencfs.cache import assemble
+from cosencfs.cache.dirtylog import DirtyLayer
+from cosencfs.crypto.ctr import DataKey
 from cosencfs.errors import CosEncFsError, StoreError
+from cosencfs.fs.context import FsContext
 from cosencfs.fs.writeback import MIN_PART, parts_of
-from cosencfs.store.base import FileRange, ObjectStore
+from cosencfs.store.base import FileRange
 
 log = logging.getLogger(__name__)
 
 
 class StreamUpload:
-    """The multipart upload of one version, fed part by part while it is written."""
+    """The multipart upload of one layer, fed part by part while it is written."""
 
     def __init__(
         self,
-        store: ObjectStore,
-        journal: Journal,
+        ctx: FsContext,
         limiter: trio.CapacityLimiter,
         nursery: trio.Nursery,
         *,
         key: str,
-        version: ContentVersion,
-        metadata: Mapping[str, str],
+        layer: DirtyLayer,
+        attrs: Mapping[str, str],
         content_type: str,
         fid: str,
+        on_seal: Callable[[], None],
     ) -> None:
-        self.store = store
-        self.journal = journal
+        self.ctx = ctx
+        self.store = ctx.store
+        self.journal = ctx.journal
         self.limiter = limiter
         self.key = key
-        self.v = version
-        self.metadata = dict(metadata)
+        self.layer = layer
+        if layer.object_dk is None:
+            layer.object_dk = DataKey.generate()
+            layer.envelope = ctx.codec.seal(layer.object_dk)
+        if layer.staged is None:
+            layer.staged = ctx.cache.staged(layer.object_dk, layer.size)
+        self.staged = layer.staged
+        self.metadata = {**layer.envelope, **attrs}
         self.content_type = content_type
         self.fid = fid
+        self._on_seal = on_seal
         self.upload_id: str | None = None
         self.etags: dict[int, str] = {}
         self.abandoned = False
@@ -81,34 +93,47 @@ class StreamUpload:
 
     def ready_upto(self) -> int:
         """Bytes that can be sealed now: whole parts with data beyond them."""
-        n = max(0, (self.v.size - 1) // MIN_PART)  # the part holding the last byte waits
+        n = max(0, (self.layer.size - 1) // MIN_PART)  # the part holding the last byte waits
         return n * MIN_PART
 
     def pump(self) -> None:
-        """Seal and send the parts the writer has finished."""
+        """Seal and send the parts the writer has finished.
+
+        Runs in the event loop with no await; callers that write hold the
+        layer's lock, so sealing a part cannot race a write into it.
+        """
         if self.abandoned:
             return
         upto = self.ready_upto()
-        self.v.sealed_upto = max(self.v.sealed_upto, upto)
+        layer = self.layer
+        if upto > layer.sealed_upto:
+            layer.sealed_upto = upto
+            # The journal now covers every sealed byte: after a crash the
+            # same parts are produced again from the same plaintext.
+            self._on_seal()
         if self.upload_id is None:
             return  # sent once the upload exists
-        while (self._sent_parts + 1) * MIN_PART <= self.v.sealed_upto:
+        while (self._sent_parts + 1) * MIN_PART <= layer.sealed_upto:
             self._sent_parts += 1
             n = self._sent_parts
             self._running[n] = trio.Event()
             self._nursery.start_soon(self._send, n)
+
+    async def _part(self, upload_id: str, n: int, start: int, end: int) -> None:
+        await assemble.produce(self.ctx.cache, self.layer, self.staged, start, end)
+        async with self.limiter:
+            etag = await self.store.upload_part(
+                self.key, upload_id, n, FileRange(self.staged.path, start, end - start)
+            )
+        self.etags[n] = etag
+        self.journal.set_upload(self.fid, upload_id, self.etags)
 
     async def _send(self, n: int) -> None:
         start = (n - 1) * MIN_PART
         try:
             if self.abandoned or self.upload_id is None:
                 return
-            async with self.limiter:
-                etag = await self.store.upload_part(
-                    self.key, self.upload_id, n, FileRange(self.v.path, start, MIN_PART)
-                )
-            self.etags[n] = etag
-            self.journal.set_upload(self.fid, self.upload_id, self.etags)
+            await self._part(self.upload_id, n, start, start + MIN_PART)
         except (CosEncFsError, OSError) as exc:
             # finish() sends it again; a failed part is not fatal yet.
             log.debug("part %d of %r failed: %s", n, self.key, exc)
@@ -127,17 +152,9 @@ class StreamUpload:
             return None
         upload_id = self.upload_id
         missing = [(n, s, e) for n, s, e in layout if n not in self.etags]
-
-        async def one(n: int, start: int, end: int) -> None:
-            async with self.limiter:
-                self.etags[n] = await self.store.upload_part(
-                    self.key, upload_id, n, FileRange(self.v.path, start, end - start)
-                )
-            self.journal.set_upload(self.fid, upload_id, self.etags)
-
         async with trio.open_nursery() as nursery:
             for n, s, e in missing:
-                nursery.start_soon(one, n, s, e)
+                nursery.start_soon(self._part, upload_id, n, s, e)
         parts = sorted((n, self.etags[n]) for n, _, _ in layout)
         etag = await self.store.complete_multipart(self.key, upload_id, parts)
         self.journal.set_upload(self.fid, None, {})
@@ -155,11 +172,13 @@ class StreamUpload:
         return etag
 
     def abandon(self) -> None:
-        """The version changed below the sealed mark, or went away."""
+        """The layer changed below the sealed mark, or went away."""
         if self.abandoned:
             return
         self.abandoned = True
         if self.upload_id is not None:
+            # Out of the journal at once: this stream aborts it, nobody else.
+            self.journal.set_upload(self.fid, None, {})
             self._nursery.start_soon(self._abort)
 
     async def abandon_now(self) -> None:

@@ -6,11 +6,12 @@ its final name) and runs uploads on a bounded number of workers.  Failed
 background uploads are retried with growing delays; the data stays in the
 cache and the journal meanwhile.
 
-``Uploader`` sends one sealed version: one PUT for small files, otherwise a
-multipart upload whose parts go up in parallel.  Parts start on offsets that
-are multiples of 1 MiB (so of 16), and each part's ciphertext is simply the
-cache file's bytes at that offset — the counter follows from the offset, so
-parts are independent, unlike the SDK's shared-stream multipart.
+``Uploader`` sends one produced upload copy (the object's ciphertext at the
+object's offsets, cosencfs/cache/assemble.py): one PUT for small files,
+otherwise a multipart upload whose parts go up in parallel.  Parts start on
+offsets that are multiples of 1 MiB (so of 16), and each part's ciphertext is
+simply the copy's bytes at that offset — the counter follows from the offset,
+so parts are independent, unlike the SDK's shared-stream multipart.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cosencfs.cache.content import ContentVersion
+from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.journal import Journal
 from cosencfs.errors import CosEncFsError, NotFoundError, StoreError
 from cosencfs.fs.inode import Inode
@@ -69,19 +70,20 @@ class Uploader:
     async def upload(
         self,
         key: str,
-        v: ContentVersion,
+        v: ObjectContent,
         metadata: dict[str, str],
         *,
         content_type: str,
         fid: str,
         resume: tuple[str, dict[int, str]] | None = None,
     ) -> str:
-        """Send the whole (complete, sealed) version; return the object's ETag.
+        """Send the whole (completely produced) copy; return the object's ETag.
 
         ``resume`` is a multipart upload (id, part ETags) an earlier run left
         unfinished: parts still in COS with those ETags are not sent again.
         """
-        assert v.sealed and v.complete, "upload of an incomplete or unsealed version"
+        if not v.complete:
+            raise CosEncFsError(f"upload of {key!r}: its copy {v.vid} is not complete")
         if v.size <= self.single_put_max:
             if resume is not None:
                 await self.abort(key, resume[0])

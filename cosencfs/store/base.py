@@ -28,6 +28,9 @@ MAX_PUT_BYTES = 5 * 1024**3
 MIN_PART_BYTES = 1024**2
 MAX_PART_BYTES = 5 * 1024**3
 MAX_PARTS = 10_000
+#: The largest object (and so file): 10,000 parts of 5 GiB,
+#: 53,687,091,200,000 bytes = 48.83 TiB.
+MAX_FILE_SIZE = MAX_PARTS * MAX_PART_BYTES
 LIST_PAGE_MAX = 1000
 
 

@@ -504,8 +504,8 @@ async def test_cache_limit_evicts_clean_data_only(make_fs: FsFactory, store: Cos
     await write_file(fs2, ROOT, "dirty", pending, sync=False)
     cache._last_evict = -1e9
     cache.evict()
-    dirty = [v for v in cache.versions.values() if v.dirty]
-    assert len(dirty) == 1 and dirty[0].present.total == len(pending)
+    dirty = list(cache.layers.values())
+    assert len(dirty) == 1 and dirty[0].segments.live_bytes() == len(pending)
     await fs2.sync_all()
     for name, data in files.items():  # evicted files read again from COS
         ino = (await fs2.lookup(ROOT, name.encode())).ino

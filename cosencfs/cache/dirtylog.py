@@ -1,0 +1,279 @@
+"""Dirty file content in the cache: an append-only log of AES-GCM records.
+
+Every write appends records to the layer's log file: a 24-byte header (kind,
+file offset, length) and the plaintext sealed with AES-256-GCM under the
+layer's own cache key, with a fresh random nonce per record and the header
+and the layer id as associated data.  Nothing is ever rewritten in place, so
+two snapshots of the cache directory never hold two ciphertexts of one
+(key, counter block): rewriting a range appends a new record under a new
+nonce, and a :class:`~cosencfs.cache.segments.SegmentMap` says which record
+holds the newest bytes of each range.  Truncates are records too, so the
+log replays to the same state after a crash.
+
+A layer that is not the whole file reads its holes from what lies
+``below`` it: an older layer still being uploaded, or the remote object the
+file started from (``source``), up to ``limit``; beyond that, zeros.
+
+The object's own data key is not used here at all: it is drawn when the
+layer is sealed for upload, and the upload re-encrypts the layer's plaintext
+into the object's CTR stream (cosencfs/cache/produce.py).
+
+States and the lock that guards them are described in docs/concurrency.md.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from enum import Enum
+from typing import Protocol
+
+import trio
+
+from cosencfs.cache.content import ObjectContent, Source, pwrite_all
+from cosencfs.cache.segments import RecordRef, SegmentMap
+from cosencfs.crypto.ctr import (
+    KEY_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+    DataKey,
+    RecordTagError,
+    open_record,
+    seal_record,
+)
+from cosencfs.errors import CacheIntegrityError
+
+#: Plaintext bytes per record at most: a read decrypts whole records, so this
+#: bounds the work a small read does on top of its own bytes.
+RECORD_MAX = 64 * 1024
+
+_MAGIC = b"CEFL"
+_HEADER = struct.Struct(">4sB3xQI4x")
+HEADER_SIZE = _HEADER.size
+OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
+_AAD_LABEL = b"cosencfs-log-v1\0"
+
+
+class RecordKind(Enum):
+    DATA = 1
+    TRUNCATE = 2
+
+
+class LayerState(Enum):
+    """Where a dirty layer is in its life (docs/concurrency.md)."""
+
+    #: Takes writes (above ``sealed_upto``, once a streamed upload has begun).
+    OPEN = "open"
+    #: Immutable: sealed for an upload, or frozen under a newer layer.
+    SEALED = "sealed"
+    #: Its content is in COS, or nobody needs it; the log goes once unpinned.
+    RETIRED = "retired"
+
+
+class Abandonable(Protocol):
+    def abandon(self) -> None: ...
+
+
+def new_cache_key() -> bytes:
+    return os.urandom(KEY_SIZE)
+
+
+class DirtyLayer:
+    """One version of a file's content not yet in COS, as a log of records."""
+
+    __slots__ = (
+        "below",
+        "cache_key",
+        "covered",
+        "envelope",
+        "fd",
+        "limit",
+        "lock",
+        "log_size",
+        "object_dk",
+        "owner",
+        "path",
+        "pins",
+        "sealed_upto",
+        "segments",
+        "size",
+        "source",
+        "staged",
+        "state",
+        "stream",
+        "uploading",
+        "vid",
+        "wrapped_key",
+    )
+
+    def __init__(
+        self,
+        vid: str,
+        path: str,
+        cache_key: bytes,
+        *,
+        size: int,
+        limit: int,
+        below: DirtyLayer | None,
+        source: Source | None,
+        create: bool = True,
+    ) -> None:
+        self.vid = vid
+        self.path = path
+        self.cache_key = cache_key
+        self.size = size
+        self.limit = limit
+        self.below = below
+        self.source = source
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+        #: Bytes of the log that hold complete records (appends go here).
+        self.log_size = 0
+        self.segments = SegmentMap()
+        #: Every byte below this was written into this layer (a sequential
+        #: writer keeps it at ``size``): the file can be streamed.
+        self.covered = 0
+        self.state = LayerState.OPEN
+        #: Writers, sealing and truncation take it (docs/concurrency.md).
+        self.lock = trio.Lock()
+        #: Readers and uploads that still read the log file.
+        self.pins = 0
+        #: Bytes below this were sealed into parts of a streamed upload.
+        self.sealed_upto = 0
+        #: The object's data key and envelope, drawn when sealing (or
+        #: streaming) begins; None while the layer is only dirty.
+        self.object_dk: DataKey | None = None
+        self.envelope: dict[str, str] = {}
+        self.stream: Abandonable | None = None
+        #: The upload copy being produced under ``object_dk`` (held, not evictable).
+        self.staged: ObjectContent | None = None
+        #: A commit is uploading this layer right now.
+        self.uploading = False
+        #: ``cache_key`` wrapped for the journal (made once, on first record).
+        self.wrapped_key: str | None = None
+        #: The inode whose content this is.
+        self.owner: object | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"DirtyLayer({self.vid}, {self.state.value}, size={self.size}, "
+            f"log={self.log_size}, below={self.below.vid if self.below else None})"
+        )
+
+    @property
+    def depth(self) -> int:
+        n, layer = 1, self.below
+        while layer is not None:
+            n, layer = n + 1, layer.below
+        return n
+
+    def accepts(self, offset: int) -> bool:
+        """Whether a write at ``offset`` (or a truncate to it) may change this layer."""
+        return self.state is LayerState.OPEN and offset >= self.sealed_upto
+
+    # -- records (synchronous: callers decide on a worker thread) ------------------
+
+    def _aad(self, header: bytes) -> bytes:
+        return _AAD_LABEL + self.vid.encode("ascii") + header
+
+    def encode_write(self, offset: int, data: bytes | memoryview) -> tuple[bytes, list[RecordRef]]:
+        """Seal ``data`` into records to append at ``log_size``; nothing is written yet.
+
+        Pure computation: safe in a worker thread while the caller holds
+        ``lock`` (so ``log_size`` cannot move).
+        """
+        view = memoryview(data)
+        out = bytearray()
+        refs = []
+        pos = self.log_size
+        for i in range(0, len(view), RECORD_MAX):
+            piece = view[i : i + RECORD_MAX]
+            header = _HEADER.pack(_MAGIC, RecordKind.DATA.value, offset + i, len(piece))
+            sealed = seal_record(self.cache_key, piece, self._aad(header))
+            refs.append(RecordRef(pos + len(out), offset + i, len(piece)))
+            out += header
+            out += sealed
+        return bytes(out), refs
+
+    def encode_truncate(self, size: int) -> bytes:
+        header = _HEADER.pack(_MAGIC, RecordKind.TRUNCATE.value, size, 0)
+        return header + seal_record(self.cache_key, b"", self._aad(header))
+
+    def append(self, blob: bytes) -> None:
+        """Write encoded records at the end of the log (the caller holds ``lock``)."""
+        pwrite_all(self.fd, blob, self.log_size)
+
+    def apply_write(self, refs: list[RecordRef], blob_len: int) -> None:
+        """Make appended records visible: in the event loop, no await in between."""
+        for ref in refs:
+            self.segments.put(ref.offset, ref.end, ref)
+            self.size = max(self.size, ref.end)
+            if ref.offset <= self.covered:
+                self.covered = max(self.covered, ref.end)
+        self.log_size += blob_len
+
+    def apply_truncate(self, size: int, blob_len: int) -> None:
+        self.segments.truncate(size)
+        self.covered = min(self.covered, size)
+        self.limit = min(self.limit, size)
+        self.size = size
+        self.log_size += blob_len
+
+    def read_record(self, ref: RecordRef) -> bytes:
+        """The verified plaintext of one data record."""
+        n = HEADER_SIZE + NONCE_SIZE + ref.length + TAG_SIZE
+        raw = os.pread(self.fd, n, ref.pos)
+        if len(raw) != n:
+            raise CacheIntegrityError(f"cache log {self.vid} is short at {ref.pos}")
+        header = raw[:HEADER_SIZE]
+        magic, kind, offset, length = _HEADER.unpack(header)
+        if (magic, kind, offset, length) != (
+            _MAGIC,
+            RecordKind.DATA.value,
+            ref.offset,
+            ref.length,
+        ):
+            raise CacheIntegrityError(f"cache log {self.vid}: unexpected record at {ref.pos}")
+        try:
+            return open_record(self.cache_key, raw[HEADER_SIZE:], self._aad(header))
+        except RecordTagError:
+            raise CacheIntegrityError(
+                f"cache log {self.vid}: record at {ref.pos} does not verify "
+                "(the cache directory was altered or damaged)"
+            ) from None
+
+    def replay(self, log_end: int) -> None:
+        """Rebuild the segment map from the log's first ``log_end`` bytes (recovery).
+
+        Headers are checked here; every data record is verified when its bytes
+        are read (an upload reads all live ones), truncate records now.
+        """
+        pos = 0
+        while pos < log_end:
+            header = os.pread(self.fd, HEADER_SIZE, pos)
+            if len(header) != HEADER_SIZE:
+                raise CacheIntegrityError(f"cache log {self.vid} ends inside a record at {pos}")
+            magic, kind, offset, length = _HEADER.unpack(header)
+            end = pos + OVERHEAD + length
+            if magic != _MAGIC or end > log_end or length > RECORD_MAX:
+                raise CacheIntegrityError(f"cache log {self.vid}: no valid record at {pos}")
+            if kind == RecordKind.DATA.value:
+                self.segments.put(offset, offset + length, RecordRef(pos, offset, length))
+            elif kind == RecordKind.TRUNCATE.value:
+                body = os.pread(self.fd, NONCE_SIZE + TAG_SIZE, pos + HEADER_SIZE)
+                try:
+                    open_record(self.cache_key, body, self._aad(header))
+                except RecordTagError:
+                    raise CacheIntegrityError(
+                        f"cache log {self.vid}: record at {pos} does not verify"
+                    ) from None
+                self.segments.truncate(offset)
+            else:
+                raise CacheIntegrityError(f"cache log {self.vid}: unknown record kind at {pos}")
+            pos = end
+        self.log_size = log_end
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

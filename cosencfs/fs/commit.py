@@ -1,0 +1,208 @@
+"""Committing a file to COS: seal its head, produce the upload, send it, adopt it.
+
+A commit takes the file's upload lock (one commit per file at a time), then
+
+1. *seals* the head under the lock writers take, with no await between the
+   check and the change: a write already under way finishes first, and a
+   write that comes later finds the head sealed and starts a new one;
+2. draws the new object's data key and IV (once per sealed head: a retry
+   after a failure or a crash reuses them for the same content) and
+   journals the sealed state, so a crash resumes the same upload;
+3. *produces* the upload copy: the head's plaintext encrypted once under the
+   object key at the object's offsets (cosencfs/cache/assemble.py);
+4. uploads that copy (one PUT, or parallel multipart parts) and, on
+   success, keeps it as the file's clean copy; the sealed layers go.
+
+Writes made during the upload went to a newer head, which now starts from
+the new object: the file stays dirty and is committed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from cosencfs.cache import assemble
+from cosencfs.cache.content import ObjectContent, Source
+from cosencfs.cache.dirtylog import DirtyLayer, LayerState
+from cosencfs.crypto.ctr import DataKey
+from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, attrs_to_meta
+from cosencfs.fs.context import FsContext
+from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.stream import StreamUpload
+from cosencfs.fs.writeback import Uploader
+
+if TYPE_CHECKING:
+    from cosencfs.fs.files import Files
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    def __init__(self, ctx: FsContext, ns: Namespace, files: Files) -> None:
+        self.ctx = ctx
+        self.ns = ns
+        self.files = files
+        opts = ctx.options
+        self.uploader = Uploader(
+            ctx.store,
+            ctx.journal,
+            single_put_max=opts.single_put_max,
+            part_concurrency=opts.part_concurrency,
+        )
+
+    async def commit(self, node: Inode) -> None:
+        """Put ``node``'s content and attributes in COS."""
+        async with node.upload_lock:
+            if node.unlinked:
+                return
+            if node.is_dir:
+                if node.meta_dirty and node.parent is not None:
+                    await self.ns.put_marker(node)
+                return
+            head = node.head
+            if head is not None:
+                await self._commit_content(node, head)
+            elif node.meta_dirty:
+                await self._commit_attrs(node)
+
+    async def _commit_content(self, node: Inode, head: DirtyLayer) -> None:
+        async with head.lock:
+            # The check and the change with no await between: writers take
+            # this lock too, so none is half-way through the head now.
+            if head.state is LayerState.OPEN:
+                head.state = LayerState.SEALED
+        if head.object_dk is None:
+            head.object_dk = DataKey.generate()
+            head.envelope = self.ctx.codec.seal(head.object_dk)
+        key = self.ctx.key_of(node)
+        gen = node.meta_gen
+        size = head.size
+        meta = {**head.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(size)}
+        head.uploading = True
+        try:
+            self.files.record_dirty(node)
+            staged = head.staged
+            if staged is None:
+                staged = head.staged = self.ctx.cache.staged(head.object_dk, size)
+            staged.size = size
+            etag = None
+            stream = head.stream
+            if isinstance(stream, StreamUpload):
+                head.stream = None
+                if stream.key == key and size > self.uploader.single_put_max:
+                    etag = await stream.finish(size, meta)
+                else:
+                    await stream.abandon_now()  # renamed, or shrank to a simple PUT
+            if etag is None:
+                await assemble.produce(self.ctx.cache, head, staged, 0, size)
+                etag = await self._upload(node, head, staged, key, meta)
+        except BaseException:
+            head.uploading = False
+            if not _in_chain(node.head, head):
+                # Replaced while it was uploading (truncated to zero): the
+                # journal names only the new content, nobody needs this any more.
+                self.ctx.cache.retire_chain(head)
+            raise
+        head.uploading = False
+        self._adopt(node, head, staged, key, etag, meta)
+        node.meta_synced_gen = gen
+        if node.dirty:
+            self.files.record_dirty(node)
+        else:
+            self.files.forget_record(node)
+        # Only now that the journal no longer names them do the logs go.
+        self.ctx.cache.retire_chain(head)
+        log.debug("committed %r (%d bytes)", key, size)
+
+    def _adopt(
+        self,
+        node: Inode,
+        head: DirtyLayer,
+        staged: ObjectContent,
+        key: str,
+        etag: str,
+        meta: dict[str, str],
+    ) -> None:
+        """The upload of ``head`` succeeded: its copy is the file's clean copy now."""
+        if head.object_dk is None:
+            raise RuntimeError("adopting a layer that was never sealed")
+        cache = self.ctx.cache
+        size = staged.size
+        source = Source(key, etag, head.object_dk, size, dict(head.envelope))
+        cache.adopt(staged, source)
+        head.staged = None
+        node.remote = Remote(etag, size, time.time(), meta)
+        node.size = size
+        node.touched_at = node.validated_at = trio.current_time()
+        self.ctx.journal.put_attrs(key, etag, size, None, meta)
+        old = node.clean
+        node.clean = staged
+        staged.owner = node
+        if old is not None and old is not staged and old.pins == 0:
+            cache.discard(old)
+        if node.head is head:
+            node.head = None
+        else:
+            # Written during the upload: the newer layer above now starts from
+            # the object just made (the same bytes head held).
+            layer = node.head
+            while layer is not None and layer.below is not head:
+                layer = layer.below
+            if layer is not None:
+                layer.below = None
+                layer.source = source
+
+    async def _upload(
+        self, node: Inode, head: DirtyLayer, staged: ObjectContent, key: str, meta: dict[str, str]
+    ) -> str:
+        resume = None
+        if staged.size > self.uploader.single_put_max:
+            rec = self.ctx.journal.get_dirty(node.fid)
+            if rec is not None and rec.upload_id and rec.vid == head.vid and rec.key == key:
+                resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
+        return await self.uploader.upload(
+            key, staged, meta, content_type=FILE_CONTENT_TYPE, fid=node.fid, resume=resume
+        )
+
+    async def _commit_attrs(self, node: Inode) -> None:
+        gen = node.meta_gen
+        key = self.ctx.key_of(node)
+        if node.remote is None:
+            return
+        if node.remote.metadata is None:
+            await self.ns.ensure_attrs(node)
+        remote = node.remote
+        if remote is None or remote.metadata is None:
+            return  # gone while we looked
+        meta = {**remote.metadata, **attrs_to_meta(node.attrs)}
+        self.ctx.journal.forget_attrs_now(key)
+        etag = await self.ctx.store.copy(
+            key,
+            key,
+            metadata=meta,
+            content_type=FILE_CONTENT_TYPE,
+            headers=remote.headers,
+            if_match=remote.etag,
+            size=remote.size,
+        )
+        node.remote = Remote(etag, remote.size, time.time(), meta, remote.headers)
+        node.meta_synced_gen = gen
+        node.touched_at = trio.current_time()
+        self.ctx.journal.put_attrs(key, etag, remote.size, None, meta)
+        if node.clean is not None:
+            self.ctx.cache.rekey(node.clean, key, etag)
+        if not node.dirty:
+            self.files.forget_record(node)
+
+
+def _in_chain(top: DirtyLayer | None, layer: DirtyLayer) -> bool:
+    while top is not None:
+        if top is layer:
+            return True
+        top = top.below
+    return False
