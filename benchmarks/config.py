@@ -29,7 +29,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "rm_r": ("small_create",),
 }
 
-ALL_PEERS = ("cosencfs", "passthrough", "rclone", "s3fs")
+ALL_PEERS = ("cosencfs", "cosencfs-base", "passthrough", "rclone", "s3fs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,11 @@ class BenchConfig:
     quiet_wait: float = 0.0
     seed: int = 42
     notes: list[str] = field(default_factory=list)
+    #: Every peer runs this many times, interleaved; each row is the median.
+    repeat: int = 1
+    #: A git revision of cosencfs to run beside the working tree (peer
+    #: "cosencfs-base"), to compare before and after a change in one run.
+    baseline: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,4 +108,6 @@ class BenchConfig:
             "profile": self.profile,
             "seed": self.seed,
             "quiet_wait": self.quiet_wait,
+            "repeat": self.repeat,
+            "baseline": self.baseline,
         }

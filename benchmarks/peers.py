@@ -237,6 +237,49 @@ class CosencfsPeer(Peer):
         return data
 
 
+class BaselinePeer(CosencfsPeer):
+    """cosencfs as of another git revision (``--baseline REV``), from an export of it.
+
+    Same venv, same options, same workloads: only the package differs, so a
+    change is measured against what it changed in one run.
+    """
+
+    name = "cosencfs-base"
+    rev = "HEAD"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.src = self.work / "src"
+
+    def version(self) -> str:
+        return self.rev
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not (self.src / "cosencfs").exists():
+            self.src.mkdir(parents=True, exist_ok=True)
+            repo = Path(__file__).resolve().parent.parent
+            archive = subprocess.run(
+                ["git", "-C", str(repo), "archive", self.rev, "cosencfs"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(self.src)], input=archive, check=True)
+
+    def mount_env(self) -> dict[str, str]:
+        # PYTHONPATH comes before the editable install's finder.
+        return {**super().mount_env(), "PYTHONPATH": str(self.src)}
+
+    def clean_unmount(self) -> None:
+        done = run(
+            [sys.executable, "-m", "cosencfs", "umount", str(self.mnt),
+             "--timeout", str(int(UNMOUNT_TIMEOUT))],
+            timeout=UNMOUNT_TIMEOUT + 30, check=False, env=self.mount_env(),
+        )  # fmt: skip
+        if done.returncode != 0:
+            Peer.clean_unmount(self)
+
+
 class PassthroughPeer(Peer):
     name = "passthrough"
     has_bucket = False
@@ -354,6 +397,7 @@ class S3fsPeer(Peer):
 
 PEERS: dict[str, type[Peer]] = {
     "cosencfs": CosencfsPeer,
+    "cosencfs-base": BaselinePeer,
     "passthrough": PassthroughPeer,
     "rclone": RclonePeer,
     "s3fs": S3fsPeer,

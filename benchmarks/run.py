@@ -25,7 +25,7 @@ from typing import Any
 from benchmarks.config import ALL_PEERS, REQUIRES, WORKLOADS, BenchConfig, Sizes
 from benchmarks.datasets import TreeSpec, write_random_file, write_tree
 from benchmarks.machine import machine_info
-from benchmarks.peers import PEERS, Peer
+from benchmarks.peers import PEERS, BaselinePeer, Peer
 from benchmarks.profiling import Profiler
 from benchmarks.report import render
 from benchmarks.results import PeerStatus, Row
@@ -69,12 +69,19 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
                    help="py-spy the cosencfs daemon during seq_write and seq_read")  # fmt: skip
     p.add_argument("--profile-workloads", default=",".join(PROFILED), metavar="NAMES")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="run every peer K times, interleaved; each row is the median")  # fmt: skip
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run cosencfs as of git revision REV (cosencfs-base)")  # fmt: skip
     p.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
                    help="before each measurement wait up to this long for the CPUs to be "
                    "idle (shared machines); default 120, --quick: 0")  # fmt: skip
     a = p.parse_args(argv)
     workloads = _names(a.only, WORKLOADS, "workload") or list(WORKLOADS)
-    peers = _names(a.peers, ALL_PEERS, "peer") or (["cosencfs"] if a.quick else list(ALL_PEERS))
+    default = ["cosencfs"] if a.quick else [p for p in ALL_PEERS if p != "cosencfs-base"]
+    peers = _names(a.peers, ALL_PEERS, "peer") or default
+    if a.baseline and "cosencfs-base" not in peers:
+        peers.insert(peers.index("cosencfs") + 1 if "cosencfs" in peers else 0, "cosencfs-base")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = a.out or RESULTS_DIR / f"bench{'-quick' if a.quick else ''}-{stamp}.json"
     a.workdir_base.mkdir(parents=True, exist_ok=True)
@@ -92,6 +99,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         keep=a.keep,
         seed=a.seed,
         quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0.0 if a.quick else 120.0),
+        repeat=max(1, a.repeat),
+        baseline=a.baseline,
     )
     return cfg
 
@@ -192,9 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources = prepare_sources(cfg, [w for w, _ in steps])
         ctx = Ctx(cfg=cfg, src=sources, profiler=profiler)
-        for name in cfg.peers:
-            peer = PEERS[name](cfg.workdir)
-            statuses.append(run_peer(ctx, peer, steps, rows))
+        for i in range(cfg.repeat):
+            for name in cfg.peers:
+                peer = PEERS[name](cfg.workdir / f"run{i}" if cfg.repeat > 1 else cfg.workdir)
+                if isinstance(peer, BaselinePeer) and cfg.baseline:
+                    peer.rev = cfg.baseline
+                run_rows: list[Row] = []
+                status = run_peer(ctx, peer, steps, run_rows)
+                if i == 0:
+                    statuses.append(status)
+                for r in run_rows:
+                    r.extra["run"] = i
+                rows.extend(run_rows)
+        if cfg.repeat > 1:
+            rows = median_rows(rows)
     finally:
         if not cfg.keep:
             shutil.rmtree(cfg.workdir, ignore_errors=True)
@@ -218,6 +238,32 @@ def main(argv: list[str] | None = None) -> int:
     print(render(data))
     print(f"\nresults: {cfg.out}")
     return 0
+
+
+def median_rows(rows: list[Row]) -> list[Row]:
+    """One row per (peer, workload variant): the run with the median result.
+
+    ``extra["runs"]`` keeps every run's value (seconds, or the rate when the
+    row has one), so the spread stays visible.
+    """
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.peer, r.key), []).append(r)
+    out = []
+    for group in groups.values():
+        ok = [r for r in group if r.error is None]
+        if not ok:
+            out.append(group[0])
+            continue
+
+        def value(r: Row) -> float:
+            return r.rate if r.rate is not None else (r.seconds or 0.0)
+
+        ok.sort(key=value)
+        best = ok[len(ok) // 2]
+        best.extra["runs"] = [round(value(r), 4) for r in group if r.error is None]
+        out.append(best)
+    return out
 
 
 def vars_of(obj: object) -> dict[str, Any]:
