@@ -19,6 +19,10 @@ class ConfigError(CosEncFsError):
     """Bad configuration, command line or key file; fatal at start-up."""
 
 
+class CacheDirError(ConfigError):
+    """The cache directory is not private to the mounting user (owner, symbolic links)."""
+
+
 # --------------------------------------------------------------------------
 # Object store
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from cosencfs.cache.layout import accept_journal_vid
+
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -242,6 +244,8 @@ class Journal:
         else:
             rows = self._db.execute(query + " WHERE fid=?", (fid,)).fetchall()
         for rid, key, vid, size, present, envelope, attrs, ctype, source, upload_id, parts in rows:
+            if not accept_journal_vid(vid, rid):
+                continue
             src = None
             if source:
                 s = json.loads(source)
