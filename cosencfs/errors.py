@@ -130,6 +130,16 @@ class DamagedObjectError(CosEncFsError):
     """The object's body does not match what its listing or metadata promised."""
 
 
+class RefusedError(CosEncFsError):
+    """An object the mount lists but will not serve: a plaintext body, a device
+    node on a ``dev`` mount, a "symlink" too long to be one (see docs/security.md)."""
+
+    def __init__(self, reason: str, *, key: str, hint: str = "") -> None:
+        super().__init__(f"refused {key!r}: {reason}" + (f" ({hint})" if hint else ""))
+        self.key = key
+        self.reason = reason
+
+
 # --------------------------------------------------------------------------
 # Filesystem
 

@@ -31,6 +31,7 @@ from cosencfs.errors import (
     NoSuchBucketError,
     NotFoundError,
     PreconditionFailedError,
+    RefusedError,
     StoreError,
     TransientError,
 )
@@ -50,6 +51,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (TransientError, errno.EIO),
     (CryptoError, errno.EIO),
     (DamagedObjectError, errno.EIO),
+    (RefusedError, errno.EIO),
     (ConfigError, errno.EIO),
     (StoreError, errno.EIO),
 )
@@ -86,6 +88,8 @@ def _report(op: str, exc: BaseException) -> None:
         return
     if isinstance(exc, CosEncFsError | OSError):
         what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
+        if isinstance(exc, RefusedError):
+            what = ("", type(exc).__name__, exc.key)  # one line per object, whatever the op
         now = time.monotonic()
         if now - _last_logged.get(what, -1e9) >= _LOG_EVERY:
             _last_logged[what] = now

@@ -28,6 +28,7 @@ from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, Attrs, Kind, attrs_t
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.policy import check_servable
 from cosencfs.fs.stream import StreamUpload
 from cosencfs.fs.writeback import Uploader, WriteBack
 
@@ -179,6 +180,7 @@ class Files:
             raise DamagedObjectError(
                 f"object {key!r} is {r.size} bytes but was written with {written}"
             )
+        check_servable(self.ctx.options, key, r.metadata, r.size)
         if classify(r.metadata) is ObjectFormat.PLAIN:
             # Plaintext object (not made by an encryption client): cached under a
             # throw-away key, so the cache still holds only ciphertext.
