@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from cosencfs import hardening
 from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
@@ -402,7 +403,9 @@ class ControlledOperations(FuseOperations):
             if name == XATTR_PID:
                 return str(os.getpid()).encode()
             if name == XATTR_STATS:
-                return json.dumps(self.fs.stats(), sort_keys=True).encode()
+                # What the kernel says now (prctl), not what was asked for at start.
+                stats = {**self.fs.stats(), "process": hardening.current().as_dict()}
+                return json.dumps(stats, sort_keys=True).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @translate

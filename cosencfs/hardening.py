@@ -31,6 +31,9 @@ class Hardening:
     dumpable: bool
     core_limit: int
 
+    def as_dict(self) -> dict[str, object]:
+        return {"dumpable": self.dumpable, "core_limit": self.core_limit}
+
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
