@@ -61,8 +61,9 @@ async def test_plaintext_object_is_listed_but_not_served(
 ) -> None:
     await store.put("docs/run.sh", SCRIPT, {"mode": str(stat.S_IFREG | 0o755)})
     await store.put("docs/empty.txt", b"", {})  # cosfs's empty file: nothing to refuse
+    await store.put("docs/replace.me", SCRIPT, {})
     fs = await make_fs()
-    assert await fs_names(fs, await lookup(fs, "docs")) == ["empty.txt", "run.sh"]
+    assert await fs_names(fs, await lookup(fs, "docs")) == ["empty.txt", "replace.me", "run.sh"]
     entry = await fs.getattr(await lookup(fs, "docs/run.sh"))
     assert stat.S_ISREG(entry.mode) and entry.size == len(SCRIPT)
     refused = await open_refused(fs, "docs/run.sh")
@@ -75,6 +76,12 @@ async def test_plaintext_object_is_listed_but_not_served(
     with pytest.raises(RefusedError):
         await fs.setattr(await lookup(fs, "docs/run.sh"), size=5)
     assert await fs_read(fs, await lookup(fs, "docs/empty.txt")) == b""
+    # O_TRUNC replaces it with new, encrypted content without reading it.
+    fh, _ = await fs.open(await lookup(fs, "docs/replace.me"), os.O_WRONLY | os.O_TRUNC)
+    await fs.write(fh, 0, b"mine now")
+    await fs.release(fh)
+    assert await fs_read(fs, await lookup(fs, "docs/replace.me")) == b"mine now"
+    await fs.unlink(await lookup(fs, "docs"), b"replace.me")
     # The owner can still move it away and delete it.
     docs = await lookup(fs, "docs")
     await fs.rename(docs, b"run.sh", ROOT_INO, b"quarantined.sh", 0)
