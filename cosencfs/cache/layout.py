@@ -5,7 +5,8 @@ mount *acts on*: it uploads what the journal names to the keys the journal
 names.  So:
 
 * the directories above it must not let another user replace it (each one
-  owned by root or the mounting user, not writable by others unless sticky);
+  owned by root or the mounting user, not writable by others unless sticky;
+  group-writable only for the user's own private group);
 * the cache directory and everything in it belong to the mounting user, and
   nothing in it is a symbolic link (every check is an ``lstat``; files are
   created with ``O_NOFOLLOW``);
@@ -22,8 +23,10 @@ the mounting user, so no other user can change it while it is in use.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import re
 import stat
 from pathlib import Path
@@ -101,12 +104,30 @@ def _check_ancestors(path: Path, uid: int) -> None:
                 f"cache directory {d} belongs to uid {st.st_uid}, not to root or to uid {uid} "
                 "who mounts: its owner could replace the cache. Use a --cache-dir of your own"
             )
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        if _writable_by_others(st, uid):
             raise CacheDirError(
                 f"{d}, above the cache directory, is writable by other users (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}), who could replace the cache. Run: "
                 f"chmod go-w {d}, or use another --cache-dir"
             )
+
+
+def _writable_by_others(st: os.stat_result, uid: int) -> bool:
+    """Whether someone else may rename or replace entries of this directory."""
+    if st.st_mode & stat.S_ISVTX:
+        return False  # sticky (/tmp): only an entry's owner may move it
+    if st.st_mode & 0o002:
+        return True
+    if not st.st_mode & 0o020:
+        return False
+    # Group-writable is fine for a user-private group (the user's own group
+    # with no other member), as many distributions give home directories.
+    try:
+        group = grp.getgrgid(st.st_gid)
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return True
+    return st.st_gid != os.getegid() or any(m != name for m in group.gr_mem)
 
 
 def _private_dir(path: Path, uid: int, tightened: list[str], *, create: bool) -> None:

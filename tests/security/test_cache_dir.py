@@ -197,6 +197,14 @@ def test_directories_above_writable_by_others_are_refused(tmp_path: Path, store:
         open_cache(shared / "cosencfs" / "c", store)
     shared.chmod(0o1777)  # sticky, like /tmp: others cannot replace our entries
     open_cache(shared / "cosencfs" / "c", store).close()
+    group = tmp_path / "group"
+    group.mkdir()
+    group.chmod(0o770)
+    os.chown(group, 0, NOBODY)  # writable by the members of another group
+    with pytest.raises(CacheDirError, match="chmod go-w"):
+        open_cache(group / "c", store)
+    os.chown(group, 0, os.getegid())  # the user's own group, nobody else in it
+    open_cache(group / "c", store).close()
 
 
 def test_new_cache_is_private(cache_base: Path, store: CosStore) -> None:
