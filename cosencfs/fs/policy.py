@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -47,6 +48,17 @@ class PolicyOptions(Protocol):
 
     @property
     def devices(self) -> bool: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Refusal:
+    """Why an object is not served, and what would serve it (for the log line)."""
+
+    reason: str
+    hint: str = ""
+
+    def error(self, key: str) -> RefusedError:
+        return RefusedError(self.reason, key=key, hint=self.hint)
 
 
 class FileType(Enum):
@@ -113,28 +125,27 @@ def refusal(
     allow_plaintext: bool,
     devices: bool,
     symlink: bool = False,
-) -> tuple[str, str] | None:
-    """Why the object's content (or symlink target) must not be served: (reason, hint)."""
+) -> Refusal | None:
+    """Why the object's content (or, with ``symlink``, its target) must not be served."""
     ftype = file_type(meta_mode(meta))
     if ftype is FileType.SYMLINK and not symlink:
-        return (
+        return Refusal(
             f"mode says symlink, but {size} bytes cannot be a symlink target "
-            f"(1 to {MAX_SYMLINK_TARGET})",
-            "",
+            f"(1 to {MAX_SYMLINK_TARGET})"
         )
     if symlink and not 0 < size <= MAX_SYMLINK_TARGET:
-        return (f"symlink target of {size} bytes (at most {MAX_SYMLINK_TARGET})", "")
+        return Refusal(f"symlink target of {size} bytes (at most {MAX_SYMLINK_TARGET})")
     if ftype is FileType.UNKNOWN:
-        return (f"unknown file type in mode {meta_mode(meta):#o}", "")
+        return Refusal(f"unknown file type in mode {meta_mode(meta):#o}")
     if ftype in DEVICES and devices:
-        return (
+        return Refusal(
             f"{ftype.value} on a mount with -o dev: no object is authenticated yet, so "
             "device nodes are shown only on nodev mounts",
             "mount without -o dev",
         )
     if size > 0 and not allow_plaintext and classify(meta) is ObjectFormat.PLAIN:
         what = "symlink target" if symlink else "body"
-        return (f"{what} without an encryption envelope (plaintext object)", _PLAINTEXT_HINT)
+        return Refusal(f"{what} without an encryption envelope (plaintext object)", _PLAINTEXT_HINT)
     return None
 
 
@@ -142,7 +153,7 @@ def check_servable(opts: PolicyOptions, key: str, meta: Mapping[str, str], size:
     """Raise RefusedError unless the content of file ``key`` may be served."""
     why = refusal(meta, size, allow_plaintext=opts.allow_plaintext, devices=opts.devices)
     if why is not None:
-        raise RefusedError(why[0], key=key, hint=why[1])
+        raise why.error(key)
 
 
 def check_symlink(opts: PolicyOptions, key: str, meta: Mapping[str, str], size: int) -> None:
@@ -151,4 +162,4 @@ def check_symlink(opts: PolicyOptions, key: str, meta: Mapping[str, str], size: 
         meta, size, allow_plaintext=opts.allow_plaintext, devices=opts.devices, symlink=True
     )
     if why is not None:
-        raise RefusedError(why[0], key=key, hint=why[1])
+        raise why.error(key)
