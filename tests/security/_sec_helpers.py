@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +98,7 @@ def public_dir(prefix: str) -> Path:
     return d
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalMount:
     """``cosencfs mount --local DIR MOUNTPOINT --foreground``, as root."""
 
@@ -167,10 +167,10 @@ def proc_text(pid: int, name: str) -> str:
         return f.read().replace(b"\0", b" ").decode(errors="replace")
 
 
-def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll until ``predicate()`` is true (no timing in the assertion itself)."""
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -178,10 +178,6 @@ def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") 
 
 def count_lines(text: str, needle: str) -> int:
     return sum(1 for line in text.splitlines() if needle in line)
-
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}
 
 
 # ---------------------------------------------------------------- filesystem API
