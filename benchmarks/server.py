@@ -10,7 +10,6 @@ polling through HTTP would add requests to the very counters being measured.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import selectors
@@ -18,12 +17,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.system import BenchError, clean_env, stop_process, tail
+from cosencfs.server.admin import admin_request
+from cosencfs.server.cli import SECRET_KEY_ENV
 
 BUCKET = "bench-1250000000"
 REGION = "ap-guangzhou"
@@ -31,8 +31,6 @@ SECRET_ID = "AKIDbenchmark0000"
 SECRET_KEY = "benchmark-secret-key-0000"
 
 _LISTENING = re.compile(rb"listening on (http://[0-9.]+:\d+)")
-# Admin requests must never go through a proxy of the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(slots=True)
@@ -81,7 +79,7 @@ class LocalServer:
         cmd = [
             sys.executable, "-m", "cosencfs", "local-server",
             "--root", str(self.root), "--port", "0", "--bucket", BUCKET,
-            "--region", REGION, "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY,
+            "--region", REGION, "--secret-id", SECRET_ID,
             # COS-signed requests (cosencfs) are still verified; S3 ones (rclone,
             # s3fs) are accepted unverified. Same server settings for every peer.
             "--allow-unsigned-s3",
@@ -90,7 +88,12 @@ class LocalServer:
         ]  # fmt: skip
         err = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=err, env=clean_env(), start_new_session=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            # The SecretKey in the environment, not in argv (visible in ps).
+            env=clean_env({SECRET_KEY_ENV: SECRET_KEY}),
+            start_new_session=True,
         )
         err.close()
         assert self.proc.stdout is not None
@@ -132,11 +135,14 @@ class LocalServer:
     # ------------------------------------------------------------- admin API
 
     def _admin(self, method: str, path: str) -> dict[str, Any]:
-        body = b"" if method == "POST" else None
-        req = urllib.request.Request(self.url + path, method=method, data=body)
-        with _OPENER.open(req, timeout=10) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-        return data
+        # Signed like every request (the server refuses unsigned admin calls);
+        # http.client directly: no proxy of the environment is ever used.
+        status, data = admin_request(
+            self.url, method, path, secret_id=SECRET_ID, secret_key=SECRET_KEY
+        )
+        if status != 200:
+            raise BenchError(f"admin {method} {path}: {status} {data}")
+        return dict(data)
 
     def stats(self) -> ServerStats:
         s = self._admin("GET", "/_cosencfs/stats")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosencfs.server.auth import cos_authorization
+from cosencfs.server.cli import SECRET_KEY_ENV
 
 BUCKET = "bench-1250000000"
 REGION = "ap-guangzhou"
@@ -66,9 +67,8 @@ def start_server(root: str) -> tuple[subprocess.Popen[str], int]:
             BUCKET,
             "--secret-id",
             SECRET_ID,
-            "--secret-key",
-            SECRET_KEY,
         ],
+        env={**os.environ, SECRET_KEY_ENV: SECRET_KEY},
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cosencfs import __version__
+from cosencfs.hardening import harden_process
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -60,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run a local COS-compatible server over a directory",
     ),
 }
+
+
+#: Commands that load master keys or server secrets.
+KEY_HOLDERS = frozenset({"keygen", "rekey", "fsck", "local-server"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         argv = helper_argv(argv)
     args = parser.parse_args(argv)
+    if args.command in KEY_HOLDERS:
+        # Master keys, data keys and plaintext in memory: no core dumps
+        # (the mount does this itself before it daemonizes).
+        harden_process()
     try:
         rc: int = args._run(args)
     except KeyboardInterrupt:

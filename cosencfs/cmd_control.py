@@ -76,6 +76,13 @@ def format_stats(s: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    proc = s.get("process")
+    if proc is not None:
+        off = not proc["dumpable"] and not proc["core_limit"]
+        lines.append(
+            f"process      core dumps {'off' if off else 'POSSIBLE'}"
+            f" (dumpable {proc['dumpable']}, core limit {proc['core_limit']})"
+        )
     return "\n".join(lines)
 
 

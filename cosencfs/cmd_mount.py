@@ -77,6 +77,20 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up on a request to COS, retries included, after this long (default 30)",
     )
+    p.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        default=None,
+        help="serve objects that have a body but no encryption envelope (buckets shared "
+        "with cosfs); refused by default, see docs/security.md",
+    )
+    p.add_argument(
+        "--trust-metadata-modes",
+        action="store_true",
+        default=None,
+        help="keep setuid/setgid bits from x-cos-meta-mode (dropped by default: anyone "
+        "who can write to the bucket can set them)",
+    )
     p.add_argument("--uid", type=int, help="owner of objects without metadata")
     p.add_argument("--gid", type=int, help="group of objects without metadata")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -99,6 +113,8 @@ _CLI_FIELDS = {
     "writeback_delay": "fs.writeback_delay",
     "dir_ttl": "fs.dir_ttl",
     "request_deadline": "network.request_deadline",
+    "allow_plaintext": "fs.allow_plaintext",
+    "trust_metadata_modes": "fs.trust_metadata_modes",
     "uid": "fs.uid",
     "gid": "fs.gid",
 }

@@ -159,7 +159,15 @@ class MountSettings:
     def cache_root(self) -> Path:
         """The cache subdirectory of this bucket and prefix (one per mount)."""
         base = Path(self.cache_dir).expanduser() if self.cache_dir else cache_home()
-        ident = f"{self.endpoint or self.region}|{self.bucket}|{self.prefix}"
+        # --local: named by its directory, not by the embedded server's port
+        # (a new one every mount), or a crashed mount's dirty data would
+        # never be found again.
+        where = (
+            f"local:{os.path.realpath(self.local_dir)}"
+            if self.local_dir
+            else self.endpoint or self.region
+        )
+        ident = f"{where}|{self.bucket}|{self.prefix}"
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.bucket)
         return base / f"{safe}-{digest}"
@@ -265,6 +273,8 @@ FIELDS: dict[str, Callable[[object], Any]] = {
     "fs.stream_uploads": bool,
     "fs.single_put_max": _size,
     "fs.readahead_max": _size,
+    "fs.allow_plaintext": bool,
+    "fs.trust_metadata_modes": bool,
     "fs.uid": _int,
     "fs.gid": _int,
     "fs.file_mode": _mode,
@@ -364,6 +374,17 @@ def load_credentials_file(path: str | Path) -> dict[str, str]:
     return {k: str(v) for k, v in raw.items()}
 
 
+def device_nodes_live(fuse_options: list[str]) -> bool:
+    """Whether ``-o dev`` makes device nodes usable (the last of dev/nodev wins;
+    FUSE mounts are nodev unless told otherwise)."""
+    live = False
+    for item in fuse_options:
+        for opt in item.split(","):
+            if opt.strip() in ("dev", "nodev"):
+                live = opt.strip() == "dev"
+    return live
+
+
 def build_settings(values: Mapping[str, Any]) -> MountSettings:
     """MountSettings from validated dotted names (file values overlaid by the CLI's)."""
     v = dict(values)
@@ -392,8 +413,10 @@ def build_settings(values: Mapping[str, Any]) -> MountSettings:
         for name in v
         if name.startswith("fs.") and name[3:] in FsOptions.__dataclass_fields__
     }
+    fuse_opts = v.get("fuse.options", [])
     fs = FsOptions(
         prefix=prefix,
+        devices=device_nodes_live(fuse_opts),
         defaults=Defaults(
             uid=v.get("fs.uid", os.getuid()),
             gid=v.get("fs.gid", os.getgid()),
@@ -412,7 +435,7 @@ def build_settings(values: Mapping[str, Any]) -> MountSettings:
         cache_dir=v.get("cache.dir", ""),
         cache_size=v.get("cache.size", 1024**3),
         foreground=bool(v.get("fuse.foreground", False)),
-        fuse_options=v.get("fuse.options", []),
+        fuse_options=fuse_opts,
         concurrency=v.get("network.concurrency", 16),
         timeout=v.get("network.timeout", 30.0),
         request_deadline=v.get("network.request_deadline", 30.0),

@@ -19,6 +19,10 @@ class ConfigError(CosEncFsError):
     """Bad configuration, command line or key file; fatal at start-up."""
 
 
+class CacheDirError(ConfigError):
+    """The cache directory is not private to the mounting user (owner, symbolic links)."""
+
+
 # --------------------------------------------------------------------------
 # Object store
 
@@ -128,6 +132,16 @@ class DamagedObjectError(CosEncFsError):
 
 class CacheIntegrityError(CosEncFsError):
     """A cache file or a journal record does not verify: altered or damaged."""
+
+
+class RefusedError(CosEncFsError):
+    """An object the mount lists but will not serve: a plaintext body, a device
+    node on a ``dev`` mount, a "symlink" too long to be one (see docs/security.md)."""
+
+    def __init__(self, reason: str, *, key: str, hint: str = "") -> None:
+        super().__init__(f"refused {key!r}: {reason}" + (f" ({hint})" if hint else ""))
+        self.key = key
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------

@@ -15,9 +15,14 @@ end one listing of multipart uploads.  Findings (``Category``):
                       shows the directory, the file is hidden
 ``size``              a size no file of that kind can have: a directory
                       marker ``x/`` with a body, a symlink with an empty or
-                      over-long (> 4095 bytes) target; the CTR body has no
-                      padding or tag, so any file size fits an envelope
-                      (0 bytes included)
+                      over-long (> 4095 bytes) target (the mount refuses it);
+                      the CTR body has no padding or tag, so any file size
+                      fits an envelope (0 bytes included)
+``mode``              ``x-cos-meta-mode`` the mount does not take as it is:
+                      setuid/setgid bits (dropped unless
+                      ``--trust-metadata-modes``), a device node (an inert
+                      name on nodev mounts, refused on ``-o dev``), an
+                      unknown file type (refused)
 ``orphan-upload``     a multipart upload older than ``orphan_age`` seconds
 ``error``             the object could not be checked (HEAD failed)
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -51,8 +57,14 @@ from cosencfs.errors import (
     StoreError,
     WrongKeyError,
 )
-from cosencfs.fs.attrs import Kind, kind_from_meta
 from cosencfs.fs.names import MAX_NAME_BYTES
+from cosencfs.fs.policy import (
+    DEVICES,
+    MAX_SYMLINK_TARGET,
+    FileType,
+    file_type,
+    meta_mode,
+)
 from cosencfs.progress import Progress, walk_bucket
 from cosencfs.store.base import ObjectInfo, ObjectStore
 
@@ -68,8 +80,6 @@ __all__ = [
     "unverifiable_sdk_envelope",
 ]
 
-#: Longest symlink target (PATH_MAX less the terminating NUL).
-MAX_SYMLINK_TARGET = 4095
 _AES_CTR_WRAPPED_KEY_BYTES = 32
 
 
@@ -81,6 +91,7 @@ class Category(Enum):
     UNREACHABLE_NAME = "unreachable-name"
     NAME_CLASH = "name-clash"
     SIZE = "size"
+    MODE = "mode"
     ORPHAN_UPLOAD = "orphan-upload"
     ERROR = "error"
 
@@ -294,6 +305,7 @@ class Fsck:
             return
         meta = dict(info.metadata)
         self._check_size(info, meta)
+        self._check_mode(info.key, meta)
         env = inspect_envelope(meta)
         try:
             self.codec.open(meta, key=key)
@@ -323,7 +335,7 @@ class Fsck:
             self.stats.unverified += 1
 
     def _check_size(self, info: ObjectInfo, meta: Mapping[str, str]) -> None:
-        if kind_from_meta(meta) is not Kind.SYMLINK:
+        if file_type(meta_mode(meta)) is not FileType.SYMLINK:
             return
         if info.size == 0:
             self._add(Finding(Category.SIZE, info.key, "symlink with an empty target"))
@@ -335,6 +347,23 @@ class Fsck:
                     f"symlink target of {info.size} bytes (at most {MAX_SYMLINK_TARGET})",
                 )
             )
+
+    def _check_mode(self, key: str, meta: Mapping[str, str]) -> None:
+        mode = meta_mode(meta)
+        if mode is None:
+            return
+        ftype = file_type(mode)
+        problems = []
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            problems.append(
+                "setuid/setgid bits: the mount drops them (unless --trust-metadata-modes)"
+            )
+        if ftype in DEVICES:
+            problems.append(f"{ftype.value}: an inert name on nodev mounts, refused on -o dev")
+        elif ftype is FileType.UNKNOWN:
+            problems.append(f"unknown file type {stat.S_IFMT(mode):#o}: the mount refuses it")
+        if problems:
+            self._add(Finding(Category.MODE, key, f"mode {mode:#o}: " + "; ".join(problems)))
 
     # ------------------------------------------------------------------ uploads
 

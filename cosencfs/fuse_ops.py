@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from cosencfs import hardening
 from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
@@ -32,6 +33,7 @@ from cosencfs.errors import (
     NoSuchBucketError,
     NotFoundError,
     PreconditionFailedError,
+    RefusedError,
     StoreError,
     TransientError,
 )
@@ -52,6 +54,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (CryptoError, errno.EIO),
     (DamagedObjectError, errno.EIO),
     (CacheIntegrityError, errno.EIO),
+    (RefusedError, errno.EIO),
     (ConfigError, errno.EIO),
     (StoreError, errno.EIO),
 )
@@ -88,6 +91,8 @@ def _report(op: str, exc: BaseException) -> None:
         return
     if isinstance(exc, CosEncFsError | OSError):
         what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
+        if isinstance(exc, RefusedError):
+            what = ("", type(exc).__name__, exc.key)  # one line per object, whatever the op
         now = time.monotonic()
         if now - _last_logged.get(what, -1e9) >= _LOG_EVERY:
             _last_logged[what] = now
@@ -400,7 +405,9 @@ class ControlledOperations(FuseOperations):
             if name == XATTR_PID:
                 return str(os.getpid()).encode()
             if name == XATTR_STATS:
-                return json.dumps(self.fs.stats(), sort_keys=True).encode()
+                # What the kernel says now (prctl), not what was asked for at start.
+                stats = {**self.fs.stats(), "process": hardening.current().as_dict()}
+                return json.dumps(stats, sort_keys=True).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @translate

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from cosencfs.errors import (
 )
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import ControlledOperations
+from cosencfs.hardening import harden_process
 from cosencfs.notify import Notifier
 from cosencfs.store.cos import CosStore
 
@@ -211,20 +213,37 @@ async def _final_flush(fs: Filesystem, notifier: Notifier) -> int:
 
 
 def _start_local_server(settings: MountSettings) -> object:
-    """``--local DIR``: an in-process COS server over DIR; returns it (to stop)."""
+    """``--local DIR``: an in-process COS server over DIR; returns it (to stop).
+
+    Its TCP port is open to every local user, so it accepts only requests
+    signed with a secret made here for this mount: the secret exists only in
+    this process's memory (never in argv, the environment or a file), and the
+    process is not dumpable, so no other process can read it.
+    """
     from cosencfs.server import LocalCosServer  # noqa: PLC0415 - only for --local
 
-    assert settings.local_dir is not None
+    if settings.local_dir is None:
+        raise MountError("--local needs a directory")
     os.makedirs(settings.local_dir, mode=0o700, exist_ok=True)
-    server = LocalCosServer(settings.local_dir, buckets=[LOCAL_BUCKET])
+    secret_id = "cosencfs-local-" + secrets.token_hex(8)
+    secret_key = secrets.token_urlsafe(32)
+    server = LocalCosServer(
+        settings.local_dir,
+        buckets=[LOCAL_BUCKET],
+        secret_id=secret_id,
+        secret_key=secret_key,
+    )
     server.start()
     settings.endpoint = server.url
     settings.bucket = LOCAL_BUCKET
+    settings.secret_id, settings.secret_key, settings.token = secret_id, secret_key, None
     return server
 
 
 def run(settings: MountSettings) -> int:
     """Entry point of ``cosencfs mount``: daemonize unless ``foreground``."""
+    # Before any key is loaded; fork() keeps both settings for the daemon.
+    harden_process()
     if settings.foreground:
         return _run_here(settings, lambda: None)
     read_fd, write_fd = os.pipe()
@@ -266,7 +285,7 @@ def run(settings: MountSettings) -> int:
 def _detach_stdio(settings: MountSettings) -> None:
     log_path = settings.cache_root() / "cosencfs.log"
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(fd, 1)

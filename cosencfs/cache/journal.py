@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from cosencfs.cache.layout import accept_journal_vid
 from cosencfs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -308,39 +309,15 @@ class Journal:
         else:
             rows = self._db.execute(query + " WHERE fid=?", (fid,)).fetchall()
         for row in rows:
-            (rid, key, vid, size, present, envelope, attrs, ctype, source, upload_id, parts) = row[
-                :11
-            ]
-            fmt, layers, obj_env = row[11:]
-            src = None
-            if source:
-                s = json.loads(source)
-                src = SourceRecord(s["key"], s["etag"], s["envelope"], int(s["limit"]))
-            yield DirtyRecord(
-                fid=rid,
-                key=key,
-                vid=vid,
-                size=int(size),
-                present=json.loads(present),
-                envelope=json.loads(envelope),
-                attrs=json.loads(attrs),
-                content_type=ctype,
-                source=src,
-                upload_id=upload_id,
-                parts={int(k): v for k, v in json.loads(parts or "{}").items()},
-                format=int(fmt),
-                layers=[
-                    LayerRecord(
-                        str(x["vid"]),
-                        int(x["end"]),
-                        str(x["key"]),
-                        int(x["size"]),
-                        int(x["limit"]),
-                    )
-                    for x in json.loads(layers or "[]")
-                ],
-                object_envelope=None if obj_env is None else json.loads(obj_env),
-            )
+            try:
+                rec = _parse_dirty(row)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A record this code did not write (altered, or damaged):
+                # kept untouched as evidence, and nothing is done because of it.
+                log.error("cache journal record %r is malformed (%s): ignored", row[0], exc)
+                continue
+            if rec is not None:
+                yield rec
 
     # -- deletes not yet done in COS ----------------------------------------------
 
@@ -432,3 +409,40 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(sql, rows)
+
+
+def _parse_dirty(row: Sequence[object]) -> DirtyRecord | None:
+    """One ``dirty`` row as a record; None when a named cache file is not one of ours."""
+    rid, key, vid, size, present, envelope, attrs, ctype, source, upload_id, parts = row[:11]
+    fmt, layers, obj_env = row[11:14]
+    if not accept_journal_vid(vid, rid):
+        return None
+    layer_list = json.loads(str(layers or "[]"))
+    if not all(accept_journal_vid(x.get("vid"), rid) for x in layer_list):
+        return None
+    src = None
+    if source:
+        s = json.loads(str(source))
+        src = SourceRecord(str(s["key"]), str(s["etag"]), dict(s["envelope"]), int(s["limit"]))
+    envelope_obj = None if obj_env is None else dict(json.loads(str(obj_env)))
+    return DirtyRecord(
+        fid=str(rid),
+        key=str(key),
+        vid=str(vid),
+        size=int(str(size)),
+        present=list(json.loads(str(present))),
+        envelope=dict(json.loads(str(envelope))),
+        attrs=dict(json.loads(str(attrs))),
+        content_type=str(ctype),
+        source=src,
+        upload_id=None if upload_id is None else str(upload_id),
+        parts={int(k): str(v) for k, v in json.loads(str(parts or "{}")).items()},
+        format=int(str(fmt)),
+        layers=[
+            LayerRecord(
+                str(x["vid"]), int(x["end"]), str(x["key"]), int(x["size"]), int(x["limit"])
+            )
+            for x in layer_list
+        ],
+        object_envelope=envelope_obj,
+    )

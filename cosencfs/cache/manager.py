@@ -24,6 +24,7 @@ import trio
 from cosencfs.cache.content import Inflight, ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState, new_cache_key
 from cosencfs.cache.journal import Journal
+from cosencfs.cache.layout import prepare_cache_dir
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.errors import ConfigError, CosEncFsError, DamagedObjectError
 from cosencfs.store.base import ObjectStore
@@ -59,6 +60,7 @@ class CacheManager:
         self.store = store
         self.limit_bytes = limit_bytes
         self.max_versions = max_versions
+        prepare_cache_dir(root)
         if not root.parent.exists():
             # Our own base directory (e.g. ~/.cache/cosencfs): private as well.
             root.parent.mkdir(mode=0o700, parents=True)

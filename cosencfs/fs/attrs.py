@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from cosencfs.fs.policy import is_symlink, permission_bits
+
 NS = 1_000_000_000
 
 META_MODE = "mode"
@@ -96,17 +98,24 @@ def _int_field(meta: Mapping[str, str], name: str) -> int | None:
 
 
 def attrs_from_meta(
-    meta: Mapping[str, str], kind: Kind, defaults: Defaults, last_modified: float
+    meta: Mapping[str, str],
+    kind: Kind,
+    defaults: Defaults,
+    last_modified: float,
+    *,
+    trust_modes: bool = False,
 ) -> Attrs:
     """Attributes of an object, from its metadata where present.
 
     The type bits always follow ``kind`` (decided by the key and, for
-    symlinks, by the mode); a mode field only supplies the permission bits.
+    symlinks, by the mode and size); a mode field only supplies the
+    permission bits, without setuid/setgid unless ``trust_modes``: anyone
+    who can write to the bucket can set them (docs/security.md).
     """
     perm = defaults.dir_mode if kind is Kind.DIR else defaults.file_mode
     mode = _int_field(meta, META_MODE)
     if mode is not None:
-        perm = stat.S_IMODE(mode)
+        perm = permission_bits(mode, trust_modes=trust_modes)
     if kind is Kind.SYMLINK:
         perm = 0o777
     uid = _int_field(meta, META_UID)
@@ -124,12 +133,10 @@ def attrs_from_meta(
     )
 
 
-def kind_from_meta(meta: Mapping[str, str]) -> Kind:
-    """A regular-file key is a symlink when its mode says so (cosfs convention)."""
-    mode = _int_field(meta, META_MODE)
-    if mode is not None and stat.S_ISLNK(mode):
-        return Kind.SYMLINK
-    return Kind.FILE
+def kind_from_meta(meta: Mapping[str, str], size: int) -> Kind:
+    """A regular-file key is a symlink when its mode says so (cosfs convention)
+    and its size can be a target (``policy.is_symlink``)."""
+    return Kind.SYMLINK if is_symlink(meta, size) else Kind.FILE
 
 
 def attrs_to_meta(attrs: Attrs) -> dict[str, str]:

@@ -45,6 +45,13 @@ class FsOptions:
     stream_uploads: bool = True
     readahead_min: int = 1 * MIB
     readahead_max: int = 32 * MIB
+    #: Serve objects that have a body but no encryption envelope (buckets
+    #: shared with cosfs); refused by default (docs/security.md).
+    allow_plaintext: bool = False
+    #: Keep setuid/setgid bits from x-cos-meta-mode; dropped by default.
+    trust_metadata_modes: bool = False
+    #: The mount is ``-o dev``: device nodes would be live, so they are refused.
+    devices: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", normalize_prefix(self.prefix))

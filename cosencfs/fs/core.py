@@ -298,6 +298,13 @@ class Filesystem:
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         h, keep = await self.files.open(ino, flags)
+        # After open's revalidating HEAD, so the metadata is fresh and costs
+        # nothing extra; with O_TRUNC the content is already local and new.
+        try:
+            self.ns.check_open(h.node)
+        except BaseException:
+            await self.files.release(h.fh)
+            raise
         return h.fh, keep
 
     async def create(

@@ -31,6 +31,7 @@ from cosencfs.fs.commit import Committer
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.policy import check_servable
 from cosencfs.fs.stream import StreamUpload
 from cosencfs.fs.writeback import WriteBack
 from cosencfs.store.base import MAX_FILE_SIZE
@@ -195,6 +196,7 @@ class Files:
             raise DamagedObjectError(
                 f"object {key!r} is {r.size} bytes but was written with {written}"
             )
+        check_servable(self.ctx.options, key, r.metadata, r.size)
         if classify(r.metadata) is ObjectFormat.PLAIN:
             log.info("%r has no encryption envelope; reading it as plaintext", key)
             return Source(key, r.etag, None, r.size, {})

@@ -95,6 +95,7 @@ class Uploader:
         upload_id = None
         if resume is not None:
             upload_id, etags = await self._resumable(key, resume, layout)
+        resumed = upload_id is not None
         if upload_id is None:
             upload_id = await self.store.create_multipart(key, metadata, content_type=content_type)
         self.journal.set_upload(fid, upload_id, etags)
@@ -122,6 +123,12 @@ class Uploader:
                 self.journal.set_upload(fid, None, {})
             raise
         self.journal.set_upload(fid, None, {})
+        if resumed:
+            # The upload's metadata was fixed when it began (a streamed upload
+            # before the size was known, or an earlier attempt before a chmod).
+            etag = await self.store.copy(
+                key, key, metadata=metadata, content_type=content_type, if_match=etag, size=v.size
+            )
         return etag
 
     async def _resumable(

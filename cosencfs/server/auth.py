@@ -207,6 +207,46 @@ def authenticate(
     )
 
 
+def authorize_admin(
+    creds: Credentials | None,
+    *,
+    authorization: str,
+    method: str,
+    raw_path: str,
+    query: list[tuple[str, str]],
+    headers: Iterable[tuple[str, str]],
+) -> None:
+    """Accept an admin request (``/_cosencfs/...``) only with a COS signature.
+
+    An admin request changes how the server answers everyone (faults,
+    latency) or what it reports, so it needs the same credentials as the
+    data, S3 tolerance does not apply, and every query parameter must be
+    signed (a captured request cannot be replayed with ``rate=1``).  A server
+    without credentials accepts anything, admin requests included.
+    """
+    if creds is None:
+        return
+    if classify(authorization, dict(query)) is not AuthKind.COS:
+        raise CosError("AccessDenied", "Admin requests need a COS signature.")
+    fields = (
+        parse_authorization(authorization)
+        if authorization
+        else {k: v for k, v in query if k in _SIGN_PARAMS}
+    )
+    signed = set(filter(None, fields.get("q-url-param-list", "").split(";")))
+    for name, _value in query:
+        if name not in _SIGN_PARAMS and name != "sign" and _q(name).lower() not in signed:
+            raise CosError("AccessDenied", f"Admin parameter {name!r} is not signed.")
+    verify_cos(
+        creds,
+        authorization=authorization,
+        method=method,
+        raw_path=raw_path,
+        query=query,
+        headers=headers,
+    )
+
+
 def cos_authorization(
     secret_id: str,
     secret_key: str,

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 from types import FrameType
 
 log = logging.getLogger(__name__)
+
+#: Environment variable holding the SecretKey (the environment of a process is
+#: readable only by its user and root, unlike its command line).
+SECRET_KEY_ENV = "COSENCFS_SERVER_SECRET_KEY"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +30,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="create this bucket if missing (repeatable)",
     )
     parser.add_argument("--secret-id", help="SecretId whose signatures are accepted")
-    parser.add_argument("--secret-key", help="SecretKey checking the signatures")
+    parser.add_argument(
+        "--secret-key-file",
+        metavar="FILE",
+        help=f"file holding the SecretKey checking the signatures (mode 0600); "
+        f"or set ${SECRET_KEY_ENV}",
+    )
+    parser.add_argument(
+        "--secret-key",
+        help="UNSAFE: the SecretKey on the command line, visible to every local user in ps; "
+        f"use --secret-key-file or ${SECRET_KEY_ENV}",
+    )
     parser.add_argument(
         "--fault-rate",
         type=float,
@@ -61,9 +77,20 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(
             level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    if (args.secret_id is None) != (args.secret_key is None):
-        print("error: --secret-id and --secret-key go together", file=sys.stderr)
+    try:
+        secret_key = _secret_key(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    if (args.secret_id is None) != (secret_key is None):
+        print(
+            f"error: --secret-id and a SecretKey (--secret-key-file or ${SECRET_KEY_ENV}) "
+            "go together",
+            file=sys.stderr,
+        )
+        return 2
+    if args.secret_id is None:
+        log.warning("no credentials: anyone who can reach %s may read and write", args.host)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -76,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             buckets=args.bucket,
             secret_id=args.secret_id,
-            secret_key=args.secret_key,
+            secret_key=secret_key,
             fault_rate=args.fault_rate,
             latency_ms=args.latency_ms,
             fault_seed=args.fault_seed,
@@ -100,3 +127,38 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     log.info("stopped")
     return 0
+
+
+def _secret_key(args: argparse.Namespace) -> str | None:
+    """The SecretKey from --secret-key-file, the environment, or (unsafe) --secret-key."""
+    env = os.environ.pop(SECRET_KEY_ENV, None)  # not passed on to anything this starts
+    if args.secret_key is not None:
+        print(
+            "warning: --secret-key shows the key to every local user (ps, /proc); "
+            f"use --secret-key-file or ${SECRET_KEY_ENV}",
+            file=sys.stderr,
+        )
+        return str(args.secret_key)
+    if args.secret_key_file is not None:
+        return _read_secret_file(args.secret_key_file)
+    return env or None
+
+
+def _read_secret_file(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read the SecretKey file {path}: {exc.strerror}") from None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"SecretKey file {path} is not a regular file")
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise ValueError(
+                f"SecretKey file {path} must belong to this user and be readable by nobody "
+                f"else (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+            )
+        key = f.read().strip()
+    if not key:
+        raise ValueError(f"SecretKey file {path} is empty")
+    return key

@@ -45,6 +45,10 @@ _RESPONSE_OVERRIDES = {
 }
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: Characters no header value may carry: CR and LF would end the header (and
+#: start another one of the client's choosing), the other controls confuse
+#: parsers. Horizontal tab is allowed, as in HTTP.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(slots=True)
@@ -61,6 +65,18 @@ class ServerContext:
 
 def valid_bucket_name(name: str) -> bool:
     return bool(_BUCKET_NAME.match(name))
+
+
+def safe_header_value(value: str) -> bool:
+    """Whether ``value`` can be sent as a header value as it is."""
+    return _CONTROL.search(value) is None
+
+
+def check_header_value(name: str, value: str) -> str:
+    """``value``, unless it would inject into the response headers (CR/LF, controls)."""
+    if not safe_header_value(value):
+        raise CosError("InvalidArgument", f"The value of {name} contains control characters.")
+    return value
 
 
 def header_bytes(value: str) -> bytes:
@@ -96,7 +112,7 @@ def collect_meta(req: Request) -> dict[str, str]:
     for name, value in req.headers.items():
         lname = name.lower()
         if lname.startswith(META_PREFIXES) and len(lname) > _META_PREFIX_LEN:
-            meta[lname[_META_PREFIX_LEN:]] = str(value)
+            meta[lname[_META_PREFIX_LEN:]] = check_header_value(lname, str(value))
     size = sum(_META_PREFIX_LEN + len(k) + len(header_bytes(v)) for k, v in meta.items())
     if size > MAX_META_BYTES:
         raise CosError(
@@ -119,12 +135,12 @@ def collect_headers(req: Request) -> dict[str, str]:
             )
             if not value:
                 continue
-        stored[name] = str(value)
+        stored[name] = check_header_value(name, str(value))
     return stored
 
 
 def content_type(req: Request) -> str:
-    return req.header("Content-Type") or DEFAULT_CONTENT_TYPE
+    return check_header_value("Content-Type", req.header("Content-Type") or DEFAULT_CONTENT_TYPE)
 
 
 def object_headers(req: Request, info: ObjectInfo) -> list[tuple[str, str]]:
@@ -138,8 +154,10 @@ def object_headers(req: Request, info: ObjectInfo) -> list[tuple[str, str]]:
     headers += info.headers.items()
     prefix = req.meta_prefix
     headers += [(prefix + k, v) for k, v in info.meta.items()]
+    # The response-* parameters are not signed (COS does not require it):
+    # anyone who can send a GET chooses them.
     overrides = {
-        target: req.query[param]
+        target: check_header_value(param, req.query[param])
         for param, target in _RESPONSE_OVERRIDES.items()
         if param in req.query
     }

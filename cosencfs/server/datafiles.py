@@ -94,10 +94,10 @@ class DataFiles:
         self.fsync = fsync
         self.data_dir = root / "data"
         self.tmp_dir = root / "tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
+        self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
         for i in range(256):
-            (self.data_dir / f"{i:02x}").mkdir(exist_ok=True)
+            (self.data_dir / f"{i:02x}").mkdir(mode=0o700, exist_ok=True)
 
     def path(self, name: str) -> Path:
         return self.data_dir / name[:2] / name

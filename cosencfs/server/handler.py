@@ -10,7 +10,6 @@ into a per-connection 1 MiB buffer.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -23,10 +22,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cosencfs.server import multipart, objects, xmlio
+from cosencfs.server import admin, multipart, objects, xmlio
 from cosencfs.server.auth import authenticate
 from cosencfs.server.bodies import BodyReader, ChunkedBody, ClientGone, LengthBody, RawStream, drain
-from cosencfs.server.context import ServerContext
+from cosencfs.server.context import ServerContext, safe_header_value
 from cosencfs.server.errors import CosError
 from cosencfs.server.faults import FaultKind
 from cosencfs.server.routing import (
@@ -42,7 +41,6 @@ from cosencfs.server.routing import (
 log = logging.getLogger(__name__)
 
 BUFFER_SIZE = 1024 * 1024
-ADMIN_PATHS = frozenset({"/_cosencfs/stats", "/_cosencfs/reset-stats", "/_cosencfs/faults"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 
 Operation = Callable[[ServerContext, Request, BodyReader, memoryview], Response]
@@ -240,7 +238,7 @@ class CosHandler(BaseHTTPRequestHandler):
         words = self.requestline.split()
         # Not self.path: http.server collapses a leading '//', which is part of a key.
         path, query_string = split_target(words[1] if len(words) > 1 else "/")
-        if path in ADMIN_PATHS:
+        if path in admin.ADMIN_PATHS:
             self._admin(path, query_string)
             return
         method = self.command
@@ -373,33 +371,21 @@ class CosHandler(BaseHTTPRequestHandler):
         self._send(req, self._error(req, CosError(code, "Injected fault.")), close=close)
 
     def _admin(self, path: str, query_string: str) -> None:
-        ctx = self.ctx
         try:
             close = self._drain(self._body())
         except CosError:
             close = True
-        status, payload = 200, {}
-        method = self.command
-        if path == "/_cosencfs/stats" and method == "GET":
-            payload = ctx.stats.snapshot()
-        elif path == "/_cosencfs/reset-stats" and method == "POST":
-            ctx.stats.reset()
-            payload = {"ok": True}
-        elif path == "/_cosencfs/faults" and method == "POST":
-            params = dict(parse_query(query_string))
-            try:
-                rate = float(params.get("rate", ctx.faults.rate))
-                latency = int(params.get("latency_ms", ctx.faults.latency_ms))
-                ctx.faults.set(rate, latency)
-                payload = {"rate": ctx.faults.rate, "latency_ms": ctx.faults.latency_ms}
-            except ValueError as exc:
-                status, payload = 400, {"error": str(exc)}
-        else:
-            status, payload = 405, {"error": f"{method} {path} is not an admin operation"}
-        body = json.dumps(payload).encode()
-        self._send(
-            None, Response(status, [("Content-Type", "application/json")], body), close=close
+        status, headers, body = admin.handle(
+            self.ctx,
+            method=self.command,
+            path=path,
+            query_string=query_string,
+            headers=self.headers.items(),
+            authorization=str(self.headers.get("Authorization", "")),
         )
+        if status in (401, 403):
+            log.warning("admin request %s %s refused", self.command, path)
+        self._send(None, Response(status, headers, body), close=close)
 
     # ---------------------------------------------------------------- responses
 
@@ -415,6 +401,13 @@ class CosHandler(BaseHTTPRequestHandler):
         return Response(exc.status, [("Content-Type", "application/xml"), *headers], xml)
 
     def _send(self, req: Request | None, resp: Response, *, close: bool = False) -> None:
+        if not all(safe_header_value(k) and safe_header_value(v) for k, v in resp.headers):
+            # Operations refuse such values on the way in; this is the last
+            # line: never let a stored or echoed value start a header of its own.
+            log.error("a response header holds control characters; answering 500 instead")
+            if resp.file_fd is not None:
+                os.close(resp.file_fd)
+            resp = Response(500, close=True)
         status = resp.status
         request_id = req.request_id if req is not None else os.urandom(12).hex()
         lines = [

@@ -37,6 +37,7 @@ from pathlib import Path
 from cosencfs.server.datafiles import DataFiles, NewData
 from cosencfs.server.errors import CosError
 from cosencfs.server.listing import ListPage, list_keys
+from cosencfs.server.perms import private_root
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class Storage:
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_root(self.root)
         self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             # Two servers on one root would sweep each other's fresh files.

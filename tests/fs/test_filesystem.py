@@ -246,9 +246,11 @@ async def test_errors(fsys: Filesystem) -> None:
 
 
 async def test_objects_from_other_tools(
-    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
 ) -> None:
-    # A plain object (cosfs, console): readable, default attributes.
+    # A plain object (cosfs, console): readable when the mount allows plaintext
+    # (refused by default: tests/security), default attributes.
+    fsys = await make_fs(allow_plaintext=True)
     await store.put("plain.txt", b"clear text", {})
     # An object encrypted by another client with our key, with cosfs attributes.
     dk = DataKey.generate()

@@ -74,8 +74,10 @@ class Http:
 class CliServer:
     """``cosencfs local-server`` in a subprocess."""
 
-    def __init__(self, root: Path, *extra: str, port: int = 0) -> None:
-        env = dict(os.environ)
+    def __init__(
+        self, root: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None
+    ) -> None:
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         # A file, not a pipe: nobody reads stderr while it runs, and a full pipe would block it.
         self.stderr_file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in kill())

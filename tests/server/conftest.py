@@ -106,8 +106,10 @@ def plain(server: LocalCosServer, make_http: Callable[[int], Http]) -> Http:
 def cli_servers() -> Iterator[Callable[..., CliServer]]:
     started: list[CliServer] = []
 
-    def start(root: Path, *extra: str, port: int = 0) -> CliServer:
-        srv = CliServer(root, *extra, port=port)
+    def start(
+        root: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None
+    ) -> CliServer:
+        srv = CliServer(root, *extra, port=port, env=env)
         started.append(srv)
         return srv
 

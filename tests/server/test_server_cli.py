@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from _server_helpers import SECRET_ID, SECRET_KEY, CliServer, Http
 
+from cosencfs.server.cli import SECRET_KEY_ENV
+
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_serves_and_stops_cleanly(
@@ -17,7 +19,7 @@ def test_cli_serves_and_stops_cleanly(
     make_http: Callable[[int], Http],
     sig: signal.Signals,
 ) -> None:
-    srv = cli_servers(tmp_path / "root", "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY)
+    srv = cli_servers(tmp_path / "root", "--secret-id", SECRET_ID, env={SECRET_KEY_ENV: SECRET_KEY})
     assert srv.line == f"listening on http://127.0.0.1:{srv.port}"
     conn = make_http(srv.port)
     assert conn.request("PUT", "k", body=b"via cli")[0] == 200

@@ -30,6 +30,7 @@ from qcloud_cos.cos_exception import CosClientError
 
 from cosencfs.server import LocalCosServer
 from cosencfs.server.auth import cos_authorization
+from cosencfs.server.cli import SECRET_KEY_ENV
 from cosencfs.server.storage import Storage
 
 MIB = 1024 * 1024
@@ -151,8 +152,9 @@ def test_sigkill_mid_put_keeps_old_object_or_nothing(
     tmp_path: Path, cli_servers: Callable[..., CliServer], make_http: Callable[[int], Http]
 ) -> None:
     root = tmp_path / "killed"
-    keys = ("--secret-id", SECRET_ID, "--secret-key", SECRET_KEY)
-    first = cli_servers(root, *keys)
+    keys = ("--secret-id", SECRET_ID)
+    env = {SECRET_KEY_ENV: SECRET_KEY}
+    first = cli_servers(root, *keys, env=env)
     plain = make_http(first.port)
     old = os.urandom(200_000)
     assert plain.request("PUT", "victim", body=old)[0] == 200
@@ -169,7 +171,7 @@ def test_sigkill_mid_put_keeps_old_object_or_nothing(
     for sock in socks:
         sock.close()
     assert any((root / "tmp").iterdir()), "the kill should have left temp files behind"
-    second = cli_servers(root, *keys)
+    second = cli_servers(root, *keys, env=env)
     plain = make_http(second.port)
     status, _, body = plain.request("GET", "victim")
     assert (status, body) == (200, old)

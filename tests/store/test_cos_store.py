@@ -8,7 +8,6 @@ faults, ``make_cos_config`` addressing, and that no secret reaches a log.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -16,7 +15,6 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +39,7 @@ from cosencfs.errors import (
     TransientError,
 )
 from cosencfs.server import LocalCosServer
+from cosencfs.server.admin import admin_request
 from cosencfs.server.faults import FaultKind
 from cosencfs.store.base import FileRange, ListPage, ObjectStore
 from cosencfs.store.cos import CosSettings, CosStore, make_cos_config
@@ -78,9 +77,11 @@ class Spent:
 
 def server_stats(server: LocalCosServer) -> dict[str, Any]:
     """The server's admin statistics: requests by operation and body bytes in/out."""
-    with urllib.request.urlopen(f"{server.url}/_cosencfs/stats", timeout=10) as resp:
-        data: dict[str, Any] = json.load(resp)
-    return data
+    status, data = admin_request(
+        server.url, "GET", "/_cosencfs/stats", secret_id=SECRET_ID, secret_key=SECRET_KEY
+    )
+    assert status == 200, data
+    return dict(data)
 
 
 def reset_server_stats(server: LocalCosServer) -> None:
