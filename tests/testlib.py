@@ -232,9 +232,9 @@ def have(tool: str) -> bool:
 
 
 def fs_options(**kw: object) -> FsOptions:
+    kw.setdefault("writeback_delay", 0.05)
     return FsOptions(
         defaults=Defaults(uid=os.getuid(), gid=os.getgid()),
-        writeback_delay=0.05,
         **kw,  # type: ignore[arg-type]
     )
 
