@@ -129,10 +129,13 @@ async def race(writer: Callable[[], Awaitable[None]], other: Callable[[], Awaita
         nursery.start_soon(loop)
 
 
-#: (write size, writes): 1 MiB writes go through a worker thread, 4 KiB ones inline.
-#: Small files: every upload is followed by a copy of the file under a new key.
-SIZES = [pytest.param(MIB, 40, id="1MiB"), pytest.param(4 * KIB, 200, id="4KiB")]
-FILE = 2 * MIB
+#: (write size, writes, file size): 1 MiB writes go through a worker thread, 4 KiB
+#: ones inline. Small files: every upload is followed by a copy of the whole file
+#: under a new key.
+SIZES = [
+    pytest.param(MIB, 40, 2 * MIB, id="1MiB"),
+    pytest.param(4 * KIB, 200, MIB, id="4KiB"),
+]
 
 
 def _offset(rng: random.Random, size: int, n: int, cap: int = 4 * MIB) -> int:
@@ -144,7 +147,7 @@ def _offset(rng: random.Random, size: int, n: int, cap: int = 4 * MIB) -> int:
     return rng.randrange(min(blocks, 32) if rng.randrange(2) else blocks) * n
 
 
-@pytest.mark.parametrize(("n", "count"), SIZES)
+@pytest.mark.parametrize(("n", "count", "size"), SIZES)
 async def test_writes_racing_sync_all(
     make_fs: FsFactory,
     store: CosStore,
@@ -152,17 +155,18 @@ async def test_writes_racing_sync_all(
     ledger_slice: LedgerSlice,
     n: int,
     count: int,
+    size: int,
 ) -> None:
     """(a) writes in place and appends while ``cosencfs sync`` (sync_all) loops."""
     fs = await make_fs(writeback_delay=0.05)
     rng = random.Random(11)
     r = Race(fs, store, codec, "a.bin")
-    await r.create(FILE, rng)
+    await r.create(size, rng)
     fh, _ = await fs.open(r.ino, os.O_RDWR)
 
     async def writer() -> None:
         for _ in range(count):
-            await r.write(fh, _offset(rng, len(r.ref), n), rng.randbytes(n))
+            await r.write(fh, _offset(rng, len(r.ref), n, size + 2 * MIB), rng.randbytes(n))
             await trio.lowlevel.checkpoint()
 
     await race(writer, r.sync)
@@ -171,7 +175,7 @@ async def test_writes_racing_sync_all(
     await r.finish(ledger_slice)
 
 
-@pytest.mark.parametrize(("n", "count"), SIZES)
+@pytest.mark.parametrize(("n", "count", "size"), SIZES)
 async def test_writes_racing_fsync_of_another_descriptor(
     make_fs: FsFactory,
     store: CosStore,
@@ -179,18 +183,19 @@ async def test_writes_racing_fsync_of_another_descriptor(
     ledger_slice: LedgerSlice,
     n: int,
     count: int,
+    size: int,
 ) -> None:
     """(b) one descriptor writes, a second one of the same file fsyncs in a loop."""
     fs = await make_fs(writeback_delay=0.05)
     rng = random.Random(12)
     r = Race(fs, store, codec, "b.bin")
-    await r.create(FILE, rng)
+    await r.create(size, rng)
     fh, _ = await fs.open(r.ino, os.O_RDWR)
     other, _ = await fs.open(r.ino, os.O_RDONLY)
 
     async def writer() -> None:
         for _ in range(count):
-            await r.write(fh, _offset(rng, len(r.ref), n), rng.randbytes(n))
+            await r.write(fh, _offset(rng, len(r.ref), n, size + 2 * MIB), rng.randbytes(n))
             await trio.lowlevel.checkpoint()
 
     await race(writer, lambda: r.fsync(other))
@@ -200,7 +205,7 @@ async def test_writes_racing_fsync_of_another_descriptor(
     await r.finish(ledger_slice)
 
 
-@pytest.mark.parametrize(("n", "count"), SIZES)
+@pytest.mark.parametrize(("n", "count", "size"), SIZES)
 async def test_open_file_uploaded_by_max_dirty_age(
     make_fs: FsFactory,
     store: CosStore,
@@ -208,18 +213,19 @@ async def test_open_file_uploaded_by_max_dirty_age(
     ledger_slice: LedgerSlice,
     n: int,
     count: int,
+    size: int,
 ) -> None:
     """(c) a file held open and written is uploaded every 0.1 s (max_dirty_age)."""
     fs = await make_fs(writeback_delay=0.05, max_dirty_age=0.1)
     rng = random.Random(13)
     r = Race(fs, store, codec, "c.bin")
-    await r.create(FILE, rng)
+    await r.create(size, rng)
     fh, _ = await fs.open(r.ino, os.O_RDWR)
     pause = 2.0 / count  # the writes span a couple of seconds: 20 or so uploads
 
     async def writer() -> None:
         for _ in range(count):
-            await r.write(fh, _offset(rng, len(r.ref), n), rng.randbytes(n))
+            await r.write(fh, _offset(rng, len(r.ref), n, size + 2 * MIB), rng.randbytes(n))
             await trio.sleep(pause)
 
     async def watch() -> None:
