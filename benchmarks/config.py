@@ -18,6 +18,7 @@ WORKLOADS: dict[str, str] = {
     "rm_r": "f",
     "rsync": "g",
     "big_write_rss": "h",
+    "rand_write": "i",
 }
 
 #: What a workload needs on the mount before it can run; a prerequisite that
@@ -41,6 +42,8 @@ class Sizes:
     tree_files: int  # (g)
     tree_dirs: int
     huge_file: int  # (h)
+    rand_write_file: int  # (i)
+    random_writes: int
     #: Upper bound of each wait; scaled with the sizes.
     timeout: float
     huge_timeout: float
@@ -55,6 +58,8 @@ class Sizes:
             tree_files=1000,
             tree_dirs=8,
             huge_file=2048 * MIB,
+            rand_write_file=64 * MIB,
+            random_writes=2000,
             timeout=600.0,
             huge_timeout=1800.0,
         )
@@ -69,6 +74,8 @@ class Sizes:
             tree_files=50,
             tree_dirs=4,
             huge_file=16 * MIB,
+            rand_write_file=8 * MIB,
+            random_writes=200,
             timeout=60.0,
             huge_timeout=60.0,
         )

@@ -199,7 +199,9 @@ def header(data: dict[str, Any]) -> list[str]:
         f"Sizes: {sizes.get('big_file', 0) // MIB} MiB file, "
         f"{sizes.get('small_files', '?')} small files, {sizes.get('random_reads', '?')} random "
         f"reads, {sizes.get('tree_files', '?')}-file rsync tree, "
-        f"{sizes.get('huge_file', 0) // MIB} MiB for the RSS run"
+        f"{sizes.get('huge_file', 0) // MIB} MiB for the RSS run, "
+        f"{sizes.get('random_writes', '?')} random 4 KiB writes in a "
+        f"{sizes.get('rand_write_file', 0) // MIB} MiB file"
         + (" (quick mode)" if c.get("quick") else ""),
     ]
 

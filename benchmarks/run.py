@@ -1,6 +1,6 @@
 """The benchmark suite: ``python -m benchmarks.run [--quick] [--only NAMES] [--peers ...]``.
 
-Runs the workloads (a)-(h) on cosencfs and its peers (a pyfuse3
+Runs the workloads (a)-(i) on cosencfs and its peers (a pyfuse3
 pass-through, rclone mount with crypt, s3fs), each over its own local COS
 server started here on a fresh root, prints a table and the targets, and
 writes a JSON result file (``benchmarks/results/`` by default, gitignored).
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (CI); only cosencfs unless --peers says otherwise")  # fmt: skip
     p.add_argument("--only", metavar="NAMES", default="",
-                   help="comma-separated workloads (names or letters a-h): "
+                   help="comma-separated workloads (names or letters a-i): "
                    + ", ".join(WORKLOADS))  # fmt: skip
     p.add_argument("--peers", default="",
                    help=f"comma-separated filesystems: {','.join(ALL_PEERS)} (default all; "
@@ -117,17 +117,20 @@ def prepare_sources(cfg: BenchConfig, steps: list[str]) -> Sources:
     src = cfg.workdir / "src"
     src.mkdir(parents=True, exist_ok=True)
     s = cfg.sizes
-    big, huge, tree = src / "big", src / "huge", src / "tree"
+    big, huge, tree, rw = src / "big", src / "huge", src / "tree", src / "rw"
     tree_bytes = 0
     log(f"generating input data in {src}")
     if {"seq_write", "seq_read", "rand_read"} & set(steps):
         write_random_file(big, s.big_file, f"big-{cfg.seed}")
     if "big_write_rss" in steps:
         write_random_file(huge, s.huge_file, f"huge-{cfg.seed}")
+    if "rand_write" in steps:
+        write_random_file(rw, s.rand_write_file, f"rw-{cfg.seed}")
     if "rsync" in steps:
         tree_bytes = write_tree(tree, TreeSpec(files=s.tree_files, dirs=s.tree_dirs),
                                 seed=f"tree-{cfg.seed}")  # fmt: skip
-    return Sources(big=big, huge=huge, tree=tree, tree_files=s.tree_files, tree_bytes=tree_bytes)
+    return Sources(big=big, huge=huge, tree=tree, tree_files=s.tree_files, tree_bytes=tree_bytes,
+                   rw=rw)  # fmt: skip
 
 
 def log(msg: str) -> None:

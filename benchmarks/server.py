@@ -157,6 +157,24 @@ class LocalServer:
 
     # ---------------------------------------------------------- bucket probe
 
+    def newest(self, min_size: int) -> int:
+        """Last-Modified (ms) of the newest object of at least ``min_size`` bytes, or 0."""
+        uri = f"file:{self.root / 'index.sqlite'}?mode=ro"
+        for attempt in range(20):
+            try:
+                with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+                    row = db.execute(
+                        "SELECT coalesce(max(mtime_ms), 0) FROM objects"
+                        " WHERE bucket = ? AND size >= ?",
+                        (BUCKET, min_size),
+                    ).fetchone()
+                return int(row[0])
+            except sqlite3.OperationalError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
     def bucket(self) -> BucketState:
         """Objects with a body in the bucket (0-byte directory markers excluded)."""
         uri = f"file:{self.root / 'index.sqlite'}?mode=ro"

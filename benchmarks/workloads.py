@@ -1,4 +1,4 @@
-"""The workloads (a)-(h), each run the same way on every filesystem.
+"""The workloads (a)-(i), each run the same way on every filesystem.
 
 A measurement resets the server's counters, runs the action, then (for the
 writing workloads) waits until the bucket holds the result: cosencfs
@@ -50,6 +50,7 @@ class Sources:
     tree: Path
     tree_files: int
     tree_bytes: int
+    rw: Path
 
 
 @dataclass(slots=True)
@@ -414,6 +415,90 @@ def big_write_rss(ctx: Ctx, peer: Peer) -> list[Row]:
     return [m.row]
 
 
+# --------------------------------------------------------------------- (i)
+
+
+def _newest(peer: Peer, size: int) -> int:
+    assert peer.server is not None
+    return peer.server.newest(size)
+
+
+def _disk_usage(root: Path) -> int:
+    """Bytes allocated under ``root`` (sparse files count what they hold)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def rand_write(ctx: Ctx, peer: Peer) -> list[Row]:
+    """The sqlite case: random 4 KiB pwrites in place into a large file, fsync.
+
+    Set-up (not timed): the file is written with dd conv=fsync and waited for
+    in the bucket, so the timed part starts from a clean, uploaded file.
+    "Until in the bucket" then means until the server holds a version of it
+    newer than the set-up's (rclone crypt renames and pads: any object of at
+    least the file's size counts).
+    """
+    size, count = ctx.sizes.rand_write_file, ctx.sizes.random_writes
+    ensure_mounted(peer)
+    dst = peer.mnt / "rw.bin"
+    warm_file(ctx.src.rw)
+    before = _newest(peer, size) if peer.server is not None else 0
+    _dd(ctx.src.rw, dst, size, fsync=True, timeout=ctx.sizes.timeout)
+    if peer.server is not None:
+        wait_until(
+            lambda: _newest(peer, size) > before,
+            timeout=ctx.sizes.timeout,
+            what=f"the {size}-byte file of the set-up in the bucket",
+            settle=SETTLE,
+        )
+    bounded(peer.sync, timeout=ctx.sizes.timeout, what=f"sync of {peer.name}")
+    time.sleep(QUIESCE)
+    offsets = random_offsets(size, count, seed=ctx.cfg.seed + 1)
+    blocks = random_bytes(f"rw-writes-{ctx.cfg.seed}", count * 4096)
+    # A cache that copies the file for every write fills the disk long before
+    # the end (the machine may be shared): stop it at a few times the file.
+    limit = 4 * size + 256 * MIB
+
+    def write() -> None:
+        fd = os.open(dst, os.O_RDWR)
+        try:
+            for i, off in enumerate(offsets):
+                if os.pwrite(fd, blocks[i * 4096 : (i + 1) * 4096], off) != 4096:
+                    raise BenchError(f"short pwrite at {off}")
+                if peer.has_cache and i % 16 == 15 and (used := _disk_usage(peer.cache)) > limit:
+                    raise BenchError(
+                        f"the cache directory holds {used // MIB} MiB after {i + 1} writes into"
+                        f" a {size // MIB} MiB file: stopped at {limit // MIB} MiB"
+                    )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    base = _newest(peer, size) if peer.server is not None else 0
+    m = measure(
+        ctx, peer, "rand_write", write,
+        label=f"{count} random 4 KiB pwrites in place into a {size // MIB} MiB file (O_RDWR,"
+              " one descriptor) + fsync, until in the bucket",
+        committed=lambda _s: _newest(peer, size) > base,
+        what=f"the rewritten {size}-byte file",
+    )  # fmt: skip
+    m.row.rate, m.row.unit = _ops_s(count, m.seconds), "ops/s"
+    m.row.extra["bytes_written"] = 4096 * count
+    if peer.has_cache:
+        m.row.extra["cache_bytes_after"] = _disk_usage(peer.cache)
+    want = bytearray(ctx.src.rw.read_bytes())
+    for i, off in enumerate(offsets):
+        want[off : off + 4096] = blocks[i * 4096 : (i + 1) * 4096]
+    got = bounded(dst.read_bytes, timeout=ctx.sizes.timeout, what=f"read {dst}")
+    if got != want:
+        m.row.error = "data read back differs from what was written"
+    return [m.row]
+
+
 WORKLOAD_FUNCS: dict[str, Callable[[Ctx, Peer], list[Row]]] = {
     "seq_write": seq_write,
     "seq_read": seq_read,
@@ -423,6 +508,7 @@ WORKLOAD_FUNCS: dict[str, Callable[[Ctx, Peer], list[Row]]] = {
     "rm_r": rm_r,
     "rsync": rsync,
     "big_write_rss": big_write_rss,
+    "rand_write": rand_write,
 }
 
 

@@ -39,6 +39,7 @@ EXPECTED_ROWS = {
     "rsync:first",
     "rsync:second",
     "big_write_rss",
+    "rand_write",
 }
 
 
@@ -90,6 +91,7 @@ def test_quick_suite_on_cosencfs(tmp_path: Path) -> None:
     deletes = rows["rm_r"]["requests"]
     assert deletes.get("DeleteObject", 0) + deletes.get("DeleteMultipleObjects", 0) > 0
     assert rows["rand_read"]["bytes_down"] > 0
+    assert rows["rand_write"]["bytes_up"] >= sizes["rand_write_file"]
     for variant in ("same cache", "empty cache"):
         warm = rows[f"ls_warm:{variant}"]
         assert warm["extra"]["zero_requests"] in (True, False)

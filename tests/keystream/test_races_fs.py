@@ -299,3 +299,36 @@ async def test_sync_right_after_the_last_close(
             await trio.lowlevel.checkpoint()  # let the write-back task start its upload first
         await r.sync()
     await r.finish(ledger_slice)
+
+
+def _cache_usage(fs: Filesystem) -> int:
+    """Bytes allocated under the cache directory."""
+    return sum(p.lstat().st_blocks * 512 for p in fs.ctx.cache.root.rglob("*") if p.is_file())
+
+
+async def test_random_writes_into_an_uploaded_large_file_keep_the_cache_bounded(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec, ledger_slice: LedgerSlice
+) -> None:
+    """The sqlite case: 4 KiB writes in place into a file larger than a single
+    PUT that went up (streamed) before. The cache must not hold a copy of the
+    whole file per write."""
+    fs = await make_fs(writeback_delay=0.05, single_put_max=8 * MIB)
+    rng = random.Random(16)
+    r = Race(fs, store, codec, "f.bin")
+    size = 9 * MIB  # one 8 MiB part and a tail
+    await r.create(size, rng)
+    fh, _ = await fs.open(r.ino, os.O_RDWR)
+    usage = []
+    for _ in range(16):
+        await r.write(fh, rng.randrange(size // (4 * KIB)) * 4 * KIB, rng.randbytes(4 * KIB))
+        usage.append(_cache_usage(fs))
+    await r.fsync(fh)
+    await fs.release(fh)
+    if max(usage) > 3 * size + 8 * MIB:
+        r.found.add(
+            "cache usage",
+            f"{max(usage) // MIB} MiB for a {size // MIB} MiB file after "
+            f"{usage.index(max(usage)) + 1} writes (first writes: "
+            f"{', '.join(str(u // MIB) for u in usage[:6])} MiB)",
+        )
+    await r.finish(ledger_slice, min_versions=2)
