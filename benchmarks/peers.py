@@ -82,6 +82,10 @@ class Peer:
     def mount_env(self) -> dict[str, str]:
         return clean_env()
 
+    def mount_cwd(self) -> Path | None:
+        """Where the mount process starts (``python -m`` looks there first)."""
+        return None
+
     def prepare(self) -> None:
         """Write configuration files once the server runs."""
 
@@ -128,6 +132,7 @@ class Peer:
                 stdout=out,
                 stderr=out,
                 env=self.mount_env(),
+                cwd=self.mount_cwd(),
                 start_new_session=True,
             )
         finally:
@@ -265,16 +270,32 @@ class BaselinePeer(CosencfsPeer):
                 check=True,
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(self.src)], input=archive, check=True)
+        self.check_source()
 
     def mount_env(self) -> dict[str, str]:
         # PYTHONPATH comes before the editable install's finder.
         return {**super().mount_env(), "PYTHONPATH": str(self.src)}
 
+    def mount_cwd(self) -> Path | None:
+        # `python -m` puts the working directory first on sys.path: started
+        # in the repository, it would run the working tree instead.
+        return self.src
+
+    def check_source(self) -> None:
+        """Fail unless the mount command really imports the exported revision."""
+        done = run(
+            [sys.executable, "-c", "import cosencfs; print(cosencfs.__file__)"],
+            timeout=60, env=self.mount_env(), cwd=self.src,
+        )  # fmt: skip
+        where = done.stdout.decode().strip()
+        if not where.startswith(str(self.src)):
+            raise BenchError(f"{self.name}: imports {where}, not revision {self.rev}")
+
     def clean_unmount(self) -> None:
         done = run(
             [sys.executable, "-m", "cosencfs", "umount", str(self.mnt),
              "--timeout", str(int(UNMOUNT_TIMEOUT))],
-            timeout=UNMOUNT_TIMEOUT + 30, check=False, env=self.mount_env(),
+            timeout=UNMOUNT_TIMEOUT + 30, check=False, env=self.mount_env(), cwd=self.src,
         )  # fmt: skip
         if done.returncode != 0:
             Peer.clean_unmount(self)

@@ -6,8 +6,8 @@ file started from) up to each layer's ``limit``, then zeros.  Reading a range
 happens in two steps:
 
 1. a *plan*, made in the event loop with no await (so no write can change a
-   segment map half-way): which record, which clean-copy range or which
-   zeros supply each piece of the range;
+   segment map half-way): which record, which range of a direct copy or of a
+   clean copy, or which zeros supply each piece of the range;
 2. the *execution*, synchronous and safe in a worker thread: records and
    clean copies are append-only or fill-once, and every layer and copy the
    plan names is pinned until it is done.
@@ -48,19 +48,33 @@ class _FromSource:
 
 
 @dataclass(slots=True, frozen=True)
+class _FromDirect:
+    copy: ObjectContent
+    start: int
+    end: int
+
+
+@dataclass(slots=True, frozen=True)
 class _Zeros:
     start: int
     end: int
 
 
-_Piece = _FromLog | _FromSource | _Zeros
+_Piece = _FromLog | _FromSource | _FromDirect | _Zeros
 
 
 def _plan(layer: DirtyLayer, start: int, end: int, out: list[_Piece]) -> None:
-    for s, e, ref in layer.segments.pieces(start, end):
+    for first, e, ref in layer.segments.pieces(start, end):
         if ref is not None:
-            out.append(_FromLog(layer, ref, s, e))
+            out.append(_FromLog(layer, ref, first, e))
             continue
+        s = first
+        if layer.direct is not None and s < layer.direct_end:
+            # Written front to back before anything else: older than every record.
+            s = min(e, layer.direct_end)
+            out.append(_FromDirect(layer.direct, first, s))
+            if s >= e:
+                continue
         lim = layer.limit
         if s < lim:
             below_end = min(e, lim)
@@ -105,6 +119,8 @@ async def _ready(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -
                 resolved.append((piece, copy))
                 if not copy.present.contains(piece.start, piece.end):
                     missing.append((copy, piece.start, piece.end))
+            elif isinstance(piece, _FromDirect):
+                resolved.append((piece, piece.copy))
             else:
                 resolved.append((piece, None))
         if not missing:
@@ -139,7 +155,7 @@ def _execute(ready: _Ready, start: int, end: int) -> bytes:
             data = last[2]
             off = piece.start - piece.ref.offset
             out[piece.start - start : piece.end - start] = data[off : off + piece.end - piece.start]
-        elif isinstance(piece, _FromSource):
+        elif isinstance(piece, _FromSource | _FromDirect):
             if copy is None:
                 raise RuntimeError("plan without its clean copy")
             out[piece.start - start : piece.end - start] = copy.read_plain(

@@ -14,9 +14,14 @@ A layer that is not the whole file reads its holes from what lies
 ``below`` it: an older layer still being uploaded, or the remote object the
 file started from (``source``), up to ``limit``; beyond that, zeros.
 
-The object's own data key is not used here at all: it is drawn when the
-layer is sealed for upload, and the upload re-encrypts the layer's plaintext
-into the object's CTR stream (cosencfs/cache/produce.py).
+A file written front to back (``cp``, ``dd``, a small file from start to
+close) takes a shorter road: while every write appends at the end of what
+the layer holds, its bytes go straight into the upload copy under the new
+object's data key (``direct``), each range encrypted once, and the upload
+sends that copy as it is.  The first write that is not such an append
+*burns* that key: the direct copy stays as storage for the bytes already in
+it, that key is never used again, and the upload is produced afresh under a
+new key from the direct bytes and the log (cosencfs/cache/assemble.py).
 
 States and the lock that guards them are described in docs/concurrency.md.
 """
@@ -83,8 +88,11 @@ class DirtyLayer:
 
     __slots__ = (
         "below",
+        "burned",
         "cache_key",
-        "covered",
+        "direct",
+        "direct_end",
+        "direct_envelope",
         "envelope",
         "fd",
         "limit",
@@ -125,14 +133,22 @@ class DirtyLayer:
         self.limit = limit
         self.below = below
         self.source = source
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-        self.fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+        # A new layer's log is made on its first record: most files are
+        # written front to back and never need one (their direct copy does).
+        self.fd = -1 if create else os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         #: Bytes of the log that hold complete records (appends go here).
         self.log_size = 0
         self.segments = SegmentMap()
-        #: Every byte below this was written into this layer (a sequential
-        #: writer keeps it at ``size``): the file can be streamed.
-        self.covered = 0
+        #: Bytes written front to back, once each, under the upload key
+        #: (``direct.dk``); ``[0, direct_end)`` of it are the layer's bytes.
+        self.direct: ObjectContent | None = None
+        self.direct_end = 0
+        #: The envelope of the direct copy's key (kept after a burn: the
+        #: journal needs it to read those bytes after a crash).
+        self.direct_envelope: dict[str, str] = {}
+        #: The direct copy's key may no longer be the upload key: something
+        #: other than an append happened (or a crash hid what was written).
+        self.burned = False
         self.state = LayerState.OPEN
         #: Writers, sealing and truncation take it (docs/concurrency.md).
         self.lock = trio.Lock()
@@ -171,6 +187,43 @@ class DirtyLayer:
         """Whether a write at ``offset`` (or a truncate to it) may change this layer."""
         return self.state is LayerState.OPEN and offset >= self.sealed_upto
 
+    def appends_direct(self, offset: int) -> bool:
+        """Whether a write at ``offset`` may go straight into the upload copy.
+
+        Only an append to a layer that holds nothing but bytes written front
+        to back: every byte of the direct copy is then encrypted exactly once.
+        """
+        return (
+            not self.burned
+            and self.below is None
+            and self.source is None
+            and offset == self.size == self.direct_end
+            and len(self.segments) == 0
+        )
+
+    @property
+    def streamable(self) -> bool:
+        """Written front to back so far: parts can be uploaded as they fill."""
+        return self.direct is not None and not self.burned and self.direct_end == self.size
+
+    def burn(self) -> None:
+        """The direct copy's key stops being the upload key (the caller holds ``lock``).
+
+        Its bytes stay readable from it; a new key is drawn when sealing.
+        """
+        if self.direct is None or self.burned:
+            return
+        self.burned = True
+        if self.staged is self.direct:
+            self.staged = None
+        self.object_dk = None
+        self.envelope = {}
+        if self.stream is not None:
+            # Its parts went up under the burned key: that upload is void.
+            self.stream.abandon()
+            self.stream = None
+            self.sealed_upto = 0
+
     # -- records (synchronous: callers decide on a worker thread) ------------------
 
     def _aad(self, header: bytes) -> bytes:
@@ -201,6 +254,11 @@ class DirtyLayer:
 
     def append(self, blob: bytes) -> None:
         """Write encoded records at the end of the log (the caller holds ``lock``)."""
+        if self.fd == -2:
+            raise CacheIntegrityError(f"cache log {self.vid} was closed")
+        if self.fd < 0:
+            flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_CREAT | os.O_EXCL
+            self.fd = os.open(self.path, flags, 0o600)
         pwrite_all(self.fd, blob, self.log_size)
 
     def apply_write(self, refs: list[RecordRef], blob_len: int) -> None:
@@ -208,13 +266,11 @@ class DirtyLayer:
         for ref in refs:
             self.segments.put(ref.offset, ref.end, ref)
             self.size = max(self.size, ref.end)
-            if ref.offset <= self.covered:
-                self.covered = max(self.covered, ref.end)
         self.log_size += blob_len
 
     def apply_truncate(self, size: int, blob_len: int) -> None:
         self.segments.truncate(size)
-        self.covered = min(self.covered, size)
+        self.direct_end = min(self.direct_end, size)
         self.limit = min(self.limit, size)
         self.size = size
         self.log_size += blob_len
@@ -276,4 +332,4 @@ class DirtyLayer:
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -2  # closed: a later append must not make the file again

@@ -125,6 +125,14 @@ class LayerRecord:
     key: str
     size: int
     limit: int
+    #: No write can change it any more (sealed for upload, or frozen).
+    sealed: bool = False
+    #: Its direct copy: id, bytes that count, the envelope of its key, and
+    #: whether that key was burned (see cache/dirtylog.py).
+    direct_vid: str | None = None
+    direct_end: int = 0
+    direct_envelope: dict[str, str] | None = None
+    burned: bool = False
 
 
 #: Record formats: 1 = one cache file of ciphertext (releases before the
@@ -233,12 +241,7 @@ class Journal:
                     "limit": rec.source.limit,
                 }
             )
-        layers = json.dumps(
-            [
-                {"vid": x.vid, "end": x.end, "key": x.key, "size": x.size, "limit": x.limit}
-                for x in rec.layers
-            ]
-        )
+        layers = json.dumps([_layer_json(x) for x in rec.layers])
         obj_env = None if rec.object_envelope is None else json.dumps(rec.object_envelope)
         # A multipart upload under way stays recorded while the sealed layer
         # (vid) is the same: it can be resumed.  A new layer starts afresh.
@@ -420,6 +423,9 @@ def _parse_dirty(row: Sequence[object]) -> DirtyRecord | None:
     layer_list = json.loads(str(layers or "[]"))
     if not all(accept_journal_vid(x.get("vid"), rid) for x in layer_list):
         return None
+    directs = [x["direct_vid"] for x in layer_list if x.get("direct_vid") is not None]
+    if not all(accept_journal_vid(d, rid) for d in directs):
+        return None
     src = None
     if source:
         s = json.loads(str(source))
@@ -438,11 +444,42 @@ def _parse_dirty(row: Sequence[object]) -> DirtyRecord | None:
         upload_id=None if upload_id is None else str(upload_id),
         parts={int(k): str(v) for k, v in json.loads(str(parts or "{}")).items()},
         format=int(str(fmt)),
-        layers=[
-            LayerRecord(
-                str(x["vid"]), int(x["end"]), str(x["key"]), int(x["size"]), int(x["limit"])
-            )
-            for x in layer_list
-        ],
+        layers=[_layer_from_json(x) for x in layer_list],
         object_envelope=envelope_obj,
+    )
+
+
+def _layer_json(x: LayerRecord) -> dict[str, object]:
+    out: dict[str, object] = {
+        "vid": x.vid,
+        "end": x.end,
+        "key": x.key,
+        "size": x.size,
+        "limit": x.limit,
+        "sealed": x.sealed,
+    }
+    if x.direct_vid is not None:
+        out.update(
+            direct_vid=x.direct_vid,
+            direct_end=x.direct_end,
+            direct_envelope=x.direct_envelope,
+            burned=x.burned,
+        )
+    return out
+
+
+def _layer_from_json(x: dict[str, object]) -> LayerRecord:
+    direct_vid = x.get("direct_vid")
+    env = x.get("direct_envelope")
+    return LayerRecord(
+        vid=str(x["vid"]),
+        end=int(str(x["end"])),
+        key=str(x["key"]),
+        size=int(str(x["size"])),
+        limit=int(str(x["limit"])),
+        sealed=bool(x.get("sealed", False)),
+        direct_vid=None if direct_vid is None else str(direct_vid),
+        direct_end=int(str(x.get("direct_end", 0))),
+        direct_envelope=None if env is None else {str(k): str(v) for k, v in dict(env).items()},  # type: ignore[call-overload]
+        burned=bool(x.get("burned", False)),
     )

@@ -129,6 +129,22 @@ class CacheManager:
         self._by_source[(source.key, source.etag)] = v
         return v
 
+    def reopen_copy(self, vid: str, dk: DataKey, size: int) -> ObjectContent:
+        """A direct copy left by an earlier run: ``[0, size)`` of it was written."""
+        v = ObjectContent(vid, self._path(vid), dk, size, None, create=False)
+        v.account = self._usage
+        v.mark(0, size)
+        v.holds += 1
+        self.versions[vid] = v
+        return v
+
+    def _close_copy(self, v: ObjectContent) -> None:
+        """Forget a copy but keep its file (the journal still names it)."""
+        if self.versions.pop(v.vid, None) is not None:
+            self._usage[0] -= v.present.total
+        self._forget_source(v)
+        v.close()
+
     def staged(self, dk: DataKey, size: int) -> ObjectContent:
         """An empty copy an upload produces under the new object's key ``dk``."""
         v = self._new(dk, size, None)
@@ -208,15 +224,17 @@ class CacheManager:
         source: Source | None,
     ) -> DirtyLayer:
         """A layer left by an earlier run (from the journal): its log replayed."""
+        path = self.layer_path(vid)
         layer = DirtyLayer(
             vid,
-            self.layer_path(vid),
+            path,
             cache_key,
             size=size,
             limit=limit,
             below=below,
             source=source,
-            create=False,
+            # A layer that never had a record never had a log file.
+            create=log_end == 0 and not os.path.exists(path),
         )
         self.layers[vid] = layer
         try:
@@ -248,20 +266,25 @@ class CacheManager:
         """
         while layer is not None:
             below = layer.below
-            if layer.staged is not None:
-                self.discard(layer.staged)
-                layer.staged = None
+            self._drop_copies(layer)
             self.retire_layer(layer)
             layer = below
+
+    def _drop_copies(self, layer: DirtyLayer) -> None:
+        """The layer's upload and direct copies (not one already adopted as clean)."""
+        for copy in {id(c): c for c in (layer.staged, layer.direct) if c is not None}.values():
+            self.discard(copy)
+        layer.staged = layer.direct = None
 
     def release_chain(self, layer: DirtyLayer | None) -> None:
         """Close ``layer`` and those below it but keep their files: the journal
         still names them (an upload that failed, a recovery that must wait)."""
         while layer is not None:
             below = layer.below
-            if layer.staged is not None:
-                self.discard(layer.staged)
-                layer.staged = None
+            for copy in (layer.staged, layer.direct):
+                if copy is not None and not copy.discarded:
+                    self._close_copy(copy)
+            layer.staged = layer.direct = None
             self.layers.pop(layer.vid, None)
             layer.close()
             layer = below

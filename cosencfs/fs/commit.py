@@ -136,6 +136,8 @@ class Committer:
         source = Source(key, etag, head.object_dk, size, dict(head.envelope))
         cache.adopt(staged, source)
         head.staged = None
+        if head.direct is staged:
+            head.direct = None  # the clean copy now, not the layer's to discard
         node.remote = Remote(etag, size, time.time(), meta)
         node.size = size
         node.touched_at = node.validated_at = trio.current_time()

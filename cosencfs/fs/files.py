@@ -24,6 +24,7 @@ from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.journal import DirtyRecord, LayerRecord, SourceRecord
 from cosencfs.cache.segments import RecordRef
+from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import DamagedObjectError, FsError, NotFoundError, TransientError
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, Attrs, Kind, attrs_to_meta
@@ -285,9 +286,11 @@ class Files:
             # Freeze it (check and change with no await between): it stays
             # readable below the new head until its content is in COS.
             head.state = LayerState.SEALED
-            if head.stream is not None and not head.uploading:
-                head.stream.abandon()
-                head.stream = None
+            if not head.uploading:
+                head.burn()  # never uploaded itself: its key is done with
+                if head.stream is not None:
+                    head.stream.abandon()
+                    head.stream = None
             new = cache.new_layer(size=head.size, limit=head.size, below=head)
             self.set_head(node, new)
         if new.depth > MAX_DEPTH:
@@ -308,15 +311,7 @@ class Files:
                     continue  # sealed meanwhile (a commit, a streamed part): new head
                 if offset + len(data) > MAX_FILE_SIZE:
                     raise FsError(errno.EFBIG)
-                if len(data) >= THREAD_WRITE:
-                    # The worker thread runs while this task holds head.lock:
-                    # sealing, truncation and other writers wait for it.
-                    n, refs = await trio.to_thread.run_sync(
-                        _append_write, head, offset, data, limiter=self.ctx.cache.io_limiter
-                    )
-                else:
-                    n, refs = _append_write(head, offset, data)
-                head.apply_write(refs, n)
+                await self._write_locked(head, offset, data)
                 self._stream(node, head)
                 break
         h.wrote = True
@@ -324,6 +319,39 @@ class Files:
         self.write_bytes += len(data)
         self._modified(node)
         return len(data)
+
+    async def _write_locked(self, head: DirtyLayer, offset: int, data: bytes) -> None:
+        """Write into ``head``; the caller holds ``head.lock`` (so may a worker thread)."""
+        cache = self.ctx.cache
+        threaded = len(data) >= THREAD_WRITE
+        if head.appends_direct(offset):
+            direct = head.direct
+            if direct is None:
+                dk = DataKey.generate()
+                direct = head.direct = head.staged = cache.staged(dk, 0)
+                head.object_dk, head.envelope = dk, self.ctx.codec.seal(dk)
+                head.direct_envelope = dict(head.envelope)
+            direct.size = offset + len(data)
+            if threaded:
+                # Worker thread; this task holds head.lock all the while.
+                await trio.to_thread.run_sync(
+                    direct.produce, offset, data, limiter=cache.io_limiter
+                )
+            else:
+                direct.produce(offset, data)
+            head.direct_end = head.size = offset + len(data)
+            return
+        # Anything but an append front to back: the direct key is burned,
+        # and the bytes go to the log under a fresh nonce.
+        head.burn()
+        if threaded:
+            # Worker thread; this task holds head.lock all the while.
+            n, refs = await trio.to_thread.run_sync(
+                _append_write, head, offset, data, limiter=cache.io_limiter
+            )
+        else:
+            n, refs = _append_write(head, offset, data)
+        head.apply_write(refs, n)
 
     def _stream(self, node: Inode, head: DirtyLayer) -> None:
         """Send finished parts of a large file still being written (see stream.py).
@@ -338,9 +366,7 @@ class Files:
             nursery is None
             or not self.ctx.options.stream_uploads
             or head.size <= self.uploader.single_put_max
-            or head.below is not None
-            or head.source is not None
-            or head.covered < head.size
+            or not head.streamable
         ):
             return
         head.stream = StreamUpload(
@@ -384,6 +410,8 @@ class Files:
                 async with head.lock:
                     if node.head is not head or not head.accepts(size):
                         continue
+                    if size < head.direct_end:
+                        head.burn()  # those direct bytes are gone; never rewritten in place
                     blob = head.encode_truncate(size)
                     head.append(blob)
                     head.apply_truncate(size, len(blob))
@@ -405,16 +433,15 @@ class Files:
         if head is None or not _uses_source(head):
             return
         cache = self.ctx.cache
-        new = cache.new_layer(size=head.size, limit=0)
+        new = cache.new_layer(size=0, limit=0)
         async with head.lock:
             head.state = LayerState.SEALED
+            head.burn()
         chunk = 4 * 1024 * 1024
-        for pos in range(0, head.size, chunk):
-            plain = await assemble.read_plain(cache, head, pos, pos + chunk)
-            n, refs = await trio.to_thread.run_sync(
-                _append_write, new, pos, plain, limiter=cache.io_limiter
-            )
-            new.apply_write(refs, n)
+        async with new.lock:  # nobody else sees it yet; the write path wants it held
+            for pos in range(0, head.size, chunk):
+                plain = await assemble.read_plain(cache, head, pos, pos + chunk)
+                await self._write_locked(new, pos, plain)
         self.set_head(node, new)
         self.record_dirty(node)
         self.ctx.cache.retire_chain(head)
@@ -464,15 +491,16 @@ class Files:
         key = self.ctx.key_of(node)
         signature = Journaled(
             key,
-            tuple((x.vid, x.log_size, x.size, x.limit) for x in chain),
+            tuple((x.vid, x.log_size, x.size, x.limit, x.direct_end, x.burned) for x in chain),
             node.meta_gen,
             head.object_dk is not None,
+            head.state is LayerState.SEALED,
         )
         if node.journaled == signature:
             return
         prev = node.journaled
         if isinstance(prev, Journaled) and self.ctx.nursery is not None:
-            prev_vid, _, prev_size, _ = prev.layers[0]
+            prev_vid, _, prev_size = prev.layers[0][:3]
             # Only a multipart upload records an upload id: look only then.
             if prev_vid != head.vid and prev_size > MULTIPART_MIN:
                 old = self.ctx.journal.get_dirty(node.fid)
@@ -484,7 +512,18 @@ class Files:
         for x in chain:
             if x.wrapped_key is None:
                 x.wrapped_key = codec.wrap_cache_key(x.cache_key, x.vid)
-            layers.append(LayerRecord(x.vid, x.log_size, x.wrapped_key, x.size, x.limit))
+            rec = LayerRecord(
+                x.vid,
+                x.log_size,
+                x.wrapped_key,
+                x.size,
+                x.limit,
+                sealed=x.state is not LayerState.OPEN,
+            )
+            if x.direct is not None:
+                rec.direct_vid, rec.direct_end, rec.burned = x.direct.vid, x.direct_end, x.burned
+                rec.direct_envelope = dict(x.direct_envelope)
+            layers.append(rec)
         src = None
         bottom = chain[-1].source
         if bottom is not None:
@@ -514,9 +553,10 @@ class Journaled:
     """What a file's journal record says, to skip writing the same record twice."""
 
     key: str
-    #: (vid, log bytes, size, limit) of each layer, newest first.
-    layers: tuple[tuple[str, int, int, int], ...]
+    #: (vid, log bytes, size, limit, direct bytes, burned) of each layer, newest first.
+    layers: tuple[tuple[str, int, int, int, int, bool], ...]
     meta_gen: int
+    keyed: bool
     sealed: bool
 
 

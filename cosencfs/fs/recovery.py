@@ -27,7 +27,7 @@ from cosencfs.cache import assemble
 from cosencfs.cache.content import Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.extents import Extents
-from cosencfs.cache.journal import FORMAT_LEGACY, DirtyRecord, SourceRecord
+from cosencfs.cache.journal import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
 from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
@@ -73,7 +73,9 @@ async def recover(ctx: FsContext, files: Files) -> RecoveryReport:
         else:
             report.uploaded.append(rec.key)
     remaining = ctx.journal.dirty_records()
-    keep = {rec.vid for rec in remaining} | {x.vid for rec in remaining for x in rec.layers}
+    keep = {rec.vid for rec in remaining}
+    for rec in remaining:
+        keep |= {x.vid for x in rec.layers} | {x.direct_vid for x in rec.layers if x.direct_vid}
     report.orphan_files = ctx.cache.sweep_orphans(keep)
     report.aborted_uploads = await _abort_orphan_uploads(
         ctx, files, {r.upload_id for r in remaining if r.upload_id}
@@ -132,7 +134,7 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     opened: list[DirtyLayer] = []
     try:
         for x in reversed(rec.layers):
-            if not os.path.exists(ctx.cache.layer_path(x.vid)):
+            if x.end and not os.path.exists(ctx.cache.layer_path(x.vid)):
                 raise CosEncFsError(f"cache log {x.vid} of {rec.key!r} is missing")
             layer = ctx.cache.reopen_layer(
                 x.vid,
@@ -147,6 +149,8 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
             layer.state = LayerState.SEALED
             opened.append(layer)
             below = layer
+            if x.direct_vid is not None and x.direct_envelope is not None:
+                _reopen_direct(ctx, rec, layer, x)
     except BaseException:
         if opened:
             ctx.cache.release_chain(opened[-1])
@@ -154,12 +158,32 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     if below is None:
         raise CosEncFsError(f"journal record of {rec.key!r} names no cache layer")
     head = below
-    if rec.object_envelope is not None:
+    if rec.object_envelope is not None and rec.layers[0].sealed:
         # Sealed before the crash: the same key again, so parts already sent
         # stay valid (same plaintext, same key and counters, same bytes).
         head.object_dk = ctx.codec.open(rec.object_envelope, key=rec.key)
         head.envelope = dict(rec.object_envelope)
+        if head.direct is not None and not head.burned:
+            head.staged = head.direct
     return head
+
+
+def _reopen_direct(ctx: FsContext, rec: DirtyRecord, layer: DirtyLayer, x: LayerRecord) -> None:
+    """The layer's direct copy: its first ``direct_end`` bytes count.
+
+    Unless the layer was sealed when journaled, writes may have gone into
+    the copy after the record was made: its key is burned, so nothing is
+    ever encrypted under it again (the upload draws a fresh one).
+    """
+    if x.direct_vid is None or x.direct_envelope is None:
+        return
+    if not os.path.exists(ctx.cache.data_dir / x.direct_vid):
+        raise CosEncFsError(f"cache file {x.direct_vid} of {rec.key!r} is missing")
+    dk = ctx.codec.open(x.direct_envelope, key=rec.key)
+    layer.direct = ctx.cache.reopen_copy(x.direct_vid, dk, x.direct_end)
+    layer.direct_end = x.direct_end
+    layer.direct_envelope = dict(x.direct_envelope)
+    layer.burned = x.burned or not x.sealed
 
 
 async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
@@ -210,8 +234,10 @@ async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLay
         head.object_dk = DataKey.generate()
         head.envelope = ctx.codec.seal(head.object_dk)
     size = head.size
-    staged = ctx.cache.staged(head.object_dk, size)
-    head.staged = staged
+    staged = head.staged
+    if staged is None:
+        staged = head.staged = ctx.cache.staged(head.object_dk, size)
+    staged.size = size
     try:
         await assemble.produce(ctx.cache, head, staged, 0, size)
     except NotFoundError as exc:
@@ -221,7 +247,7 @@ async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLay
         ) from exc
     meta = {**head.envelope, **rec.attrs, META_SIZE: str(size)}
     resume = None
-    if rec.upload_id and rec.object_envelope is not None:
+    if rec.upload_id and rec.object_envelope == head.envelope:
         resume = (rec.upload_id, rec.parts)
     elif rec.upload_id:
         # Parts sent under a key this run does not have: start afresh.

@@ -507,7 +507,9 @@ async def test_cache_limit_evicts_clean_data_only(make_fs: FsFactory, store: Cos
     cache._last_evict = -1e9
     cache.evict()
     dirty = list(cache.layers.values())
-    assert len(dirty) == 1 and dirty[0].segments.live_bytes() == len(pending)
+    assert len(dirty) == 1
+    direct = dirty[0].direct  # written front to back: straight into its upload copy
+    assert direct is not None and not direct.discarded and direct.cached_bytes == len(pending)
     await fs2.sync_all()
     for name, data in files.items():  # evicted files read again from COS
         ino = (await fs2.lookup(ROOT, name.encode())).ino

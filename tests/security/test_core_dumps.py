@@ -22,8 +22,10 @@ from _sec_helpers import NOBODY, as_nobody, need_tools
 from testlib import MountFactory
 
 CHILD = f"""
-import ctypes, os, sys
+import ctypes, os, resource, sys
 from cosencfs import hardening
+# Core dumps on to begin with, whatever limit the test run inherited.
+resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, resource.RLIM_INFINITY))
 os.setgid({NOBODY}); os.setuid({NOBODY})
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # setuid() cleared the flag: dumpable again
 print("ready", flush=True); sys.stdin.readline()
