@@ -141,12 +141,15 @@ def helper_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` None means the process is the ``cosencfs`` program
+    (only then is it hardened: tests call this with an explicit ``argv``)."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        argv = helper_argv(argv)
-    args = parser.parse_args(argv)
-    if args.command in KEY_HOLDERS:
+    as_argv = list(sys.argv[1:] if argv is None else argv)
+    if as_argv and not as_argv[0].startswith("-") and as_argv[0] not in COMMANDS:
+        as_argv = helper_argv(as_argv)
+    as_program = argv is None
+    args = parser.parse_args(as_argv)
+    if as_program and args.command in KEY_HOLDERS:
         # Master keys, data keys and plaintext in memory: no core dumps
         # (the mount does this itself before it daemonizes).
         harden_process()

@@ -85,3 +85,21 @@ def test_hardened_process_is_closed_to_its_own_user() -> None:
         child.stdin.close()
         child.wait(30)
         child.stdout.close()
+
+
+def test_key_holding_commands_harden_themselves(tmp_path: Path) -> None:
+    """fsck, rekey, keygen and local-server hold keys or secrets too."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cosencfs", "local-server", "--root", str(tmp_path / "srv"),
+         "--port", "0", "--bucket", "b-1250000000"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline()  # its URL: up and running
+        assert core_limit(proc.pid) == ["0", "0"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
