@@ -144,8 +144,16 @@ def _release(cache: CacheManager, ready: _Ready) -> None:
         cache.touch(c)
 
 
-def _execute(ready: _Ready, start: int, end: int) -> bytes:
+def _execute(ready: _Ready, start: int, end: int) -> bytes | bytearray:
     """Synchronous: the plaintext of the planned range (runs in a worker thread)."""
+    if len(ready.pieces) == 1:
+        # One piece (the common case: a range untouched since the upload, or
+        # written in one go): its bytes as they come, no copy.
+        piece, copy = ready.pieces[0]
+        if isinstance(piece, _FromSource | _FromDirect) and copy is not None:
+            return copy.read_plain(start, end - start)
+        if isinstance(piece, _Zeros):
+            return bytes(end - start)
     out = bytearray(end - start)
     last: tuple[DirtyLayer, RecordRef, bytes] | None = None
     for piece, copy in ready.pieces:
@@ -162,11 +170,18 @@ def _execute(ready: _Ready, start: int, end: int) -> bytes:
                 piece.start, piece.end - piece.start
             )
         # _Zeros: the buffer is zeros already
-    return bytes(out)
+    return out
 
 
 async def read_plain(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -> bytes:
     """The plaintext of ``[start, end)`` of a file whose newest layer is ``layer``."""
+    data = await _read_plain(cache, layer, start, end)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+async def _read_plain(
+    cache: CacheManager, layer: DirtyLayer, start: int, end: int
+) -> bytes | bytearray:
     end = min(end, layer.size)
     if end <= start:
         return b""

@@ -159,7 +159,7 @@ class ObjectContent:
             pwrite_all(self.fd, piece, s)
             self.mark(s, e)
 
-    def produce(self, offset: int, plain: bytes | memoryview) -> None:
+    def produce(self, offset: int, plain: bytes | bytearray | memoryview) -> None:
         """Encrypt a range of a copy being produced for upload (each range once)."""
         if self.present.missing(offset, offset + len(plain)) != [(offset, offset + len(plain))]:
             raise ValueError(f"range {offset}+{len(plain)} of {self.vid} was produced before")
