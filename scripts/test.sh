@@ -8,13 +8,17 @@ status=0
 echo "== ruff"; $VENV/ruff check cosencfs tests benchmarks || status=1
 $VENV/ruff format --check cosencfs tests benchmarks || status=1
 echo "== mypy"; $VENV/mypy || status=1
+# Mounts that were there before the run (another checkout's tests, a user's own
+# mount) are not ours to judge or remove: only mounts this run created count.
+before=$(grep -E ' fuse(\.[a-z0-9]+)? ' /proc/mounts | awk '{print $2}' | sort)
 echo "== pytest"
 $VENV/python -m pytest "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing"; rc=1; fi
 [ $rc -ne 0 ] && status=$rc
 # A test that crashed half-way must not leave a dead mount behind for the next run.
-for m in $(grep -E ' fuse(\.[a-z0-9]+)? ' /proc/mounts | awk '{print $2}' | grep -E 'pytest|cosencfs'); do
+after=$(grep -E ' fuse(\.[a-z0-9]+)? ' /proc/mounts | awk '{print $2}' | sort)
+for m in $(comm -13 <(echo "$before") <(echo "$after") | grep -E 'pytest|cosencfs'); do
     echo "stale mount left behind: $m"; fusermount3 -uz "$m" || true; status=1
 done
 exit $status
