@@ -18,7 +18,7 @@ own retry loop is off (``retry=0``): retries are ``cosencfs.store.calls``'s.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import requests
 import trio
@@ -39,6 +39,12 @@ _SDK_ARGUMENT: dict[str, str] = {
     header.lower(): arg for arg, header in maplist.items() if arg != "Metadata"
 }
 _META_PREFIX = "x-cos-meta-"
+
+
+class _RequestArgs(TypedDict):
+    headers: Mapping[str, str]
+    params: Mapping[str, str | int]
+    on_resend: Callable[[], None]
 
 
 class CosPaths:
@@ -88,14 +94,7 @@ class CosPaths:
         # A small cache-file range is read in the event loop: page-cache
         # reads of this size take microseconds, less than a thread hop.
         data = read_small_body(http.body) if http.body is not None else None
-        answer = await aio.request(
-            http.method,
-            http.key,
-            headers=http.headers,
-            params=http.params,
-            body=data,
-            on_resend=self._resent(op.name),
-        )
+        answer = await aio.request(http.method, http.key, body=data, **self._args(op, http))
         return self._received(op, http, answer)
 
     def _in_thread(self, op: Operation[T]) -> T:
@@ -106,14 +105,7 @@ class CosPaths:
             raise ValueError(f"{op.name}: no request to send")
         with open_body(http.body) as data:
             if self.fast is not None:
-                answer = self.fast.request(
-                    http.method,
-                    http.key,
-                    headers=http.headers,
-                    params=http.params,
-                    body=data,
-                    on_resend=self._resent(op.name),
-                )
+                answer = self.fast.request(http.method, http.key, body=data, **self._args(op, http))
                 return self._received(op, http, answer)
             answer = sdk_exchange(self.client, self._bucket, http, data)
         return self._received(op, http, answer, via_sdk=True)
@@ -130,6 +122,14 @@ class CosPaths:
             if len(answer.body) != expected:
                 raise BadAnswer(f"short body: {len(answer.body)} of {expected} bytes")
         return http.parse(answer)
+
+    def _args(self, op: Operation[T], http: HttpExchange[T]) -> _RequestArgs:
+        """What both HTTP transports are given besides method, key and body."""
+        return {
+            "headers": http.headers,
+            "params": http.params,
+            "on_resend": self._resent(op.name),
+        }
 
     def _resent(self, name: str) -> Callable[[], None]:
         """Count the failed first attempt of a request resent on a fresh connection."""

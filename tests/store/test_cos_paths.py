@@ -7,15 +7,16 @@ map the answers alike, request for request.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _store_helpers import MIB, quick_policy
+from _store_helpers import MIB
 from qcloud_cos.cos_comm import mapped
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, make_store
+from testlib import make_store
 
 import cosencfs.store.paths as paths_module
 from cosencfs.errors import NoSuchBucketError, NotFoundError, PreconditionFailedError
@@ -23,29 +24,19 @@ from cosencfs.server import LocalCosServer
 from cosencfs.store import cosops
 from cosencfs.store.asynchttp import SMALL_BODY
 from cosencfs.store.base import FileRange
-from cosencfs.store.cos import CosSettings, CosStore
+from cosencfs.store.cos import CosStore
 from cosencfs.store.cosops import HttpExchange
 from cosencfs.store.fasthttp import Answer
 
 
 @pytest.fixture
-def sdk_store(server: LocalCosServer) -> Iterator[CosStore]:
-    store = CosStore(
-        CosSettings(
-            bucket=BUCKET,
-            region=REGION,
-            endpoint=server.url,
-            secret_id=SECRET_ID,
-            secret_key=SECRET_KEY,
-            timeout=10.0,
-            retry=quick_policy(),
-            fast_path=False,
-        )
-    )
+def sdk_store(store: CosStore) -> Iterator[CosStore]:
+    """The ``store`` fixture's bucket, every request through ``CosS3Client``."""
+    sdk = CosStore(dataclasses.replace(store.settings, fast_path=False))
     try:
-        yield store
+        yield sdk
     finally:
-        store.close()
+        sdk.close()
 
 
 async def _scenario(store: CosStore, p: str, tmp_path: Path) -> list[Any]:
