@@ -8,6 +8,7 @@ connection without an answer and without storing anything.
 
 from __future__ import annotations
 
+from email.message import Message
 from io import BufferedIOBase
 from typing import Protocol
 
@@ -162,3 +163,53 @@ def drain(body: BodyReader, buf: memoryview) -> int:
         if not n:
             return total
         total += n
+
+
+class Counted:
+    """Counts the body bytes a request delivered (for the stats endpoint)."""
+
+    __slots__ = ("count", "inner")
+
+    def __init__(self, inner: BodyReader) -> None:
+        self.inner = inner
+        self.count = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.inner.exhausted
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self.inner.readinto(buf)
+        self.count += n
+        return n
+
+    def readline(self, limit: int) -> bytes:
+        line = self.inner.readline(limit)
+        self.count += len(line)
+        return line
+
+
+def request_body(headers: Message, rfile: BufferedIOBase) -> Counted:
+    """The request body reader, by Transfer-Encoding / Content-Length / aws-chunked."""
+    reader: BodyReader
+    if "chunked" in str(headers.get("Transfer-Encoding", "")).lower():
+        reader = ChunkedBody(RawStream(rfile))
+    else:
+        raw = str(headers.get("Content-Length", "") or "0").strip()
+        if not raw.isdigit():
+            raise CosError("InvalidArgument", "Content-Length is not a number.")
+        reader = LengthBody(rfile, int(raw))
+    if str(headers.get("x-amz-content-sha256", "")).startswith("STREAMING-"):
+        reader = ChunkedBody(reader)
+    return Counted(reader)
+
+
+def finish(body: BodyReader, buf: memoryview) -> bool:
+    """Consume what the operation left of the body; True if the connection must close."""
+    if body.exhausted:
+        return False
+    try:
+        drain(body, buf)
+    except CosError:
+        return True
+    return False

@@ -1,4 +1,4 @@
-"""Fault injection and request statistics of the local COS server."""
+"""Fault injection, simulated latency and request statistics of the local COS server."""
 
 from __future__ import annotations
 
@@ -38,6 +38,17 @@ class FaultInjector:
         with self._lock:
             self.rate = rate
             self.latency_ms = latency_ms
+
+    def charge_latency(self, stopping: threading.Event) -> None:
+        """Delay one request by the configured latency (cut short by ``stopping``).
+
+        The one place simulated network latency is charged: a model that
+        charges each round trip (TCP connect, TLS handshake, request) would
+        grow from here.
+        """
+        latency = self.latency_ms
+        if latency:
+            stopping.wait(latency / 1000)
 
     def pick(self, is_copy: bool) -> FaultKind | None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The server root is private to the user running the server.
+"""Permissions of the server root: private to the user running the server.
 
 Object names, envelopes and (for plain uploads) bodies are all in the root,
 so it is created 0700 and its index 0600.  A root made by an earlier release

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from email.message import Message
 from enum import StrEnum
@@ -88,7 +89,49 @@ class Response:
     file_offset: int = 0
     #: Content-Length when it differs from the body actually sent (HEAD).
     content_length: int | None = None
+    #: Close the connection after this answer.
     close: bool = False
+    #: No answer at all: reset the connection (an injected fault).
+    reset: bool = False
+
+
+def request_from(
+    method: str, path: str, query_string: str, headers: Message
+) -> tuple[Request, CosError | None]:
+    """The ``Request`` of a request line and its headers, and the error of a bad address.
+
+    A request with a bad address is still a request: it is counted (as
+    ``Unsupported``) and answered once its body is read.
+    """
+    query_list = parse_query(query_string)
+    query = dict(query_list)
+    req = Request(
+        method=method,
+        host=str(headers.get("Host", "")),
+        raw_path=path,
+        query_list=query_list,
+        headers=headers,
+        bucket=None,
+        key=None,
+        s3=False,
+        op=Op.UNSUPPORTED,
+        request_id=os.urandom(12).hex(),
+        query=query,
+    )
+    bad_address: CosError | None = None
+    try:
+        req.bucket, req.key, path_style = address(req.host, path)
+    except CosError as exc:
+        bad_address, path_style = exc, True
+    else:
+        req.op = classify(method, req.bucket, req.key, query, headers)
+    req.s3 = (
+        path_style
+        or req.header("Authorization").startswith("AWS")
+        or "X-Amz-Algorithm" in query
+        or any(k.lower().startswith("x-amz-meta-") for k in headers)
+    )
+    return req, bad_address
 
 
 def split_target(target: str) -> tuple[str, str]:

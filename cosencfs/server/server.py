@@ -9,9 +9,10 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from cosencfs.server.auth import Credentials
+from cosencfs.server.connections import CosHTTPServer
 from cosencfs.server.context import ServerContext, valid_bucket_name
 from cosencfs.server.faults import FaultInjector, Stats
-from cosencfs.server.handler import CosHTTPServer
+from cosencfs.server.handler import CosHandler
 from cosencfs.server.storage import Storage
 from cosencfs.server.uploads import Uploads
 
@@ -86,7 +87,7 @@ class LocalCosServer:
                 faults=self._faults,
                 stats=self._stats,
             )
-            httpd = CosHTTPServer((self._host, self._port), ctx)
+            httpd = CosHTTPServer((self._host, self._port), ctx, CosHandler)
         except BaseException:
             storage.close()
             raise

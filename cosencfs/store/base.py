@@ -1,7 +1,8 @@
 """The object-store interface the rest of cosencfs is written against.
 
-Everything above this module talks to an ``ObjectStore``; only
-``cosencfs.store.cos`` knows about the COS SDK.  User metadata is passed as a
+Everything above this module talks to an ``ObjectStore``; only the COS
+modules of ``cosencfs.store`` (``cos`` and what it is made of) know about the
+COS SDK.  User metadata is passed as a
 ``dict`` of lowercase names *without* the ``x-cos-meta-`` prefix, e.g.
 ``{"client-side-encryption-key": "...", "mode": "33188"}``; the store adds and
 strips the prefix.

@@ -60,13 +60,13 @@ def read_small_body(body: Body) -> bytes | bytearray | memoryview:
 
 
 class open_body:
-    """Turn a ``Body`` into what requests can send, and clean up after."""
+    """Turn a ``Body`` (or no body) into what requests can send, and clean up after."""
 
-    def __init__(self, body: Body) -> None:
+    def __init__(self, body: Body | None) -> None:
         self._body = body
         self._reader: FileRangeReader | None = None
 
-    def __enter__(self) -> bytes | bytearray | memoryview | FileRangeReader:
+    def __enter__(self) -> bytes | bytearray | memoryview | FileRangeReader | None:
         body = self._body
         if not isinstance(body, FileRange):
             return body

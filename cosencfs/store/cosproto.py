@@ -1,8 +1,8 @@
-"""How COS is spoken: endpoint configuration, headers and metadata, answers
-and the errors they carry.
+"""How COS is spoken: endpoint configuration, headers, metadata, answers and their errors.
 
-Split from ``cos.py`` (the store itself) so each stays readable: everything
-here is a pure function of settings, headers or SDK exceptions.  The SDK logs
+The building blocks of ``cosops`` (the operations) and ``calls`` (error
+mapping): everything here is a pure function of settings, headers, answers
+or SDK exceptions.  The SDK logs
 signing keys and request headers at DEBUG and every 404 at WARNING, so its
 logger is silenced for good when this module loads.
 """

@@ -394,17 +394,17 @@ async def test_listing_without_next_marker_continues_after_the_last_key(
     for key in keys:
         await store.put(key, b"x", {})
     if path == "sdk":
-        real = store._client.list_objects
+        real = store._paths.client.list_objects
 
         def without_next_marker(**kwargs: Any) -> dict[str, Any]:
             data: dict[str, Any] = real(**kwargs)
             data.pop("NextMarker", None)
             return data
 
-        monkeypatch.setattr(store, "_fast", None)
-        monkeypatch.setattr(store._client, "list_objects", without_next_marker)
+        monkeypatch.setattr(store._paths, "fast", None)
+        monkeypatch.setattr(store._paths.client, "list_objects", without_next_marker)
     else:
-        fast = store._fast
+        fast = store._paths.fast
         assert fast is not None
         real_request = fast.request
 
