@@ -154,3 +154,25 @@ class FsError(CosEncFsError):
     def __init__(self, errno: int, message: str = "") -> None:
         super().__init__(message or os.strerror(errno))
         self.errno = errno
+
+
+class IntegrityError(CosEncFsError):
+    """An object's integrity tags do not verify: altered, swapped, truncated or extended.
+
+    ``key`` is the object key; ``chunk`` the index of the 64 KiB chunk that
+    failed (None when the object or attribute tag did).  The message never
+    carries a tag, a key or other key material.
+    """
+
+    def __init__(self, message: str, *, key: str = "", chunk: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.chunk = chunk
+
+    def __str__(self) -> str:
+        parts = [super().__str__()]
+        if self.chunk is not None:
+            parts.append(f"chunk={self.chunk}")
+        if self.key:
+            parts.append(f"key={self.key!r}")
+        return " ".join(parts)

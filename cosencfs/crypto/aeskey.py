@@ -27,6 +27,8 @@ from cosencfs.crypto.ctr import (
     seal_record,
 )
 from cosencfs.crypto.wrapping import (
+    INTEGRITY_KEY_SIZE,
+    INTEGRITY_LABEL,
     JOURNAL_LABEL,
     KEY_ID_HEX_DIGITS,
     WrapAlg,
@@ -112,6 +114,17 @@ class AesMasterKey:
             )
         out = self._xor_pad(dk.key + dk.iv)
         return out[:KEY_SIZE], out[KEY_SIZE:], WrapAlg.SDK_AES_CTR
+
+    def integrity_key(self) -> bytes:
+        """The key of the integrity tags: HKDF-SHA256 of the raw master key.
+
+        Independent of ``hardened``: the SDK's fixed-pad wrap weakens data
+        keys (one leaked data key gives the pad), never the master key, and
+        nothing here depends on a data key.  See docs/format.md, section 12.
+        """
+        return HKDF(
+            hashes.SHA256(), INTEGRITY_KEY_SIZE, salt=None, info=INTEGRITY_LABEL + b"\0aes"
+        ).derive(self._raw)
 
     def seal_secret(self, secret: bytes, context: bytes) -> bytes:
         """Wrap a cache secret for the journal: AES-GCM under a key derived with HKDF.

@@ -79,6 +79,14 @@ class MasterKey(Protocol):
         """Return ``(wrapped_key, wrapped_iv, alg)``."""
         ...
 
+    def integrity_key(self) -> bytes:
+        """The 32-byte key of the integrity tags, from the secret master material only.
+
+        Raises CryptoError when the key has no secret half (a public-only
+        RSA key).  Never log or show the result; see docs/format.md, section 12.
+        """
+        ...
+
     def seal_secret(self, secret: bytes, context: bytes) -> bytes:
         """Wrap a secret of the cache (never an object's data key) for the journal."""
         ...

@@ -10,15 +10,18 @@ import hashlib
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cosencfs.crypto.ctr import IV_SIZE, KEY_SIZE, DataKey
 from cosencfs.crypto.wrapping import (
+    INTEGRITY_KEY_SIZE,
+    INTEGRITY_LABEL,
     JOURNAL_LABEL,
     KEY_ID_HEX_DIGITS,
     WrapAlg,
     wrapped_lengths_plausible,
 )
-from cosencfs.errors import ConfigError, DamagedEnvelopeError, WrongKeyError
+from cosencfs.errors import ConfigError, CryptoError, DamagedEnvelopeError, WrongKeyError
 
 __all__ = ["RsaMasterKey"]
 
@@ -112,6 +115,30 @@ class RsaMasterKey:
     @property
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public
+
+    def integrity_key(self) -> bytes:
+        """The key of the integrity tags: HKDF-SHA256 of the private key's prime factors.
+
+        The public key counts as known to an attacker, so only the private
+        half can key the tags; a public-key-only master key raises
+        CryptoError.  The input is the two primes, smaller first, each as
+        big-endian bytes of the modulus length: unlike the private exponent
+        (``e^-1`` mod phi(n) or mod lambda(n), depending on the tool that made
+        the key) they are the same in every encoding of one key pair.  See
+        docs/format.md, section 12.
+        """
+        if self._private is None:
+            raise CryptoError(
+                "integrity tags need the RSA private key; this master key is public-only "
+                "(it can wrap data keys but cannot tag or verify objects)"
+            )
+        numbers = self._private.private_numbers()
+        k = self.block_bytes
+        low, high = sorted((numbers.p, numbers.q))
+        ikm = low.to_bytes(k, "big") + high.to_bytes(k, "big")
+        return HKDF(
+            hashes.SHA256(), INTEGRITY_KEY_SIZE, salt=None, info=INTEGRITY_LABEL + b"\0rsa"
+        ).derive(ikm)
 
     def seal_secret(self, secret: bytes, context: bytes) -> bytes:
         """Wrap a cache secret for the journal: RSA-OAEP-SHA256, ``context`` as label.

@@ -12,6 +12,11 @@ from cosencfs.crypto.ctr import IV_SIZE, KEY_SIZE
 
 #: Domain of the secrets the cache journal keeps wrapped (cache keys).
 JOURNAL_LABEL = b"cosencfs journal secret v1"
+#: HKDF ``info`` of the integrity tag key (docs/format.md, section 12),
+#: followed by a NUL and the master key's kind (``aes`` / ``rsa``).
+INTEGRITY_LABEL = b"cosencfs integrity key v1"
+#: Length of the integrity tag key (HMAC-SHA256 key), in bytes.
+INTEGRITY_KEY_SIZE = 32
 #: Length of a master key's public fingerprint, in hex digits.
 KEY_ID_HEX_DIGITS = 16
 
