@@ -4,6 +4,8 @@
 - :mod:`~cosencfs.crypto.master`: master keys (AES, RSA) and key wrapping.
 - :mod:`~cosencfs.crypto.envelope`: the metadata envelope, format detection.
 - :mod:`~cosencfs.crypto.keyfiles`: key files in the SDK's formats.
+- :mod:`~cosencfs.crypto.integrity`: integrity tags (import it by name; not
+  used by the mount yet).
 
 docs/format.md describes the byte format and its security properties.
 """
