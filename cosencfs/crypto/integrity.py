@@ -34,7 +34,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -46,7 +46,7 @@ from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import SealedEnvelope, sealed_envelope
 from cosencfs.crypto.master import MasterKey
 from cosencfs.crypto.wrapping import INTEGRITY_KEY_SIZE
-from cosencfs.errors import IntegrityError
+from cosencfs.errors import IntegrityError, WrongKeyError
 
 __all__ = [
     "ATTR_RESERVE",
@@ -449,6 +449,26 @@ class TagKey:
     @classmethod
     def from_master(cls, master: MasterKey) -> TagKey:
         return cls(master.integrity_key())
+
+    @classmethod
+    def for_object(
+        cls, metadata: Mapping[str, str], masters: Iterable[MasterKey], *, key: str = ""
+    ) -> TagKey:
+        """The tag key of the master named by the object's ``cosencfs-kid``.
+
+        An object's tags are always under the tag key of the master key that
+        wrapped its envelope (during a rotation a mount holds several), so a
+        rename re-tags under that key, and a rekey under the new one.
+        Raises WrongKeyError when no master has that id.
+        """
+        kid = sealed_envelope(metadata, key=key).key_id
+        for master in masters:
+            if master.key_id == kid:
+                return cls.from_master(master)
+        raise WrongKeyError(
+            f"the object's tags are under master key id {kid}, which this mount does not have",
+            key=key,
+        )
 
     def __repr__(self) -> str:
         return "TagKey(<secret>)"

@@ -792,6 +792,17 @@ def test_rekey_keeps_chunk_tags(
         )
 
 
+def test_tag_key_chosen_by_the_envelopes_key_id(
+    aes: AesMasterKey, small: Obj, rsa_a: RsaPair
+) -> None:
+    """During a rotation a mount holds two masters: the object's kid picks the tag key."""
+    new = RsaMasterKey(rsa_a.private)
+    tk = I.TagKey.for_object(small.metadata, [new, aes], key=small.key)
+    small.open(tk)
+    with pytest.raises(CryptoError, match="does not have"):
+        I.TagKey.for_object(small.metadata, [new], key=small.key)
+
+
 def test_verified_content_only_from_verification(small: Obj) -> None:
     with pytest.raises(TypeError):
         I.VerifiedContent(object(), key="k", size=0, object_tag=b"", chunk_tags=I.ChunkTags([]))
