@@ -2,7 +2,7 @@
 
 keygen writes master key files in the COS Python SDK's formats; rekey and
 fsck walk a bucket (or a prefix of one) with the engines of
-``cosencfs.rekey`` and ``cosencfs.fsck``.  Bucket, endpoint, region,
+``cosencfs.tools.rekey`` and ``cosencfs.tools.fsck``.  Bucket, endpoint, region,
 credentials and key files come from ``--config FILE`` (the mount's TOML
 format) and the command line, the command line winning; credentials also
 from ``COS_SECRET_ID`` / ``COS_SECRET_KEY`` / ``COS_TOKEN``.  Nothing here
@@ -49,18 +49,13 @@ from cosencfs.errors import (
     StoreError,
 )
 from cosencfs.fs.names import normalize_prefix
-from cosencfs.fsck import Category, Finding, Fsck, FsckStats
 from cosencfs.logsetup import setup_logging
-from cosencfs.progress import (
-    STOP_INTERRUPTED,
-    Progress,
-    display_key,
-    requests_line,
-    until_stopped,
-)
-from cosencfs.rekey import Rekeyer, RekeyStats
 from cosencfs.store.cos import CosStore
 from cosencfs.store.counters import CounterSnapshot
+from cosencfs.tools.fsck import Category, Finding, Fsck, FsckStats
+from cosencfs.tools.progress import Progress, display_key, requests_line
+from cosencfs.tools.rekey import Rekeyer, RekeyStats
+from cosencfs.tools.walk import STOP_INTERRUPTED, until_stopped
 
 log = logging.getLogger(__name__)
 
