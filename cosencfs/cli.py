@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cosencfs import __version__
-from cosencfs.hardening import harden_process
+from cosencfs.mount.hardening import harden_process
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {

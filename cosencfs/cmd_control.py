@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from cosencfs.control import XATTR_STATS, XATTR_SYNC
+from cosencfs.mount.control import XATTR_STATS, XATTR_SYNC
 
 #: COS bills requests per 10,000, reads and writes at different prices.
 WRITE_OPS = frozenset(

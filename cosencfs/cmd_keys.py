@@ -49,7 +49,7 @@ from cosencfs.errors import (
     StoreError,
 )
 from cosencfs.fs.names import normalize_prefix
-from cosencfs.logsetup import setup_logging
+from cosencfs.mount.logsetup import setup_logging
 from cosencfs.store.cos import CosStore
 from cosencfs.store.counters import CounterSnapshot
 from cosencfs.tools.fsck import Category, Finding, Fsck, FsckStats

@@ -19,9 +19,9 @@ from cosencfs.config import (
     split_target,
     validate,
 )
-from cosencfs.control import XATTR_PID, XATTR_SYNC
 from cosencfs.errors import ConfigError
-from cosencfs.logsetup import setup_logging
+from cosencfs.mount.control import XATTR_PID, XATTR_SYNC
+from cosencfs.mount.logsetup import setup_logging
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -148,7 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> MountSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cosencfs import mount  # noqa: PLC0415 - pyfuse3 only when mounting
+    from cosencfs.mount import daemon  # noqa: PLC0415 - pyfuse3 only when mounting
 
     try:
         settings = settings_from_args(args)
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cosencfs: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.debug)
-    return mount.run(settings)
+    return daemon.run(settings)
 
 
 # ---------------------------------------------------------------------------
