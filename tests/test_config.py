@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cosencfs.cmd_mount import configure, settings_from_args
+from cosencfs.cli.mount import configure, settings_from_args
 from cosencfs.config import parse_size
 from cosencfs.errors import ConfigError
 

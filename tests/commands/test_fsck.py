@@ -17,7 +17,7 @@ from _cmd_helpers import ATTRS, no_secrets, put_encrypted, run_cli, server_args
 from testlib import BUCKET, new_key_file
 
 import cosencfs.tools.walk as walk_module
-from cosencfs import cmd_keys
+from cosencfs.cli import bucket as cli_bucket
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import COSENCFS_FIELDS, KCV_FIELD, KEY_FIELD, EnvelopeCodec
 from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_aes_key_file
@@ -321,9 +321,9 @@ async def test_fsck_listing_failure_stops_with_a_report(
     # The engine raises the store's error itself, not an exception group.
     with pytest.raises(TransientError):
         await Fsck(ListFailsAfterFirstPage(store), codec, report=print).run()
-    real_open = cmd_keys.open_store
+    real_open = cli_bucket.open_store
     monkeypatch.setattr(
-        cmd_keys, "open_store", lambda settings: ListFailsAfterFirstPage(real_open(settings))
+        cli_bucket, "open_store", lambda settings: ListFailsAfterFirstPage(real_open(settings))
     )
     rc = await trio.to_thread.run_sync(lambda: cli(*fsck_args(server, key_file, "--json")))
     assert rc == 1
