@@ -19,23 +19,13 @@ from typing import Any
 
 import trio
 
-from cosencfs.config import (
-    COMMON_CLI_FIELDS,
-    MountSettings,
-    build_settings,
-    load_config_file,
-    split_target,
-    validate,
-)
-from cosencfs.errors import (
-    AccessDeniedError,
-    ConfigError,
-    CosEncFsError,
-    NoSuchBucketError,
-    StoreError,
-)
+from cosencfs.cli.options import COMMON_CLI_FIELDS, add_endpoint_arguments, command_line_values
+from cosencfs.config import BucketSettings, build_bucket_settings, load_config_file, split_target
+from cosencfs.errors import ConfigError, CosEncFsError, StoreError
 from cosencfs.mount.logsetup import setup_logging
 from cosencfs.store.cos import CosStore
+from cosencfs.tools import bucket
+from cosencfs.tools.bucket import open_store
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -47,7 +37,7 @@ def err(message: str) -> None:
     print(f"cosencfs: {message}", file=sys.stderr)
 
 
-#: argparse destination -> settings name (config.FIELDS)
+#: argparse destination -> settings name (config.SCHEMA)
 _CLI_FIELDS = {**COMMON_CLI_FIELDS, "concurrency": "network.concurrency"}
 
 
@@ -59,8 +49,7 @@ def add_bucket_arguments(p: argparse.ArgumentParser) -> None:
         help="the bucket, or a prefix of it (may also come from the config file)",
     )
     p.add_argument("--config", metavar="FILE", help="TOML settings file (as for mount)")
-    p.add_argument("--endpoint", help="http://HOST:PORT of a COS-compatible server, or a domain")
-    p.add_argument("--region", help="COS region (default: ap-guangzhou)")
+    add_endpoint_arguments(p)
     p.add_argument(
         "--concurrency", type=int, metavar="N", help="requests in flight at once (default 16)"
     )
@@ -77,62 +66,28 @@ def add_key_arguments(p: argparse.ArgumentParser, *, what: str) -> None:
     p.add_argument("--rsa-private-key", metavar="FILE", help=f"RSA private key (PEM) {what}")
 
 
-def settings_from_args(args: argparse.Namespace) -> MountSettings:
-    """Bucket, prefix, endpoint, credentials, keys and tunables, as ``mount`` reads them."""
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(load_config_file(args.config))
+def settings_from_args(args: argparse.Namespace) -> BucketSettings:
+    """Bucket, prefix, endpoint, credentials and keys, from the file ``mount`` reads too."""
+    values = load_config_file(args.config) if args.config else {}
     cli: dict[str, Any] = {}
     if args.target:
         cli["bucket"], cli["prefix"] = split_target(args.target)
-    for dest, name in _CLI_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            cli[name] = value
-    values.update(validate(cli, "command line"))
-    if values.get("local_dir"):
-        raise ConfigError(
-            "local_dir is for mounts; run `cosencfs local-server` and give its --endpoint"
-        )
-    if not values.get("bucket"):
-        raise ConfigError("no bucket given (BUCKET[/PREFIX] or 'bucket' in the config file)")
-    # build_settings is the mount's; the mountpoint it insists on is not used here.
-    values.setdefault("mountpoint", "-")
-    return build_settings(values)
-
-
-def open_store(settings: MountSettings) -> CosStore:
-    return CosStore(settings.cos_settings())
+    values.update(command_line_values(args, cli, _CLI_FIELDS))
+    return build_bucket_settings(values)
 
 
 class _Unusable(CosEncFsError):
     """The bucket cannot be used at all (exit status 2)."""
 
 
-async def check_bucket(store: CosStore, settings: MountSettings) -> None:
-    where = settings.endpoint or f"region {settings.region}"
-    try:
-        with trio.fail_after(settings.request_deadline + 5):
-            await store.head_bucket()
-    except NoSuchBucketError:
-        raise _Unusable(f"bucket {settings.bucket!r} does not exist at {where}") from None
-    except AccessDeniedError as exc:
-        raise _Unusable(
-            f"access to bucket {settings.bucket!r} denied ({exc.code or 'AccessDenied'}): "
-            "check COS_SECRET_ID / COS_SECRET_KEY and the bucket's permissions"
-        ) from None
-    except (StoreError, trio.TooSlowError) as exc:
-        raise _Unusable(f"cannot reach COS at {where}: {exc}") from None
-
-
-def target(settings: MountSettings) -> str:
-    return settings.bucket + (f"/{settings.prefix}" if settings.prefix else "")
+async def check_bucket(store: CosStore, settings: BucketSettings) -> None:
+    await bucket.check_bucket(store, settings, unusable=_Unusable, unreachable=StoreError)
 
 
 def run_command(
     args: argparse.Namespace,
-    prepare: Callable[[argparse.Namespace, MountSettings], Any],
-    main: Callable[[CosStore, MountSettings, Any], Any],
+    prepare: Callable[[argparse.Namespace, BucketSettings], Any],
+    main: Callable[[CosStore, BucketSettings, Any], Any],
 ) -> int:
     """Settings, keys, logging, store; then ``main`` under trio; exit status."""
     try:

@@ -20,10 +20,10 @@ from cosencfs.cli.bucket import (
     add_key_arguments,
     check_bucket,
     run_command,
-    target,
 )
-from cosencfs.config import MountSettings
+from cosencfs.config import BucketSettings
 from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.keyfiles import load_codec
 from cosencfs.errors import ConfigError
 from cosencfs.fs.names import normalize_prefix
 from cosencfs.store.cos import CosStore
@@ -51,10 +51,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
 
 
-def _prepare_fsck(args: argparse.Namespace, settings: MountSettings) -> EnvelopeCodec:
+def _prepare_fsck(args: argparse.Namespace, settings: BucketSettings) -> EnvelopeCodec:
     if args.orphan_age < 0:
         raise ConfigError("--orphan-age must not be negative")
-    codec = settings.keys.codec()
+    codec = load_codec(settings.keys)
     if not codec.master.can_unwrap:
         raise ConfigError("fsck opens every envelope: give the RSA private key (--rsa-private-key)")
     return codec
@@ -94,7 +94,7 @@ class _FindingPrinter:
 
 
 def run(args: argparse.Namespace) -> int:
-    async def main(store: CosStore, settings: MountSettings, codec: EnvelopeCodec) -> int:
+    async def main(store: CosStore, settings: BucketSettings, codec: EnvelopeCodec) -> int:
         printer = _FindingPrinter(args.json, sys.stdout)
         fsck = Fsck(
             store,
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         await check_bucket(store, settings)
         printer.start(
             {
-                "target": target(settings),
+                "target": settings.target(),
                 "key_id": codec.key_id,
                 "key_kind": codec.master.kind,
             }
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_fsck(
-    settings: MountSettings,
+    settings: BucketSettings,
     codec: EnvelopeCodec,
     s: FsckStats,
     used: CounterSnapshot,
@@ -152,7 +152,7 @@ def _print_fsck(
     ok = sum(s.ok.values())
     by_format = ", ".join(f"{fmt} {n}" for fmt, n in sorted(s.ok.items()))
     lines = [
-        f"fsck {target(settings)}{f' ({stop})' if stop else ''} with master key "
+        f"fsck {settings.target()}{f' ({stop})' if stop else ''} with master key "
         f"{codec.key_id} ({codec.master.kind}): {s.objects} objects ({s.bytes} bytes), "
         f"{s.markers} directory markers, {s.uploads} multipart uploads, in {elapsed:.1f} s",
         f"  {'ok:':<19}{ok}" + (f" ({by_format})" if by_format else ""),

@@ -6,14 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from cosencfs.config import (
-    COMMON_CLI_FIELDS,
-    MountSettings,
-    build_settings,
-    load_config_file,
-    split_target,
-    validate,
-)
+from cosencfs.cli.options import COMMON_CLI_FIELDS, add_endpoint_arguments, command_line_values
+from cosencfs.config import MountSettings, build_mount_settings, load_config_file, split_target
 from cosencfs.errors import ConfigError
 from cosencfs.mount.logsetup import setup_logging
 
@@ -28,8 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with mount settings")
     p.add_argument("--local", metavar="DIR", help="serve DIR with a built-in local COS server")
-    p.add_argument("--endpoint", help="http://HOST:PORT of a COS-compatible server, or a domain")
-    p.add_argument("--region", help="COS region (default: ap-guangzhou)")
+    add_endpoint_arguments(p)
     p.add_argument("--key-file", help="AES master key file (base64, as the COS SDK reads it)")
     p.add_argument(
         "--also-read-key-file",
@@ -115,9 +108,7 @@ _CLI_FIELDS = {
 
 
 def settings_from_args(args: argparse.Namespace) -> MountSettings:
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(load_config_file(args.config))
+    values = load_config_file(args.config) if args.config else {}
     cli: dict[str, Any] = {}
     positional: list[str] = args.args
     if args.local:
@@ -133,12 +124,8 @@ def settings_from_args(args: argparse.Namespace) -> MountSettings:
         cli["mountpoint"] = positional[0]
     elif positional or not args.config:
         raise ConfigError("give BUCKET[/PREFIX] and MOUNTPOINT (or --config FILE)")
-    for dest, name in _CLI_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            cli[name] = value
-    values.update(validate(cli, "command line"))
-    return build_settings(values)
+    values.update(command_line_values(args, cli, _CLI_FIELDS))
+    return build_mount_settings(values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,10 +18,10 @@ from cosencfs.cli.bucket import (
     add_key_arguments,
     check_bucket,
     run_command,
-    target,
 )
-from cosencfs.config import KeySettings, MountSettings
+from cosencfs.config import BucketSettings, KeySettings
 from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.keyfiles import load_codec
 from cosencfs.errors import ConfigError
 from cosencfs.fs.names import normalize_prefix
 from cosencfs.store.cos import CosStore
@@ -63,26 +63,26 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _prepare_rekey(
-    args: argparse.Namespace, settings: MountSettings
+    args: argparse.Namespace, settings: BucketSettings
 ) -> tuple[EnvelopeCodec, EnvelopeCodec]:
     if not (args.new_key_file or args.new_rsa_public_key or args.new_rsa_private_key):
         raise ConfigError(
             "no new master key: give --new-key-file FILE or --new-rsa-public-key FILE "
             "(create one with `cosencfs keygen`)"
         )
-    old = settings.keys.codec()
+    old = load_codec(settings.keys)
     new_keys = KeySettings(
         key_file=args.new_key_file,
         rsa_public_key=args.new_rsa_public_key,
         rsa_private_key=args.new_rsa_private_key,
         aes_wrap=args.new_aes_wrap or settings.keys.aes_wrap,
     )
-    return old, new_keys.codec()
+    return old, load_codec(new_keys)
 
 
 def run(args: argparse.Namespace) -> int:
     async def main(
-        store: CosStore, settings: MountSettings, codecs: tuple[EnvelopeCodec, EnvelopeCodec]
+        store: CosStore, settings: BucketSettings, codecs: tuple[EnvelopeCodec, EnvelopeCodec]
     ) -> int:
         old, new = codecs
         rekeyer = Rekeyer(
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_rekey(
     args: argparse.Namespace,
-    settings: MountSettings,
+    settings: BucketSettings,
     rekeyer: Rekeyer,
     used: CounterSnapshot,
     elapsed: float,
@@ -122,7 +122,7 @@ def _print_rekey(
     new = rekeyer.new.master
     if args.json:
         report = {
-            "target": target(settings),
+            "target": settings.target(),
             "old_key_id": rekeyer.old.key_id,
             "new_key_id": new.key_id,
             "new_wrap": new.wrap_alg.value,
@@ -137,7 +137,7 @@ def _print_rekey(
     verb = "would re-wrap" if s.dry_run else "re-wrapped"
     head = stop or "done"
     lines = [
-        f"rekey {target(settings)} {head}: {s.listed} objects listed in {elapsed:.1f} s; "
+        f"rekey {settings.target()} {head}: {s.listed} objects listed in {elapsed:.1f} s; "
         f"master key {rekeyer.old.key_id} -> {new.key_id} ({new.wrap_alg.value})"
         + (" [dry run: nothing written]" if s.dry_run else ""),
         f"  {verb + ':':<24}{s.rewrapped}",

@@ -23,16 +23,15 @@ import trio
 
 from cosencfs.cache.manager import CacheManager
 from cosencfs.config import MountSettings
-from cosencfs.errors import (
-    AccessDeniedError,
-    CosEncFsError,
-    NoSuchBucketError,
-    TransientError,
-)
+from cosencfs.crypto.keyfiles import load_codec
+from cosencfs.errors import CosEncFsError, TransientError
+from cosencfs.fs.attrs import Defaults
+from cosencfs.fs.context import FsOptions
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import ControlledOperations
 from cosencfs.mount.notify import Notifier
 from cosencfs.store.cos import CosStore
+from cosencfs.tools import bucket
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,7 @@ def check_mountpoint(path: str) -> str:
 
 def fuse_options(settings: MountSettings) -> set[str]:
     opts = set(pyfuse3.default_options)
-    target = settings.bucket + (f"/{settings.prefix}" if settings.prefix else "")
-    opts.add(f"fsname=cosencfs:{target}")
+    opts.add(f"fsname=cosencfs:{settings.target()}")
     opts.add("subtype=cosencfs")
     for item in settings.fuse_options:
         for opt in item.split(","):
@@ -67,35 +65,39 @@ def fuse_options(settings: MountSettings) -> set[str]:
     return opts
 
 
+def fs_options(settings: MountSettings) -> FsOptions:
+    """The filesystem's options: the ``[fs]`` settings given, its defaults for the rest."""
+    given = settings.fs.given()
+    attrs = {k: given.pop(k) for k in ("file_mode", "dir_mode") if k in given}
+    defaults = Defaults(
+        uid=given.pop("uid", os.getuid()), gid=given.pop("gid", os.getgid()), **attrs
+    )
+    return FsOptions(
+        prefix=settings.prefix,
+        devices=settings.devices_live(),
+        defaults=defaults,
+        **given,
+    )
+
+
 async def open_store(settings: MountSettings) -> CosStore:
     """Connect and check the bucket; errors name what is wrong."""
-    store = CosStore(settings.cos_settings())
-    where = settings.endpoint or f"region {settings.region}"
+    store = bucket.open_store(settings)
     try:
-        with trio.fail_after(settings.request_deadline + 5):
-            await store.head_bucket()
-    except NoSuchBucketError:
+        await bucket.check_bucket(store, settings, unusable=MountError, unreachable=TransientError)
+    except MountError:
         store.close()
-        raise MountError(f"bucket {settings.bucket!r} does not exist at {where}") from None
-    except AccessDeniedError as exc:
-        store.close()
-        raise MountError(
-            f"access to bucket {settings.bucket!r} denied ({exc.code or 'AccessDenied'}): "
-            "check COS_SECRET_ID / COS_SECRET_KEY and the bucket's permissions"
-        ) from None
-    except (TransientError, trio.TooSlowError) as exc:
-        store.close()
-        raise MountError(f"cannot reach COS at {where}: {exc}") from None
+        raise
     return store
 
 
 async def serve(settings: MountSettings, ready: Callable[[], None] = lambda: None) -> int:
     """Mount and serve until unmounted; returns the exit status."""
     mountpoint = check_mountpoint(settings.mountpoint)
-    codec = settings.keys.codec()
+    codec = load_codec(settings.keys)
     store = await open_store(settings)
     cache = CacheManager(settings.cache_root(), store, limit_bytes=settings.cache_size)
-    fs = Filesystem(store, codec, cache, settings.fs)
+    fs = Filesystem(store, codec, cache, fs_options(settings))
     try:
         report = await fs.recover()
     except BaseException:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cosencfs.config import build_settings, load_config_file
+from cosencfs.config import build_mount_settings, load_config_file
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -41,4 +41,4 @@ def test_doc_example_loads(where: str, text: str, tmp_path: Path) -> None:
     values.pop("credentials.file", None)
     values.setdefault("bucket", "example-1250000000")
     values.setdefault("mountpoint", "/mnt/example")
-    build_settings(values)
+    build_mount_settings(values)
