@@ -19,7 +19,12 @@ from typing import Any
 
 import trio
 
-from cosencfs.cli.options import COMMON_CLI_FIELDS, add_endpoint_arguments, command_line_values
+from cosencfs.cli.options import (
+    COMMON_CLI_FIELDS,
+    LOG_LEVELS,
+    add_endpoint_arguments,
+    command_line_values,
+)
 from cosencfs.config import BucketSettings, build_bucket_settings, load_config_file, split_target
 from cosencfs.errors import ConfigError, CosEncFsError, StoreError
 from cosencfs.mount.logsetup import setup_logging
@@ -54,7 +59,7 @@ def add_bucket_arguments(p: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, metavar="N", help="requests in flight at once (default 16)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument(
         "--debug", action="append", metavar="SUBSYSTEM", help="debug logging (store, all, ...)"
     )

@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from cosencfs.cli.options import COMMON_CLI_FIELDS, add_endpoint_arguments, command_line_values
+from cosencfs.cli.options import (
+    AES_WRAPS,
+    COMMON_CLI_FIELDS,
+    LOG_LEVELS,
+    add_endpoint_arguments,
+    command_line_values,
+)
 from cosencfs.config import MountSettings, build_mount_settings, load_config_file, split_target
 from cosencfs.errors import ConfigError
 from cosencfs.mount.logsetup import setup_logging
@@ -35,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsa-private-key", help="RSA private key (PEM)")
     p.add_argument(
         "--aes-wrap",
-        choices=["sdk", "kw"],
+        choices=AES_WRAPS,
         help="how new data keys are wrapped with an AES master key: 'sdk' (default; "
         "readable by the COS SDK; weak, see docs/format.md) or 'kw' (AES key wrap)",
     )
@@ -80,7 +86,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--uid", type=int, help="owner of objects without metadata")
     p.add_argument("--gid", type=int, help="group of objects without metadata")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument(
         "--debug",
         action="append",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
-from cosencfs.config import DEFAULT_REGION, SCHEMA, validate
+from cosencfs.config import DEFAULT_REGION, SCHEMA, AesWrap, LogLevel, validate
+
+#: The choices of ``--aes-wrap`` and ``--log-level``: the settings' own.
+AES_WRAPS = list(get_args(AesWrap))
+LOG_LEVELS = list(get_args(LogLevel))
 
 #: Command-line destinations -> settings names, for the options every command
 #: that reaches a bucket shares.

@@ -19,6 +19,7 @@ from cosencfs.cli.bucket import (
     check_bucket,
     run_command,
 )
+from cosencfs.cli.options import AES_WRAPS
 from cosencfs.config import BucketSettings, KeySettings
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_codec
@@ -36,7 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_key_arguments(p, what="(the current key)")
     p.add_argument(
         "--aes-wrap",
-        choices=["sdk", "kw"],
+        choices=AES_WRAPS,
         help="the current AES wrap (reading accepts both; the default for --new-aes-wrap)",
     )
     new = p.add_argument_group("the new master key (one of)")
@@ -50,7 +51,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     new.add_argument(
         "--new-aes-wrap",
-        choices=["sdk", "kw"],
+        choices=AES_WRAPS,
         help="how the new AES key wraps: sdk (readable by the COS SDK) or kw (AES key wrap); "
         "default: --aes-wrap, else sdk",
     )
