@@ -1,17 +1,11 @@
-"""Names of the control channel: extended attributes of a mount's root.
+"""Old path of :mod:`cosencfs.mount.control`, re-exported while fuse_ops.py still imports it.
 
-Shared by the FUSE adapter (which answers them) and the commands that use
-them (``umount``, ``stats``, ``sync``), which must not import pyfuse3.
+Issue 13 moved the module; remove this file once fuse_ops.py imports
+``cosencfs.mount.control``.
 """
 
 from __future__ import annotations
 
-#: The daemon's process id (``cosencfs umount`` waits for it to exit).
-XATTR_PID = b"user.cosencfs.pid"
-#: JSON statistics (``cosencfs stats``).
-XATTR_STATS = b"user.cosencfs.stats"
-#: On any file: how its object is stored (cosencfs, sdk, plain, foreign, damaged).
-#: Not listed by listxattr, so tools copying xattrs do not carry it along.
-XATTR_FORMAT = b"user.cosencfs.format"
-#: Setting it uploads everything dirty and returns when done (EIO on failure).
-XATTR_SYNC = b"user.cosencfs.sync"
+from cosencfs.mount.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
+
+__all__ = ["XATTR_FORMAT", "XATTR_PID", "XATTR_STATS", "XATTR_SYNC"]

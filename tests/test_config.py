@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cosencfs.cmd_mount import configure, settings_from_args
+from cosencfs.cli.mount import configure, settings_from_args
 from cosencfs.config import parse_size
 from cosencfs.errors import ConfigError
+from cosencfs.mount.lifecycle import fs_options
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -58,11 +59,12 @@ options = ["allow_other"]
     s = settings_from_args(parse("--config", str(cfg), "--dir-ttl", "7", "--region", "ap-shanghai"))
     assert (s.bucket, s.prefix, s.mountpoint) == ("photos-1250000000", "2026", "/mnt/photos")
     assert s.region == "ap-shanghai"  # the command line wins
-    assert s.fs.dir_ttl == 7.0
-    assert s.fs.writeback_delay == 5.0
-    assert s.fs.upload_workers == 4
-    assert s.fs.defaults.file_mode == 0o600
-    assert s.fs.prefix == "2026/"
+    fs = fs_options(s)
+    assert fs.dir_ttl == 7.0
+    assert fs.writeback_delay == 5.0
+    assert fs.upload_workers == 4
+    assert fs.defaults.file_mode == 0o600
+    assert fs.prefix == "2026/"
     assert s.cache_size == 10 * 1024**3
     assert s.concurrency == 32
     assert s.keys.aes_wrap == "kw"

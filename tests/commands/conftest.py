@@ -9,7 +9,7 @@ import pytest
 from _cmd_helpers import Sdk
 from testlib import SECRET_ID, SECRET_KEY, new_key_file
 
-from cosencfs import cmd_keys
+from cosencfs.cli import bucket as cli_bucket
 from cosencfs.cli import main
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
@@ -40,7 +40,7 @@ def sdk(server: LocalCosServer) -> Iterator[Sdk]:
 def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
     """``cosencfs.cli.main`` in-process (in a sync test, or a thread of an async one),
     with the test credentials, leaving pytest's logging set-up alone."""
-    monkeypatch.setattr(cmd_keys, "setup_logging", lambda *a, **k: None)
+    monkeypatch.setattr(cli_bucket, "setup_logging", lambda *a, **k: None)
     monkeypatch.setenv("COS_SECRET_ID", SECRET_ID)
     monkeypatch.setenv("COS_SECRET_KEY", SECRET_KEY)
     return lambda *args: main(list(args))

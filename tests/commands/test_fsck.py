@@ -16,17 +16,17 @@ import trio
 from _cmd_helpers import ATTRS, no_secrets, put_encrypted, run_cli, server_args
 from testlib import BUCKET, new_key_file
 
-import cosencfs.progress as progress_module
-from cosencfs import cmd_keys
+import cosencfs.tools.walk as walk_module
+from cosencfs.cli import bucket as cli_bucket
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import COSENCFS_FIELDS, KCV_FIELD, KEY_FIELD, EnvelopeCodec
 from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_aes_key_file
 from cosencfs.errors import TransientError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE
-from cosencfs.fsck import Category, Finding, Fsck, name_problem
-from cosencfs.progress import Progress
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from cosencfs.tools.fsck import Category, Finding, Fsck, name_problem
+from cosencfs.tools.progress import Progress
 
 JAVA_META = {
     "client-side-encryption-key": base64.b64encode(os.urandom(40)).decode(),
@@ -277,7 +277,7 @@ def test_progress_bar_on_a_tty_and_log_lines_otherwise(caplog: pytest.LogCapture
 
     pipe = io.StringIO()
     with (
-        caplog.at_level(logging.INFO, logger="cosencfs.progress"),
+        caplog.at_level(logging.INFO, logger="cosencfs.tools.progress"),
         Progress("rekey", stream=pipe, log_interval=0.0) as p,
     ):
         assert not p.is_bar
@@ -315,15 +315,15 @@ async def test_fsck_listing_failure_stops_with_a_report(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(progress_module, "LIST_PAGE_MAX", 2)
+    monkeypatch.setattr(walk_module, "LIST_PAGE_MAX", 2)
     for i in range(5):
         await put_encrypted(store, codec, f"f{i}", b"x")
     # The engine raises the store's error itself, not an exception group.
     with pytest.raises(TransientError):
         await Fsck(ListFailsAfterFirstPage(store), codec, report=print).run()
-    real_open = cmd_keys.open_store
+    real_open = cli_bucket.open_store
     monkeypatch.setattr(
-        cmd_keys, "open_store", lambda settings: ListFailsAfterFirstPage(real_open(settings))
+        cli_bucket, "open_store", lambda settings: ListFailsAfterFirstPage(real_open(settings))
     )
     rc = await trio.to_thread.run_sync(lambda: cli(*fsck_args(server, key_file, "--json")))
     assert rc == 1

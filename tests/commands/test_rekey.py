@@ -29,8 +29,8 @@ from _cmd_helpers import (
 from qcloud_cos import CosConfig, CosS3Client
 from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key_file
 
-import cosencfs.progress as progress_module
 import cosencfs.store.cos as cos_module
+import cosencfs.tools.walk as walk_module
 from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import (
     KID_FIELD,
@@ -42,10 +42,10 @@ from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_aes_key_file, 
 from cosencfs.crypto.master import AesMasterKey
 from cosencfs.errors import PreconditionFailedError, WrongKeyError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE
-from cosencfs.rekey import Rekeyer, RekeyStats
 from cosencfs.server import LocalCosServer
 from cosencfs.store.base import ObjectInfo
 from cosencfs.store.cos import CosStore
+from cosencfs.tools.rekey import Rekeyer, RekeyStats
 
 JAVA_META = {
     "client-side-encryption-key": base64.b64encode(os.urandom(40)).decode(),
@@ -507,8 +507,8 @@ async def test_rekey_lists_one_page_at_a_time(
     new_codec: EnvelopeCodec,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert progress_module.LIST_PAGE_MAX == 1000  # the real page size: 1 LIST per 1000 keys
-    monkeypatch.setattr(progress_module, "LIST_PAGE_MAX", 10)
+    assert walk_module.LIST_PAGE_MAX == 1000  # the real page size: 1 LIST per 1000 keys
+    monkeypatch.setattr(walk_module, "LIST_PAGE_MAX", 10)
     n = 25
     for i in range(n):
         await put_encrypted(store, codec, f"many/{i:03d}", b"")

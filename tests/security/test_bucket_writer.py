@@ -22,10 +22,10 @@ from cosencfs.crypto.ctr import DataKey, encrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.errors import RefusedError
 from cosencfs.fs.core import Filesystem
-from cosencfs.fsck import Category, Finding, Fsck
 from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
 from cosencfs.store.cos import CosStore
+from cosencfs.tools.fsck import Category, Finding, Fsck
 
 MIB = 1024 * 1024
 SCRIPT = b"#!/bin/sh\necho owned\n"

@@ -23,7 +23,7 @@ from testlib import MountFactory
 
 CHILD = f"""
 import ctypes, os, resource, sys
-from cosencfs import hardening
+from cosencfs.mount import hardening
 # Core dumps on to begin with, whatever limit the test run inherited.
 resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, resource.RLIM_INFINITY))
 os.setgid({NOBODY}); os.setuid({NOBODY})

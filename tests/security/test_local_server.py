@@ -26,7 +26,7 @@ from _sec_helpers import (
 )
 from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, force_unmount
 
-from cosencfs.control import XATTR_SYNC
+from cosencfs.mount.control import XATTR_SYNC
 from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
 from cosencfs.server.auth import cos_authorization

@@ -1,27 +1,21 @@
-"""``cosencfs mount`` and ``cosencfs umount``."""
+"""``cosencfs mount``: settings from the command line and the config file, then the daemon."""
 
 from __future__ import annotations
 
 import argparse
-import errno
-import os
-import shutil
-import subprocess
 import sys
-import time
 from typing import Any
 
-from cosencfs.config import (
+from cosencfs.cli.options import (
+    AES_WRAPS,
     COMMON_CLI_FIELDS,
-    MountSettings,
-    build_settings,
-    load_config_file,
-    split_target,
-    validate,
+    LOG_LEVELS,
+    add_endpoint_arguments,
+    command_line_values,
 )
-from cosencfs.control import XATTR_PID, XATTR_SYNC
+from cosencfs.config import MountSettings, build_mount_settings, load_config_file, split_target
 from cosencfs.errors import ConfigError
-from cosencfs.logsetup import setup_logging
+from cosencfs.mount.logsetup import setup_logging
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,8 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with mount settings")
     p.add_argument("--local", metavar="DIR", help="serve DIR with a built-in local COS server")
-    p.add_argument("--endpoint", help="http://HOST:PORT of a COS-compatible server, or a domain")
-    p.add_argument("--region", help="COS region (default: ap-guangzhou)")
+    add_endpoint_arguments(p)
     p.add_argument("--key-file", help="AES master key file (base64, as the COS SDK reads it)")
     p.add_argument(
         "--also-read-key-file",
@@ -48,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsa-private-key", help="RSA private key (PEM)")
     p.add_argument(
         "--aes-wrap",
-        choices=["sdk", "kw"],
+        choices=AES_WRAPS,
         help="how new data keys are wrapped with an AES master key: 'sdk' (default; "
         "readable by the COS SDK; weak, see docs/format.md) or 'kw' (AES key wrap)",
     )
@@ -93,7 +86,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--uid", type=int, help="owner of objects without metadata")
     p.add_argument("--gid", type=int, help="group of objects without metadata")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument(
         "--debug",
         action="append",
@@ -121,9 +114,7 @@ _CLI_FIELDS = {
 
 
 def settings_from_args(args: argparse.Namespace) -> MountSettings:
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(load_config_file(args.config))
+    values = load_config_file(args.config) if args.config else {}
     cli: dict[str, Any] = {}
     positional: list[str] = args.args
     if args.local:
@@ -139,16 +130,12 @@ def settings_from_args(args: argparse.Namespace) -> MountSettings:
         cli["mountpoint"] = positional[0]
     elif positional or not args.config:
         raise ConfigError("give BUCKET[/PREFIX] and MOUNTPOINT (or --config FILE)")
-    for dest, name in _CLI_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            cli[name] = value
-    values.update(validate(cli, "command line"))
-    return build_settings(values)
+    values.update(command_line_values(args, cli, _CLI_FIELDS))
+    return build_mount_settings(values)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cosencfs import mount  # noqa: PLC0415 - pyfuse3 only when mounting
+    from cosencfs.mount import daemon  # noqa: PLC0415 - pyfuse3 only when mounting
 
     try:
         settings = settings_from_args(args)
@@ -156,67 +143,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"cosencfs: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.debug)
-    return mount.run(settings)
-
-
-# ---------------------------------------------------------------------------
-# umount
-
-
-def configure_umount(p: argparse.ArgumentParser) -> None:
-    p.add_argument("mountpoint")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=600.0,
-        help="seconds to wait for the daemon to exit after unmounting",
-    )
-    p.add_argument("--lazy", "-z", action="store_true", help="lazy unmount (fusermount3 -z)")
-
-
-def run_umount(args: argparse.Namespace) -> int:
-    mp = args.mountpoint
-    pid = 0
-    status = 0
-    try:
-        pid = int(os.getxattr(mp, XATTR_PID))
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            print(f"cosencfs: {mp} is not a cosencfs mount ({exc.strerror})", file=sys.stderr)
-            return 1
-        # The daemon is gone; only the kernel's side of the mount is left.
-        print(f"cosencfs: the daemon of {mp} is not running; unmounting", file=sys.stderr)
-        status = 1
-    try:
-        if pid:
-            os.setxattr(mp, XATTR_SYNC, b"1")
-    except OSError as exc:
-        status = 1
-        why = "uploads failed" if exc.errno == errno.EIO else exc.strerror
-        print(
-            f"cosencfs: could not upload everything ({why}); unmounting anyway, the "
-            "dirty files stay in the cache journal for the next mount",
-            file=sys.stderr,
-        )
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-    cmd = [fusermount, "-u"] + (["-z"] if args.lazy else []) + [mp]
-    done = subprocess.run(cmd, check=False)
-    if done.returncode != 0:
-        print(f"cosencfs: {' '.join(cmd)} failed", file=sys.stderr)
-        return 1
-    deadline = time.monotonic() + args.timeout
-    while pid and _alive(pid):
-        if time.monotonic() > deadline:
-            print(f"cosencfs: daemon {pid} still running after {args.timeout} s", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
-    return status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
+    return daemon.run(settings)

@@ -1,9 +1,9 @@
-"""The life of a mount: check, mount, serve, flush, unmount.
+"""One mount's life in the event loop: check, mount, serve, flush, unmount.
 
 Everything that can fail is checked before the mount goes live (key file,
 credentials, bucket, cache directory, mountpoint), and — without
-``--foreground`` — before the process detaches, so ``cosencfs mount`` exits
-non-zero with the reason instead of leaving a daemon that failed.
+``--foreground`` — before the process detaches (``daemon``), so ``cosencfs
+mount`` exits non-zero with the reason instead of leaving a daemon that failed.
 
 When the kernel connection ends (``fusermount3 -u``, ``cosencfs umount``,
 SIGTERM/SIGINT), every dirty file is uploaded before the process exits;
@@ -15,28 +15,23 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
-import sys
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
 from cosencfs.cache.manager import CacheManager
-from cosencfs.config import LOCAL_BUCKET, MountSettings
-from cosencfs.errors import (
-    AccessDeniedError,
-    ConfigError,
-    CosEncFsError,
-    NoSuchBucketError,
-    TransientError,
-)
+from cosencfs.config import MountSettings
+from cosencfs.crypto.keyfiles import load_codec
+from cosencfs.errors import CosEncFsError, TransientError
+from cosencfs.fs.attrs import Defaults
+from cosencfs.fs.context import FsOptions
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import ControlledOperations
-from cosencfs.hardening import harden_process
-from cosencfs.notify import Notifier
+from cosencfs.mount.notify import Notifier
 from cosencfs.store.cos import CosStore
+from cosencfs.tools import bucket
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +56,7 @@ def check_mountpoint(path: str) -> str:
 
 def fuse_options(settings: MountSettings) -> set[str]:
     opts = set(pyfuse3.default_options)
-    target = settings.bucket + (f"/{settings.prefix}" if settings.prefix else "")
-    opts.add(f"fsname=cosencfs:{target}")
+    opts.add(f"fsname=cosencfs:{settings.target()}")
     opts.add("subtype=cosencfs")
     for item in settings.fuse_options:
         for opt in item.split(","):
@@ -71,35 +65,39 @@ def fuse_options(settings: MountSettings) -> set[str]:
     return opts
 
 
+def fs_options(settings: MountSettings) -> FsOptions:
+    """The filesystem's options: the ``[fs]`` settings given, its defaults for the rest."""
+    given = settings.fs.given()
+    attrs = {k: given.pop(k) for k in ("file_mode", "dir_mode") if k in given}
+    defaults = Defaults(
+        uid=given.pop("uid", os.getuid()), gid=given.pop("gid", os.getgid()), **attrs
+    )
+    return FsOptions(
+        prefix=settings.prefix,
+        devices=settings.devices_live(),
+        defaults=defaults,
+        **given,
+    )
+
+
 async def open_store(settings: MountSettings) -> CosStore:
     """Connect and check the bucket; errors name what is wrong."""
-    store = CosStore(settings.cos_settings())
-    where = settings.endpoint or f"region {settings.region}"
+    store = bucket.open_store(settings)
     try:
-        with trio.fail_after(settings.request_deadline + 5):
-            await store.head_bucket()
-    except NoSuchBucketError:
+        await bucket.check_bucket(store, settings, unusable=MountError, unreachable=TransientError)
+    except MountError:
         store.close()
-        raise MountError(f"bucket {settings.bucket!r} does not exist at {where}") from None
-    except AccessDeniedError as exc:
-        store.close()
-        raise MountError(
-            f"access to bucket {settings.bucket!r} denied ({exc.code or 'AccessDenied'}): "
-            "check COS_SECRET_ID / COS_SECRET_KEY and the bucket's permissions"
-        ) from None
-    except (TransientError, trio.TooSlowError) as exc:
-        store.close()
-        raise MountError(f"cannot reach COS at {where}: {exc}") from None
+        raise
     return store
 
 
 async def serve(settings: MountSettings, ready: Callable[[], None] = lambda: None) -> int:
     """Mount and serve until unmounted; returns the exit status."""
     mountpoint = check_mountpoint(settings.mountpoint)
-    codec = settings.keys.codec()
+    codec = load_codec(settings.keys)
     store = await open_store(settings)
     cache = CacheManager(settings.cache_root(), store, limit_bytes=settings.cache_size)
-    fs = Filesystem(store, codec, cache, settings.fs)
+    fs = Filesystem(store, codec, cache, fs_options(settings))
     try:
         report = await fs.recover()
     except BaseException:
@@ -210,112 +208,3 @@ async def _final_flush(fs: Filesystem, notifier: Notifier) -> int:
         )
         return EXIT_DIRTY
     return EXIT_OK
-
-
-def _start_local_server(settings: MountSettings) -> object:
-    """``--local DIR``: an in-process COS server over DIR; returns it (to stop).
-
-    Its TCP port is open to every local user, so it accepts only requests
-    signed with a secret made here for this mount: the secret exists only in
-    this process's memory (never in argv, the environment or a file), and the
-    process is not dumpable, so no other process can read it.
-    """
-    from cosencfs.server import LocalCosServer  # noqa: PLC0415 - only for --local
-
-    if settings.local_dir is None:
-        raise MountError("--local needs a directory")
-    os.makedirs(settings.local_dir, mode=0o700, exist_ok=True)
-    secret_id = "cosencfs-local-" + secrets.token_hex(8)
-    secret_key = secrets.token_urlsafe(32)
-    server = LocalCosServer(
-        settings.local_dir,
-        buckets=[LOCAL_BUCKET],
-        secret_id=secret_id,
-        secret_key=secret_key,
-    )
-    server.start()
-    settings.endpoint = server.url
-    settings.bucket = LOCAL_BUCKET
-    settings.secret_id, settings.secret_key, settings.token = secret_id, secret_key, None
-    return server
-
-
-def run(settings: MountSettings) -> int:
-    """Entry point of ``cosencfs mount``: daemonize unless ``foreground``."""
-    # Before any key is loaded; fork() keeps both settings for the daemon.
-    harden_process()
-    if settings.foreground:
-        return _run_here(settings, lambda: None)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            answer = pipe.read().decode(errors="replace")
-        if answer.startswith("ok"):
-            return EXIT_OK
-        os.waitpid(pid, 0)
-        msg = answer.strip() or "the mount process exited before the mount was ready"
-        print(f"cosencfs: {msg}", file=sys.stderr)
-        return EXIT_FAILED
-    # The child: detach, mount, report to the parent, serve.
-    os.close(read_fd)
-    os.setsid()
-    pipe_open = [True]
-
-    def ready() -> None:
-        os.write(write_fd, b"ok\n")
-        os.close(write_fd)
-        pipe_open[0] = False
-        _detach_stdio(settings)
-
-    def report(message: str) -> None:
-        if pipe_open[0]:
-            os.write(write_fd, f"error: {message}\n".encode())
-
-    code = EXIT_FAILED
-    try:
-        code = _run_here(settings, ready, report)
-    finally:
-        if pipe_open[0]:
-            os.close(write_fd)
-        os._exit(code)
-
-
-def _detach_stdio(settings: MountSettings) -> None:
-    log_path = settings.cache_root() / "cosencfs.log"
-    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.close(null)
-
-
-def _print_error(message: str) -> None:
-    print(f"cosencfs: {message}", file=sys.stderr)
-
-
-def _run_here(
-    settings: MountSettings,
-    ready: Callable[[], None],
-    report: Callable[[str], None] = _print_error,
-) -> int:
-    server = None
-    try:
-        if settings.local_dir:
-            server = _start_local_server(settings)
-        return trio.run(serve, settings, ready)
-    except (MountError, ConfigError) as exc:
-        log.error("%s", exc)
-        report(str(exc))
-        return EXIT_FAILED
-    except CosEncFsError as exc:
-        log.error("cannot mount: %s", exc)
-        report(f"cannot mount: {exc}")
-        return EXIT_FAILED
-    finally:
-        if server is not None:
-            server.stop()  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""``cosencfs stats`` and ``cosencfs sync``: talk to a running mount.
+"""``cosencfs stats``: a running mount's requests, cost, cache and uploads, and reading them.
 
 The control channel is the mount root's extended attributes (see
 ``fuse_ops.ControlledOperations``): no socket to secure or clean up, and
@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import threading
-import time
 from typing import Any
 
-from cosencfs.control import XATTR_STATS, XATTR_SYNC
+from cosencfs.mount.control import XATTR_STATS
 
 #: COS bills requests per 10,000, reads and writes at different prices.
 WRITE_OPS = frozenset(
@@ -50,7 +47,7 @@ def request_units(requests: dict[str, int]) -> dict[str, float]:
     return {"read": reads / 10_000, "write": writes / 10_000}
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
     return f"{n / 1024**2:.1f} MiB"
 
 
@@ -65,10 +62,10 @@ def format_stats(s: dict[str, Any]) -> str:
     lines += [
         f"cost         {units['read']:.4f} read + {units['write']:.4f} write request units"
         " (1 unit = 10,000 requests)",
-        f"transferred  up {_mib(store['bytes_up'])}, down {_mib(store['bytes_down'])}",
-        f"cache        {_mib(cache['bytes'])} of {_mib(cache['limit'])},"
+        f"transferred  up {mib(store['bytes_up'])}, down {mib(store['bytes_down'])}",
+        f"cache        {mib(cache['bytes'])} of {mib(cache['limit'])},"
         f" hit ratio {cache['hit_ratio']:.1%} ({cache['hits']} hits, {cache['misses']} misses)",
-        f"dirty        {dirty['files']} files, {_mib(dirty['bytes'])}",
+        f"dirty        {dirty['files']} files, {mib(dirty['bytes'])}",
         f"uploads      {up['queued']} queued, {up['done']} done, {up['failed']} failed"
         + (
             f" (failing now: {up['failing_now']}; last error: {up['last_error']})"
@@ -86,65 +83,13 @@ def format_stats(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def configure_stats(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def run_stats(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     s = read_stats(args.mountpoint)
     s["cost_units"] = request_units(s["store"]["requests"])
     print(json.dumps(s, indent=2, sort_keys=True) if args.json else format_stats(s))
-    return 0
-
-
-def configure_sync(p: argparse.ArgumentParser) -> None:
-    p.add_argument("mountpoint")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-
-
-def run_sync(args: argparse.Namespace) -> int:
-    """Upload everything dirty and wait, with a progress bar on a terminal."""
-    began = time.monotonic()
-    start = read_stats(args.mountpoint)["dirty"]
-    result: dict[str, OSError] = {}
-
-    def work() -> None:
-        try:
-            os.setxattr(args.mountpoint, XATTR_SYNC, b"1")
-        except OSError as exc:
-            result["error"] = exc
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    show = not args.quiet and sys.stderr.isatty() and start["files"] > 0
-    bar = None
-    if show:
-        from tqdm import tqdm  # noqa: PLC0415 - only on a terminal
-
-        bar = tqdm(total=start["bytes"], unit="B", unit_scale=True, desc="uploading")
-    while worker.is_alive():
-        worker.join(0.2)
-        if bar is not None:
-            left = read_stats(args.mountpoint)["dirty"]["bytes"]
-            bar.n = max(0, start["bytes"] - left)
-            bar.refresh()
-    if bar is not None:
-        if "error" not in result:
-            bar.n = start["bytes"]
-        bar.close()
-    if "error" in result:
-        s = read_stats(args.mountpoint)
-        print(
-            f"cosencfs: sync failed: {s['dirty']['files']} files still dirty; "
-            f"last error: {s['uploads']['last_error'] or result['error'].strerror}",
-            file=sys.stderr,
-        )
-        return 1
-    if not args.quiet:
-        print(
-            f"synced {start['files']} files ({_mib(start['bytes'])}) in "
-            f"{time.monotonic() - began:.1f} s",
-            file=sys.stderr,
-        )
     return 0

@@ -65,8 +65,9 @@ from cosencfs.fs.policy import (
     file_type,
     meta_mode,
 )
-from cosencfs.progress import Progress, walk_bucket
 from cosencfs.store.base import ObjectInfo, ObjectStore
+from cosencfs.tools.progress import Progress
+from cosencfs.tools.walk import walk_bucket
 
 log = logging.getLogger(__name__)
 

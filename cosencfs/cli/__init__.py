@@ -1,8 +1,9 @@
-"""Command-line entry point: ``cosencfs SUBCOMMAND ...``.
+"""Command-line entry point: ``cosencfs SUBCOMMAND ...``, one module per command.
 
-Each subcommand is a pair of functions in a module: one adds its arguments
-to a parser, one runs it and returns the exit status.  Heavy imports
-(pyfuse3, the SDK) happen inside the run functions.
+Each command's module has two functions: ``configure`` adds its arguments to
+a parser, ``run`` runs it and returns the exit status.  Heavy imports
+(pyfuse3, the SDK) happen inside the run functions.  The mount(8) helper
+form (``cosencfs SOURCE MOUNTPOINT -o opts``) is turned into ``mount`` here.
 """
 
 from __future__ import annotations
@@ -13,51 +14,29 @@ import sys
 from collections.abc import Sequence
 
 from cosencfs import __version__
-from cosencfs.hardening import harden_process
+from cosencfs.mount.hardening import harden_process
 
-#: command name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "mount": ("cosencfs.cmd_mount", "configure", "run", "mount a bucket (or a prefix of one)"),
-    "umount": (
-        "cosencfs.cmd_mount",
-        "configure_umount",
-        "run_umount",
-        "upload everything dirty, then unmount",
-    ),
-    "stats": (
-        "cosencfs.cmd_control",
-        "configure_stats",
-        "run_stats",
-        "show requests, cost, cache and upload state of a mount",
-    ),
-    "sync": (
-        "cosencfs.cmd_control",
-        "configure_sync",
-        "run_sync",
-        "upload everything dirty in a mount and wait",
-    ),
+#: command name -> (module, one-line help); each module has ``configure(parser)``
+#: and ``run(args) -> exit status``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "mount": ("cosencfs.cli.mount", "mount a bucket (or a prefix of one)"),
+    "umount": ("cosencfs.cli.umount", "upload everything dirty, then unmount"),
+    "stats": ("cosencfs.cli.stats", "show requests, cost, cache and upload state of a mount"),
+    "sync": ("cosencfs.cli.sync", "upload everything dirty in a mount and wait"),
     "keygen": (
-        "cosencfs.cmd_keys",
-        "configure_keygen",
-        "run_keygen",
+        "cosencfs.cli.keygen",
         "create a master key file (AES) or key pair (RSA) in the COS SDK's formats",
     ),
     "rekey": (
-        "cosencfs.cmd_keys",
-        "configure_rekey",
-        "run_rekey",
+        "cosencfs.cli.rekey",
         "rotate the master key: re-wrap every object's data key, metadata only",
     ),
     "fsck": (
-        "cosencfs.cmd_keys",
-        "configure_fsck",
-        "run_fsck",
+        "cosencfs.cli.fsck",
         "check that every object opens with the key and can be shown by a mount",
     ),
     "local-server": (
-        "cosencfs.server.cli",
-        "configure",
-        "run",
+        "cosencfs.cli.local_server",
         "run a local COS-compatible server over a directory",
     ),
 }
@@ -75,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cosencfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, configure, run, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        getattr(module, configure)(p)
-        p.set_defaults(_run=getattr(module, run))
+        module.configure(p)
+        p.set_defaults(_run=module.run)
     return parser
 
 
@@ -158,7 +137,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

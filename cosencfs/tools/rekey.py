@@ -50,9 +50,10 @@ from cosencfs.errors import (
     StoreError,
     WrongKeyError,
 )
-from cosencfs.fsck import crypto_message, unverifiable_sdk_envelope
-from cosencfs.progress import Progress, display_key, walk_bucket
 from cosencfs.store.base import MAX_USER_META_BYTES, META_PREFIX, ObjectInfo, ObjectStore
+from cosencfs.tools.fsck import crypto_message, unverifiable_sdk_envelope
+from cosencfs.tools.progress import Progress, display_key
+from cosencfs.tools.walk import walk_bucket
 
 log = logging.getLogger(__name__)
 
