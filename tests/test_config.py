@@ -69,7 +69,8 @@ options = ["allow_other"]
     assert s.concurrency == 32
     assert s.keys.aes_wrap == "kw"
     assert s.fuse_options == ["allow_other"]
-    assert s.log_level == "WARNING" and s.debug == ["store"]
+    assert s.log_level == "WARNING"
+    assert s.debug == ["store"]
     s2 = settings_from_args(parse("--config", str(cfg), "other-1250000000/x", "/mnt/other"))
     assert (s2.bucket, s2.prefix, s2.mountpoint) == ("other-1250000000", "x", "/mnt/other")
 

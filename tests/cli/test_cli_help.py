@@ -124,7 +124,8 @@ def test_configuration_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixt
     """Missing settings are reported by cosencfs, not argparse (no usage line)."""
     assert exit_status(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cosencfs: ") and "usage:" not in err
+    assert err.startswith("cosencfs: ")
+    assert "usage:" not in err
 
 
 @pytest.mark.parametrize(

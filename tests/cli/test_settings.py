@@ -80,7 +80,8 @@ def test_defaults_live_in_the_dataclasses() -> None:
         "INFO",
     )
     # [fs] settings left out keep the filesystem's own defaults.
-    assert fs_options(s).dir_ttl == 60.0 and fs_options(s).defaults.file_mode == 0o644
+    assert fs_options(s).dir_ttl == 60.0
+    assert fs_options(s).defaults.file_mode == 0o644
 
 
 def test_bucket_commands_keep_only_bucket_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,13 +13,13 @@ import requests
 from qcloud_cos import CosConfig
 from qcloud_cos.cos_encryption_client import CosEncryptionClient
 from qcloud_cos.crypto import AESProvider, RSAProvider
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
 from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE
 from cosencfs.server import LocalCosServer
 from cosencfs.store.base import ObjectStore
+from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 ATTRS = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1700000000.5"}

@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _cmd_helpers import Sdk
-from testlib import SECRET_ID, SECRET_KEY, new_key_file
 
 from cosencfs.cli import bucket as cli_bucket
 from cosencfs.cli import main
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.server import LocalCosServer
+from tests.commands._cmd_helpers import Sdk
+from tests.testlib import SECRET_ID, SECRET_KEY, new_key_file
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 import trio
-from _cmd_helpers import ATTRS, no_secrets, put_encrypted, run_cli, server_args
-from testlib import BUCKET, new_key_file
 
 import cosencfs.tools.walk as walk_module
 from cosencfs.cli import bucket as cli_bucket
@@ -25,8 +23,11 @@ from cosencfs.errors import TransientError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from cosencfs.tools import bucket as tools_bucket
 from cosencfs.tools.fsck import Category, Finding, Fsck, name_problem
 from cosencfs.tools.progress import Progress
+from tests.commands._cmd_helpers import ATTRS, no_secrets, put_encrypted, run_cli, server_args
+from tests.testlib import BUCKET, new_key_file
 
 JAVA_META = {
     "client-side-encryption-key": base64.b64encode(os.urandom(40)).decode(),
@@ -115,7 +116,8 @@ async def test_fsck_finds_each_category(
         "HeadObject": n_objects - 3,  # ok/, m/, mk/ need none
         "ListMultipartUploads": 1,
     }
-    assert used.bytes_down == 0 and used.bytes_up == 0
+    assert used.bytes_down == 0
+    assert used.bytes_up == 0
     details = {f.key: f.detail for f in found}
     assert "written with master key id" in details["wrong-key"]
     assert "altered" in details["tampered"]
@@ -138,7 +140,8 @@ async def test_fsck_json_subprocess_and_abort_orphans(
     report = json.loads(done.stdout)
     assert {(f["category"], f["key"]) for f in report["findings"]} == expected
     orphan = next(f for f in report["findings"] if f["category"] == "orphan-upload")
-    assert orphan["action"] == "aborted" and orphan["upload_id"]
+    assert orphan["action"] == "aborted"
+    assert orphan["upload_id"]
     assert report["summary"]["orphans_aborted"] == 1
     assert report["summary"]["clean"] is False
     assert report["summary"]["findings"]["name-clash"] == 2
@@ -273,7 +276,9 @@ def test_progress_bar_on_a_tty_and_log_lines_otherwise(caplog: pytest.LogCapture
         p.set_status({"ok": 2, "problems": 0})
         p.advance(3)
     drawn = tty.getvalue()
-    assert "fsck" in drawn and "3/3" in drawn and "ok 2" in drawn
+    assert "fsck" in drawn
+    assert "3/3" in drawn
+    assert "ok 2" in drawn
 
     pipe = io.StringIO()
     with (
@@ -321,7 +326,7 @@ async def test_fsck_listing_failure_stops_with_a_report(
     # The engine raises the store's error itself, not an exception group.
     with pytest.raises(TransientError):
         await Fsck(ListFailsAfterFirstPage(store), codec, report=print).run()
-    real_open = cli_bucket.open_store
+    real_open = tools_bucket.open_store
     monkeypatch.setattr(
         cli_bucket, "open_store", lambda settings: ListFailsAfterFirstPage(real_open(settings))
     )

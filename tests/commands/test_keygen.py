@@ -7,12 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from _cmd_helpers import Sdk, no_secrets, run_cli
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cosencfs.cli import main
 from cosencfs.crypto.keyfiles import load_aes_key_file, load_rsa_key_files
+from tests.commands._cmd_helpers import Sdk, no_secrets, run_cli
 
 
 def mode_of(path: Path) -> int:
@@ -72,7 +72,8 @@ def test_keygen_rsa(
     pub, priv = d / "public_key.pem", d / "private_key.pem"
     assert mode_of(priv) == 0o600
     assert mode_of(pub) == 0o644
-    assert str(priv) in out and str(pub) in out
+    assert str(priv) in out
+    assert str(pub) in out
     assert "back up" in out.lower()
     no_secrets(out, priv)
     key = load_rsa_key_files(pub, priv)

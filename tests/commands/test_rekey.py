@@ -11,23 +11,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
-from _cmd_helpers import (
-    ATTRS,
-    REPO,
-    Sdk,
-    cos_env,
-    no_secrets,
-    put_encrypted,
-    read_encrypted,
-    run_cli,
-    server_args,
-)
 from qcloud_cos import CosConfig, CosS3Client
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key_file
 
 import cosencfs.store.cos as cos_module
 import cosencfs.tools.walk as walk_module
@@ -43,9 +31,21 @@ from cosencfs.crypto.master import AesMasterKey
 from cosencfs.errors import PreconditionFailedError, WrongKeyError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE
 from cosencfs.server import LocalCosServer
-from cosencfs.store.base import ObjectInfo
+from cosencfs.store.base import LIST_PAGE_MAX, ObjectInfo, ObjectStore
 from cosencfs.store.cos import CosStore
 from cosencfs.tools.rekey import Rekeyer, RekeyStats
+from tests.commands._cmd_helpers import (
+    ATTRS,
+    REPO,
+    Sdk,
+    cos_env,
+    no_secrets,
+    put_encrypted,
+    read_encrypted,
+    run_cli,
+    server_args,
+)
+from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key_file
 
 JAVA_META = {
     "client-side-encryption-key": base64.b64encode(os.urandom(40)).decode(),
@@ -102,7 +102,8 @@ async def test_rekey_rewraps_metadata_only_and_sdk_reads_with_new_key(
     assert stats.unverified == 2  # the SDK's aes-ctr envelopes carry no key check
     # Metadata only: 1 LIST, a HEAD per non-marker, a COPY per re-wrapped object.
     assert used.requests == {"ListObjects": 1, "HeadObject": 10, "CopyObject": 8}
-    assert used.bytes_up == 0 and used.bytes_down == 0
+    assert used.bytes_up == 0
+    assert used.bytes_down == 0
     assert not used.failures
 
     for k in every:
@@ -331,7 +332,8 @@ async def test_rekey_large_object_goes_through_part_copies(
         "UploadPartCopy": 3,
         "CompleteMultipartUpload": 1,
     }
-    assert used.bytes_up == 0 and used.bytes_down == 0
+    assert used.bytes_up == 0
+    assert used.bytes_down == 0
     info = await store.head("huge")
     assert info.metadata[KID_FIELD] == new_codec.key_id
     assert info.metadata["note"] == "kept"
@@ -440,7 +442,7 @@ async def test_rekey_object_changed_during_rotation_is_looked_at_again(
 ) -> None:
     await put_encrypted(store, codec, "busy", b"first version")
     racing = ChangesOnFirstCopy(store, codec, b"second version, written meanwhile")
-    stats = await Rekeyer(racing, codec, new_codec).run()
+    stats = await Rekeyer(cast(ObjectStore, racing), codec, new_codec).run()
     assert (stats.rewrapped, stats.retried, stats.failed) == (1, 1, 0)
     assert racing.copies == 2
     # The copy did not overwrite the new version with the old envelope.
@@ -507,7 +509,7 @@ async def test_rekey_lists_one_page_at_a_time(
     new_codec: EnvelopeCodec,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert walk_module.LIST_PAGE_MAX == 1000  # the real page size: 1 LIST per 1000 keys
+    assert LIST_PAGE_MAX == 1000  # the real page size: 1 LIST per 1000 keys
     monkeypatch.setattr(walk_module, "LIST_PAGE_MAX", 10)
     n = 25
     for i in range(n):
@@ -554,7 +556,8 @@ def test_rekey_config_file_and_usage_errors(
     assert done.returncode == 0, done.stderr
     assert f"rekey {BUCKET}/p done" in done.stdout
     assert "re-wrapped:             1" in done.stdout
-    assert "1 COPY" in done.stdout and "0 bytes up, 0 bytes down" in done.stdout
+    assert "1 COPY" in done.stdout
+    assert "0 bytes up, 0 bytes down" in done.stdout
     no_secrets(done.stdout + done.stderr, key_file, new_key)
 
     def fails(*args: str) -> str:

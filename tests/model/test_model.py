@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import json
 import os
@@ -87,7 +88,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import hypothesis
 import pytest
@@ -100,7 +101,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from testlib import Mount, MountFactory, start_server
+
+from tests.testlib import Mount, MountFactory, start_server
 
 # -- budget ----------------------------------------------------------------------
 
@@ -293,7 +295,12 @@ class Op:
 OPS: list[Op] = []
 
 
-def op(weight: int, *, remount: bool = False, **strategies: st.SearchStrategy[Any]) -> Any:
+OpFn = TypeVar("OpFn", bound=Callable[..., None])
+
+
+def op(
+    weight: int, *, remount: bool = False, **strategies: st.SearchStrategy[Any]
+) -> Callable[[OpFn], OpFn]:
     """Register a machine method as an operation; its arguments are drawn by name.
 
     One ``step`` rule picks the operation by weight (Hypothesis's own rule
@@ -301,7 +308,7 @@ def op(weight: int, *, remount: bool = False, **strategies: st.SearchStrategy[An
     examples cannot afford).
     """
 
-    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+    def deco(fn: OpFn) -> OpFn:
         def run(machine: Any, data: st.DataObject) -> None:
             kwargs = {name: data.draw(s, label=name) for name, s in strategies.items()}
             getattr(machine, fn.__name__)(data, **kwargs)  # subclasses may override
@@ -389,7 +396,7 @@ class CosencfsMachine(RuleBasedStateMachine):
     def p(self, path: str) -> Path:
         return self.mnt / path
 
-    def fail(self, msg: str) -> None:
+    def fail(self, msg: str) -> NoReturn:
         logs = []
         for m in self.factory.mounts:
             text = m.log().strip()
@@ -446,7 +453,8 @@ class CosencfsMachine(RuleBasedStateMachine):
             lambda: os.open(self.p(path), flags),
         )
         try:
-            return self.must(f"read {path!r}", lambda: self.read_all(fd, 0))
+            data: bytes = self.must(f"read {path!r}", lambda: self.read_all(fd, 0))
+            return data
         finally:
             os.close(fd)
 
@@ -823,7 +831,9 @@ class CosencfsMachine(RuleBasedStateMachine):
             self.compare_stat(path, node, st_)
         for path, node in [("", self.model.root), *self.model.walk()]:
             if isinstance(node, MDir):
-                got = sorted(self.must(f"listdir({path!r})", lambda p=path: os.listdir(self.p(p))))
+                got = sorted(
+                    self.must(f"listdir({path!r})", functools.partial(os.listdir, self.p(path)))
+                )
                 if got != sorted(node.children):
                     self.fail(f"listdir({path!r}) = {got}, expected {sorted(node.children)}")
 
