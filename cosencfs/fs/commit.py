@@ -106,7 +106,7 @@ class Committer:
             if not _in_chain(node.head, head):
                 # Replaced while it was uploading (truncated to zero): the
                 # journal names only the new content, nobody needs this any more.
-                self.ctx.cache.retire_chain(head)
+                self.ctx.cache.layers.retire_chain(head)
             raise
         head.uploading = False
         self._adopt(node, head, staged, key, etag, meta)
@@ -116,7 +116,7 @@ class Committer:
         else:
             self.files.forget_record(node)
         # Only now that the journal no longer names them do the logs go.
-        self.ctx.cache.retire_chain(head)
+        self.ctx.cache.layers.retire_chain(head)
         log.debug("committed %r (%d bytes)", key, size)
 
     def _adopt(

@@ -400,7 +400,8 @@ class Filesystem:
         counters = self.ctx.store.counters.snapshot()
         dirty = self.dirty_inodes()
         wb = self.files.writeback.stats
-        lookups = cache.hits + cache.misses
+        fetcher = cache.fetcher
+        lookups = fetcher.hits + fetcher.misses
         return {
             "store": counters.as_dict(),
             "cache": {
@@ -408,10 +409,10 @@ class Filesystem:
                 "limit": cache.limit_bytes,
                 "versions": len(cache.versions),
                 "dirty_layers": len(cache.layers),
-                "hits": cache.hits,
-                "misses": cache.misses,
-                "hit_ratio": cache.hits / lookups if lookups else 0.0,
-                "fetched_bytes": cache.fetched_bytes,
+                "hits": fetcher.hits,
+                "misses": fetcher.misses,
+                "hit_ratio": fetcher.hits / lookups if lookups else 0.0,
+                "fetched_bytes": fetcher.fetched_bytes,
             },
             "dirty": {
                 "files": len(dirty),

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import trio
 
 from cosencfs.cache import assemble
-from cosencfs.cache.content import ObjectContent, Source
+from cosencfs.cache.content import THREAD_THRESHOLD, ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.journal import DirtyRecord, LayerRecord, SourceRecord
-from cosencfs.cache.segments import RecordRef
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import DamagedObjectError, FsError, NotFoundError, TransientError
@@ -40,7 +39,7 @@ from cosencfs.store.base import MAX_FILE_SIZE
 log = logging.getLogger(__name__)
 
 #: Writes this large are encrypted and written in a worker thread.
-THREAD_WRITE = 256 * 1024
+THREAD_WRITE = THREAD_THRESHOLD
 #: A head this many layers deep is uploaded soon (each fork adds one).
 MAX_DEPTH = 4
 
@@ -151,7 +150,7 @@ class Files:
         attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now, now, now)
         node = self.ctx.table.new(Kind.FILE, d, name, attrs)
         node.attrs_known = True
-        self.set_head(node, self.ctx.cache.new_layer(size=0, limit=0))
+        self.set_head(node, self.ctx.cache.layers.new(size=0, limit=0))
         self.ns.attach(d, name, node)
         self.ns.touch_dir(d)
         node.nlookup += 1
@@ -210,7 +209,7 @@ class Files:
         self.reads += 1
         head = node.head
         if head is not None:
-            bottom = _chain(head)[-1]
+            bottom = head.bottom
             if bottom.source is not None:
                 # Bytes not rewritten come from the object: read ahead there.
                 self._readahead(h, self.ctx.cache.clean_for(bottom.source), offset, size)
@@ -223,7 +222,7 @@ class Files:
         v.pins += 1
         try:
             self._readahead(h, v, offset, size)
-            data = await self.ctx.cache.read(v, offset, size)
+            data = await self.ctx.cache.fetcher.read(v, offset, size)
             self.read_bytes += len(data)
             return data
         finally:
@@ -249,7 +248,7 @@ class Files:
         start = max(end, h.ahead_until)
         stop = min(end + h.window, v.limit)
         if stop > start:
-            self.ctx.cache.prefetch(self.ctx.nursery, v, start, stop)
+            self.ctx.cache.fetcher.prefetch(self.ctx.nursery, v, start, stop)
             h.ahead_until = stop
 
     # -- writing -----------------------------------------------------------------
@@ -278,7 +277,7 @@ class Files:
                 return  # another writer made one while we waited
             source = self.remote_source(node)
             size = node.file_size
-            self.set_head(node, cache.new_layer(size=size, limit=size, source=source))
+            self.set_head(node, cache.layers.new(size=size, limit=size, source=source))
             return
         async with head.lock:
             if node.head is not head:
@@ -291,7 +290,7 @@ class Files:
                 if head.stream is not None:
                     head.stream.abandon()
                     head.stream = None
-            new = cache.new_layer(size=head.size, limit=head.size, below=head)
+            new = cache.layers.new(size=head.size, limit=head.size, below=head)
             self.set_head(node, new)
         if new.depth > MAX_DEPTH:
             # Each abandoned streamed upload adds a layer: collapse them soon.
@@ -346,11 +345,11 @@ class Files:
         head.burn()
         if threaded:
             # Worker thread; this task holds head.lock all the while.
-            n, refs = await trio.to_thread.run_sync(
-                _append_write, head, offset, data, limiter=cache.io_limiter
+            refs, n = await trio.to_thread.run_sync(
+                head.append_write, offset, data, limiter=cache.io_limiter
             )
         else:
-            n, refs = _append_write(head, offset, data)
+            refs, n = head.append_write(offset, data)
         head.apply_write(refs, n)
 
     def _stream(self, node: Inode, head: DirtyLayer) -> None:
@@ -403,7 +402,7 @@ class Files:
             if old is not None:
                 async with old.lock:
                     old.state = LayerState.SEALED
-            self.set_head(node, self.ctx.cache.new_layer(size=0, limit=0))
+            self.set_head(node, self.ctx.cache.layers.new(size=0, limit=0))
         else:
             while True:
                 head = await self.writable_head(node, size)
@@ -421,7 +420,7 @@ class Files:
         # truncate(2) returns with the change as durable as a close() would make it.
         self.record_dirty(node)
         if old is not None and not old.uploading:
-            self.ctx.cache.retire_chain(old)
+            self.ctx.cache.layers.retire_chain(old)
 
     async def materialize(self, node: Inode) -> None:
         """Copy every byte the file still needs from its object into a new head.
@@ -430,10 +429,10 @@ class Files:
         dirty content no longer depends on it.  The caller holds the upload lock.
         """
         head = node.head
-        if head is None or not _uses_source(head):
+        if head is None or head.bottom.source is None:
             return
         cache = self.ctx.cache
-        new = cache.new_layer(size=0, limit=0)
+        new = cache.layers.new(size=0, limit=0)
         async with head.lock:
             head.state = LayerState.SEALED
             head.burn()
@@ -444,7 +443,7 @@ class Files:
                 await self._write_locked(new, pos, plain)
         self.set_head(node, new)
         self.record_dirty(node)
-        self.ctx.cache.retire_chain(head)
+        self.ctx.cache.layers.retire_chain(head)
 
     # -- close / sync ------------------------------------------------------------
 
@@ -487,7 +486,7 @@ class Files:
         head = node.head
         if head is None:
             return
-        chain = _chain(head)
+        chain = head.chain()
         key = self.ctx.key_of(node)
         signature = Journaled(
             key,
@@ -558,26 +557,6 @@ class Journaled:
     meta_gen: int
     keyed: bool
     sealed: bool
-
-
-def _append_write(layer: DirtyLayer, offset: int, data: bytes) -> tuple[int, list[RecordRef]]:
-    """Seal and append records; the caller holds ``layer.lock`` (maybe in a worker thread)."""
-    blob, refs = layer.encode_write(offset, data)
-    layer.append(blob)
-    return len(blob), refs
-
-
-def _chain(layer: DirtyLayer) -> list[DirtyLayer]:
-    out = []
-    node: DirtyLayer | None = layer
-    while node is not None:
-        out.append(node)
-        node = node.below
-    return out
-
-
-def _uses_source(layer: DirtyLayer) -> bool:
-    return _chain(layer)[-1].source is not None
 
 
 #: Below this, uploads are single PUTs (the default single_put_max is larger).

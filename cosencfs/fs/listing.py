@@ -288,7 +288,7 @@ class Listings:
         head = node.head
         if head is not None and not head.uploading:
             node.head = None
-            self.ctx.cache.retire_chain(head)
+            self.ctx.cache.layers.retire_chain(head)
         v = node.clean
         if v is not None and v.pins == 0:
             self.ctx.cache.discard(v)

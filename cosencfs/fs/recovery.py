@@ -111,9 +111,9 @@ async def _recover_one(ctx: FsContext, files: Files, rec: DirtyRecord) -> None:
         await _upload(ctx, files, rec, head)
     except BaseException:
         # The journal still names these logs: keep them for the next try.
-        ctx.cache.release_chain(head)
+        ctx.cache.layers.release_chain(head)
         raise
-    ctx.cache.retire_chain(head)
+    ctx.cache.layers.retire_chain(head)
 
 
 def _source(ctx: FsContext, s: SourceRecord | None) -> Source | None:
@@ -134,9 +134,9 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     opened: list[DirtyLayer] = []
     try:
         for x in reversed(rec.layers):
-            if x.end and not os.path.exists(ctx.cache.layer_path(x.vid)):
+            if x.end and not os.path.exists(ctx.cache.layers.path(x.vid)):
                 raise CosEncFsError(f"cache log {x.vid} of {rec.key!r} is missing")
-            layer = ctx.cache.reopen_layer(
+            layer = ctx.cache.layers.reopen(
                 x.vid,
                 ctx.codec.unwrap_cache_key(x.key, x.vid),
                 size=x.size,
@@ -153,7 +153,7 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
                 _reopen_direct(ctx, rec, layer, x)
     except BaseException:
         if opened:
-            ctx.cache.release_chain(opened[-1])
+            ctx.cache.layers.release_chain(opened[-1])
         raise
     if below is None:
         raise CosEncFsError(f"journal record of {rec.key!r} names no cache layer")
@@ -194,7 +194,7 @@ async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     old_dk = ctx.codec.open(rec.envelope, key=rec.key)
     source = _source(ctx, rec.source)
     limit = rec.source.limit if rec.source is not None else 0
-    layer = ctx.cache.new_layer(size=rec.size, limit=min(limit, rec.size), source=source)
+    layer = ctx.cache.layers.new(size=rec.size, limit=min(limit, rec.size), source=source)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -202,11 +202,12 @@ async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
             for s, e in Extents.from_list(rec.present):
                 for pos in range(s, min(e, rec.size), _LEGACY_CHUNK):
                     n = min(_LEGACY_CHUNK, min(e, rec.size) - pos)
-                    layer_write(layer, pos, _legacy_plain(fd, old_dk, pos, n, rec.vid))
+                    plain = _legacy_plain(fd, old_dk, pos, n, rec.vid)
+                    layer.apply_write(*layer.append_write(pos, plain))
         finally:
             os.close(fd)
     except BaseException:
-        ctx.cache.retire_layer(layer)  # new, named by no record: the legacy file stays
+        ctx.cache.layers.retire(layer)  # new, named by no record: the legacy file stays
         raise
     layer.state = LayerState.SEALED
     log.info("converted %r from a cache file of an older release", rec.key)
@@ -221,12 +222,6 @@ def _legacy_plain(fd: int, dk: DataKey, pos: int, n: int, vid: str) -> bytes:
     if len(data) != n:
         raise CosEncFsError(f"cache file {vid} is short at {pos}+{n}")
     return decrypt(dk, pos, data)
-
-
-def layer_write(layer: DirtyLayer, offset: int, data: bytes) -> None:
-    blob, refs = layer.encode_write(offset, data)
-    layer.append(blob)
-    layer.apply_write(refs, len(blob))
 
 
 async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLayer) -> None:

@@ -506,7 +506,7 @@ async def test_cache_limit_evicts_clean_data_only(make_fs: FsFactory, store: Cos
     await write_file(fs2, ROOT, "dirty", pending, sync=False)
     cache._last_evict = -1e9
     cache.evict()
-    dirty = list(cache.layers.values())
+    dirty = list(cache.layers)
     assert len(dirty) == 1
     direct = dirty[0].direct  # written front to back: straight into its upload copy
     assert direct is not None and not direct.discarded and direct.cached_bytes == len(pending)
