@@ -37,7 +37,8 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
-from cosencfs.fs.core import Entry, Filesystem
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.entry import Entry
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from cosencfs.cache import assemble
 from cosencfs.cache.content import Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.extents import Extents
-from cosencfs.cache.journal import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
+from cosencfs.cache.records import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
 from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
 from cosencfs.fs.attrs import META_SIZE
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.files import Files
+from cosencfs.fs.upload import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ class RecoveryError(CosEncFsError):
     """Uploads left by the last run cannot be finished now (COS unreachable)."""
 
 
-async def recover(ctx: FsContext, files: Files) -> RecoveryReport:
+async def recover(ctx: FsContext, uploader: Uploader) -> RecoveryReport:
     report = RecoveryReport()
     records = ctx.journal.dirty_records()
     if records:
         log.info("finishing %d uploads left by the last run", len(records))
     for rec in records:
         try:
-            await _recover_one(ctx, files, rec)
+            await _recover_one(ctx, uploader, rec)
         except TransientError as exc:
             raise RecoveryError(
                 f"cannot finish the upload of {rec.key!r} left by the last run: {exc}"
@@ -78,12 +78,12 @@ async def recover(ctx: FsContext, files: Files) -> RecoveryReport:
         keep |= {x.vid for x in rec.layers} | {x.direct_vid for x in rec.layers if x.direct_vid}
     report.orphan_files = ctx.cache.sweep_orphans(keep)
     report.aborted_uploads = await _abort_orphan_uploads(
-        ctx, files, {r.upload_id for r in remaining if r.upload_id}
+        ctx, uploader, {r.upload_id for r in remaining if r.upload_id}
     )
     return report
 
 
-async def _abort_orphan_uploads(ctx: FsContext, files: Files, keep: set[str]) -> int:
+async def _abort_orphan_uploads(ctx: FsContext, uploader: Uploader, keep: set[str]) -> int:
     """Abort multipart uploads under the mount's prefix that nobody will finish.
 
     Uploads of a running cosencfs (this bucket may be mounted elsewhere) are
@@ -95,20 +95,20 @@ async def _abort_orphan_uploads(ctx: FsContext, files: Files, keep: set[str]) ->
     for up in await ctx.store.list_uploads(ctx.options.prefix):
         if up.upload_id in keep or up.initiated > cutoff:
             continue
-        await files.uploader.abort(up.key, up.upload_id)
+        await uploader.abort(up.key, up.upload_id)
         aborted += 1
     if aborted:
         log.info("aborted %d abandoned multipart uploads", aborted)
     return aborted
 
 
-async def _recover_one(ctx: FsContext, files: Files, rec: DirtyRecord) -> None:
+async def _recover_one(ctx: FsContext, uploader: Uploader, rec: DirtyRecord) -> None:
     if rec.format == FORMAT_LEGACY:
         head = await _convert_legacy(ctx, rec)
     else:
         head = _reopen(ctx, rec)
     try:
-        await _upload(ctx, files, rec, head)
+        await _upload(ctx, uploader, rec, head)
     except BaseException:
         # The journal still names these logs: keep them for the next try.
         ctx.cache.layers.release_chain(head)
@@ -224,7 +224,7 @@ def _legacy_plain(fd: int, dk: DataKey, pos: int, n: int, vid: str) -> bytes:
     return decrypt(dk, pos, data)
 
 
-async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLayer) -> None:
+async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: DirtyLayer) -> None:
     if head.object_dk is None:
         head.object_dk = DataKey.generate()
         head.envelope = ctx.codec.seal(head.object_dk)
@@ -246,8 +246,8 @@ async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLay
         resume = (rec.upload_id, rec.parts)
     elif rec.upload_id:
         # Parts sent under a key this run does not have: start afresh.
-        await files.uploader.abort(rec.key, rec.upload_id)
-    etag = await files.uploader.upload(
+        await uploader.abort(rec.key, rec.upload_id)
+    etag = await uploader.upload(
         rec.key,
         staged,
         meta,
