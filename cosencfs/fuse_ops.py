@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
-import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from cosencfs import hardening
-from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
     CacheIntegrityError,
@@ -69,7 +66,44 @@ _CODE_ERRNO = {
 
 #: Errors worth one log line per object, not one per read.
 _LOG_EVERY = 60.0
-_last_logged: dict[tuple[str, str, str], float] = {}
+
+
+class LogThrottle:
+    """Says whether a failure is worth a log line: once per ``every`` seconds each.
+
+    Entries older than the interval are forgotten as time passes (a mount
+    that meets many failing objects over its life keeps only the recent
+    ones), and at most ``max_entries`` are kept: past that the oldest go
+    first, so only a flood of distinct failures can log one twice a minute.
+    """
+
+    def __init__(self, every: float, max_entries: int = 10_000) -> None:
+        self.every = every
+        self.max_entries = max_entries
+        #: Key -> when it was logged; oldest first (a key is only added when absent).
+        self._last: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def should_log(self, what: tuple[str, str, str], now: float) -> bool:
+        self._prune(now)
+        if what in self._last:
+            return False
+        self._last[what] = now
+        if len(self._last) > self.max_entries:
+            self._last.popitem(last=False)
+        return True
+
+    def _prune(self, now: float) -> None:
+        while self._last:
+            at = next(iter(self._last.values()))
+            if now - at < self.every:
+                return
+            self._last.popitem(last=False)
+
+
+_throttle = LogThrottle(_LOG_EVERY)
 
 
 def errno_for(exc: BaseException) -> int:
@@ -94,9 +128,7 @@ def _report(op: str, exc: BaseException) -> None:
         what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
         if isinstance(exc, RefusedError):
             what = ("", type(exc).__name__, exc.key)  # one line per object, whatever the op
-        now = time.monotonic()
-        if now - _last_logged.get(what, -1e9) >= _LOG_EVERY:
-            _last_logged[what] = now
+        if _throttle.should_log(what, time.monotonic()):
             log.error("%s failed: %s", op, exc)
         return
     log.error("%s: unexpected error", op, exc_info=exc)
@@ -307,7 +339,7 @@ class FuseOperations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # devices, FIFOs, sockets: not storable
+        return to_attrs(await self.fs.mknod(parent_inode, bytes(name), mode, rdev))
 
     @translate
     async def open(
@@ -389,27 +421,19 @@ class FuseOperations(pyfuse3.Operations):
 
 
 class ControlledOperations(FuseOperations):
-    """FUSE operations plus the control channel: extended attributes of the root.
+    """FUSE operations plus the control channel: extended attributes.
 
     ``getfattr -n user.cosencfs.stats MOUNTPOINT`` returns JSON statistics;
     setting ``user.cosencfs.sync`` uploads everything dirty and returns when
-    done (or fails with EIO).  Other extended attributes are not supported.
+    done (or fails with EIO).  Which names exist is the filesystem's business
+    (cosencfs/fs/xattrs.py).
     """
 
     @translate
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        if name == XATTR_FORMAT:
-            return (await self.fs.object_format(inode)).encode()
-        if inode == pyfuse3.ROOT_INODE:
-            if name == XATTR_PID:
-                return str(os.getpid()).encode()
-            if name == XATTR_STATS:
-                # What the kernel says now (prctl), not what was asked for at start.
-                stats = {**self.fs.stats(), "process": hardening.current().as_dict()}
-                return json.dumps(stats, sort_keys=True).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self.fs.getxattr(inode, bytes(name))
 
     @translate
     async def setxattr(
@@ -419,19 +443,16 @@ class ControlledOperations(FuseOperations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if inode == pyfuse3.ROOT_INODE and name == XATTR_SYNC:
-            await self.fs.sync_all()
-            return
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.fs.setxattr(inode, bytes(name), value)
 
     @translate
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        return []
+        return [pyfuse3.XAttrNameT(n) for n in self.fs.listxattr(inode)]
 
     @translate
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.fs.removexattr(inode, bytes(name))

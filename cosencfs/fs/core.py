@@ -24,6 +24,7 @@ from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec, ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, FsError
+from cosencfs.fs import xattrs
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import Kind
 from cosencfs.fs.commit import Committer
@@ -245,6 +246,9 @@ class Filesystem:
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Entry:
         raise FsError(errno.EPERM, "hard links cannot be stored in COS")
 
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
+        raise FsError(errno.EPERM, "devices, FIFOs and sockets cannot be stored in COS")
+
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
             self.ns.forget(ino, n)
@@ -337,3 +341,17 @@ class Filesystem:
     def stats(self) -> dict[str, object]:
         """What ``cosencfs stats`` shows."""
         return collect_stats(self)
+
+    # -- extended attributes: the control channel only (fs/xattrs.py) ------------
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await xattrs.getxattr(self, ino, name)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        await xattrs.setxattr(self, ino, name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return []  # the control names are not listed: copies must not carry them
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        raise FsError(errno.ENOTSUP)
