@@ -37,6 +37,7 @@ from cosencfs.fs.inode import Inode
 from cosencfs.fs.listing import Listings
 from cosencfs.fs.names import decode_name
 from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.parts import Parts
 from cosencfs.fs.reads import Reader
 from cosencfs.fs.recovery import RecoveryReport, recover
 from cosencfs.fs.rename import Renamer
@@ -85,15 +86,14 @@ class Filesystem:
             max_dirty_age=options.max_dirty_age,
             workers=options.upload_workers,
         )
-        self.dirops = DirOps(ctx, self.ns, self.attrs, self.listings, self.records, self.writeback)
         self.reader = Reader(ctx, self.attrs)
         self.writer = Writer(ctx, self.attrs, self.records, self.writeback, self.uploader)
-        self.files = Files(
-            ctx, self.ns, self.attrs, self.listings, self.writer, self.records, self.writeback
+        parts = Parts(
+            ctx, self.ns, self.attrs, self.listings, self.records, self.writeback, self.writer
         )
-        self.renamer = Renamer(
-            ctx, self.ns, self.attrs, self.listings, self.writer, self.records, self.writeback
-        )
+        self.dirops = DirOps(parts)
+        self.files = Files(parts)
+        self.renamer = Renamer(parts)
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dh = 1
         cache.on_evict = self._evicted

@@ -17,15 +17,11 @@ import trio
 from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import FsError
-from cosencfs.fs.attrload import AttrLoader
-from cosencfs.fs.attrs import DIR_CONTENT_TYPE, Attrs, Kind, attrs_to_meta
+from cosencfs.fs.attrs import DIR_CONTENT_TYPE, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
-from cosencfs.fs.listing import Listings
-from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.parts import Handler
 from cosencfs.fs.policy import MAX_SYMLINK_TARGET, check_symlink
-from cosencfs.fs.writeback import WriteBack
 
 
 async def put_marker(ctx: FsContext, node: Inode) -> None:
@@ -44,23 +40,7 @@ async def put_marker(ctx: FsContext, node: Inode) -> None:
     ctx.journal.put_attrs(key, etag, 0, None, meta)
 
 
-class DirOps:
-    def __init__(
-        self,
-        ctx: FsContext,
-        ns: Namespace,
-        attrs: AttrLoader,
-        listings: Listings,
-        records: DirtyRecords,
-        writeback: WriteBack,
-    ) -> None:
-        self.ctx = ctx
-        self.ns = ns
-        self.attrs = attrs
-        self.listings = listings
-        self.records = records
-        self.writeback = writeback
-
+class DirOps(Handler):
     async def lookup(self, parent_ino: int, name: str) -> Inode:
         d = self.ns.directory(parent_ino)
         node = await self.listings.child(d, name)
@@ -74,13 +54,8 @@ class DirOps:
         return node
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Inode:
-        d = self.ns.directory(parent_ino)
-        await self.listings.check_absent(d, name)
-        await self.ctx.deleter.settle(self.ctx.child_key(d, name, is_dir=True))
-        now = self.ctx.now_ns()
-        attrs = Attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, now, now, now)
-        node = self.ctx.table.new(Kind.DIR, d, name, attrs)
-        node.attrs_known = True
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        d, node = await self.new_child(parent_ino, name, Kind.DIR, mode, uid, gid)
         try:
             await put_marker(self.ctx, node)
         except BaseException:
@@ -88,13 +63,8 @@ class DirOps:
             raise
         # A directory made here is known to be empty: no LIST needed.
         node.as_dir.listed_at = trio.current_time()
-        self._attach_new(d, name, node)
+        self.attach_new(d, name, node)
         return node
-
-    def _attach_new(self, d: Inode, name: str, node: Inode) -> None:
-        self.ns.attach(d, name, node)
-        self.ns.touch_dir(d)
-        node.nlookup += 1
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
         d = self.ns.directory(parent_ino)
@@ -140,17 +110,13 @@ class DirOps:
         self.ns.touch_dir(d)
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Inode:
-        d = self.ns.directory(parent_ino)
-        await self.listings.check_absent(d, name)
+        d, node = await self.new_child(
+            parent_ino, name, Kind.SYMLINK, stat.S_IFLNK | 0o777, uid, gid
+        )
         key = self.ctx.child_key(d, name, is_dir=False)
-        await self.ctx.deleter.settle(key)
-        now = self.ctx.now_ns()
-        attrs = Attrs(stat.S_IFLNK | 0o777, uid, gid, now, now, now)
-        node = self.ctx.table.new(Kind.SYMLINK, d, name, attrs)
-        node.attrs_known = True
         body = target.encode("utf-8")
         dk = DataKey.generate()
-        meta = {**self.ctx.codec.seal(dk), **attrs_to_meta(attrs)}
+        meta = {**self.ctx.codec.seal(dk), **attrs_to_meta(node.attrs)}
         try:
             etag = await self.ctx.store.put(key, encrypt(dk, 0, body), meta)
         except BaseException:
@@ -161,7 +127,7 @@ class DirOps:
         node.remote = Remote(etag, len(body), 0.0, meta)
         f.symlink_target = target
         self.ctx.journal.put_attrs(key, etag, len(body), None, meta)
-        self._attach_new(d, name, node)
+        self.attach_new(d, name, node)
         return node
 
     async def readlink(self, ino: int) -> str:

@@ -17,38 +17,18 @@ import stat
 import trio
 
 from cosencfs.errors import FsError, NotFoundError, TransientError
-from cosencfs.fs.attrload import AttrLoader
-from cosencfs.fs.attrs import Attrs, Kind
-from cosencfs.fs.context import FsContext
-from cosencfs.fs.dirtyrecord import DirtyRecords
+from cosencfs.fs.attrs import Kind
 from cosencfs.fs.handles import Handle, HandleTable
 from cosencfs.fs.inode import Inode
-from cosencfs.fs.listing import Listings
-from cosencfs.fs.namespace import Namespace
-from cosencfs.fs.writeback import WriteBack
-from cosencfs.fs.writes import Writer, set_head
+from cosencfs.fs.parts import Handler, Parts
+from cosencfs.fs.writes import set_head
 
 log = logging.getLogger(__name__)
 
 
-class Files:
-    def __init__(
-        self,
-        ctx: FsContext,
-        ns: Namespace,
-        attrs: AttrLoader,
-        listings: Listings,
-        writer: Writer,
-        records: DirtyRecords,
-        writeback: WriteBack,
-    ) -> None:
-        self.ctx = ctx
-        self.ns = ns
-        self.attrs = attrs
-        self.listings = listings
-        self.writer = writer
-        self.records = records
-        self.writeback = writeback
+class Files(Handler):
+    def __init__(self, parts: Parts) -> None:
+        super().__init__(parts)
         self.handles = HandleTable()
 
     async def open(self, ino: int, flags: int) -> tuple[Handle, bool]:
@@ -94,17 +74,10 @@ class Files:
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, uid: int, gid: int
     ) -> tuple[Handle, Inode]:
-        d = self.ns.directory(parent_ino)
-        await self.listings.check_absent(d, name)
-        await self.ctx.deleter.settle(self.ctx.child_key(d, name, is_dir=False))
-        now = self.ctx.now_ns()
-        attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now, now, now)
-        node = self.ctx.table.new(Kind.FILE, d, name, attrs)
-        node.attrs_known = True
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        d, node = await self.new_child(parent_ino, name, Kind.FILE, mode, uid, gid)
         set_head(node, self.ctx.cache.layers.new(size=0, limit=0))
-        self.ns.attach(d, name, node)
-        self.ns.touch_dir(d)
-        node.nlookup += 1
+        self.attach_new(d, name, node)
         h = self.handles.open(node, flags)
         h.wrote = True  # creating is a change: close() journals it even without a write
         # Open for writing: uploaded when closed (or once dirty too long), not

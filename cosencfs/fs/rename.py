@@ -20,15 +20,9 @@ from contextlib import AsyncExitStack
 import trio
 
 from cosencfs.errors import FsError, StoreError
-from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE, attrs_to_meta
-from cosencfs.fs.context import FsContext
-from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
-from cosencfs.fs.listing import Listings
-from cosencfs.fs.namespace import Namespace
-from cosencfs.fs.writeback import WriteBack
-from cosencfs.fs.writes import Writer
+from cosencfs.fs.parts import Handler, Parts
 from cosencfs.store.base import ObjectInfo
 from cosencfs.util import open_nursery
 
@@ -39,24 +33,9 @@ RENAME_EXCHANGE = 2
 COPY_CONCURRENCY = 16
 
 
-class Renamer:
-    def __init__(
-        self,
-        ctx: FsContext,
-        ns: Namespace,
-        attrs: AttrLoader,
-        listings: Listings,
-        writer: Writer,
-        records: DirtyRecords,
-        writeback: WriteBack,
-    ) -> None:
-        self.ctx = ctx
-        self.ns = ns
-        self.attrs = attrs
-        self.listings = listings
-        self.writer = writer
-        self.records = records
-        self.writeback = writeback
+class Renamer(Handler):
+    def __init__(self, parts: Parts) -> None:
+        super().__init__(parts)
         self._lock = trio.Lock()
 
     async def rename(
