@@ -36,6 +36,7 @@ from cosencfs.errors import (
 )
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.entry import Entry
+from cosencfs.fs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,11 @@ _LOG_EVERY = 60.0
 
 
 class LogThrottle:
-    """Says whether a failure is worth a log line: once per ``every`` seconds each.
+    """Whether a failure is worth a log line: once per ``every`` seconds each.
 
-    Entries older than the interval are forgotten as time passes (a mount
-    that meets many failing objects over its life keeps only the recent
-    ones), and at most ``max_entries`` are kept: past that the oldest go
-    first, so only a flood of distinct failures can log one twice a minute.
+    Entries older than the interval are forgotten, and at most
+    ``max_entries`` are kept (oldest dropped first: only a flood of distinct
+    failures can log one twice a minute), so a long-lived mount stays small.
     """
 
     def __init__(self, every: float, max_entries: int = 10_000) -> None:
@@ -150,6 +150,17 @@ def translate(
             raise pyfuse3.FUSEError(errno_for(exc)) from None
 
     return wrapper
+
+
+#: setattr: which field flag gives which Filesystem.setattr argument, from where.
+_SETATTR = (
+    ("update_mode", "mode", "st_mode"),
+    ("update_uid", "uid", "st_uid"),
+    ("update_gid", "gid", "st_gid"),
+    ("update_size", "size", "st_size"),
+    ("update_atime", "atime_ns", "st_atime_ns"),
+    ("update_mtime", "mtime_ns", "st_mtime_ns"),
+)
 
 
 def to_attrs(e: Entry) -> pyfuse3.EntryAttributes:
@@ -246,19 +257,9 @@ class FuseOperations(pyfuse3.Operations):
         fh: pyfuse3.FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        kw: dict[str, Any] = {}
-        if fields.update_mode:
-            kw["mode"] = attr.st_mode
-        if fields.update_uid:
-            kw["uid"] = attr.st_uid
-        if fields.update_gid:
-            kw["gid"] = attr.st_gid
-        if fields.update_size:
-            kw["size"] = attr.st_size
-        if fields.update_atime:
-            kw["atime_ns"] = attr.st_atime_ns
-        if fields.update_mtime:
-            kw["mtime_ns"] = attr.st_mtime_ns
+        kw: dict[str, Any] = {
+            arg: getattr(attr, st) for flag, arg, st in _SETATTR if getattr(fields, flag)
+        }
         return to_attrs(await self.fs.setattr(inode, **kw))
 
     @translate
@@ -311,11 +312,8 @@ class FuseOperations(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        fs_flags = 0
-        if flags & pyfuse3.RENAME_NOREPLACE:
-            fs_flags |= 1
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            fs_flags |= 2
+        fs_flags = RENAME_NOREPLACE if flags & pyfuse3.RENAME_NOREPLACE else 0
+        fs_flags |= RENAME_EXCHANGE if flags & pyfuse3.RENAME_EXCHANGE else 0
         await self.fs.rename(
             parent_inode_old, bytes(name_old), parent_inode_new, bytes(name_new), fs_flags
         )
@@ -408,15 +406,9 @@ class FuseOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = self.fs.statfs()
         d = pyfuse3.StatvfsData()
-        d.f_bsize = s.bsize
-        d.f_frsize = s.frsize
-        d.f_blocks = s.blocks
-        d.f_bfree = s.bfree
-        d.f_bavail = s.bavail
-        d.f_files = s.files
-        d.f_ffree = s.ffree
+        for name in ("bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "namemax"):
+            setattr(d, f"f_{name}", getattr(s, name))
         d.f_favail = s.ffree
-        d.f_namemax = s.namemax
         return d
 
 
@@ -424,9 +416,8 @@ class ControlledOperations(FuseOperations):
     """FUSE operations plus the control channel: extended attributes.
 
     ``getfattr -n user.cosencfs.stats MOUNTPOINT`` returns JSON statistics;
-    setting ``user.cosencfs.sync`` uploads everything dirty and returns when
-    done (or fails with EIO).  Which names exist is the filesystem's business
-    (cosencfs/fs/xattrs.py).
+    setting ``user.cosencfs.sync`` uploads everything dirty (EIO on failure).
+    Which names exist is the filesystem's business (cosencfs/fs/xattrs.py).
     """
 
     @translate
