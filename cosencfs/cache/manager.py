@@ -85,8 +85,12 @@ class CacheManager:
 
     # -- clean copies ------------------------------------------------------------
 
+    def file_path(self, vid: str) -> Path:
+        """Where the cache file of copy ``vid`` is (or was)."""
+        return self.data_dir / vid
+
     def _path(self, vid: str) -> str:
-        return str(self.data_dir / vid)
+        return str(self.file_path(vid))
 
     def _new(self, dk: DataKey, size: int, source: Source | None) -> ObjectContent:
         vid = new_vid()

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from cosencfs.cache import assemble
 from cosencfs.cache.content import Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
-from cosencfs.cache.extents import Extents
+from cosencfs.cache.legacy import read_legacy
 from cosencfs.cache.records import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
-from cosencfs.crypto.ctr import DataKey, decrypt
+from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
 from cosencfs.fs.attrs import META_SIZE
@@ -177,7 +177,7 @@ def _reopen_direct(ctx: FsContext, rec: DirtyRecord, layer: DirtyLayer, x: Layer
     """
     if x.direct_vid is None or x.direct_envelope is None:
         return
-    if not os.path.exists(ctx.cache.data_dir / x.direct_vid):
+    if not ctx.cache.file_path(x.direct_vid).exists():
         raise CosEncFsError(f"cache file {x.direct_vid} of {rec.key!r} is missing")
     dk = ctx.codec.open(x.direct_envelope, key=rec.key)
     layer.direct = ctx.cache.reopen_copy(x.direct_vid, dk, x.direct_end)
@@ -188,7 +188,7 @@ def _reopen_direct(ctx: FsContext, rec: DirtyRecord, layer: DirtyLayer, x: Layer
 
 async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     """A format-1 record: its cache file's bytes become records of a new layer."""
-    path = ctx.cache.data_dir / rec.vid
+    path = ctx.cache.file_path(rec.vid)
     if not path.exists():
         raise CosEncFsError(f"cache file {rec.vid} is missing")
     old_dk = ctx.codec.open(rec.envelope, key=rec.key)
@@ -196,32 +196,19 @@ async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     limit = rec.source.limit if rec.source is not None else 0
     layer = ctx.cache.layers.new(size=rec.size, limit=min(limit, rec.size), source=source)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            # Only the recorded ranges count; the rest is fetched again.
-            for s, e in Extents.from_list(rec.present):
-                for pos in range(s, min(e, rec.size), _LEGACY_CHUNK):
-                    n = min(_LEGACY_CHUNK, min(e, rec.size) - pos)
-                    plain = _legacy_plain(fd, old_dk, pos, n, rec.vid)
-                    layer.apply_write(*layer.append_write(pos, plain))
-        finally:
-            os.close(fd)
+        read_legacy(
+            path,
+            old_dk,
+            rec.present,
+            rec.size,
+            lambda pos, plain: layer.apply_write(*layer.append_write(pos, plain)),
+        )
     except BaseException:
         ctx.cache.layers.retire(layer)  # new, named by no record: the legacy file stays
         raise
     layer.state = LayerState.SEALED
     log.info("converted %r from a cache file of an older release", rec.key)
     return layer
-
-
-_LEGACY_CHUNK = 4 * 1024 * 1024
-
-
-def _legacy_plain(fd: int, dk: DataKey, pos: int, n: int, vid: str) -> bytes:
-    data = os.pread(fd, n, pos)
-    if len(data) != n:
-        raise CosEncFsError(f"cache file {vid} is short at {pos}+{n}")
-    return decrypt(dk, pos, data)
 
 
 async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: DirtyLayer) -> None:
