@@ -386,7 +386,7 @@ async def test_deletes_are_batched_and_journaled(make_fs: FsFactory, store: CosS
     await fs1.rmdir(ROOT, b"d")
     assert await names(fs1, ROOT) == []
     # Not yet sent: a fresh listing must not bring the names back.
-    fs1.ns.directory(ROOT).listed_at = None
+    fs1.ns.directory(ROOT).as_dir.listed_at = None
     assert await names(fs1, ROOT) == []
     # Names re-created before the batch went out keep their new objects.
     d = (await fs1.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
@@ -431,7 +431,7 @@ async def test_attributes_are_fetched_only_when_something_stats(
     assert stat.S_IMODE(e.mode) == 0o640
     assert e.size == 5000
     for _ in range(200):
-        if all(n.attrs_known for n in fs2.ns.directory(d2).children.values()):  # type: ignore[union-attr]
+        if all(n.attrs_known for n in fs2.ns.directory(d2).as_dir.children.values()):
             break
         await trio.sleep(0.01)
     heads = store.counters.snapshot().minus(before).requests["HeadObject"]
@@ -511,7 +511,7 @@ async def test_cache_limit_evicts_clean_data_only(make_fs: FsFactory, store: Cos
     await write_file(fs2, ROOT, "dirty", pending, sync=False)
     cache._last_evict = -1e9
     cache.evict()
-    dirty = list(cache.layers.values())
+    dirty = list(cache.layers)
     assert len(dirty) == 1
     direct = dirty[0].direct  # written front to back: straight into its upload copy
     assert direct is not None
@@ -565,13 +565,13 @@ async def test_directory_rename_does_not_revive_names_whose_delete_is_queued(
     await fs.rmdir(d, b"sub")
     await fs.rename(ROOT, b"d", ROOT, b"e", 0)
     # Before the deletes go out, COS still lists d/gone: d/ must not come back.
-    fs.ns.directory(ROOT).listed_at = None
+    fs.ns.directory(ROOT).as_dir.listed_at = None
     assert await names(fs, ROOT) == ["e"]
     await fs.ctx.deleter.flush()
     keys = sorted([o.key async for page in store.list_all() for o in page.objects])
     assert keys == ["e/", "e/kept"]
     e = (await fs.lookup(ROOT, b"e")).ino
-    fs.ns.directory(e).listed_at = None  # a fresh listing agrees
+    fs.ns.directory(e).as_dir.listed_at = None  # a fresh listing agrees
     assert await names(fs, e) == ["kept"]
 
 
