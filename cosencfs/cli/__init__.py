@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cosencfs import __version__
-from cosencfs.mount.hardening import harden_process
+from cosencfs.hardening import harden_process
 
 #: command name -> (module, one-line help); each module has ``configure(parser)``
 #: and ``run(args) -> exit status``.

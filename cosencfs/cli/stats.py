@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from cosencfs.mount.control import XATTR_STATS
+from cosencfs.fs.control import XATTR_STATS
 
 #: COS bills requests per 10,000, reads and writes at different prices.
 WRITE_OPS = frozenset(

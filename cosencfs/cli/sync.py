@@ -9,7 +9,7 @@ import threading
 import time
 
 from cosencfs.cli.stats import mib, read_stats
-from cosencfs.mount.control import XATTR_SYNC
+from cosencfs.fs.control import XATTR_SYNC
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from cosencfs.mount.control import XATTR_PID, XATTR_SYNC
+from cosencfs.fs.control import XATTR_PID, XATTR_SYNC
 
 
 def configure(p: argparse.ArgumentParser) -> None:

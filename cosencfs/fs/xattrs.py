@@ -1,7 +1,7 @@
 """Extended attributes: the control channel's names (``user.cosencfs.*``), no others.
 
 COS has nowhere to keep extended attributes, so only the control names of
-cosencfs/control.py are answered: ``format`` on any file, ``pid`` and
+cosencfs/fs/control.py are answered: ``format`` on any file, ``pid`` and
 ``stats`` on the root, and setting ``sync`` on the root uploads everything
 dirty.  Every other name is absent (ENODATA, which is ENOATTR on Linux) and
 cannot be set or removed (ENOTSUP).  The names are not listed, so tools
@@ -16,8 +16,8 @@ import os
 from typing import TYPE_CHECKING
 
 from cosencfs import hardening
-from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import FsError
+from cosencfs.fs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.fs.inode import ROOT_INO
 
 if TYPE_CHECKING:

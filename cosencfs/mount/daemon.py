@@ -19,7 +19,7 @@ import trio
 
 from cosencfs.config import LOCAL_BUCKET, MountSettings
 from cosencfs.errors import ConfigError, CosEncFsError
-from cosencfs.mount.hardening import harden_process
+from cosencfs.hardening import harden_process
 from cosencfs.mount.lifecycle import EXIT_FAILED, EXIT_OK, MountError, serve
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ async def test_store_fetched_fills_each_range_once(tmp_path: Path) -> None:
     try:
         v.store_fetched(100, cipher[100:300])
         assert v.present.missing(0, 1000) == [(0, 100), (300, 1000)]
-        assert v.cached_bytes == 200 and v.account[0] == 200
+        assert v.cached_bytes == 200
+        assert v.account[0] == 200
         # Bytes already present are never written again (here: zeros over them).
         v.store_fetched(200, b"\0" * 100 + cipher[300:400])
         assert v.read_plain(100, 200) == plain[100:300]
@@ -41,7 +42,8 @@ async def test_store_fetched_fills_each_range_once(tmp_path: Path) -> None:
         assert v.cached_bytes == 400
         assert not v.present.contains(0, 1000)
         v.store_fetched(0, cipher)
-        assert v.complete and v.read_plain(0, 1000) == plain
+        assert v.complete
+        assert v.read_plain(0, 1000) == plain
         # The file holds the object's own ciphertext, not plaintext.
         assert file_bytes(v.path) == cipher
     finally:
@@ -56,7 +58,8 @@ async def test_plaintext_source_is_stored_under_the_copys_own_key(tmp_path: Path
         assert v.plaintext_source
         v.store_fetched(0, plain)
         on_disk = file_bytes(v.path)
-        assert on_disk != plain and decrypt(dk, 0, on_disk) == plain
+        assert on_disk != plain
+        assert decrypt(dk, 0, on_disk) == plain
         assert v.read_plain(123, 45) == plain[123:168]
     finally:
         v.close()

@@ -92,11 +92,15 @@ async def test_records_rewrites_and_truncates_replay_to_the_same_state(tmp_path:
     write(layer, 60_000, b"tail")
     assert layer.size == 60_004
     want = contents(layer)
-    assert want[0] == big[:10] and want[10] == b"rewritten" and want[19] == big[19:50_000]
+    assert want[0] == big[:10]
+    assert want[10] == b"rewritten"
+    assert want[19] == big[19:50_000]
     assert want[60_000] == b"tail"
     # Plaintext never reaches the log file.
     raw = file_bytes(layer.path)
-    assert raw is not None and b"rewritten" not in raw and big[:4096] not in raw
+    assert raw is not None
+    assert b"rewritten" not in raw
+    assert big[:4096] not in raw
     layer.close()
     again = replayed(layer)
     try:

@@ -91,9 +91,11 @@ def test_format_1_rows_survive_the_migration(tmp_path: Path) -> None:
         (rec,) = j.dirty_records()
         assert rec.format == FORMAT_LEGACY
         assert (rec.fid, rec.key, rec.vid, rec.size) == ("fid1", "a.bin", vid, 300)
-        assert rec.present == [[100, 150]] and rec.envelope == {"x": "y"}
+        assert rec.present == [[100, 150]]
+        assert rec.envelope == {"x": "y"}
         assert rec.source == SourceRecord("a.bin", "e", {"k": "v"}, 300)
-        assert rec.layers == [] and rec.object_envelope is None
+        assert rec.layers == []
+        assert rec.object_envelope is None
         # The migrated table takes records of this release.
         j.put_dirty(layered("fid2"))
         assert {r.fid for r in j.dirty_records()} == {"fid1", "fid2"}
@@ -119,19 +121,22 @@ def test_dirty_records_put_get_delete(journal: Journal) -> None:
     rec = layered("f1")
     journal.put_dirty(rec)
     got = journal.get_dirty("f1")
-    assert got == rec and got.format == FORMAT_LAYERS
+    assert got == rec
+    assert got.format == FORMAT_LAYERS
     assert journal.get_dirty("nope") is None
     # A multipart upload of the same sealed layer survives a rewrite of the record.
     journal.set_upload("f1", "upload-1", {1: "etag-a", 2: "etag-b"})
     journal.put_dirty(layered("f1", vid=rec.vid))
     got = journal.get_dirty("f1")
-    assert (
-        got is not None and got.upload_id == "upload-1" and got.parts == {1: "etag-a", 2: "etag-b"}
-    )
+    assert got is not None
+    assert got.upload_id == "upload-1"
+    assert got.parts == {1: "etag-a", 2: "etag-b"}
     # A new layer starts afresh.
     journal.put_dirty(layered("f1"))
     got = journal.get_dirty("f1")
-    assert got is not None and got.upload_id is None and got.parts == {}
+    assert got is not None
+    assert got.upload_id is None
+    assert got.parts == {}
     journal.set_dirty_key("f1", "renamed")
     assert journal.get_dirty("f1").key == "renamed"  # type: ignore[union-attr]
     journal.put_dirty(layered("f2"))
@@ -167,8 +172,10 @@ def test_attribute_cache_is_batched(journal: Journal, tmp_path: Path) -> None:
         assert other.execute("SELECT COUNT(*) FROM attrs").fetchone()[0] == 0
         journal.set_attrs_lm("a", 1234.0)
         rec = journal.get_attrs("a")
-        assert rec is not None and rec.lm == 1234.0
-        assert rec.matches("e1", 10, 1234.5) and not rec.matches("e1", 10, 1236.0)
+        assert rec is not None
+        assert rec.lm == 1234.0
+        assert rec.matches("e1", 10, 1234.5)
+        assert not rec.matches("e1", 10, 1236.0)
         journal.flush_attrs()
         assert other.execute("SELECT etag, lm FROM attrs").fetchall() == [("e1", 1234.0)]
         # A thousand pending records are written in one go, without a flush.
@@ -181,8 +188,10 @@ def test_attribute_cache_is_batched(journal: Journal, tmp_path: Path) -> None:
         journal.flush_attrs()
         assert other.execute("SELECT COUNT(*) FROM attrs WHERE key='a'").fetchone()[0] == 0
         journal.delete_attrs_prefix("k1")
-        assert journal.get_attrs("k1") is None and journal.get_attrs("k2") is not None
-        assert journal.get_attrs("k10") is None and journal.get_attrs("k999") is not None
+        assert journal.get_attrs("k1") is None
+        assert journal.get_attrs("k2") is not None
+        assert journal.get_attrs("k10") is None
+        assert journal.get_attrs("k999") is not None
     finally:
         other.close()
 

@@ -51,12 +51,16 @@ async def test_clean_copies_are_found_by_key_and_etag(cache: CacheManager) -> No
     assert cache.clean_for(source("a", "e2")) is not v  # another version
     # Its own record of the source (a rename changes it, not the caller's).
     s = v.source
-    assert s is not None and s is not a
+    assert s is not None
+    assert s is not a
     assert (s.key, s.etag, s.dk, s.limit, s.envelope) == ("a", "e1", a.dk, 1000, a.envelope)
-    assert v.dk is a.dk and v.size == 1000 and v.holds == 0
+    assert v.dk is a.dk
+    assert v.size == 1000
+    assert v.holds == 0
     # A plaintext object is kept under a throw-away key of its own.
     p = cache.clean_for(Source("p", "e", None, 10))
-    assert p.plaintext_source and p.dk is not None
+    assert p.plaintext_source
+    assert p.dk is not None
     # A discarded copy is made afresh (and its file is gone).
     cache.discard(v)
     assert v.vid not in data_files(cache)
@@ -66,7 +70,8 @@ async def test_clean_copies_are_found_by_key_and_etag(cache: CacheManager) -> No
 async def test_adopt_and_rekey(cache: CacheManager) -> None:
     old = cache.clean_for(source("f"))
     staged = cache.staged(DataKey.generate(), 5)
-    assert staged.holds == 1 and staged.source is None
+    assert staged.holds == 1
+    assert staged.source is None
     staged.produce(0, b"hello")
     cache.adopt(staged, source("f"))
     assert staged.holds == 0
@@ -80,9 +85,12 @@ async def test_adopt_and_rekey(cache: CacheManager) -> None:
     left.produce(0, b"abc")
     vid, dk = left.vid, left.dk
     cache.close_copy(left)
-    assert vid in data_files(cache) and vid not in cache.versions
+    assert vid in data_files(cache)
+    assert vid not in cache.versions
     again = cache.reopen_copy(vid, dk, 3)
-    assert again.holds == 1 and again.complete and again.read_plain(0, 3) == b"abc"
+    assert again.holds == 1
+    assert again.complete
+    assert again.read_plain(0, 3) == b"abc"
 
 
 async def test_eviction_drops_only_clean_unused_copies(tmp_path: Path) -> None:
@@ -108,11 +116,14 @@ async def test_eviction_drops_only_clean_unused_copies(tmp_path: Path) -> None:
         freed = cache.evict()
         assert freed == 2000
         assert evicted == [old, new]  # least recently used first
-        assert old.discarded and new.discarded
+        assert old.discarded
+        assert new.discarded
         assert not {old.vid, new.vid} & data_files(cache)
         for kept in (held, pinned, fetching):
-            assert not kept.discarded and kept.vid in data_files(cache)
-        assert layer.vid in cache.layers and f"{layer.vid}.log" in data_files(cache)
+            assert not kept.discarded
+            assert kept.vid in data_files(cache)
+        assert layer.vid in cache.layers
+        assert f"{layer.vid}.log" in data_files(cache)
         # Still over the limit (dirty data is never dropped): nothing more to free.
         assert cache.evict() == 0
     finally:

@@ -30,8 +30,9 @@ def modules_in_map(block: str) -> set[str]:
         if m:
             if m.group(1):  # a module named by its full path
                 found.add(m.group(1) + m.group(2))
-            else:
-                found.add(package + m.group(2))
+            else:  # "├─ a.py, b.py   description": every name before the description
+                names = line[m.start(2) :].split("  ")[0]
+                found.update(package + n.strip() for n in names.split(","))
             continue
         p = _PACKAGE_LINE.search(line)
         if p:
@@ -48,9 +49,14 @@ def modules_in_tree() -> set[str]:
 
 
 def test_map_parser_reads_both_forms() -> None:
-    block = "cosencfs/fs/   filesystem\n  ├─ core.py   x\n  └─ inode.py  y\ncosencfs/config.py  z\n"
+    block = (
+        "cosencfs/fs/   filesystem\n  ├─ core.py   x\n  ├─ a.py, b.py  w\n"
+        "  └─ inode.py  y\ncosencfs/config.py  z\n"
+    )
     assert modules_in_map(block) == {
         "cosencfs/fs/core.py",
+        "cosencfs/fs/a.py",
+        "cosencfs/fs/b.py",
         "cosencfs/fs/inode.py",
         "cosencfs/config.py",
     }

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import FsError, NotFoundError
+from cosencfs.fs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import LogThrottle, _report, errno_for
 
@@ -31,7 +31,8 @@ async def test_mknod_is_refused_with_eperm(fsys: Filesystem) -> None:
 async def test_control_names_and_refusals(fsys: Filesystem) -> None:
     assert await fsys.getxattr(ROOT, XATTR_PID) == str(os.getpid()).encode()
     stats = json.loads(await fsys.getxattr(ROOT, XATTR_STATS))
-    assert "store" in stats and "process" in stats
+    assert "store" in stats
+    assert "process" in stats
     fh, entry = await fsys.create(ROOT, b"f", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
     await fsys.release(fh)
     assert await fsys.getxattr(entry.ino, XATTR_FORMAT) == b"cosencfs"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cosencfs.mount.control import XATTR_SYNC
+from cosencfs.fs.control import XATTR_SYNC
 from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
 from cosencfs.server.auth import cos_authorization

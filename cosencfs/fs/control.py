@@ -1,7 +1,8 @@
 """Names of the control channel: extended attributes of a mount's root.
 
-Shared by the FUSE adapter (which answers them) and the commands that use
-them (``umount``, ``stats``, ``sync``), which must not import pyfuse3.
+Answered by the filesystem (``fs/xattrs.py``) and used by the commands
+(``umount``, ``stats``, ``sync``), which must not import pyfuse3: nothing
+here imports it.
 """
 
 from __future__ import annotations
