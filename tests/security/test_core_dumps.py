@@ -24,7 +24,7 @@ from tests.testlib import MountFactory
 
 CHILD = f"""
 import ctypes, os, resource, sys
-from cosencfs.mount import hardening
+from cosencfs import hardening
 # Core dumps on to begin with, whatever limit the test run inherited.
 resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, resource.RLIM_INFINITY))
 os.setgid({NOBODY}); os.setuid({NOBODY})
