@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cosencfs.cli import main
 from cosencfs.crypto.keyfiles import load_aes_key_file, load_rsa_key_files
-from tests.commands._cmd_helpers import Sdk, no_secrets, run_cli
+from tests.tools._cmd_helpers import Sdk, no_secrets, run_cli
 
 
 def mode_of(path: Path) -> int:

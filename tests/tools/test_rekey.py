@@ -34,7 +34,8 @@ from cosencfs.server import LocalCosServer
 from cosencfs.store.base import LIST_PAGE_MAX, ObjectInfo, ObjectStore
 from cosencfs.store.cos import CosStore
 from cosencfs.tools.rekey import Rekeyer, RekeyStats
-from tests.commands._cmd_helpers import (
+from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key_file
+from tests.tools._cmd_helpers import (
     ATTRS,
     REPO,
     Sdk,
@@ -45,7 +46,6 @@ from tests.commands._cmd_helpers import (
     run_cli,
     server_args,
 )
-from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key_file
 
 JAVA_META = {
     "client-side-encryption-key": base64.b64encode(os.urandom(40)).decode(),

@@ -26,8 +26,8 @@ from cosencfs.store.cos import CosStore
 from cosencfs.tools import bucket as tools_bucket
 from cosencfs.tools.fsck import Category, Finding, Fsck, name_problem
 from cosencfs.tools.progress import Progress
-from tests.commands._cmd_helpers import ATTRS, no_secrets, put_encrypted, run_cli, server_args
 from tests.testlib import BUCKET, new_key_file
+from tests.tools._cmd_helpers import ATTRS, no_secrets, put_encrypted, run_cli, server_args
 
 JAVA_META = {
     "client-side-encryption-key": base64.b64encode(os.urandom(40)).decode(),

@@ -12,8 +12,8 @@ from cosencfs.cli import main
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.server import LocalCosServer
-from tests.commands._cmd_helpers import Sdk
 from tests.testlib import SECRET_ID, SECRET_KEY, new_key_file
+from tests.tools._cmd_helpers import Sdk
 
 
 @pytest.fixture
