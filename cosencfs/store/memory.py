@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
@@ -166,14 +167,8 @@ class MemoryStore:
         page = functools.partial(self._bucket.listing, prefix, delimiter, marker, limit)
         return await self._call("ListObjects", prefix, page)
 
-    async def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
-        marker = ""
-        while True:
-            page = await self.list_objects(prefix, delimiter, marker)
-            yield page
-            if not page.truncated or not page.next_marker:
-                return
-            marker = page.next_marker
+    def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
+        return _Pages(self, prefix, delimiter)
 
     async def delete(self, key: str) -> None:
         def fn() -> None:
@@ -296,3 +291,29 @@ class MemoryStore:
     async def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
         page = functools.partial(self._bucket.uploads, prefix)
         return await self._paged("ListMultipartUploads", prefix, page)
+
+
+@dataclass(slots=True)
+class _Pages:
+    """The pages of one listing, each asked for when wanted.
+
+    A class, not an async generator: callers stop at the first page that
+    answers them (a directory is not empty), and trio warns of every
+    generator dropped unfinished.
+    """
+
+    store: MemoryStore
+    prefix: str
+    delimiter: str
+    #: Where the next page starts; None once the last page was given.
+    marker: str | None = ""
+
+    def __aiter__(self) -> _Pages:
+        return self
+
+    async def __anext__(self) -> ListPage:
+        if self.marker is None:
+            raise StopAsyncIteration
+        page = await self.store.list_objects(self.prefix, self.delimiter, self.marker)
+        self.marker = page.next_marker if page.truncated and page.next_marker else None
+        return page
