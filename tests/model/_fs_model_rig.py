@@ -17,12 +17,16 @@ EISDIR, a rename into itself), then calls the one Filesystem method.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import stat
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,14 +44,34 @@ T = TypeVar("T")
 ROOT = 1
 
 
-class Loop:
-    """A trio event loop in a thread; ``run`` calls an async function in it and waits."""
+class Hung(AssertionError):
+    """A call did not return within the step timeout (a deadlock or a livelock)."""
 
-    def __init__(self) -> None:
+
+class Loop:
+    """A trio event loop in a thread; ``run`` calls an async function in it and waits.
+
+    A call that does not return within ``timeout`` s fails with ``Hung`` and
+    ends the loop: its tasks are cancelled, and if the thread still runs
+    (a loop that never yields) an exception is thrown into it, so that a
+    hang fails one example instead of stopping the whole test.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        #: Set once a call hung: nothing more runs in this loop.
+        self.wedged = False
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, daemon=True)
         self._thread.start()
         self._ready.wait()
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException:  # after a hang the failure is reported already
+            if not self.wedged:
+                raise
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -58,10 +82,44 @@ class Loop:
             self.nursery.cancel_scope.cancel()
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
+        if self.wedged:
+            raise Hung("the event loop hung in an earlier call")
+        done: Future[T] = Future()
+
+        async def call() -> None:
+            try:
+                done.set_result(await fn(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            except BaseException as exc:
+                done.set_exception(exc)
+                raise
+
+        self._token.run_sync_soon(self.nursery.start_soon, call)
+        try:
+            return done.result(self.timeout)
+        except FutureTimeout:
+            self._end_wedged()
+            raise Hung(f"no answer within {self.timeout:g} s") from None
+
+    def _end_wedged(self) -> None:
+        self.wedged = True
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self.nursery.cancel_scope.cancel)
+        self._thread.join(5)
+        ident = self._thread.ident
+        for _ in range(100):
+            if not self._thread.is_alive() or ident is None:
+                return
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(ident), ctypes.py_object(Hung)
+            )
+            self._thread.join(0.1)
 
     def close(self) -> None:
-        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        if self._thread.is_alive():
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._stop.set)
         self._thread.join(30)
 
 

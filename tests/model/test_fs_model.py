@@ -36,6 +36,7 @@ Budgets (environment variables, all optional)::
     COSENCFS_FSMODEL_CRASHES    crash steps per example at most (default 8)
     COSENCFS_FSMODEL_SEED       Hypothesis seed (default 0; "random" picks one)
     COSENCFS_FSMODEL_BLOB       replay one failure: the @reproduce_failure blob
+    COSENCFS_FSMODEL_HANG_S     seconds a call may take before it fails as hung (60)
     COSENCFS_FSMODEL_DEBUG      1: print every example's calls (with -s)
 
 A long hunt (docs/reliability.md)::
@@ -94,6 +95,9 @@ CI_EXAMPLES, CI_STEPS = 60, 50
 EXAMPLES = _env_int("COSENCFS_FSMODEL_EXAMPLES", CI_EXAMPLES)
 STEPS = _env_int("COSENCFS_FSMODEL_STEPS", CI_STEPS)
 CRASHES = _env_int("COSENCFS_FSMODEL_CRASHES", 8)
+#: Seconds one call may take before it counts as hung (a step takes milliseconds;
+#: generous for a loaded machine).
+HANG_S = _env_int("COSENCFS_FSMODEL_HANG_S", 60)
 CI_BUDGET = (EXAMPLES, STEPS) == (CI_EXAMPLES, CI_STEPS)
 #: What the CI budget must reach (the brief of issue 13): else the mix drifted.
 MIN_STEPS, MIN_DIRTY_CRASHES = 2000, 50
@@ -184,7 +188,7 @@ class FsMachine(RuleBasedStateMachine):
         super().__init__()
         STATS["(examples)"] += 1
         self.dir = Path(tempfile.mkdtemp(prefix="ex", dir=self.tmp_root))
-        self.loop = Loop()
+        self.loop = Loop(HANG_S)
         self.store = MemoryStore()
         self.tree = Tree()
         self.handles: dict[int, Handle] = {}
@@ -200,7 +204,7 @@ class FsMachine(RuleBasedStateMachine):
         if os.environ.get("COSENCFS_FSMODEL_DEBUG"):
             print("EXAMPLE", self.options, *self.log, sep="\n  ")
         try:
-            if self.mount is not None:
+            if self.mount is not None and not self.loop.wedged:
                 self.loop.run(self.mount.crash)
         finally:
             self.loop.close()
