@@ -48,6 +48,11 @@ class Hung(AssertionError):
     """A call did not return within the step timeout (a deadlock or a livelock)."""
 
 
+class _Stop(BaseException):
+    """Thrown into a loop that never yields: not an Exception, so that no
+    ``except Exception`` of the filesystem (a write-back retry) keeps it going."""
+
+
 class Loop:
     """A trio event loop in a thread; ``run`` calls an async function in it and waits.
 
@@ -112,7 +117,7 @@ class Loop:
             if not self._thread.is_alive() or ident is None:
                 return
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(ident), ctypes.py_object(Hung)
+                ctypes.c_ulong(ident), ctypes.py_object(_Stop)
             )
             self._thread.join(0.1)
 
