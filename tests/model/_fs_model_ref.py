@@ -22,19 +22,13 @@ made durable by an upload only).
 from __future__ import annotations
 
 import errno
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-#: A small alphabet so that names collide; "a b" sorts before "a/" in listings, "é"
-#: exercises key encoding.
-NAMES = ("a", "b", "a b", "é")
-MAX_DEPTH = 3
+# The names, depth and bytes of the mount-level model test: the two draw alike.
+from test_model import MAX_DEPTH, NAMES, payload
 
-
-def payload(seed: int, length: int) -> bytes:
-    """Deterministic bytes, other for each seed, without zeros (so that holes show)."""
-    return bytes(b | 1 for b in random.Random(seed).randbytes(length))
+__all__ = ["MAX_DEPTH", "NAMES", "RefDir", "RefFile", "Tree", "payload", "put_bytes", "resize"]
 
 
 def put_bytes(data: bytes, offset: int, chunk: bytes) -> bytes:

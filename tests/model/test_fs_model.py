@@ -38,6 +38,7 @@ Budgets (environment variables, all optional)::
     COSENCFS_FSMODEL_BLOB       replay one failure: the @reproduce_failure blob
     COSENCFS_FSMODEL_HANG_S     seconds a call may take before it fails as hung (20)
     COSENCFS_FSMODEL_STRICT     1: the known recovery failure fails the test too
+    COSENCFS_FSMODEL_SHRINK     0: report the first failure unshrunk (hunts for races)
     COSENCFS_FSMODEL_DEBUG      1: print every example's calls (with -s)
 
 A long hunt (docs/reliability.md)::
@@ -55,6 +56,7 @@ import random
 import shutil
 import stat
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,7 +68,7 @@ import pytest
 import trio
 from _fs_model_ref import MAX_DEPTH, NAMES, RefDir, RefFile, Tree, payload, put_bytes, resize
 from _fs_model_rig import FsMount, Loop
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -74,6 +76,17 @@ from hypothesis.stateful import (
     invariant,
     rule,
     run_state_machine_as_test,
+)
+from test_model import (
+    DIR_MODES,
+    FILE_MODES,
+    UNIVERSE,
+    _blob_of,
+    _env_int,
+    describe_diff,
+    lengths,
+    seeds,
+    sizes,
 )
 from testlib import fs_options
 
@@ -86,12 +99,6 @@ T = TypeVar("T")
 
 # -- budget ------------------------------------------------------------------------
 
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else default
-
-
 CI_EXAMPLES, CI_STEPS = 60, 50
 EXAMPLES = _env_int("COSENCFS_FSMODEL_EXAMPLES", CI_EXAMPLES)
 STEPS = _env_int("COSENCFS_FSMODEL_STEPS", CI_STEPS)
@@ -101,18 +108,15 @@ CRASHES = _env_int("COSENCFS_FSMODEL_CRASHES", 8)
 HANG_S = _env_int("COSENCFS_FSMODEL_HANG_S", 20)
 #: 1: the known recovery failure (see ``new_mount``) fails the test too.
 STRICT = bool(_env_int("COSENCFS_FSMODEL_STRICT", 0))
+#: 0: report the first failure as found (a hang costs HANG_S per shrinking attempt).
+SHRINK = bool(_env_int("COSENCFS_FSMODEL_SHRINK", 1))
 CI_BUDGET = (EXAMPLES, STEPS) == (CI_EXAMPLES, CI_STEPS)
 #: What the CI budget must reach (the brief of issue 13): else the mix drifted.
 MIN_STEPS, MIN_DIRTY_CRASHES = 2000, 50
 
 # -- what the machine draws ---------------------------------------------------------
 
-FILE_MODES = (0o644, 0o600, 0o640, 0o664, 0o755)
-DIR_MODES = (0o755, 0o700, 0o750, 0o775)
 TAIL = b"<tail written through a handle kept open>"
-UNIVERSE = sorted(
-    "/".join(p) for n in range(1, MAX_DEPTH + 1) for p in itertools.product(NAMES, repeat=n)
-)
 paths = st.sampled_from(UNIVERSE)
 MIN_PART = 1024**2
 #: What cp writes at a time (a multiple of the part size divides it evenly).
@@ -122,12 +126,9 @@ _near = st.one_of(st.integers(0, 64), st.integers(0, 4096), st.integers(0, 300_0
 #: (stream.py), and a later write below a sent part needs a new layer.
 _far = st.integers(MIN_PART, 2 * MIN_PART + 300_000)
 offsets = st.integers(0, 15).flatmap(lambda k: _far if k == 0 else _near)
-lengths = st.one_of(st.integers(0, 64), st.integers(0, 4096), st.integers(0, 65_536))
 #: A race's writes: some large enough for a worker thread (256 KiB), which holds
 #: the layer's lock across an await.
 race_lengths = st.one_of(st.integers(1, 4096), st.integers(256 * 1024, 300_000))
-sizes = st.one_of(st.integers(0, 64), st.integers(0, 70_000), st.integers(0, 300_000))
-seeds = st.integers(0, 255)
 
 #: Operation -> weight.  ``step`` draws one by weight (Hypothesis's own rule
 #: choice would switch whole rules off in an example).
@@ -167,15 +168,6 @@ STATS: Counter[str] = Counter()
 
 def ename(code: int | None) -> str:
     return "ok" if code is None else errno.errorcode.get(code, str(code))
-
-
-def describe_diff(want: bytes, got: bytes) -> str:
-    size = f"{len(got)} bytes" + ("" if len(got) == len(want) else f", expected {len(want)}")
-    first = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), None)
-    if first is None:
-        return size + ("; equal" if want == got else "; one is a prefix of the other")
-    zeros = not any(got[first : first + 16])
-    return f"{size}; first difference at {first}{' (zeros)' if zeros else ''}"
 
 
 class Mismatch(AssertionError):
@@ -946,16 +938,6 @@ def replay_command(seed: int, blob: str | None) -> str:
     )
 
 
-def _blob_of(exc: BaseException) -> str | None:
-    text = "\n".join([str(exc), *getattr(exc, "__notes__", [])])
-    marker = "@reproduce_failure("
-    i = text.find(marker)
-    if i < 0:
-        return None
-    args = text[i + len(marker) : text.find(")", i)]
-    return args.split(",", 1)[1].strip().strip("b'\" ") if "," in args else None
-
-
 @pytest.mark.timeout(0 if not CI_BUDGET else 600)
 def test_filesystem_model(
     tmp_path: Path, codec: EnvelopeCodec, capsys: pytest.CaptureFixture[str]
@@ -963,6 +945,7 @@ def test_filesystem_model(
     ledger_file = Path(os.environ[ledger.ENV])
     ledger_start = ledger_file.stat().st_size if ledger_file.exists() else 0
     STATS.clear()
+    started = time.monotonic()
     seed = _seed()
     machine: Any = type(
         "FsModel", (FsMachine,), {"tmp_root": tmp_path, "codec": codec, "max_crashes": CRASHES}
@@ -979,6 +962,7 @@ def test_filesystem_model(
         print_blob=True,
         suppress_health_check=list(HealthCheck),
         report_multiple_bugs=False,
+        phases=[p for p in Phase if SHRINK or p is not Phase.shrink],
     )
     try:
         run_state_machine_as_test(machine, settings=conf)
@@ -989,7 +973,10 @@ def test_filesystem_model(
         raise
     finally:
         with capsys.disabled():
-            print(f"\nfilesystem model: seed {seed}, {EXAMPLES} examples x {STEPS} steps at most")
+            print(
+                f"\nfilesystem model: seed {seed}, {EXAMPLES} examples x {STEPS} steps at most,"
+                f" {time.monotonic() - started:.0f} s"
+            )
             print("mix:", ", ".join(f"{k} x{v}" for k, v in sorted(STATS.items())))
     part = tmp_path / "ledger-slice.bin"
     part.write_bytes(ledger_file.read_bytes()[ledger_start:])
