@@ -8,7 +8,9 @@ test (tests/model/test_model.py, which stays the end-to-end check).  Without
 FUSE, HTTP or processes a step takes milliseconds, so a CI run makes
 thousands of steps and a hundred crashes.
 
-Steps: create; write at random offsets (holes, O_TRUNC, O_APPEND, O_CREAT);
+Steps: create; write at random offsets (holes, O_TRUNC, O_APPEND, O_CREAT;
+now and then past 1 MiB); files over 1 MiB written front to back, their parts
+streamed meanwhile, with a write back below a sent part;
 truncate by path and by handle; read; fsync; ``sync_all``; chmod; mkdir;
 rmdir; unlink (also of an open file, written and read after); rename of files
 and directories (also with the file open and written after); handles kept
@@ -57,6 +59,7 @@ import shutil
 import stat
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -164,6 +167,14 @@ UPLOAD_TIMINGS = [(3600.0, 3600.0)] * 4 + [(0.0, 0.0), (0.02, 0.05), (0.02, 3600
 
 #: The mix of every example of the run: operation and outcome -> count.
 STATS: Counter[str] = Counter()
+#: The first failure of the run, as it was seen: a race may not fail again when
+#: Hypothesis replays it, and it then reports only that the replay differed.
+FIRST_FAILURE: list[str] = []
+
+
+def remember(exc: BaseException) -> None:
+    if not FIRST_FAILURE:
+        FIRST_FAILURE.append("".join(traceback.format_exception_only(exc)))
 
 
 def ename(code: int | None) -> str:
@@ -271,7 +282,9 @@ class FsMachine(RuleBasedStateMachine):
 
     def fail(self, msg: str) -> None:
         calls = "\n".join(self.log[-80:])
-        raise Mismatch(f"{msg}\noptions: {self.options}\n--- last calls ---\n{calls}")
+        exc = Mismatch(f"{msg}\noptions: {self.options}\n--- last calls ---\n{calls}")
+        remember(exc)
+        raise exc
 
     # -- running calls against expectations -----------------------------------------
 
@@ -332,7 +345,9 @@ class FsMachine(RuleBasedStateMachine):
         except Mismatch:
             raise
         except Exception as exc:
-            exc.add_note("--- last calls ---\n" + "\n".join(self.log[-80:]))
+            calls = "\n".join(self.log[-80:])
+            exc.add_note(f"options: {self.options}\n--- last calls ---\n{calls}")
+            remember(exc)
             raise
         if self.m.died is not None:
             self.fail(f"the filesystem's background work failed: {self.m.died!r}")
@@ -945,6 +960,7 @@ def test_filesystem_model(
     ledger_file = Path(os.environ[ledger.ENV])
     ledger_start = ledger_file.stat().st_size if ledger_file.exists() else 0
     STATS.clear()
+    FIRST_FAILURE.clear()
     started = time.monotonic()
     seed = _seed()
     machine: Any = type(
@@ -969,6 +985,8 @@ def test_filesystem_model(
     except BaseException as exc:
         msg = f"replay with: {replay_command(seed, _blob_of(exc))}"
         if isinstance(exc, Exception):
+            if FIRST_FAILURE:
+                msg = f"first failure seen:\n{FIRST_FAILURE[0]}\n{msg}"
             exc.add_note(msg)
         raise
     finally:
