@@ -45,7 +45,7 @@ Budgets (environment variables, all optional)::
 
 A long hunt (docs/reliability.md)::
 
-    COSENCFS_FSMODEL_SEED=random COSENCFS_FSMODEL_EXAMPLES=2000 \\
+    COSENCFS_FSMODEL_SEED=random COSENCFS_FSMODEL_EXAMPLES=1000 COSENCFS_FSMODEL_SHRINK=0 \\
         .venv/bin/python -m pytest -p no:cacheprovider tests/model/test_fs_model.py -x
 """
 
