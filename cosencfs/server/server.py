@@ -8,11 +8,12 @@ import threading
 from collections.abc import Iterable
 from types import TracebackType
 
+from cosencfs.faults import FaultInjector
 from cosencfs.server.auth import Credentials
 from cosencfs.server.connections import CosHTTPServer
 from cosencfs.server.context import ServerContext, valid_bucket_name
-from cosencfs.server.faults import FaultInjector, Stats
 from cosencfs.server.handler import CosHandler
+from cosencfs.server.stats import Stats
 from cosencfs.server.storage import Storage
 from cosencfs.server.uploads import Uploads
 

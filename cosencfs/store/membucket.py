@@ -26,7 +26,7 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
-from cosencfs.server.faults import FaultKind
+from cosencfs.faults import FaultKind
 from cosencfs.store import base
 from cosencfs.store.base import ListPage, ObjectInfo, PartInfo, StoreErrorInfo, UploadInfo
 

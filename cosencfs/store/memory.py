@@ -5,7 +5,7 @@ model test makes thousands of requests a minute).  The bucket and the rules
 the local server enforces are ``membucket.Bucket``'s; this module makes its
 methods requests: counted as CosStore counts them (every attempt, failures,
 retries, body bytes), delayed and failed as the local server's fault
-injection does (``cosencfs.server.faults``: a rate and a latency, the same
+injection does (``cosencfs.faults``: a rate and a latency, the same
 faults for the same seed), retried under the same ``RetryPolicy``.
 tests/store/test_memory_store.py runs one set of contract checks on both
 stores.  A request yields before it is applied and after, so a cancelled
@@ -29,7 +29,7 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
-from cosencfs.server.faults import FaultInjector
+from cosencfs.faults import FaultInjector
 from cosencfs.store import base
 from cosencfs.store.base import Body, ListPage, ObjectInfo, PartInfo, StoreErrorInfo, UploadInfo
 from cosencfs.store.bodies import read_small_body

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # The names, depth and bytes of the mount-level model test: the two draw alike.
-from test_model import MAX_DEPTH, NAMES, payload
+from tests.model.test_model import MAX_DEPTH, NAMES, payload
 
 __all__ = ["MAX_DEPTH", "NAMES", "RefDir", "RefFile", "Tree", "payload", "put_bytes", "resize"]
 

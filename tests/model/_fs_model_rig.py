@@ -36,7 +36,8 @@ from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.errors import FsError
 from cosencfs.fs.context import FsOptions
-from cosencfs.fs.core import Entry, Filesystem
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.entry import Entry
 from cosencfs.fs.recovery import RecoveryReport
 from cosencfs.store.base import ObjectStore
 

@@ -52,6 +52,7 @@ A long hunt (docs/reliability.md)::
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import random
@@ -64,13 +65,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import hypothesis
 import pytest
 import trio
-from _fs_model_ref import MAX_DEPTH, NAMES, RefDir, RefFile, Tree, payload, put_bytes, resize
-from _fs_model_rig import FsMount, Loop
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -80,7 +79,23 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_model import (
+
+from cosencfs.crypto import ledger
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.errors import CosEncFsError, FsError
+from cosencfs.store.memory import MemoryStore
+from tests.model._fs_model_ref import (
+    MAX_DEPTH,
+    NAMES,
+    RefDir,
+    RefFile,
+    Tree,
+    payload,
+    put_bytes,
+    resize,
+)
+from tests.model._fs_model_rig import FsMount, Loop
+from tests.model.test_model import (
     DIR_MODES,
     FILE_MODES,
     UNIVERSE,
@@ -91,12 +106,7 @@ from test_model import (
     seeds,
     sizes,
 )
-from testlib import fs_options
-
-from cosencfs.crypto import ledger
-from cosencfs.crypto.envelope import EnvelopeCodec
-from cosencfs.errors import CosEncFsError, FsError
-from cosencfs.store.memory import MemoryStore
+from tests.testlib import fs_options
 
 T = TypeVar("T")
 
@@ -280,7 +290,7 @@ class FsMachine(RuleBasedStateMachine):
         assert self.mount is not None
         return self.mount
 
-    def fail(self, msg: str) -> None:
+    def fail(self, msg: str) -> NoReturn:
         calls = "\n".join(self.log[-80:])
         exc = Mismatch(f"{msg}\noptions: {self.options}\n--- last calls ---\n{calls}")
         remember(exc)
@@ -719,8 +729,10 @@ class FsMachine(RuleBasedStateMachine):
         async def race() -> None:
             fh, _ = await vfs.open(path, os.O_RDWR)
             try:
-                jobs = [lambda o=o, b=b: vfs.fs.write(fh, o, b) for o, b in writes]
-                extra = {
+                jobs: list[Callable[[], Awaitable[object]]] = [
+                    functools.partial(vfs.fs.write, fh, o, b) for o, b in writes
+                ]
+                extra: Callable[[], Awaitable[object]] | None = {
                     "fsync": lambda: vfs.fs.fsync(fh, False),
                     "sync_all": vfs.fs.sync_all,
                     "flush": lambda: vfs.fs.flush(fh),
@@ -999,7 +1011,8 @@ def test_filesystem_model(
     part = tmp_path / "ledger-slice.bin"
     part.write_bytes(ledger_file.read_bytes()[ledger_start:])
     report = ledger.check(part)
-    assert report.records and not report.violations, str(report)
+    assert report.records, str(report)
+    assert not report.violations, str(report)
     if CI_BUDGET and not blob:
         assert STATS["(steps)"] >= MIN_STEPS, STATS
         assert STATS["crash with dirty data"] >= MIN_DIRTY_CRASHES, STATS

@@ -19,12 +19,13 @@ from typing import cast
 
 import pytest
 
+from cosencfs.faults import FaultInjector, FaultKind
 from cosencfs.server import dispatch
 from cosencfs.server.bodies import finish, request_body
 from cosencfs.server.errors import CosError
-from cosencfs.server.faults import FaultInjector, FaultKind, Stats
 from cosencfs.server.responses import error_response, send_response
 from cosencfs.server.routing import Op, Response, request_from
+from cosencfs.server.stats import Stats
 
 VHOST = "b-1250000000.cos.ap-guangzhou.myqcloud.com"
 

@@ -36,9 +36,9 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
+from cosencfs.faults import FaultKind
 from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
-from cosencfs.server.faults import FaultKind
 from cosencfs.store.base import FileRange, ListPage, ObjectStore
 from cosencfs.store.cos import CosSettings, CosStore, make_cos_config
 from cosencfs.store.cosproto import BadAnswer, list_page_from_xml

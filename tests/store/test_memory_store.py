@@ -19,8 +19,6 @@ from types import ModuleType
 
 import pytest
 import trio
-from _store_helpers import FAULT_SEED, MIB, ScriptedFaults, md5_hex, quick_policy
-from testlib import make_store, start_server
 
 import cosencfs.store.cos as cos_module
 import cosencfs.store.memory as memory_module
@@ -32,12 +30,14 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
+from cosencfs.faults import FaultKind
 from cosencfs.server import LocalCosServer
-from cosencfs.server.faults import FaultKind
 from cosencfs.store.base import FileRange, ListPage, ObjectStore
 from cosencfs.store.counters import CounterSnapshot
 from cosencfs.store.memory import MemoryStore
 from cosencfs.store.retry import RetryPolicy
+from tests.store._store_helpers import FAULT_SEED, MIB, ScriptedFaults, md5_hex, quick_policy
+from tests.testlib import make_store, start_server
 
 #: The retry policy of ``testlib.make_store``, given to both stores.
 POLICY = RetryPolicy(max_attempts=6, deadline=20.0, base_delay=0.02)
@@ -77,7 +77,12 @@ class Backend:
     def script(self, monkeypatch: pytest.MonkeyPatch) -> ScriptedFaults:
         """Faults decided request by request by the test."""
         faults = ScriptedFaults()
-        injector = self.server._faults if self.server is not None else self.memory.faults
+        if self.server is not None:
+            injector = self.server._faults
+        elif self.memory is not None:
+            injector = self.memory.faults
+        else:
+            raise RuntimeError("no store under test")
         monkeypatch.setattr(injector, "pick", faults.pick)
         return faults
 
@@ -156,7 +161,8 @@ async def test_put_then_head(store: ObjectStore) -> None:
     assert (info.key, info.size, info.etag, etag) == ("dir/obj", 1000, md5_hex(data), etag)
     assert t0 - 2 <= info.last_modified <= time.time() + 2
     assert info.last_modified == int(info.last_modified)  # an HTTP date: whole seconds
-    assert info.content_type == "application/x-test" and info.has_metadata
+    assert info.content_type == "application/x-test"
+    assert info.has_metadata
     assert dict(info.metadata) == {
         "mode": "33188",
         "client-side-encryption-key": "a2V5+/w==",
@@ -280,7 +286,8 @@ async def test_prefix_delimiter_marker_and_max_keys(store: ObjectStore) -> None:
     page = await store.list_objects(prefix="d/", marker="d/b/1")
     assert [o.key for o in page.objects] == ["d/c", "d/d/1", "d/e"]
     page = await store.list_objects(prefix="d/", max_keys=0)
-    assert [o.key for o in page.objects] == ["d/a/1"] and page.truncated
+    assert [o.key for o in page.objects] == ["d/a/1"]
+    assert page.truncated
     # Pages of two with a delimiter: every entry once, markers after prefixes.
     seen: list[str] = []
     marker = ""
@@ -314,7 +321,8 @@ async def test_thousand_key_pages_and_batched_deletes(store: ObjectStore) -> Non
     await put_all(store, keys)
     await store.put("other", b"y", {})
     page = await store.list_objects(prefix="many/", max_keys=5000)
-    assert len(page.objects) == 1000 and page.truncated
+    assert len(page.objects) == 1000
+    assert page.truncated
     with Spent(store) as spent:
         got = await pages(store.list_all(prefix="many/"))
     assert [len(p.objects) for p in got] == [1000, 105]
@@ -421,7 +429,9 @@ async def test_large_copy_is_made_of_part_copies(
         "CompleteMultipartUpload": 1,
     }
     info = await store.head("copy")
-    assert etag == info.etag and etag.endswith("-6") and info.size == len(data)
+    assert etag == info.etag
+    assert etag.endswith("-6")
+    assert info.size == len(data)
     assert dict(info.metadata) == ({"mode": "1"} if replace else meta)
     assert info.content_type == ("text/x-new" if replace else "text/x-big")
     assert await store.get("copy") == data

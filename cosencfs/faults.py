@@ -1,10 +1,13 @@
-"""Fault injection, simulated latency and request statistics of the local COS server."""
+"""Fault injection and simulated latency, shared by the local COS server and MemoryStore.
+
+One model of faults for both, so a test on the in-memory store sees what one
+over HTTP would (issue 13). Imports nothing of the project.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
 from enum import Enum
 
 
@@ -55,46 +58,3 @@ class FaultInjector:
             if self.rate <= 0.0 or self._random.random() >= self.rate:
                 return None
             return self._random.choice(_COPY if is_copy else _COMMON)
-
-
-class Stats:
-    """Request counts by operation name plus body byte counts (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-        self._bytes_in = 0
-        self._bytes_out = 0
-
-    def count(self, op: str) -> None:
-        with self._lock:
-            self._counts[op] += 1
-
-    def add_in(self, n: int) -> None:
-        if n:
-            with self._lock:
-                self._bytes_in += n
-
-    def add_out(self, n: int) -> None:
-        if n:
-            with self._lock:
-                self._bytes_out += n
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-    def snapshot(self) -> dict[str, object]:
-        with self._lock:
-            return {
-                "requests": dict(self._counts),
-                "total": sum(self._counts.values()),
-                "bytes_in": self._bytes_in,
-                "bytes_out": self._bytes_out,
-            }
-
-    def reset(self) -> None:
-        with self._lock:
-            self._counts.clear()
-            self._bytes_in = 0
-            self._bytes_out = 0
