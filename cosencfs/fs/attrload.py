@@ -79,8 +79,8 @@ class AttrLoader:
                 self.ns.drop_clean_content(node)
             node.kind = kind_from_meta(meta, info.size)
             node.remote = Remote(info.etag, info.size, info.last_modified, meta, dict(info.headers))
-            if not node.data_dirty:
-                node.as_file.size = info.size
+            if not node.data_dirty and node.file is not None:
+                node.file.size = info.size
             node.attrs = attrs_from_meta(
                 meta, node.kind, defaults, info.last_modified, trust_modes=self._trust_modes
             )

@@ -42,9 +42,9 @@ class DirtyRecords:
 
     def record(self, node: Inode) -> None:
         """Journal what ``node`` holds that COS does not (close, truncate, seal)."""
-        f = node.as_file
-        head = f.head
-        if head is None:
+        f = node.file
+        head = None if f is None else f.head
+        if f is None or head is None:  # a directory (a marker not yet sent) has no record
             return
         chain = head.chain()
         key = self.ctx.key_of(node)

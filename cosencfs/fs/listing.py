@@ -190,7 +190,8 @@ class Listings:
         node = self.ctx.table.new(kind, d, name, attrs)
         d.as_dir.children[name] = node
         if info is not None:
-            node.as_file.size = info.size
+            if node.file is not None:  # a directory's marker has a size of its own
+                node.file.size = info.size
             node.remote = Remote(info.etag, info.size, info.last_modified)
             self.attrs.from_cache(node, info)
         elif kind is Kind.DIR:
@@ -204,7 +205,8 @@ class Listings:
             return
         changed_content = remote.etag != info.etag or remote.size != info.size
         node.remote = Remote(info.etag, info.size, info.last_modified)
-        node.as_file.size = info.size
+        if node.file is not None:
+            node.file.size = info.size
         node.attrs_known = False
         self.attrs.from_cache(node, info)
         if changed_content:

@@ -99,7 +99,9 @@ class Namespace:
 
     def drop_clean_content(self, node: Inode) -> None:
         """Another version of the object is in COS: the cached one goes (if unused)."""
-        f = node.as_file
+        f = node.file
+        if f is None:  # a directory marker: no content cached
+            return
         v = f.clean
         if v is not None and f.open_count == 0 and v.pins == 0:
             self.ctx.cache.discard(v)

@@ -597,3 +597,21 @@ async def test_listing_that_overlaps_the_delete_does_not_bring_the_name_back(
 
     monkeypatch.setattr(fs.ctx.store, "list_all", racing)
     assert await names(fs, ROOT) == []
+
+
+async def test_rename_of_a_directory_whose_new_mode_is_not_sent_yet(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    # Found by the Filesystem model test: a directory with a pending metadata
+    # change was handed to the dirty-record code, which took it for a file.
+    fsys = await make_fs(writeback_delay=3600.0)
+    await fsys.mkdir(ROOT, b"a", 0o755, 0, 0)
+    a = (await fsys.lookup(ROOT, b"a")).ino
+    await write_file(fsys, a, "f", b"inside", sync=False)
+    await fsys.setattr(a, mode=0o700)
+    await fsys.rename(ROOT, b"a", ROOT, b"b", 0)
+    await fsys.sync_all()
+    info = await store.head("b/")
+    assert stat.S_IMODE(int(info.metadata["mode"])) == 0o700
+    b = (await fsys.lookup(ROOT, b"b")).ino
+    assert await read_file(fsys, (await fsys.lookup(b, b"f")).ino) == b"inside"
