@@ -142,7 +142,7 @@ class ObjectStore(Protocol):
     ) -> ListPage: ...
 
     def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
-        """Every page of a listing, following ``next_marker``."""
+        """Every page of a listing, following ``next_marker`` (see :class:`ListPages`)."""
 
     async def delete(self, key: str) -> None:
         """Delete; deleting a missing key is not an error (as in COS)."""
@@ -213,3 +213,35 @@ class StoreErrorInfo:
 
     code: str
     message: str
+
+
+class _Lister(Protocol):
+    async def list_objects(
+        self, prefix: str = "", delimiter: str = "", marker: str = "", max_keys: int = 1000
+    ) -> ListPage: ...
+
+
+@dataclass(slots=True)
+class ListPages:
+    """The pages of one listing, each asked for when wanted (``list_all``).
+
+    A class, not an async generator: callers stop at the first page that
+    answers them (a directory is not empty), and trio warns of every
+    generator dropped unfinished.
+    """
+
+    store: _Lister
+    prefix: str
+    delimiter: str
+    #: Where the next page starts; None once the last page was given.
+    marker: str | None = ""
+
+    def __aiter__(self) -> ListPages:
+        return self
+
+    async def __anext__(self) -> ListPage:
+        if self.marker is None:
+            raise StopAsyncIteration
+        page = await self.store.list_objects(self.prefix, self.delimiter, self.marker)
+        self.marker = page.next_marker if page.truncated and page.next_marker else None
+        return page

@@ -31,6 +31,7 @@ from cosencfs.store.base import (
     MAX_PUT_BYTES,
     Body,
     ListPage,
+    ListPages,
     ObjectInfo,
     PartInfo,
     StoreErrorInfo,
@@ -131,14 +132,8 @@ class CosStore:
         max_keys = max(1, min(max_keys, LIST_PAGE_MAX))
         return await self._call(cosops.list_objects(prefix, delimiter, marker, max_keys))
 
-    async def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
-        marker = ""
-        while True:
-            page = await self.list_objects(prefix, delimiter, marker)
-            yield page
-            if not page.truncated or not page.next_marker:
-                return
-            marker = page.next_marker
+    def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
+        return ListPages(self, prefix, delimiter)
 
     async def delete(self, key: str) -> None:
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
@@ -31,7 +30,15 @@ from cosencfs.errors import (
 )
 from cosencfs.faults import FaultInjector
 from cosencfs.store import base
-from cosencfs.store.base import Body, ListPage, ObjectInfo, PartInfo, StoreErrorInfo, UploadInfo
+from cosencfs.store.base import (
+    Body,
+    ListPage,
+    ListPages,
+    ObjectInfo,
+    PartInfo,
+    StoreErrorInfo,
+    UploadInfo,
+)
 from cosencfs.store.bodies import read_small_body
 from cosencfs.store.counters import RequestCounters
 from cosencfs.store.membucket import Bucket, Replacement, check_key, fault_error
@@ -168,7 +175,7 @@ class MemoryStore:
         return await self._call("ListObjects", prefix, page)
 
     def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
-        return _Pages(self, prefix, delimiter)
+        return ListPages(self, prefix, delimiter)
 
     async def delete(self, key: str) -> None:
         def fn() -> None:
@@ -291,29 +298,3 @@ class MemoryStore:
     async def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
         page = functools.partial(self._bucket.uploads, prefix)
         return await self._paged("ListMultipartUploads", prefix, page)
-
-
-@dataclass(slots=True)
-class _Pages:
-    """The pages of one listing, each asked for when wanted.
-
-    A class, not an async generator: callers stop at the first page that
-    answers them (a directory is not empty), and trio warns of every
-    generator dropped unfinished.
-    """
-
-    store: MemoryStore
-    prefix: str
-    delimiter: str
-    #: Where the next page starts; None once the last page was given.
-    marker: str | None = ""
-
-    def __aiter__(self) -> _Pages:
-        return self
-
-    async def __anext__(self) -> ListPage:
-        if self.marker is None:
-            raise StopAsyncIteration
-        page = await self.store.list_objects(self.prefix, self.delimiter, self.marker)
-        self.marker = page.next_marker if page.truncated and page.next_marker else None
-        return page
