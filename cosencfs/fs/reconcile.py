@@ -66,7 +66,7 @@ def upload_envelopes(rec: DirtyRecord) -> list[tuple[int, dict[str, str]]]:
         if env is None and i == 0:
             env = rec.object_envelope
         if env is None and x.direct_envelope is not None and not x.burned:
-            env = x.direct_envelope  # records of 0.3 and earlier: a direct layer's own key
+            env = x.direct_envelope  # rows written before the per-layer envelope
         if env:
             out.append((i, env))
     return out
