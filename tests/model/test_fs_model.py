@@ -556,6 +556,7 @@ class FsMachine(RuleBasedStateMachine):
         self.tree.remove(path)
         if got != f.data + TAIL:
             self.fail(f"unlinked open file {path!r}: {describe_diff(f.data + TAIL, got)}")
+        f.write(end, TAIL)  # a descriptor still held on it reads the tail too
 
     def do_rename(self, data: st.DataObject) -> None:
         """rename; with ``keep_open`` a file is open across it and written after."""
