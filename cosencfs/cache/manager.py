@@ -26,7 +26,7 @@ from cosencfs.cache.journal import Journal
 from cosencfs.cache.layers import Layers
 from cosencfs.cache.layout import new_vid, prepare_cache_dir
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.errors import ConfigError
+from cosencfs.errors import CacheIntegrityError, ConfigError
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,16 @@ class CacheManager:
         """
         v = self._by_source.get((source.key, source.etag))
         if v is not None and not v.discarded:
+            held = v.source.dk if v.source is not None else None
+            if source.dk is not None and (
+                held is None or held.key != source.dk.key or held.iv != source.dk.iv
+            ):
+                # Same key and ETag, another data key: one of the two is not
+                # that object; its bytes would decrypt to garbage.
+                raise CacheIntegrityError(
+                    f"cache copy {v.vid} of {source.key!r} (ETag {source.etag}) is under "
+                    "another data key than the object it is asked for"
+                )
             return v
         # A plaintext object is kept under a throw-away key of its own.
         dk = source.dk if source.dk is not None else DataKey.generate()

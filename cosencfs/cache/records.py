@@ -41,6 +41,9 @@ class LayerRecord:
     direct_end: int = 0
     direct_envelope: dict[str, str] | None = None
     burned: bool = False
+    #: The envelope of the object this layer's upload makes (drawn when it was
+    #: sealed for a commit); recovery recognises that upload in COS by it.
+    envelope: dict[str, str] | None = None
 
 
 #: Record formats: 1 = one cache file of ciphertext (releases before the
@@ -170,6 +173,8 @@ def _layer_json(x: LayerRecord) -> dict[str, object]:
         "limit": x.limit,
         "sealed": x.sealed,
     }
+    if x.envelope is not None:
+        out["envelope"] = x.envelope
     if x.direct_vid is not None:
         out.update(
             direct_vid=x.direct_vid,
@@ -183,6 +188,7 @@ def _layer_json(x: LayerRecord) -> dict[str, object]:
 def _layer_from_json(x: dict[str, object]) -> LayerRecord:
     direct_vid = x.get("direct_vid")
     env = x.get("direct_envelope")
+    own = x.get("envelope")
     return LayerRecord(
         vid=str(x["vid"]),
         end=int(str(x["end"])),
@@ -194,4 +200,5 @@ def _layer_from_json(x: dict[str, object]) -> LayerRecord:
         direct_end=int(str(x.get("direct_end", 0))),
         direct_envelope=None if env is None else {str(k): str(v) for k, v in dict(env).items()},  # type: ignore[call-overload]
         burned=bool(x.get("burned", False)),
+        envelope=None if own is None else {str(k): str(v) for k, v in dict(own).items()},  # type: ignore[call-overload]
     )

@@ -63,7 +63,15 @@ class DirtyRecords:
             # Only a multipart upload records an upload id: look only then.
             if prev_vid != head.vid and prev_size > MULTIPART_MIN:
                 old = self.ctx.journal.get_dirty(f.fid)
-                if old is not None and old.upload_id and old.vid != head.vid:
+                # A layer still uploading (a commit under way, the new head
+                # written on top of it) completes its upload: not to abort.
+                uploading = {x.vid for x in chain if x.uploading}
+                if (
+                    old is not None
+                    and old.upload_id
+                    and old.vid != head.vid
+                    and old.vid not in uploading
+                ):
                     # A multipart upload of a layer that will never be completed.
                     self.ctx.spawn(self.uploader.abort, old.key, old.upload_id)
         codec = self.ctx.codec
@@ -78,6 +86,7 @@ class DirtyRecords:
                 x.size,
                 x.limit,
                 sealed=x.state is not LayerState.OPEN,
+                envelope=dict(x.envelope) if x.object_dk is not None else None,
             )
             if x.direct is not None:
                 rec.direct_vid, rec.direct_end, rec.burned = x.direct.vid, x.direct_end, x.burned

@@ -30,9 +30,16 @@ from cosencfs.cache.legacy import read_legacy
 from cosencfs.cache.records import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
-from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
+from cosencfs.errors import (
+    CosEncFsError,
+    CryptoError,
+    NotFoundError,
+    PreconditionFailedError,
+    TransientError,
+)
 from cosencfs.fs.attrs import META_SIZE
 from cosencfs.fs.context import FsContext
+from cosencfs.fs.reconcile import reconcile
 from cosencfs.fs.upload import Uploader
 
 log = logging.getLogger(__name__)
@@ -106,6 +113,12 @@ async def _recover_one(ctx: FsContext, uploader: Uploader, rec: DirtyRecord) -> 
     if rec.format == FORMAT_LEGACY:
         head = await _convert_legacy(ctx, rec)
     else:
+        # The crash may have come after COS took an upload and before the
+        # journal knew (cosencfs/fs/reconcile.py).
+        found = await reconcile(ctx, rec)
+        if found is None:
+            return
+        rec = found
         head = _reopen(ctx, rec)
     try:
         await _upload(ctx, uploader, rec, head)
@@ -226,6 +239,13 @@ async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: Di
         raise CosEncFsError(
             f"the object {rec.source.key if rec.source else rec.key!r} the file started "
             "from is gone, and the cache holds only part of the new content"
+        ) from exc
+    except PreconditionFailedError as exc:
+        # Neither the version the record builds on nor an upload of ours:
+        # someone else wrote the object since.  Kept for someone to look at.
+        raise CosEncFsError(
+            f"the object {rec.source.key if rec.source else rec.key!r} the file started "
+            f"from was replaced in COS by another writer (PreconditionFailed): {exc}"
         ) from exc
     meta = {**head.envelope, **rec.attrs, META_SIZE: str(size)}
     resume = None

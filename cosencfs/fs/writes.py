@@ -124,6 +124,8 @@ class Writer:
 
     async def _write_locked(self, head: DirtyLayer, offset: int, data: bytes) -> None:
         """Write into ``head``; the caller holds ``head.lock`` (so may a worker thread)."""
+        if not data:
+            return  # nothing to store (a direct copy holds each range once, never an empty one)
         cache = self.ctx.cache
         threaded = len(data) >= THREAD_THRESHOLD
         if head.appends_direct(offset):

@@ -13,6 +13,7 @@ Ranges are Python-style: ``get(key, start, end)`` returns bytes
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -205,6 +206,25 @@ class ObjectStore(Protocol):
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
     async def list_uploads(self, prefix: str = "") -> list[UploadInfo]: ...
+
+
+def completed_by(etag: str, parts: Sequence[tuple[int, str]]) -> bool:
+    """Whether an object with ``etag`` is what completing ``parts`` made.
+
+    A complete repeated after its answer was lost finds the upload gone and
+    the object there.  A multipart ETag is the MD5 of the parts' binary MD5s,
+    then ``-<number of parts>``: checking the digest, not only the suffix,
+    keeps another multipart object at that key (an older version, one a
+    concurrent writer made) from being taken for ours.  Part ETags that are
+    not MD5s cannot be checked: then it is not ours (the caller uploads again).
+    """
+    try:
+        digests = b"".join(bytes.fromhex(e.strip('"')) for _, e in parts)
+    except ValueError:
+        return False
+    if len(digests) != 16 * len(parts):
+        return False
+    return etag.strip('"').lower() == f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
 
 
 @dataclass(slots=True, frozen=True)

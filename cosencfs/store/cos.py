@@ -37,6 +37,7 @@ from cosencfs.store.base import (
     StoreErrorInfo,
     UploadInfo,
     body_length,
+    completed_by,
 )
 from cosencfs.store.calls import Caller
 from cosencfs.store.cosproto import CosSettings, make_cos_config
@@ -266,7 +267,7 @@ class CosStore:
             # A retried complete whose first attempt succeeded but lost its answer:
             # the object is there with the multipart ETag.
             info = await self.head(key)
-            if info.etag.endswith(f"-{len(parts)}"):
+            if completed_by(info.etag, parts):
                 return info.etag
             raise
 

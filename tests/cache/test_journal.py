@@ -47,7 +47,7 @@ def layered(fid: str, key: str = "dir/file", *, vid: str | None = None) -> Dirty
         content_type="application/octet-stream",
         source=SourceRecord(key, "etag1", {"client-side-encryption-key": "k"}, 100),
         layers=[
-            LayerRecord(vid, 4096, "wrapped", 123, 100, sealed=True),
+            LayerRecord(vid, 4096, "wrapped", 123, 100, sealed=True, envelope={"e": "1"}),
             LayerRecord(
                 new_vid(),
                 10,
@@ -143,6 +143,23 @@ def test_dirty_records_put_get_delete(journal: Journal) -> None:
     assert journal.dirty_count() == 2
     journal.delete_dirty("f1")
     assert [r.fid for r in journal.dirty_records()] == ["f2"]
+
+
+def test_layers_journaled_before_their_upload_envelope_still_read(journal: Journal) -> None:
+    """Rows of releases before the per-layer envelope: the field is absent, read as None."""
+    rec = layered("f1")
+    assert rec.layers[0].envelope == {"e": "1"}
+    journal.put_dirty(rec)
+    layers = json.loads(journal._db.execute("SELECT layers FROM dirty").fetchone()[0])
+    assert layers[0]["envelope"] == {"e": "1"}
+    assert "envelope" not in layers[1]  # a layer never sealed for upload
+    for x in layers:
+        x.pop("envelope", None)
+    journal._db.execute("UPDATE dirty SET layers=?", (json.dumps(layers),))
+    got = journal.get_dirty("f1")
+    assert got is not None
+    assert [x.envelope for x in got.layers] == [None, None]
+    assert got.object_envelope == rec.object_envelope  # what recovery falls back on
 
 
 def test_malformed_and_foreign_rows_are_skipped_and_kept(

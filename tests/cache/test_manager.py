@@ -14,7 +14,7 @@ from cosencfs.cache.content import Inflight, ObjectContent, Source
 from cosencfs.cache.layout import new_vid
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.ctr import DataKey, encrypt
-from cosencfs.errors import ConfigError
+from cosencfs.errors import CacheIntegrityError, ConfigError
 from cosencfs.store.base import ObjectStore
 
 #: Nothing here fetches: the store is never called.
@@ -47,7 +47,11 @@ def data_files(cache: CacheManager) -> set[str]:
 async def test_clean_copies_are_found_by_key_and_etag(cache: CacheManager) -> None:
     a = source("a")
     v = cache.clean_for(a)
-    assert cache.clean_for(source("a")) is v  # same (key, ETag), whatever the object
+    same = Source("a", "e1", a.dk, 1000, {})
+    assert cache.clean_for(same) is v  # same (key, ETag, data key)
+    # Same key and ETag under another data key: not that object; never read.
+    with pytest.raises(CacheIntegrityError, match="another data key"):
+        cache.clean_for(source("a"))
     assert cache.clean_for(source("a", "e2")) is not v  # another version
     # Its own record of the source (a rename changes it, not the caller's).
     s = v.source
@@ -73,12 +77,13 @@ async def test_adopt_and_rekey(cache: CacheManager) -> None:
     assert staged.holds == 1
     assert staged.source is None
     staged.produce(0, b"hello")
-    cache.adopt(staged, source("f"))
+    made = Source("f", "e1", staged.dk, 5, {})
+    cache.adopt(staged, made)
     assert staged.holds == 0
-    assert cache.clean_for(source("f")) is staged  # the upload's copy replaces the old
+    assert cache.clean_for(Source("f", "e1", staged.dk, 5)) is staged  # replaces the old
     assert old.vid in cache.versions  # still readable by whoever has it
     cache.rekey(staged, "g", "e9")  # renamed by a server-side copy
-    assert cache.clean_for(source("g", "e9")) is staged
+    assert cache.clean_for(Source("g", "e9", staged.dk, 5)) is staged
     assert cache.clean_for(source("f")) is not staged
     # A direct copy left by an earlier run: its bytes count, it is held.
     left = cache.staged(DataKey.generate(), 3)
