@@ -120,14 +120,16 @@ class Renamer(Handler):
 
     async def _copy_file(self, src: Inode, old_key: str, new_key: str) -> None:
         remote = src.remote
-        assert remote is not None
+        if remote is None:  # callers copy only files that have an object
+            raise FsError(errno.EIO, f"rename: {old_key!r} has no object to copy")
         meta: dict[str, str] | None = None
         gen = src.meta_gen
         if src.meta_dirty:
             if remote.metadata is None:
                 await self.attrs.ensure(src)
                 remote = src.remote
-                assert remote is not None and remote.metadata is not None
+                if remote is None or remote.metadata is None:
+                    raise FsError(errno.EIO, f"rename: no metadata of {old_key!r} to carry over")
             meta = {**(remote.metadata or {}), **attrs_to_meta(src.attrs)}
         # A copy keeps the ETag: a record left at new_key from an earlier
         # object with these bytes must not outlive a crash (see forget_attrs_now).

@@ -108,7 +108,8 @@ class LocalCosServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        assert self._ctx is not None and self._storage is not None and self._thread is not None
+        if self._ctx is None or self._storage is None or self._thread is None:
+            raise RuntimeError("LocalCosServer.stop: started without its state")
         self._ctx.stopping.set()
         httpd.shutdown()
         httpd.server_close()
