@@ -209,19 +209,21 @@ async def test_streamed_complete_landed_before_its_metadata_copy(
     assert (await store.head("s")).metadata["mode"] == str(0o100600)
 
 
+async def uploaded_then_written(fs: Filesystem, nursery: trio.Nursery) -> None:
+    """'f' uploaded, then 5 bytes written into it and closed: a record on its ETag."""
+    ino = await create(fs, "f", os.urandom(5000))
+    fh, _ = await fs.open(ino, os.O_WRONLY)
+    await fs.write(fh, 10, b"dirty")
+    await fs.flush(fh)
+
+
 async def test_another_writer_replaced_the_base_the_record_is_kept(
     tmp_path: Path, codec: EnvelopeCodec
 ) -> None:
     store = CutOff()
     cache = tmp_path / "cache"
 
-    async def step(fs: Filesystem, nursery: trio.Nursery) -> None:
-        ino = await create(fs, "f", os.urandom(5000))
-        fh, _ = await fs.open(ino, os.O_WRONLY)
-        await fs.write(fh, 10, b"dirty")
-        await fs.flush(fh)
-
-    await run(store, codec, cache, step)
+    await run(store, codec, cache, uploaded_then_written)
     await store.put("f", b"someone else's object", {})
     report = await run(store, codec, cache, nothing)
     assert "another writer" in report.failed["f"]
@@ -235,13 +237,7 @@ async def test_base_with_the_recorded_etag_but_another_body_is_never_read(
     store = CutOff()
     cache = tmp_path / "cache"
 
-    async def step(fs: Filesystem, nursery: trio.Nursery) -> None:
-        ino = await create(fs, "f", os.urandom(5000))
-        fh, _ = await fs.open(ino, os.O_WRONLY)
-        await fs.write(fh, 10, b"dirty")
-        await fs.flush(fh)
-
-    await run(store, codec, cache, step)
+    await run(store, codec, cache, uploaded_then_written)
     # What the silent form left: our ETag and envelope on a body that is not ours.
     objects = store._bucket._objects
     objects["f"] = dataclasses.replace(objects["f"], body=os.urandom(700))
