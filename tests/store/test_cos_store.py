@@ -503,18 +503,6 @@ async def test_delete_many_of_nothing_makes_no_request(store: CosStore) -> None:
     assert spent.delta.total_requests == 0
 
 
-async def test_delete_and_delete_missing(store: CosStore) -> None:
-    await store.put("gone", b"x", {})
-    await store.delete("gone")
-    with pytest.raises(NotFoundError):
-        await store.head("gone")
-    with Spent(store) as spent:
-        await store.delete("gone")  # missing: fine, as in COS
-        await store.delete("never-was")
-    assert spent.delta.requests == {"DeleteObject": 2}
-    assert spent.delta.retries == 0
-
-
 async def test_copy_keeps_or_replaces_metadata(store: CosStore) -> None:
     data = os.urandom(10_000)
     meta = {
@@ -552,19 +540,6 @@ async def test_copy_keeps_or_replaces_metadata(store: CosStore) -> None:
     info = await store.head("src")
     assert dict(info.metadata) == {"mode": "1"}
     assert await store.get("src") == data
-
-
-@pytest.mark.parametrize("size_known", [False, True])
-async def test_copy_if_match(store: CosStore, size_known: bool) -> None:
-    data = os.urandom(3000)
-    etag = await store.put("src", data, {"a": "1"})
-    size = len(data) if size_known else None
-    with pytest.raises(PreconditionFailedError):
-        await store.copy("src", "dst", if_match="f" * 32, size=size)
-    with pytest.raises(NotFoundError):
-        await store.head("dst")
-    await store.copy("src", "dst", if_match=etag, size=size)
-    assert await store.get("dst") == data
 
 
 async def test_copy_of_a_missing_source(store: CosStore) -> None:
@@ -709,34 +684,6 @@ async def test_multipart_abort(store: CosStore) -> None:
         await store.head("gone")
     await store.abort_multipart("keep", keep)
     assert await store.list_uploads() == []
-
-
-async def test_list_parts_and_list_uploads_paginate(store: CosStore) -> None:
-    # Both listings answer at most 1000 entries per request.
-    upload_id = await store.create_multipart("many-parts", {})
-    limiter = trio.CapacityLimiter(16)
-
-    async def part(n: int) -> None:
-        async with limiter:
-            await store.upload_part("many-parts", upload_id, n, n.to_bytes(2, "big"))
-
-    async def initiate(i: int) -> None:
-        async with limiter:
-            await store.create_multipart(f"up/{i:04d}", {})
-
-    async with trio.open_nursery() as nursery:
-        for n in range(1, 1004):
-            nursery.start_soon(part, n)
-        for i in range(1003):
-            nursery.start_soon(initiate, i)
-    with Spent(store) as spent:
-        parts = await store.list_parts("many-parts", upload_id)
-        uploads = await store.list_uploads(prefix="up/")
-    assert [p.part_number for p in parts] == list(range(1, 1004))
-    assert all(p.size == 2 and p.etag == md5_hex(p.part_number.to_bytes(2, "big")) for p in parts)
-    assert sorted(u.key for u in uploads) == [f"up/{i:04d}" for i in range(1003)]
-    assert len({u.upload_id for u in uploads}) == 1003
-    assert spent.delta.requests == {"ListParts": 2, "ListMultipartUploads": 2}
 
 
 # ---------------------------------------------------------------------------- errors

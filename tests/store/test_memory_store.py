@@ -348,6 +348,7 @@ async def test_delete(store: ObjectStore) -> None:
         await store.delete("gone")
         await store.delete("never-was")
     assert (spent.delta.requests, spent.delta.failures) == ({"DeleteObject": 2}, {})
+    assert spent.delta.retries == 0
 
 
 # ---------------------------------------------------------------------------- copies
@@ -571,7 +572,9 @@ async def test_parts_and_uploads_list_in_pages(store: ObjectStore) -> None:
         parts = await store.list_parts("many-parts", upload_id)
         uploads = await store.list_uploads(prefix="up/")
     assert [p.part_number for p in parts] == list(range(1, 1004))
+    assert all(p.size == 2 and p.etag == md5_hex(p.part_number.to_bytes(2, "big")) for p in parts)
     assert sorted(u.key for u in uploads) == [f"up/{i:04d}" for i in range(1003)]
+    assert len({u.upload_id for u in uploads}) == 1003
     assert spent.delta.requests == {"ListParts": 2, "ListMultipartUploads": 2}
 
 
