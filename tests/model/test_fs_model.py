@@ -66,10 +66,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import hypothesis
 import pytest
 import trio
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -102,6 +100,8 @@ from tests.model.test_model import (
     _env_int,
     describe_diff,
     lengths,
+    model_settings,
+    seeded_machine,
     seeds,
     sizes,
 )
@@ -967,20 +967,9 @@ def test_filesystem_model(
     machine: Any = type(
         "FsModel", (FsMachine,), {"tmp_root": tmp_path, "codec": codec, "max_crashes": CRASHES}
     )
-    machine = hypothesis.seed(seed)(machine)
-    blob = os.environ.get("COSENCFS_FSMODEL_BLOB", "").strip().strip("b'\"")
-    if blob:
-        machine = hypothesis.reproduce_failure(hypothesis.__version__, blob.encode())(machine)
-    conf = settings(
-        max_examples=EXAMPLES,
-        stateful_step_count=STEPS,
-        deadline=None,
-        database=None,
-        print_blob=True,
-        suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False,
-        phases=[p for p in Phase if SHRINK or p is not Phase.shrink],
-    )
+    machine = seeded_machine(machine, seed, "COSENCFS_FSMODEL_BLOB")
+    blob = os.environ.get("COSENCFS_FSMODEL_BLOB", "").strip()
+    conf = model_settings(EXAMPLES, STEPS, shrink=SHRINK)
     try:
         run_state_machine_as_test(machine, settings=conf)
     except BaseException as exc:

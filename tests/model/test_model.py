@@ -92,7 +92,7 @@ from typing import Any, NoReturn, TypeVar
 
 import hypothesis
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -1079,6 +1079,29 @@ def replay_command(seed: int, blob: str | None) -> str:
     return " ".join(env) + " .venv/bin/python -m pytest tests/model/test_model.py"
 
 
+def seeded_machine(machine: Any, seed: int, blob_env: str) -> Any:
+    """``machine`` with Hypothesis's seed, replaying the blob in ``blob_env`` if set."""
+    machine = hypothesis.seed(seed)(machine)
+    blob = os.environ.get(blob_env, "").strip().strip("b'\"")
+    if blob:
+        machine = hypothesis.reproduce_failure(hypothesis.__version__, blob.encode())(machine)
+    return machine
+
+
+def model_settings(examples: int, steps: int, *, shrink: bool = True) -> settings:
+    """One run of a model test: no database, no deadline, the blob printed to replay it."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+        phases=[p for p in Phase if shrink or p is not Phase.shrink],
+    )
+
+
 def _blob_of(exc: BaseException) -> str | None:
     text = "\n".join([str(exc), *getattr(exc, "__notes__", [])])
     marker = "@reproduce_failure("
@@ -1100,20 +1123,8 @@ def test_model_against_real_mount(tmp_path: Path, key_file: Path) -> None:
         (CosencfsMachine,),
         {"tmp_root": tmp_path, "key_file": key_file, "max_remounts": REMOUNTS},
     )
-    machine = hypothesis.seed(seed)(machine)
-    blob = os.environ.get("COSENCFS_MODEL_BLOB", "").strip().strip("b'\"")
-    if blob:
-        machine = hypothesis.reproduce_failure(hypothesis.__version__, blob.encode())(machine)
-    conf = settings(
-        max_examples=EXAMPLES,
-        stateful_step_count=STEPS,
-        deadline=None,
-        derandomize=False,
-        database=None,
-        print_blob=True,
-        suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False,
-    )
+    machine = seeded_machine(machine, seed, "COSENCFS_MODEL_BLOB")
+    conf = model_settings(EXAMPLES, STEPS)
     try:
         with _umask(UMASK):
             run_state_machine_as_test(machine, settings=conf)
