@@ -14,6 +14,7 @@ lint: setup
 	.venv/bin/ruff check cosencfs tests benchmarks
 	.venv/bin/ruff format --check cosencfs tests benchmarks
 	.venv/bin/mypy
+	.venv/bin/python scripts/check_modules.py cosencfs
 
 # The whole suite on the newest release of every dependency, in a venv of its
 # own (not part of CI): a coming upstream break shows here before it lands.

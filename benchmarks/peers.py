@@ -33,7 +33,7 @@ from benchmarks.system import (
 MOUNT_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 600.0
 
-# cosencfs's control channel (cosencfs/control.py); read as xattrs of the
+# cosencfs's control channel (cosencfs/fs/control.py); read as xattrs of the
 # mount root so no Python start-up is timed.
 XATTR_STATS = "user.cosencfs.stats"
 XATTR_SYNC = "user.cosencfs.sync"

@@ -100,8 +100,8 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 
 #: Frames every worker-thread stack starts with; left out of the inclusive list.
 BOILERPLATE = ("threading.py", "trio/_core/_thread_cache.py", "outcome/_impl.py",
-               "<frozen runpy>", "cosencfs/cli.py", "cosencfs/__main__.py",
-               "cosencfs/cmd_mount.py", "trio/_threads.py")  # fmt: skip
+               "<frozen runpy>", "cosencfs/cli/__init__.py", "cosencfs/__main__.py",
+               "cosencfs/cli/mount.py", "trio/_threads.py")  # fmt: skip
 
 
 def category(func: str) -> str:

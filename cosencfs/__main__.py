@@ -1,3 +1,5 @@
+"""`python -m cosencfs`: the same command line as the `cosencfs` entry point."""
+
 from __future__ import annotations
 
 import sys

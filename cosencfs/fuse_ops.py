@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
-import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from cosencfs import hardening
-from cosencfs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.errors import (
     AccessDeniedError,
     CacheIntegrityError,
@@ -37,7 +34,9 @@ from cosencfs.errors import (
     StoreError,
     TransientError,
 )
-from cosencfs.fs.core import Entry, Filesystem
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.entry import Entry
+from cosencfs.fs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,43 @@ _CODE_ERRNO = {
 
 #: Errors worth one log line per object, not one per read.
 _LOG_EVERY = 60.0
-_last_logged: dict[tuple[str, str, str], float] = {}
+
+
+class LogThrottle:
+    """Whether a failure is worth a log line: once per ``every`` seconds each.
+
+    Entries older than the interval are forgotten, and at most
+    ``max_entries`` are kept (oldest dropped first: only a flood of distinct
+    failures can log one twice a minute), so a long-lived mount stays small.
+    """
+
+    def __init__(self, every: float, max_entries: int = 10_000) -> None:
+        self.every = every
+        self.max_entries = max_entries
+        #: Key -> when it was logged; oldest first (a key is only added when absent).
+        self._last: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def should_log(self, what: tuple[str, str, str], now: float) -> bool:
+        self._prune(now)
+        if what in self._last:
+            return False
+        self._last[what] = now
+        if len(self._last) > self.max_entries:
+            self._last.popitem(last=False)
+        return True
+
+    def _prune(self, now: float) -> None:
+        while self._last:
+            at = next(iter(self._last.values()))
+            if now - at < self.every:
+                return
+            self._last.popitem(last=False)
+
+
+_throttle = LogThrottle(_LOG_EVERY)
 
 
 def errno_for(exc: BaseException) -> int:
@@ -93,9 +128,7 @@ def _report(op: str, exc: BaseException) -> None:
         what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
         if isinstance(exc, RefusedError):
             what = ("", type(exc).__name__, exc.key)  # one line per object, whatever the op
-        now = time.monotonic()
-        if now - _last_logged.get(what, -1e9) >= _LOG_EVERY:
-            _last_logged[what] = now
+        if _throttle.should_log(what, time.monotonic()):
             log.error("%s failed: %s", op, exc)
         return
     log.error("%s: unexpected error", op, exc_info=exc)
@@ -117,6 +150,17 @@ def translate(
             raise pyfuse3.FUSEError(errno_for(exc)) from None
 
     return wrapper
+
+
+#: setattr: which field flag gives which Filesystem.setattr argument, from where.
+_SETATTR = (
+    ("update_mode", "mode", "st_mode"),
+    ("update_uid", "uid", "st_uid"),
+    ("update_gid", "gid", "st_gid"),
+    ("update_size", "size", "st_size"),
+    ("update_atime", "atime_ns", "st_atime_ns"),
+    ("update_mtime", "mtime_ns", "st_mtime_ns"),
+)
 
 
 def to_attrs(e: Entry) -> pyfuse3.EntryAttributes:
@@ -213,19 +257,9 @@ class FuseOperations(pyfuse3.Operations):
         fh: pyfuse3.FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        kw: dict[str, Any] = {}
-        if fields.update_mode:
-            kw["mode"] = attr.st_mode
-        if fields.update_uid:
-            kw["uid"] = attr.st_uid
-        if fields.update_gid:
-            kw["gid"] = attr.st_gid
-        if fields.update_size:
-            kw["size"] = attr.st_size
-        if fields.update_atime:
-            kw["atime_ns"] = attr.st_atime_ns
-        if fields.update_mtime:
-            kw["mtime_ns"] = attr.st_mtime_ns
+        kw: dict[str, Any] = {
+            arg: getattr(attr, st) for flag, arg, st in _SETATTR if getattr(fields, flag)
+        }
         return to_attrs(await self.fs.setattr(inode, **kw))
 
     @translate
@@ -278,11 +312,8 @@ class FuseOperations(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        fs_flags = 0
-        if flags & pyfuse3.RENAME_NOREPLACE:
-            fs_flags |= 1
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            fs_flags |= 2
+        fs_flags = RENAME_NOREPLACE if flags & pyfuse3.RENAME_NOREPLACE else 0
+        fs_flags |= RENAME_EXCHANGE if flags & pyfuse3.RENAME_EXCHANGE else 0
         await self.fs.rename(
             parent_inode_old, bytes(name_old), parent_inode_new, bytes(name_new), fs_flags
         )
@@ -306,7 +337,7 @@ class FuseOperations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # devices, FIFOs, sockets: not storable
+        return to_attrs(await self.fs.mknod(parent_inode, bytes(name), mode, rdev))
 
     @translate
     async def open(
@@ -375,40 +406,25 @@ class FuseOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = self.fs.statfs()
         d = pyfuse3.StatvfsData()
-        d.f_bsize = s.bsize
-        d.f_frsize = s.frsize
-        d.f_blocks = s.blocks
-        d.f_bfree = s.bfree
-        d.f_bavail = s.bavail
-        d.f_files = s.files
-        d.f_ffree = s.ffree
+        for name in ("bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "namemax"):
+            setattr(d, f"f_{name}", getattr(s, name))
         d.f_favail = s.ffree
-        d.f_namemax = s.namemax
         return d
 
 
 class ControlledOperations(FuseOperations):
-    """FUSE operations plus the control channel: extended attributes of the root.
+    """FUSE operations plus the control channel: extended attributes.
 
     ``getfattr -n user.cosencfs.stats MOUNTPOINT`` returns JSON statistics;
-    setting ``user.cosencfs.sync`` uploads everything dirty and returns when
-    done (or fails with EIO).  Other extended attributes are not supported.
+    setting ``user.cosencfs.sync`` uploads everything dirty (EIO on failure).
+    Which names exist is the filesystem's business (cosencfs/fs/xattrs.py).
     """
 
     @translate
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        if name == XATTR_FORMAT:
-            return (await self.fs.object_format(inode)).encode()
-        if inode == pyfuse3.ROOT_INODE:
-            if name == XATTR_PID:
-                return str(os.getpid()).encode()
-            if name == XATTR_STATS:
-                # What the kernel says now (prctl), not what was asked for at start.
-                stats = {**self.fs.stats(), "process": hardening.current().as_dict()}
-                return json.dumps(stats, sort_keys=True).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self.fs.getxattr(inode, bytes(name))
 
     @translate
     async def setxattr(
@@ -418,19 +434,16 @@ class ControlledOperations(FuseOperations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if inode == pyfuse3.ROOT_INODE and name == XATTR_SYNC:
-            await self.fs.sync_all()
-            return
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.fs.setxattr(inode, bytes(name), value)
 
     @translate
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        return []
+        return [pyfuse3.XAttrNameT(n) for n in self.fs.listxattr(inode)]
 
     @translate
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.fs.removexattr(inode, bytes(name))

@@ -8,6 +8,7 @@ status=0
 echo "== ruff"; $VENV/ruff check cosencfs tests benchmarks || status=1
 $VENV/ruff format --check cosencfs tests benchmarks || status=1
 echo "== mypy"; $VENV/mypy || status=1
+echo "== module size and docstrings"; $VENV/python scripts/check_modules.py cosencfs || status=1
 # Mounts that were there before the run (another checkout's tests, a user's own
 # mount) are not ours to judge or remove: only mounts this run created count.
 before=$(grep -E ' fuse(\.[a-z0-9]+)? ' /proc/mounts | awk '{print $2}' | sort)

@@ -17,7 +17,6 @@ if not os.environ.get("COSENCFS_KEYSTREAM_LEDGER"):
 
 import pytest
 import trio
-from testlib import BUCKET, FsFactory, MountFactory, make_store, new_key_file, start_server
 
 from cosencfs.crypto import ledger
 from cosencfs.crypto.envelope import EnvelopeCodec
@@ -25,6 +24,7 @@ from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.fs.core import Filesystem
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from tests.testlib import BUCKET, FsFactory, MountFactory, make_store, new_key_file, start_server
 
 _LEDGER_REPORT: list[ledger.Report] = []
 

@@ -55,7 +55,7 @@ def make_store(
     )
 
 
-def start_server(root: Path, port: int = 0, **kw: object) -> LocalCosServer:
+def start_server(root: Path | str, port: int = 0, **kw: object) -> LocalCosServer:
     server = LocalCosServer(
         root,
         port=port,

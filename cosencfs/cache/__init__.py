@@ -1,0 +1,1 @@
+"""The local cache: ciphertext copies of objects, dirty layers and the journal."""

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import trio
 
-from cosencfs.cache.content import CHUNK, ObjectContent, Source
+from cosencfs.cache.content import CHUNK, THREAD_THRESHOLD, ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer
-from cosencfs.cache.manager import THREAD_THRESHOLD, CacheManager
+from cosencfs.cache.manager import CacheManager
 from cosencfs.cache.segments import RecordRef
 
 
@@ -97,15 +97,6 @@ class _Ready:
     copies: list[ObjectContent]
 
 
-def _chain(layer: DirtyLayer) -> list[DirtyLayer]:
-    out: list[DirtyLayer] = []
-    node: DirtyLayer | None = layer
-    while node is not None:
-        out.append(node)
-        node = node.below
-    return out
-
-
 async def _ready(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -> _Ready:
     """Plan ``[start, end)``, fetching what is missing first; everything it uses is pinned."""
     while True:
@@ -125,7 +116,7 @@ async def _ready(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -
                 resolved.append((piece, None))
         if not missing:
             # Pinned before any await: the plan stays valid until released.
-            layers = _chain(layer)
+            layers = layer.chain()
             copies = list({id(c): c for _, c in resolved if c is not None}.values())
             for lay in layers:
                 lay.pins += 1
@@ -133,15 +124,15 @@ async def _ready(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -
                 c.pins += 1
             return _Ready(resolved, layers, copies)
         for copy, s, e in missing:
-            await cache.ensure(copy, s, e)
+            await cache.fetcher.ensure(copy, s, e)
 
 
 def _release(cache: CacheManager, ready: _Ready) -> None:
     for lay in ready.layers:
-        cache.unpin_layer(lay)
+        cache.layers.unpin(lay)
     for c in ready.copies:
         c.pins -= 1
-        cache.touch(c)
+        c.touch()
 
 
 def _execute(ready: _Ready, start: int, end: int) -> bytes | bytearray:

@@ -24,6 +24,9 @@ from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 
 #: Transcoding and zero-filling work in chunks this big (memory bound).
 CHUNK = 4 * 1024 * 1024
+#: Buffers this large are en/decrypted and written in a worker thread; for
+#: smaller ones the thread hop would cost more than the work.
+THREAD_THRESHOLD = 256 * 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -128,6 +131,10 @@ class ObjectContent:
         before = self.present.total
         self.present.add(start, end)
         self.account[0] += self.present.total - before
+
+    def touch(self) -> None:
+        """Used now (eviction drops the least recently used copies first)."""
+        self.last_access = trio.current_time()
 
     def close(self) -> None:
         if not self.discarded:

@@ -176,12 +176,27 @@ class DirtyLayer:
             f"log={self.log_size}, below={self.below.vid if self.below else None})"
         )
 
+    def chain(self) -> list[DirtyLayer]:
+        """This layer and every layer below it, newest first."""
+        out: list[DirtyLayer] = []
+        layer: DirtyLayer | None = self
+        while layer is not None:
+            out.append(layer)
+            layer = layer.below
+        return out
+
+    @property
+    def bottom(self) -> DirtyLayer:
+        """The oldest layer of the chain: the one whose ``source`` counts."""
+        return self.chain()[-1]
+
     @property
     def depth(self) -> int:
-        n, layer = 1, self.below
-        while layer is not None:
-            n, layer = n + 1, layer.below
-        return n
+        return len(self.chain())
+
+    def holds_layer(self, layer: DirtyLayer) -> bool:
+        """Whether ``layer`` is this one or lies below it."""
+        return any(x is layer for x in self.chain())
 
     def accepts(self, offset: int) -> bool:
         """Whether a write at ``offset`` (or a truncate to it) may change this layer."""
@@ -251,6 +266,16 @@ class DirtyLayer:
     def encode_truncate(self, size: int) -> bytes:
         header = _HEADER.pack(_MAGIC, RecordKind.TRUNCATE.value, size, 0)
         return header + seal_record(self.cache_key, b"", self._aad(header))
+
+    def append_write(self, offset: int, data: bytes | memoryview) -> tuple[list[RecordRef], int]:
+        """Seal ``data`` into records and append them; ``apply_write`` makes them visible.
+
+        The caller holds ``lock``; safe in a worker thread (``log_size`` and
+        the segment map do not change here).
+        """
+        blob, refs = self.encode_write(offset, data)
+        self.append(blob)
+        return refs, len(blob)
 
     def append(self, blob: bytes) -> None:
         """Write encoded records at the end of the log (the caller holds ``lock``)."""

@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import stat
+import uuid
 from pathlib import Path
 
 from cosencfs.errors import CacheDirError
@@ -45,6 +46,11 @@ _VID = re.compile(
 #: create the journal with the umask's mode and give -wal/-shm the same).
 _PRIVATE_FILES = ("journal.db", "lock")
 _reported_vids: set[str] = set()
+
+
+def new_vid() -> str:
+    """A name for a new cache file (``valid_vid`` accepts it)."""
+    return uuid.uuid4().hex
 
 
 def valid_vid(vid: object) -> bool:

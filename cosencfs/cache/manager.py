@@ -1,13 +1,13 @@
-"""The block cache: clean object copies and dirty layers on local disk.
+"""The block cache: its directory, clean object copies, and the space they take.
 
 Clean copies (:class:`ObjectContent`) hold objects' own ciphertext, one per
-(key, ETag), filled by 16-byte aligned ranged GETs of exactly what is missing
-(plus the readahead the caller asks for); concurrent readers of the same
-bytes share one request.  Dirty layers (:class:`DirtyLayer`) hold what users
-wrote, as logs of AES-GCM records under cache-only keys.
+(key, ETag); they are filled by ranged GETs (cosencfs/cache/fetch.py).
+Dirty layers (:class:`DirtyLayer`) hold what users wrote, as logs of AES-GCM
+records under cache-only keys (cosencfs/cache/layers.py).
 
 Eviction is least-recently-used over clean, unpinned copies; dirty data is
-never evicted.
+never evicted.  At start-up, files of the data directory that nothing uses
+or names are swept.
 """
 
 from __future__ import annotations
@@ -15,36 +15,21 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from cosencfs.cache.content import Inflight, ObjectContent, Source
-from cosencfs.cache.dirtylog import DirtyLayer, LayerState, new_cache_key
+from cosencfs.cache.content import ObjectContent, Source
+from cosencfs.cache.fetch import Fetcher
 from cosencfs.cache.journal import Journal
-from cosencfs.cache.layout import prepare_cache_dir
+from cosencfs.cache.layers import Layers
+from cosencfs.cache.layout import new_vid, prepare_cache_dir
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.errors import ConfigError, CosEncFsError, DamagedObjectError
+from cosencfs.errors import CacheIntegrityError, ConfigError
 from cosencfs.store.base import ObjectStore
-from cosencfs.util import open_nursery
 
 log = logging.getLogger(__name__)
-
-ALIGN = 16
-#: Buffers larger than this are en/decrypted and written in a worker thread.
-THREAD_THRESHOLD = 256 * 1024
-#: One ranged GET fetches at most this much; larger gaps become parallel GETs.
-FETCH_CHUNK = 8 * 1024 * 1024
-
-
-def align_down(n: int) -> int:
-    return n - n % ALIGN
-
-
-def align_up(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
 
 
 class CacheManager:
@@ -80,13 +65,11 @@ class CacheManager:
         #: Clean copies by vid, and by the (key, ETag) of the object they copy.
         self.versions: dict[str, ObjectContent] = {}
         self._by_source: dict[tuple[str, str], ObjectContent] = {}
-        self.layers: dict[str, DirtyLayer] = {}
         #: Called when a clean copy is evicted, so its owner forgets it.
         self.on_evict: Callable[[ObjectContent], None] = lambda v: None
         self.io_limiter = trio.CapacityLimiter(4)
-        self.hits = 0
-        self.misses = 0
-        self.fetched_bytes = 0
+        self.fetcher = Fetcher(store, self.io_limiter)
+        self.layers = Layers(self.data_dir, self)
         self._last_evict = -1e9
         #: Bytes present over all clean copies (shared with each copy).
         self._usage = [0]
@@ -94,21 +77,23 @@ class CacheManager:
     def close(self) -> None:
         for v in list(self.versions.values()):
             v.close()
-        for layer in list(self.layers.values()):
-            layer.close()
+        self.layers.close()
         self.versions.clear()
-        self.layers.clear()
         self._by_source.clear()
         self.journal.close()
         os.close(self._lock_fd)
 
     # -- clean copies ------------------------------------------------------------
 
+    def file_path(self, vid: str) -> Path:
+        """Where the cache file of copy ``vid`` is (or was)."""
+        return self.data_dir / vid
+
     def _path(self, vid: str) -> str:
-        return str(self.data_dir / vid)
+        return str(self.file_path(vid))
 
     def _new(self, dk: DataKey, size: int, source: Source | None) -> ObjectContent:
-        vid = uuid.uuid4().hex
+        vid = new_vid()
         v = ObjectContent(vid, self._path(vid), dk, size, source)
         v.account = self._usage
         self.versions[vid] = v
@@ -121,6 +106,16 @@ class CacheManager:
         """
         v = self._by_source.get((source.key, source.etag))
         if v is not None and not v.discarded:
+            held = v.source.dk if v.source is not None else None
+            if source.dk is not None and (
+                held is None or held.key != source.dk.key or held.iv != source.dk.iv
+            ):
+                # Same key and ETag, another data key: one of the two is not
+                # that object; its bytes would decrypt to garbage.
+                raise CacheIntegrityError(
+                    f"cache copy {v.vid} of {source.key!r} (ETag {source.etag}) is under "
+                    "another data key than the object it is asked for"
+                )
             return v
         # A plaintext object is kept under a throw-away key of its own.
         dk = source.dk if source.dk is not None else DataKey.generate()
@@ -138,11 +133,9 @@ class CacheManager:
         self.versions[vid] = v
         return v
 
-    def _close_copy(self, v: ObjectContent) -> None:
+    def close_copy(self, v: ObjectContent) -> None:
         """Forget a copy but keep its file (the journal still names it)."""
-        if self.versions.pop(v.vid, None) is not None:
-            self._usage[0] -= v.present.total
-        self._forget_source(v)
+        self._forget(v)
         v.close()
 
     def staged(self, dk: DataKey, size: int) -> ObjectContent:
@@ -175,262 +168,24 @@ class CacheManager:
             if self._by_source.get(ident) is v:
                 del self._by_source[ident]
 
-    def discard(self, v: ObjectContent) -> None:
-        """Forget a clean copy and delete its cache file."""
+    def _forget(self, v: ObjectContent) -> None:
         if self.versions.pop(v.vid, None) is not None:
             self._usage[0] -= v.present.total
         self._forget_source(v)
-        v.close()
+
+    def discard(self, v: ObjectContent) -> None:
+        """Forget a clean copy and delete its cache file."""
+        self.close_copy(v)
         try:
             os.unlink(v.path)
         except FileNotFoundError:
             pass
 
-    def touch(self, v: ObjectContent) -> None:
-        v.last_access = trio.current_time()
-
-    # -- dirty layers ------------------------------------------------------------
-
-    def new_layer(
-        self,
-        *,
-        size: int,
-        limit: int,
-        below: DirtyLayer | None = None,
-        source: Source | None = None,
-    ) -> DirtyLayer:
-        vid = uuid.uuid4().hex
-        layer = DirtyLayer(
-            vid,
-            self.layer_path(vid),
-            new_cache_key(),
-            size=size,
-            limit=limit,
-            below=below,
-            source=source,
-        )
-        self.layers[vid] = layer
-        return layer
-
-    def reopen_layer(
-        self,
-        vid: str,
-        cache_key: bytes,
-        *,
-        size: int,
-        limit: int,
-        log_end: int,
-        below: DirtyLayer | None,
-        source: Source | None,
-    ) -> DirtyLayer:
-        """A layer left by an earlier run (from the journal): its log replayed."""
-        path = self.layer_path(vid)
-        layer = DirtyLayer(
-            vid,
-            path,
-            cache_key,
-            size=size,
-            limit=limit,
-            below=below,
-            source=source,
-            # A layer that never had a record never had a log file.
-            create=log_end == 0 and not os.path.exists(path),
-        )
-        self.layers[vid] = layer
-        try:
-            layer.replay(log_end)
-        except BaseException:
-            self.layers.pop(vid, None)
-            layer.close()
-            raise
-        layer.size, layer.limit = size, limit
-        return layer
-
-    def layer_path(self, vid: str) -> str:
-        return str(self.data_dir / f"{vid}.log")
-
-    def retire_layer(self, layer: DirtyLayer) -> None:
-        """Nobody needs this layer: delete its log (now, or when the last pin goes)."""
-        layer.state = LayerState.RETIRED
-        if layer.stream is not None:
-            layer.stream.abandon()
-            layer.stream = None
-        if layer.pins == 0:
-            self._drop_layer(layer)
-
-    def retire_chain(self, layer: DirtyLayer | None) -> None:
-        """Retire ``layer`` and everything below it (nobody reads them any more).
-
-        Their log files go: call this only once the journal no longer names
-        them (docs/concurrency.md, "files and the journal").
-        """
-        while layer is not None:
-            below = layer.below
-            self._drop_copies(layer)
-            self.retire_layer(layer)
-            layer = below
-
-    def _drop_copies(self, layer: DirtyLayer) -> None:
-        """The layer's upload and direct copies (not one already adopted as clean)."""
-        for copy in {id(c): c for c in (layer.staged, layer.direct) if c is not None}.values():
-            self.discard(copy)
-        layer.staged = layer.direct = None
-
-    def release_chain(self, layer: DirtyLayer | None) -> None:
-        """Close ``layer`` and those below it but keep their files: the journal
-        still names them (an upload that failed, a recovery that must wait)."""
-        while layer is not None:
-            below = layer.below
-            for copy in (layer.staged, layer.direct):
-                if copy is not None and not copy.discarded:
-                    self._close_copy(copy)
-            layer.staged = layer.direct = None
-            self.layers.pop(layer.vid, None)
-            layer.close()
-            layer = below
-
-    def unpin_layer(self, layer: DirtyLayer) -> None:
-        layer.pins -= 1
-        if layer.pins == 0 and layer.state is LayerState.RETIRED:
-            self._drop_layer(layer)
-
-    def _drop_layer(self, layer: DirtyLayer) -> None:
-        if self.layers.pop(layer.vid, None) is None:
-            return
-        layer.close()
-        layer.below = None
-        try:
-            os.unlink(layer.path)
-        except FileNotFoundError:
-            pass
-
-    # -- reading -----------------------------------------------------------------
-
-    async def read(self, v: ObjectContent, offset: int, length: int) -> bytes:
-        end = min(offset + length, v.size)
-        if end <= offset:
-            return b""
-        if v.present.contains(offset, end):
-            self.hits += 1
-        else:
-            self.misses += 1
-            await self.ensure(v, offset, end)
-        self.touch(v)
-        if end - offset >= THREAD_THRESHOLD:
-            return await trio.to_thread.run_sync(
-                v.read_plain, offset, end - offset, limiter=self.io_limiter
-            )
-        return v.read_plain(offset, end - offset)
-
-    async def ensure(self, v: ObjectContent, start: int, end: int) -> None:
-        """Make ``[start, end)`` present: fetch it from the source."""
-        end = min(end, v.size)
-        if end > v.limit:
-            raise CosEncFsError(f"cache copy {v.vid} has no source for bytes {v.limit}-{end}")
-        v.pins += 1
-        try:
-            while True:
-                gaps = v.present.missing(start, end)
-                if not gaps:
-                    return
-                waits: list[trio.Event] = []
-                todo: list[tuple[int, int]] = []
-                for s, e in gaps:
-                    pos = s
-                    for inf in sorted(v.inflight, key=lambda i: i.start):
-                        if inf.end <= pos or inf.start >= e:
-                            continue
-                        if inf.start > pos:
-                            todo.append((pos, inf.start))
-                        waits.append(inf.done)
-                        pos = max(pos, inf.end)
-                    if pos < e:
-                        todo.append((pos, e))
-                if todo:
-                    async with open_nursery() as nursery:
-                        for s, e in todo:
-                            for inf in self._begin(v, s, e):
-                                nursery.start_soon(self._fill, v, inf)
-                for ev in waits:
-                    await ev.wait()
-        finally:
-            v.pins -= 1
-
-    def prefetch(self, nursery: trio.Nursery, v: ObjectContent, start: int, end: int) -> None:
-        """Start fetching ``[start, end)`` in the background (readahead)."""
-        end = min(end, v.limit)
-        if end <= start:
-            return
-        for s, e in v.present.missing(start, end):
-            for inf in self._begin(v, s, e, only_new=True):
-                v.pins += 1
-                nursery.start_soon(self._background_fill, v, inf)
-
-    def _begin(
-        self, v: ObjectContent, start: int, end: int, *, only_new: bool = False
-    ) -> list[Inflight]:
-        """Register the fetches that cover ``[start, end)``, split into chunks.
-
-        Registration happens before any await, so a concurrent reader sees them
-        and waits instead of fetching the same bytes again.
-        """
-        out: list[Inflight] = []
-        limit = v.limit
-        ranges: list[tuple[int, int]] = []
-        if start < limit:
-            # Aligned to the cipher block; clipped to the object's bytes.
-            ranges.append((align_down(start), min(align_up(min(end, limit)), limit)))
-        for s, e in ranges:
-            for pos in range(s, e, FETCH_CHUNK):
-                seg = (pos, min(e, pos + FETCH_CHUNK))
-                if only_new and any(i.start < seg[1] and seg[0] < i.end for i in v.inflight):
-                    continue
-                inf = Inflight(*seg)
-                v.inflight.append(inf)
-                out.append(inf)
-        return out
-
-    async def _background_fill(self, v: ObjectContent, inf: Inflight) -> None:
-        try:
-            await self._fill(v, inf)
-        except (CosEncFsError, OSError) as exc:
-            # A foreground read of these bytes will try again and report it.
-            log.debug("readahead of %s failed: %s", v.vid, exc)
-        finally:
-            v.pins -= 1
-
-    async def _fill(self, v: ObjectContent, inf: Inflight) -> None:
-        try:
-            start, end = inf.start, inf.end
-            src = v.source
-            if src is None:
-                raise CosEncFsError(f"cache copy {v.vid} has no source to fetch from")
-            data = await self.store.get(src.key, start, end, if_match=src.etag or None)
-            if len(data) != end - start:
-                raise DamagedObjectError(
-                    f"object {src.key!r} is shorter than expected "
-                    f"({start + len(data)} < {end} bytes)"
-                )
-            self.fetched_bytes += len(data)
-            async with v.lock:
-                if v.discarded:
-                    return
-                if len(data) >= THREAD_THRESHOLD:
-                    # Under v's lock: nothing else stores into v meanwhile.
-                    await trio.to_thread.run_sync(
-                        v.store_fetched, start, data, limiter=self.io_limiter
-                    )
-                else:
-                    v.store_fetched(start, data)
-        finally:
-            v.inflight.remove(inf)
-            inf.done.set()
-
     # -- space -----------------------------------------------------------------
 
     def usage(self) -> int:
         """Bytes in the cache directory's data: clean copies and dirty logs."""
-        return self._usage[0] + sum(layer.log_size for layer in self.layers.values())
+        return self._usage[0] + self.layers.log_bytes()
 
     def maybe_evict(self) -> int:
         """``evict``, at most twice a second: it walks every version."""

@@ -27,12 +27,15 @@ import binascii
 import contextlib
 import os
 import stat
+import sys
+from typing import Literal, Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cosencfs.crypto.master import AES_MASTER_KEY_SIZES, AesMasterKey, RsaMasterKey
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.master import AES_MASTER_KEY_SIZES, AesMasterKey, MasterKey, RsaMasterKey
 from cosencfs.errors import ConfigError
 
 __all__ = [
@@ -46,6 +49,8 @@ __all__ = [
     "generate_aes_key_file",
     "generate_rsa_key_files",
     "load_aes_key_file",
+    "load_codec",
+    "load_master_key",
     "load_rsa_key_files",
     "rsa_key_from_pem",
 ]
@@ -383,3 +388,54 @@ def generate_rsa_key_files(directory: PathArg, bits: int = 2048) -> RsaMasterKey
         raise
     _fsync_dir(dname)
     return RsaMasterKey(private)
+
+
+# ---------------------------------------------------------------------------
+# The master key the settings name
+
+
+class KeySource(Protocol):
+    """Which key files to load (``cosencfs.config.KeySettings``)."""
+
+    key_file: str | None
+    rsa_public_key: str | None
+    rsa_private_key: str | None
+    rsa_passphrase: str | None
+    aes_wrap: Literal["sdk", "kw"]
+    create_if_missing: bool
+    also_read: list[str]
+
+
+def load_master_key(keys: KeySource) -> MasterKey:
+    """The AES key file or RSA key pair ``keys`` names; creates the AES key file
+    only when ``create_if_missing`` says so (``--local``)."""
+    hardened = keys.aes_wrap == "kw"
+    if keys.aes_wrap not in ("sdk", "kw"):
+        raise ConfigError(f"aes_wrap must be 'sdk' or 'kw', not {keys.aes_wrap!r}")
+    if keys.rsa_public_key or keys.rsa_private_key:
+        if keys.key_file:
+            raise ConfigError("give either an AES key file or an RSA key pair, not both")
+        return load_rsa_key_files(
+            keys.rsa_public_key, keys.rsa_private_key, passphrase=keys.rsa_passphrase
+        )
+    if not keys.key_file:
+        raise ConfigError(
+            "no master key: give --key-file FILE (AES) or "
+            "--rsa-public-key/--rsa-private-key (RSA); create one with `cosencfs keygen`"
+        )
+    if keys.create_if_missing and not os.path.exists(keys.key_file):
+        key = generate_aes_key_file(keys.key_file, hardened=hardened)
+        print(
+            f"cosencfs: created a new master key in {keys.key_file}; back it up: "
+            "without it the data cannot be read",
+            file=sys.stderr,
+        )
+        return key
+    return load_aes_key_file(keys.key_file, hardened=hardened)
+
+
+def load_codec(keys: KeySource) -> EnvelopeCodec:
+    """The envelope codec of ``keys``: its master key, plus the older AES keys it may read."""
+    hardened = keys.aes_wrap == "kw"
+    old = [load_aes_key_file(path, hardened=hardened) for path in keys.also_read]
+    return EnvelopeCodec(load_master_key(keys), also_read=old)

@@ -1,0 +1,1 @@
+"""The filesystem: POSIX semantics over the cache and the store, with no FUSE import."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,31 +28,26 @@ from cosencfs.cache import assemble
 from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.crypto.ctr import DataKey
+from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, attrs_to_meta
 from cosencfs.fs.context import FsContext
+from cosencfs.fs.dirops import put_marker
+from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
-from cosencfs.fs.namespace import Namespace
 from cosencfs.fs.stream import StreamUpload
-from cosencfs.fs.writeback import Uploader
-
-if TYPE_CHECKING:
-    from cosencfs.fs.files import Files
+from cosencfs.fs.upload import Uploader
 
 log = logging.getLogger(__name__)
 
 
 class Committer:
-    def __init__(self, ctx: FsContext, ns: Namespace, files: Files) -> None:
+    def __init__(
+        self, ctx: FsContext, attrs: AttrLoader, records: DirtyRecords, uploader: Uploader
+    ) -> None:
         self.ctx = ctx
-        self.ns = ns
-        self.files = files
-        opts = ctx.options
-        self.uploader = Uploader(
-            ctx.store,
-            ctx.journal,
-            single_put_max=opts.single_put_max,
-            part_concurrency=opts.part_concurrency,
-        )
+        self.attrs = attrs
+        self.records = records
+        self.uploader = uploader
 
     async def commit(self, node: Inode) -> None:
         """Put ``node``'s content and attributes in COS."""
@@ -62,9 +56,9 @@ class Committer:
                 return
             if node.is_dir:
                 if node.meta_dirty and node.parent is not None:
-                    await self.ns.put_marker(node)
+                    await put_marker(self.ctx, node)
                 return
-            head = node.head
+            head = node.as_file.head
             if head is not None:
                 await self._commit_content(node, head)
             elif node.meta_dirty:
@@ -85,7 +79,7 @@ class Committer:
         meta = {**head.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(size)}
         head.uploading = True
         try:
-            self.files.record_dirty(node)
+            self.records.record(node)
             staged = head.staged
             if staged is None:
                 staged = head.staged = self.ctx.cache.staged(head.object_dk, size)
@@ -103,20 +97,21 @@ class Committer:
                 etag = await self._upload(node, head, staged, key, meta)
         except BaseException:
             head.uploading = False
-            if not _in_chain(node.head, head):
+            top = node.as_file.head
+            if top is None or not top.holds_layer(head):
                 # Replaced while it was uploading (truncated to zero): the
                 # journal names only the new content, nobody needs this any more.
-                self.ctx.cache.retire_chain(head)
+                self.ctx.cache.layers.retire_chain(head)
             raise
         head.uploading = False
         self._adopt(node, head, staged, key, etag, meta)
         node.meta_synced_gen = gen
         if node.dirty:
-            self.files.record_dirty(node)
+            self.records.record(node)
         else:
-            self.files.forget_record(node)
+            self.records.forget(node)
         # Only now that the journal no longer names them do the logs go.
-        self.ctx.cache.retire_chain(head)
+        self.ctx.cache.layers.retire_chain(head)
         log.debug("committed %r (%d bytes)", key, size)
 
     def _adopt(
@@ -138,21 +133,22 @@ class Committer:
         head.staged = None
         if head.direct is staged:
             head.direct = None  # the clean copy now, not the layer's to discard
+        f = node.as_file
         node.remote = Remote(etag, size, time.time(), meta)
-        node.size = size
+        f.size = size
         node.touched_at = node.validated_at = trio.current_time()
         self.ctx.journal.put_attrs(key, etag, size, None, meta)
-        old = node.clean
-        node.clean = staged
+        old = f.clean
+        f.clean = staged
         staged.owner = node
         if old is not None and old is not staged and old.pins == 0:
             cache.discard(old)
-        if node.head is head:
-            node.head = None
+        if f.head is head:
+            f.head = None
         else:
             # Written during the upload: the newer layer above now starts from
             # the object just made (the same bytes head held).
-            layer = node.head
+            layer = f.head
             while layer is not None and layer.below is not head:
                 layer = layer.below
             if layer is not None:
@@ -164,11 +160,11 @@ class Committer:
     ) -> str:
         resume = None
         if staged.size > self.uploader.single_put_max:
-            rec = self.ctx.journal.get_dirty(node.fid)
+            rec = self.ctx.journal.get_dirty(node.as_file.fid)
             if rec is not None and rec.upload_id and rec.vid == head.vid and rec.key == key:
                 resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
         return await self.uploader.upload(
-            key, staged, meta, content_type=FILE_CONTENT_TYPE, fid=node.fid, resume=resume
+            key, staged, meta, content_type=FILE_CONTENT_TYPE, fid=node.as_file.fid, resume=resume
         )
 
     async def _commit_attrs(self, node: Inode) -> None:
@@ -177,7 +173,7 @@ class Committer:
         if node.remote is None:
             return
         if node.remote.metadata is None:
-            await self.ns.ensure_attrs(node)
+            await self.attrs.ensure(node)
         remote = node.remote
         if remote is None or remote.metadata is None:
             return  # gone while we looked
@@ -196,15 +192,8 @@ class Committer:
         node.meta_synced_gen = gen
         node.touched_at = trio.current_time()
         self.ctx.journal.put_attrs(key, etag, remote.size, None, meta)
-        if node.clean is not None:
-            self.ctx.cache.rekey(node.clean, key, etag)
+        clean = node.as_file.clean
+        if clean is not None:
+            self.ctx.cache.rekey(clean, key, etag)
         if not node.dirty:
-            self.files.forget_record(node)
-
-
-def _in_chain(top: DirtyLayer | None, layer: DirtyLayer) -> bool:
-    while top is not None:
-        if top is layer:
-            return True
-        top = top.below
-    return False
+            self.records.forget(node)

@@ -102,5 +102,6 @@ class FsContext:
         return time.time_ns()
 
     def spawn(self, fn: Callable[..., object], *args: object) -> None:
-        assert self.nursery is not None, "filesystem not started"
+        if self.nursery is None:
+            raise RuntimeError("filesystem not started: no nursery to run background work in")
         self.nursery.start_soon(fn, *args)  # type: ignore[arg-type]

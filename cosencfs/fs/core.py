@@ -5,6 +5,10 @@ request, with plain Python types in and out (``Entry`` for attributes).  It
 raises ``FsError`` for POSIX errors and lets the project's store and crypto
 exceptions through; the adapter maps both to errno values.  Tests drive it
 directly, without a kernel.
+
+It is a facade: each request goes to the part that owns it (namespace.py,
+attrload.py, listing.py, dirops.py, files.py, reads.py, writes.py,
+rename.py, commit.py ...), which it wires together here.
 """
 
 from __future__ import annotations
@@ -20,14 +24,27 @@ from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec, ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, FsError
+from cosencfs.fs import xattrs
+from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import Kind
+from cosencfs.fs.commit import Committer
 from cosencfs.fs.context import FsContext, FsOptions
+from cosencfs.fs.dirops import DirOps
+from cosencfs.fs.dirtyrecord import DirtyRecords
+from cosencfs.fs.entry import Entry, StatFs, make_entry, make_statfs
 from cosencfs.fs.files import Files
 from cosencfs.fs.inode import Inode
-from cosencfs.fs.names import MAX_NAME_BYTES, decode_name
+from cosencfs.fs.listing import Listings
+from cosencfs.fs.names import decode_name
 from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.parts import Parts
+from cosencfs.fs.reads import Reader
 from cosencfs.fs.recovery import RecoveryReport, recover
 from cosencfs.fs.rename import Renamer
+from cosencfs.fs.stats import collect_stats
+from cosencfs.fs.upload import Uploader
+from cosencfs.fs.writeback import WriteBack
+from cosencfs.fs.writes import Writer
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -35,43 +52,6 @@ log = logging.getLogger(__name__)
 
 class SyncError(CosEncFsError):
     """Some dirty files could not be uploaded (they stay in the journal)."""
-
-
-BLOCK = 512
-BLKSIZE = 128 * 1024
-
-
-@dataclass(slots=True, frozen=True)
-class Entry:
-    """Attributes as the kernel wants them."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    entry_timeout: float
-    attr_timeout: float
-
-    @property
-    def blocks(self) -> int:
-        return -(-self.size // BLOCK)
-
-
-@dataclass(slots=True, frozen=True)
-class StatFs:
-    bsize: int
-    frsize: int
-    blocks: int
-    bfree: int
-    bavail: int
-    files: int
-    ffree: int
-    namemax: int
 
 
 @dataclass(slots=True)
@@ -88,10 +68,32 @@ class Filesystem:
         cache: CacheManager,
         options: FsOptions,
     ) -> None:
-        self.ctx = FsContext(store, codec, cache, options)
-        self.ns = Namespace(self.ctx)
-        self.files = Files(self.ctx, self.ns)
-        self.renamer = Renamer(self.ctx, self.ns, self.files)
+        ctx = self.ctx = FsContext(store, codec, cache, options)
+        self.ns = Namespace(ctx)
+        self.attrs = AttrLoader(ctx, self.ns)
+        self.listings = Listings(ctx, self.ns, self.attrs)
+        self.uploader = Uploader(
+            store,
+            cache.journal,
+            single_put_max=options.single_put_max,
+            part_concurrency=options.part_concurrency,
+        )
+        self.records = DirtyRecords(ctx, self.uploader)
+        self.committer = Committer(ctx, self.attrs, self.records, self.uploader)
+        self.writeback = WriteBack(
+            self.committer.commit,
+            delay=options.writeback_delay,
+            max_dirty_age=options.max_dirty_age,
+            workers=options.upload_workers,
+        )
+        self.reader = Reader(ctx, self.attrs)
+        self.writer = Writer(ctx, self.attrs, self.records, self.writeback, self.uploader)
+        parts = Parts(
+            ctx, self.ns, self.attrs, self.listings, self.records, self.writeback, self.writer
+        )
+        self.dirops = DirOps(parts)
+        self.files = Files(parts)
+        self.renamer = Renamer(parts)
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dh = 1
         cache.on_evict = self._evicted
@@ -102,19 +104,19 @@ class Filesystem:
 
     def _evicted(self, v: ObjectContent) -> None:
         node = v.owner
-        if isinstance(node, Inode) and node.clean is v:
-            node.clean = None
+        if isinstance(node, Inode) and node.file is not None and node.file.clean is v:
+            node.file.clean = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def recover(self) -> RecoveryReport:
         """Finish uploads a crashed earlier run left in the journal."""
-        return await recover(self.ctx, self.files)
+        return await recover(self.ctx, self.uploader)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the background workers (write-back) in ``nursery``."""
         self.ctx.nursery = nursery
-        await nursery.start(self.files.writeback.run)
+        await nursery.start(self.writeback.run)
         await nursery.start(self.ctx.deleter.run)
 
     def dirty_inodes(self) -> list[Inode]:
@@ -130,7 +132,7 @@ class Filesystem:
 
         async def one(node: Inode) -> None:
             try:
-                await self.files.writeback.flush(node)
+                await self.writeback.flush(node)
             except Exception as exc:
                 failures.append(f"{self.ctx.key_of(node)}: {exc}")
                 log.warning("upload of %r failed: %s", node.name, exc)
@@ -148,30 +150,7 @@ class Filesystem:
     # -- attributes ------------------------------------------------------------
 
     def entry(self, node: Inode) -> Entry:
-        opts = self.ctx.options
-        a = node.attrs
-        if node.is_dir:
-            size, nlink = 0, 1
-        elif node.kind is Kind.SYMLINK:
-            size, nlink = node.size, 1
-        else:
-            size, nlink = node.file_size, 1
-        if node.unlinked:
-            nlink = 0
-        return Entry(
-            ino=node.ino,
-            mode=a.mode,
-            nlink=nlink,
-            uid=a.uid,
-            gid=a.gid,
-            size=size,
-            atime_ns=a.atime_ns,
-            mtime_ns=a.mtime_ns,
-            ctime_ns=a.ctime_ns,
-            entry_timeout=opts.entry_timeout,
-            # Attributes still to be HEADed are defaults: the kernel must ask.
-            attr_timeout=opts.attr_timeout if node.attrs_known else 0.0,
-        )
+        return make_entry(node, self.ctx.options)
 
     async def lookup(self, parent: int, name: bytes) -> Entry:
         if name == b".":
@@ -183,13 +162,13 @@ class Filesystem:
             up = node.parent or node
             up.nlookup += 1
             return self.entry(up)
-        return self.entry(await self.ns.lookup(parent, decode_name(name)))
+        return self.entry(await self.dirops.lookup(parent, decode_name(name)))
 
     async def getattr(self, ino: int) -> Entry:
         node = self.ns.inode(ino)
         if not node.attrs_known:
-            self.ns.stat_ahead(node)
-        await self.ns.ensure_attrs(node)
+            self.attrs.stat_ahead(node)
+        await self.attrs.ensure(node)
         return self.entry(node)
 
     async def setattr(
@@ -204,13 +183,13 @@ class Filesystem:
         mtime_ns: int | None = None,
     ) -> Entry:
         node = self.ns.inode(ino)
-        await self.ns.ensure_attrs(node)
+        await self.attrs.ensure(node)
         if size is not None:
             if node.is_dir:
                 raise FsError(errno.EISDIR)
             if node.kind is Kind.SYMLINK:
                 raise FsError(errno.EINVAL)
-            await self.files.truncate(node, size)
+            await self.writer.truncate(node, size)
         a = node.attrs
         meta_changed = False
         if mode is not None:
@@ -231,54 +210,31 @@ class Filesystem:
             a.ctime_ns = self.ctx.now_ns()
         if meta_changed and not node.unlinked and node.ino != 1:
             node.meta_gen += 1
-            self.files.writeback.schedule(node)
+            self.writeback.schedule(node)
         return self.entry(node)
 
     # -- names -----------------------------------------------------------------
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
-        return self.entry(await self.ns.mkdir(parent, decode_name(name), mode, uid, gid))
+        return self.entry(await self.dirops.mkdir(parent, decode_name(name), mode, uid, gid))
 
     async def rmdir(self, parent: int, name: bytes) -> None:
-        await self.ns.rmdir(parent, decode_name(name))
+        await self.dirops.rmdir(parent, decode_name(name))
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
         try:
             text = target.decode("utf-8")
         except UnicodeDecodeError:
             raise FsError(errno.EINVAL, "symlink target is not valid UTF-8") from None
-        node = await self.ns.symlink(parent, decode_name(name), text, uid, gid)
+        node = await self.dirops.symlink(parent, decode_name(name), text, uid, gid)
         return self.entry(node)
 
     async def readlink(self, ino: int) -> bytes:
-        return (await self.ns.readlink(ino)).encode("utf-8")
+        return (await self.dirops.readlink(ino)).encode("utf-8")
 
     async def unlink(self, parent: int, name: bytes) -> None:
         d = self.ns.directory(parent)
-        text = decode_name(name)
-        node = await self.ns.child(d, text)
-        if node is None:
-            raise FsError(errno.ENOENT)
-        if node.is_dir:
-            raise FsError(errno.EISDIR)
-        async with node.upload_lock:
-            if node.unlinked:
-                raise FsError(errno.ENOENT)
-            key = self.ctx.key_of(node)
-            self.files.writeback.cancel(node)
-            self.files.forget_record(node)
-            had_remote = node.remote is not None
-            if node.open_count and had_remote:
-                # Readers may still need bytes of the object: delete on last close.
-                node.pending_delete = key
-                self.ctx.deleter.hold(key)
-            elif had_remote:
-                self.ctx.deleter.queue(key)
-                node.remote = None
-            self.ctx.journal.delete_attrs(key)
-            node.attrs.ctime_ns = self.ctx.now_ns()
-            self.ns.detach(node)
-        self.ns.touch_dir(d)
+        await self.dirops.unlink(d, decode_name(name))
 
     async def rename(
         self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int
@@ -289,6 +245,9 @@ class Filesystem:
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Entry:
         raise FsError(errno.EPERM, "hard links cannot be stored in COS")
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
+        raise FsError(errno.EPERM, "devices, FIFOs and sockets cannot be stored in COS")
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
@@ -301,7 +260,7 @@ class Filesystem:
         # After open's revalidating HEAD, so the metadata is fresh and costs
         # nothing extra; with O_TRUNC the content is already local and new.
         try:
-            self.ns.check_open(h.node)
+            self.reader.check_open(h.node)
         except BaseException:
             await self.files.release(h.fh)
             raise
@@ -314,10 +273,10 @@ class Filesystem:
         return h.fh, self.entry(node)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        return await self.files.read(fh, offset, size)
+        return await self.reader.read(self.files.handles.get(fh), offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        return await self.files.write(fh, offset, data)
+        return await self.writer.write(self.files.handles.get(fh), offset, data)
 
     async def flush(self, fh: int) -> None:
         await self.files.flush(fh)
@@ -332,12 +291,11 @@ class Filesystem:
 
     async def opendir(self, ino: int) -> int:
         d = self.ns.directory(ino)
-        await self.ns.ensure_listed(d)
-        assert d.children is not None
-        entries = sorted(d.children.items())
+        await self.listings.ensure_listed(d)
+        entries = sorted(d.as_dir.children.items())
         # Only entries whose type the listing cannot tell need a HEAD now; the
         # others get theirs when something stats them (rm -r and find do not).
-        await self.ns.ensure_attrs_many([n for _, n in entries if not self.ns.kind_certain(n)])
+        await self.attrs.ensure_many([n for _, n in entries if not self.attrs.kind_certain(n)])
         entries = [(name, n) for name, n in entries if not n.unlinked]
         fh = self._next_dh
         self._next_dh += 1
@@ -367,28 +325,14 @@ class Filesystem:
     # -- misc ------------------------------------------------------------------
 
     def statfs(self) -> StatFs:
-        # COS has no capacity limit worth reporting; 1 PiB keeps tools like df
-        # and installers happy without claiming infinity.
-        frsize = 4096
-        blocks = 2**50 // frsize
-        files = 2**32
-        return StatFs(
-            bsize=BLKSIZE,
-            frsize=frsize,
-            blocks=blocks,
-            bfree=blocks,
-            bavail=blocks,
-            files=files,
-            ffree=files - len(self.ctx.table),
-            namemax=MAX_NAME_BYTES,
-        )
+        return make_statfs(len(self.ctx.table))
 
     async def object_format(self, ino: int) -> str:
         """How a file's object is stored: cosencfs, sdk, plain, foreign or damaged."""
         node = self.ns.inode(ino)
         if node.is_dir:
             raise FsError(errno.ENODATA)
-        await self.ns.ensure_attrs(node)
+        await self.attrs.ensure(node)
         r = node.remote
         if r is None or r.metadata is None or node.data_dirty:
             return ObjectFormat.COSENCFS.value
@@ -396,45 +340,18 @@ class Filesystem:
 
     def stats(self) -> dict[str, object]:
         """What ``cosencfs stats`` shows."""
-        cache = self.ctx.cache
-        counters = self.ctx.store.counters.snapshot()
-        dirty = self.dirty_inodes()
-        wb = self.files.writeback.stats
-        lookups = cache.hits + cache.misses
-        return {
-            "store": counters.as_dict(),
-            "cache": {
-                "bytes": cache.usage(),
-                "limit": cache.limit_bytes,
-                "versions": len(cache.versions),
-                "dirty_layers": len(cache.layers),
-                "hits": cache.hits,
-                "misses": cache.misses,
-                "hit_ratio": cache.hits / lookups if lookups else 0.0,
-                "fetched_bytes": cache.fetched_bytes,
-            },
-            "dirty": {
-                "files": len(dirty),
-                "bytes": sum(n.file_size for n in dirty if n.data_dirty),
-                "journal_records": cache.journal.dirty_count(),
-            },
-            "uploads": {
-                "queued": self.files.writeback.queued,
-                "done": wb.uploads,
-                "failed": wb.failures,
-                "failing_now": len(wb.failing),
-                "last_error": wb.last_error,
-            },
-            "deletes": {
-                "pending": len(self.ctx.deleter),
-                "done": self.ctx.deleter.deleted,
-                "failed": self.ctx.deleter.failures,
-            },
-            "inodes": len(self.ctx.table),
-            "fuse": {
-                "reads": self.files.reads,
-                "read_bytes": self.files.read_bytes,
-                "writes": self.files.writes,
-                "write_bytes": self.files.write_bytes,
-            },
-        }
+        return collect_stats(self)
+
+    # -- extended attributes: the control channel only (fs/xattrs.py) ------------
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await xattrs.getxattr(self, ino, name)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        await xattrs.setxattr(self, ino, name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return []  # the control names are not listed: copies must not carry them
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        raise FsError(errno.ENOTSUP)

@@ -1,16 +1,22 @@
 """Inodes: the in-memory picture of files and directories.
 
-An inode knows its parent and name (its object key follows from them, so a
-directory rename moves every descendant at once), its attributes, what COS
-holds for it (``remote``), and, for files, its content in the cache: a clean
-copy of the object (``clean``) and, while there are changes not yet in COS,
-the newest dirty layer (``head``).
+An inode's core is what every kind has: its parent and name (its object key
+follows from them, so a directory rename moves every descendant at once),
+its attributes, what COS holds for it (``remote``) and its lookup count.
+What only a file (or symlink) has is its ``file`` state: its size, its
+content in the cache (a clean copy of the object, and while there are
+changes not yet in COS the newest dirty layer, its ``head``), its open
+handles and its journal record.  What only a directory has is its ``dir``
+state: its children and when they were listed.  ``as_file`` and ``as_dir``
+give them to code that knows the kind.
+
 Inode numbers are allocated per mount; lookup counts follow the pyfuse3
 contract (``lookup``/``readdir`` add, ``forget`` subtracts).
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -20,6 +26,7 @@ import trio
 
 from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.dirtylog import DirtyLayer
+from cosencfs.errors import FsError
 from cosencfs.fs.attrs import Attrs, Kind
 
 ROOT_INO = 1
@@ -39,24 +46,13 @@ class Remote:
 
 
 @dataclass(slots=True, eq=False)
-class Inode:
-    ino: int
-    kind: Kind
-    parent: Inode | None
-    name: str
-    attrs: Attrs
+class FileState:
+    """What a file or a symlink holds besides the core of its inode."""
+
+    #: The size COS has (or a symlink's target length); ``current_size`` is
+    #: what a reader sees.
     size: int = 0
-    nlookup: int = 0
     open_count: int = 0
-    remote: Remote | None = None
-    #: Attributes are known (from metadata, our own write, or the defaults of a
-    #: directory without marker); False for entries only seen in a listing.
-    attrs_known: bool = False
-    #: Local attribute changes not yet in COS; bumped on every change.
-    meta_gen: int = 0
-    meta_synced_gen: int = 0
-    #: Detached from the namespace (unlinked, or replaced by a rename).
-    unlinked: bool = False
     #: The key to delete once the last handle closes (unlink of an open file).
     pending_delete: str | None = None
     #: The cached copy of ``remote``'s bytes (reads of a clean file).
@@ -66,27 +62,82 @@ class Inode:
     symlink_target: str | None = None
     #: Stable id of the file's dirty record in the journal.
     fid: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: What the journal record says (key, version, size, bytes, attrs), to skip
-    #: writing the same record twice; None when there is no record.
+    #: What the journal record says (fs/dirtyrecord.py), to skip writing the
+    #: same record twice; None when there is no record.
     journaled: object | None = None
-    # directories
-    children: dict[str, Inode] | None = None
+
+    @property
+    def current_size(self) -> int:
+        return self.head.size if self.head is not None else self.size
+
+
+@dataclass(slots=True, eq=False)
+class DirState:
+    """What a directory holds besides the core of its inode."""
+
+    children: dict[str, Inode] = field(default_factory=dict)
+    #: trio time of the last complete listing; None: never listed.
     listed_at: float | None = None
+    #: Set while a listing runs (others wait for it).
     listing: trio.Event | None = None
     has_marker: bool = False
     #: When the entries' attributes were last fetched ahead of stat() calls.
     stat_ahead_at: float | None = None
-    # files
+
+
+@dataclass(slots=True, eq=False)
+class Inode:
+    ino: int
+    kind: Kind
+    parent: Inode | None
+    name: str
+    attrs: Attrs
+    nlookup: int = 0
+    remote: Remote | None = None
+    #: Attributes are known (from metadata, our own write, or the defaults of a
+    #: directory without marker); False for entries only seen in a listing.
+    attrs_known: bool = False
+    attrs_loading: trio.Event | None = None
+    #: Local attribute changes not yet in COS; bumped on every change.
+    meta_gen: int = 0
+    meta_synced_gen: int = 0
+    #: Detached from the namespace (unlinked, or replaced by a rename).
+    unlinked: bool = False
+    #: trio time of the last HEAD or upload that told what COS holds.
     validated_at: float = -1e18
     #: trio time of the last local change of name or content committed to COS;
     #: a listing that started before it is older than what we know.
     touched_at: float = -1e18
+    #: One commit at a time; unlink, rename and commit exclude each other.
     upload_lock: trio.Lock = field(default_factory=trio.Lock)
-    attrs_loading: trio.Event | None = None
+    #: Exactly one of them, by kind (a directory never becomes a file: a
+    #: listing replaces the inode instead; a file may become a symlink).
+    file: FileState | None = field(default=None, init=False)
+    dir: DirState | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.kind is Kind.DIR:
+            self.dir = DirState()
+        else:
+            self.file = FileState()
 
     @property
     def is_dir(self) -> bool:
         return self.kind is Kind.DIR
+
+    @property
+    def as_file(self) -> FileState:
+        """The file state of a file or symlink (EISDIR for a directory)."""
+        if self.file is None:
+            raise FsError(errno.EISDIR, f"inode {self.ino} is a directory")
+        return self.file
+
+    @property
+    def as_dir(self) -> DirState:
+        """The directory state of a directory (ENOTDIR for anything else)."""
+        if self.dir is None:
+            raise FsError(errno.ENOTDIR, f"inode {self.ino} is not a directory")
+        return self.dir
 
     @property
     def meta_dirty(self) -> bool:
@@ -94,17 +145,15 @@ class Inode:
 
     @property
     def data_dirty(self) -> bool:
-        return self.head is not None
+        return self.file is not None and self.file.head is not None
 
     @property
     def dirty(self) -> bool:
         return self.data_dirty or self.meta_dirty
 
     @property
-    def file_size(self) -> int:
-        if self.head is not None:
-            return self.head.size
-        return self.size
+    def is_open(self) -> bool:
+        return self.file is not None and self.file.open_count > 0
 
     def path_parts(self) -> list[str]:
         parts: list[str] = []
@@ -129,23 +178,14 @@ class Inode:
         while stack:
             node = stack.pop()
             yield node
-            if node.children:
-                stack.extend(node.children.values())
+            if node.dir is not None:
+                stack.extend(node.dir.children.values())
 
 
 class InodeTable:
     def __init__(self, root_attrs: Attrs) -> None:
         self._next = itertools.count(ROOT_INO + 1)
-        self.root = Inode(
-            ROOT_INO,
-            Kind.DIR,
-            None,
-            "",
-            root_attrs,
-            attrs_known=True,
-            children={},
-            nlookup=1,
-        )
+        self.root = Inode(ROOT_INO, Kind.DIR, None, "", root_attrs, nlookup=1, attrs_known=True)
         self._by_ino: dict[int, Inode] = {ROOT_INO: self.root}
 
     def __len__(self) -> int:
@@ -155,11 +195,8 @@ class InodeTable:
         return self._by_ino.get(ino)
 
     def new(self, kind: Kind, parent: Inode, name: str, attrs: Attrs) -> Inode:
-        ino = next(self._next)
-        node = Inode(ino, kind, parent, name, attrs)
-        if kind is Kind.DIR:
-            node.children = {}
-        self._by_ino[ino] = node
+        node = Inode(next(self._next), kind, parent, name, attrs)
+        self._by_ino[node.ino] = node
         return node
 
     def drop(self, node: Inode) -> None:

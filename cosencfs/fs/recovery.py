@@ -26,14 +26,21 @@ from dataclasses import dataclass, field
 from cosencfs.cache import assemble
 from cosencfs.cache.content import Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
-from cosencfs.cache.extents import Extents
-from cosencfs.cache.journal import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
-from cosencfs.crypto.ctr import DataKey, decrypt
+from cosencfs.cache.legacy import read_legacy
+from cosencfs.cache.records import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
+from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
-from cosencfs.errors import CosEncFsError, CryptoError, NotFoundError, TransientError
+from cosencfs.errors import (
+    CosEncFsError,
+    CryptoError,
+    NotFoundError,
+    PreconditionFailedError,
+    TransientError,
+)
 from cosencfs.fs.attrs import META_SIZE
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.files import Files
+from cosencfs.fs.reconcile import reconcile
+from cosencfs.fs.upload import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +60,14 @@ class RecoveryError(CosEncFsError):
     """Uploads left by the last run cannot be finished now (COS unreachable)."""
 
 
-async def recover(ctx: FsContext, files: Files) -> RecoveryReport:
+async def recover(ctx: FsContext, uploader: Uploader) -> RecoveryReport:
     report = RecoveryReport()
     records = ctx.journal.dirty_records()
     if records:
         log.info("finishing %d uploads left by the last run", len(records))
     for rec in records:
         try:
-            await _recover_one(ctx, files, rec)
+            await _recover_one(ctx, uploader, rec)
         except TransientError as exc:
             raise RecoveryError(
                 f"cannot finish the upload of {rec.key!r} left by the last run: {exc}"
@@ -78,12 +85,12 @@ async def recover(ctx: FsContext, files: Files) -> RecoveryReport:
         keep |= {x.vid for x in rec.layers} | {x.direct_vid for x in rec.layers if x.direct_vid}
     report.orphan_files = ctx.cache.sweep_orphans(keep)
     report.aborted_uploads = await _abort_orphan_uploads(
-        ctx, files, {r.upload_id for r in remaining if r.upload_id}
+        ctx, uploader, {r.upload_id for r in remaining if r.upload_id}
     )
     return report
 
 
-async def _abort_orphan_uploads(ctx: FsContext, files: Files, keep: set[str]) -> int:
+async def _abort_orphan_uploads(ctx: FsContext, uploader: Uploader, keep: set[str]) -> int:
     """Abort multipart uploads under the mount's prefix that nobody will finish.
 
     Uploads of a running cosencfs (this bucket may be mounted elsewhere) are
@@ -95,25 +102,31 @@ async def _abort_orphan_uploads(ctx: FsContext, files: Files, keep: set[str]) ->
     for up in await ctx.store.list_uploads(ctx.options.prefix):
         if up.upload_id in keep or up.initiated > cutoff:
             continue
-        await files.uploader.abort(up.key, up.upload_id)
+        await uploader.abort(up.key, up.upload_id)
         aborted += 1
     if aborted:
         log.info("aborted %d abandoned multipart uploads", aborted)
     return aborted
 
 
-async def _recover_one(ctx: FsContext, files: Files, rec: DirtyRecord) -> None:
+async def _recover_one(ctx: FsContext, uploader: Uploader, rec: DirtyRecord) -> None:
     if rec.format == FORMAT_LEGACY:
         head = await _convert_legacy(ctx, rec)
     else:
+        # The crash may have come after COS took an upload and before the
+        # journal knew (cosencfs/fs/reconcile.py).
+        found = await reconcile(ctx, rec)
+        if found is None:
+            return
+        rec = found
         head = _reopen(ctx, rec)
     try:
-        await _upload(ctx, files, rec, head)
+        await _upload(ctx, uploader, rec, head)
     except BaseException:
         # The journal still names these logs: keep them for the next try.
-        ctx.cache.release_chain(head)
+        ctx.cache.layers.release_chain(head)
         raise
-    ctx.cache.retire_chain(head)
+    ctx.cache.layers.retire_chain(head)
 
 
 def _source(ctx: FsContext, s: SourceRecord | None) -> Source | None:
@@ -134,9 +147,9 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     opened: list[DirtyLayer] = []
     try:
         for x in reversed(rec.layers):
-            if x.end and not os.path.exists(ctx.cache.layer_path(x.vid)):
+            if x.end and not os.path.exists(ctx.cache.layers.path(x.vid)):
                 raise CosEncFsError(f"cache log {x.vid} of {rec.key!r} is missing")
-            layer = ctx.cache.reopen_layer(
+            layer = ctx.cache.layers.reopen(
                 x.vid,
                 ctx.codec.unwrap_cache_key(x.key, x.vid),
                 size=x.size,
@@ -153,7 +166,7 @@ def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
                 _reopen_direct(ctx, rec, layer, x)
     except BaseException:
         if opened:
-            ctx.cache.release_chain(opened[-1])
+            ctx.cache.layers.release_chain(opened[-1])
         raise
     if below is None:
         raise CosEncFsError(f"journal record of {rec.key!r} names no cache layer")
@@ -177,7 +190,7 @@ def _reopen_direct(ctx: FsContext, rec: DirtyRecord, layer: DirtyLayer, x: Layer
     """
     if x.direct_vid is None or x.direct_envelope is None:
         return
-    if not os.path.exists(ctx.cache.data_dir / x.direct_vid):
+    if not ctx.cache.file_path(x.direct_vid).exists():
         raise CosEncFsError(f"cache file {x.direct_vid} of {rec.key!r} is missing")
     dk = ctx.codec.open(x.direct_envelope, key=rec.key)
     layer.direct = ctx.cache.reopen_copy(x.direct_vid, dk, x.direct_end)
@@ -188,48 +201,30 @@ def _reopen_direct(ctx: FsContext, rec: DirtyRecord, layer: DirtyLayer, x: Layer
 
 async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     """A format-1 record: its cache file's bytes become records of a new layer."""
-    path = ctx.cache.data_dir / rec.vid
+    path = ctx.cache.file_path(rec.vid)
     if not path.exists():
         raise CosEncFsError(f"cache file {rec.vid} is missing")
     old_dk = ctx.codec.open(rec.envelope, key=rec.key)
     source = _source(ctx, rec.source)
     limit = rec.source.limit if rec.source is not None else 0
-    layer = ctx.cache.new_layer(size=rec.size, limit=min(limit, rec.size), source=source)
+    layer = ctx.cache.layers.new(size=rec.size, limit=min(limit, rec.size), source=source)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            # Only the recorded ranges count; the rest is fetched again.
-            for s, e in Extents.from_list(rec.present):
-                for pos in range(s, min(e, rec.size), _LEGACY_CHUNK):
-                    n = min(_LEGACY_CHUNK, min(e, rec.size) - pos)
-                    layer_write(layer, pos, _legacy_plain(fd, old_dk, pos, n, rec.vid))
-        finally:
-            os.close(fd)
+        read_legacy(
+            path,
+            old_dk,
+            rec.present,
+            rec.size,
+            lambda pos, plain: layer.apply_write(*layer.append_write(pos, plain)),
+        )
     except BaseException:
-        ctx.cache.retire_layer(layer)  # new, named by no record: the legacy file stays
+        ctx.cache.layers.retire(layer)  # new, named by no record: the legacy file stays
         raise
     layer.state = LayerState.SEALED
     log.info("converted %r from a cache file of an older release", rec.key)
     return layer
 
 
-_LEGACY_CHUNK = 4 * 1024 * 1024
-
-
-def _legacy_plain(fd: int, dk: DataKey, pos: int, n: int, vid: str) -> bytes:
-    data = os.pread(fd, n, pos)
-    if len(data) != n:
-        raise CosEncFsError(f"cache file {vid} is short at {pos}+{n}")
-    return decrypt(dk, pos, data)
-
-
-def layer_write(layer: DirtyLayer, offset: int, data: bytes) -> None:
-    blob, refs = layer.encode_write(offset, data)
-    layer.append(blob)
-    layer.apply_write(refs, len(blob))
-
-
-async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLayer) -> None:
+async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: DirtyLayer) -> None:
     if head.object_dk is None:
         head.object_dk = DataKey.generate()
         head.envelope = ctx.codec.seal(head.object_dk)
@@ -245,14 +240,21 @@ async def _upload(ctx: FsContext, files: Files, rec: DirtyRecord, head: DirtyLay
             f"the object {rec.source.key if rec.source else rec.key!r} the file started "
             "from is gone, and the cache holds only part of the new content"
         ) from exc
+    except PreconditionFailedError as exc:
+        # Neither the version the record builds on nor an upload of ours:
+        # someone else wrote the object since.  Kept for someone to look at.
+        raise CosEncFsError(
+            f"the object {rec.source.key if rec.source else rec.key!r} the file started "
+            f"from was replaced in COS by another writer (PreconditionFailed): {exc}"
+        ) from exc
     meta = {**head.envelope, **rec.attrs, META_SIZE: str(size)}
     resume = None
     if rec.upload_id and rec.object_envelope == head.envelope:
         resume = (rec.upload_id, rec.parts)
     elif rec.upload_id:
         # Parts sent under a key this run does not have: start afresh.
-        await files.uploader.abort(rec.key, rec.upload_id)
-    etag = await files.uploader.upload(
+        await uploader.abort(rec.key, rec.upload_id)
+    etag = await uploader.upload(
         rec.key,
         staged,
         meta,

@@ -21,10 +21,8 @@ import trio
 
 from cosencfs.errors import FsError, StoreError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE, attrs_to_meta
-from cosencfs.fs.context import FsContext
-from cosencfs.fs.files import Files
 from cosencfs.fs.inode import Inode, Remote
-from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.parts import Handler, Parts
 from cosencfs.store.base import ObjectInfo
 from cosencfs.util import open_nursery
 
@@ -35,11 +33,9 @@ RENAME_EXCHANGE = 2
 COPY_CONCURRENCY = 16
 
 
-class Renamer:
-    def __init__(self, ctx: FsContext, ns: Namespace, files: Files) -> None:
-        self.ctx = ctx
-        self.ns = ns
-        self.files = files
+class Renamer(Handler):
+    def __init__(self, parts: Parts) -> None:
+        super().__init__(parts)
         self._lock = trio.Lock()
 
     async def rename(
@@ -50,10 +46,10 @@ class Renamer:
         async with self._lock:
             d_old = self.ns.directory(old_parent)
             d_new = self.ns.directory(new_parent)
-            src = await self.ns.child(d_old, old_name)
+            src = await self.listings.child(d_old, old_name)
             if src is None:
                 raise FsError(errno.ENOENT)
-            dst = await self.ns.child(d_new, new_name)
+            dst = await self.listings.child(d_new, new_name)
             if dst is src:
                 return
             if dst is not None:
@@ -62,8 +58,8 @@ class Renamer:
                 if dst.is_dir:
                     if not src.is_dir:
                         raise FsError(errno.EISDIR)
-                    await self.ns.ensure_listed(dst)
-                    if dst.children:
+                    await self.listings.ensure_listed(dst)
+                    if dst.as_dir.children:
                         raise FsError(errno.ENOTEMPTY)
                 elif src.is_dir:
                     raise FsError(errno.ENOTDIR)
@@ -79,13 +75,12 @@ class Renamer:
 
     def _move_local(self, src: Inode, d_new: Inode, new_name: str, dst: Inode | None) -> None:
         if dst is not None:
-            self.files.writeback.cancel(dst)
-            self.files.forget_record(dst)
+            self.writeback.cancel(dst)
+            self.records.forget(dst)
             self.ns.detach(dst)
         old_parent = src.parent
-        assert old_parent is not None and old_parent.children is not None
-        if old_parent.children.get(src.name) is src:
-            del old_parent.children[src.name]
+        if old_parent is not None and old_parent.as_dir.children.get(src.name) is src:
+            del old_parent.as_dir.children[src.name]
         self.ns.attach(d_new, new_name, src)
         src.attrs.ctime_ns = self.ctx.now_ns()
 
@@ -103,12 +98,12 @@ class Renamer:
             if src.data_dirty and src.remote is not None:
                 # The new content still needs bytes of the old object, which
                 # goes: take them now.
-                await self.files.materialize(src)
+                await self.writer.materialize(src)
             await self.ctx.deleter.settle(new_key)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
-                self.files.record_dirty(src)
-                self.ctx.journal.set_dirty_key(src.fid, new_key)
+                self.records.record(src)
+                self.ctx.journal.set_dirty_key(src.as_file.fid, new_key)
                 self.ctx.deleter.queue(old_key)
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
@@ -121,18 +116,20 @@ class Renamer:
                 src.remote = dst.remote
             self._move_local(src, d_new, new_name, dst)
             if src.dirty:
-                self.files.record_dirty(src)
+                self.records.record(src)
 
     async def _copy_file(self, src: Inode, old_key: str, new_key: str) -> None:
         remote = src.remote
-        assert remote is not None
+        if remote is None:  # callers copy only files that have an object
+            raise FsError(errno.EIO, f"rename: {old_key!r} has no object to copy")
         meta: dict[str, str] | None = None
         gen = src.meta_gen
         if src.meta_dirty:
             if remote.metadata is None:
-                await self.ns.ensure_attrs(src)
+                await self.attrs.ensure(src)
                 remote = src.remote
-                assert remote is not None and remote.metadata is not None
+                if remote is None or remote.metadata is None:
+                    raise FsError(errno.EIO, f"rename: no metadata of {old_key!r} to carry over")
             meta = {**(remote.metadata or {}), **attrs_to_meta(src.attrs)}
         # A copy keeps the ETag: a record left at new_key from an earlier
         # object with these bytes must not outlive a crash (see forget_attrs_now).
@@ -161,8 +158,9 @@ class Renamer:
 
     def _repoint(self, node: Inode, key: str, etag: str) -> None:
         """A clean copy fetches its missing bytes from the new key now."""
-        if node.clean is not None:
-            self.ctx.cache.rekey(node.clean, key, etag)
+        f = node.file  # (a directory's marker has no content to repoint)
+        if f is not None and f.clean is not None:
+            self.ctx.cache.rekey(f.clean, key, etag)
 
     # -- directories -------------------------------------------------------------
 
@@ -179,7 +177,7 @@ class Renamer:
             for node in files:
                 if node.data_dirty and node.remote is not None:
                     # Its old object goes: the dirty content must not need it.
-                    await self.files.materialize(node)
+                    await self.writer.materialize(node)
             objects: list[ObjectInfo] = []
             listed_at = trio.current_time()
             async for page in self.ctx.store.list_all(old_prefix):
@@ -199,7 +197,7 @@ class Renamer:
                 with trio.CancelScope(shield=True):
                     await self._undo_copies(list(copied))
                 raise
-            if dst is not None and dst.has_marker and self.ctx.key_of(dst) not in copied:
+            if dst is not None and dst.as_dir.has_marker and self.ctx.key_of(dst) not in copied:
                 # (When the source had a marker, the copy just replaced this one.)
                 self.ctx.deleter.queue(self.ctx.key_of(dst))
             failures = await self.ctx.store.delete_many(keys)
@@ -223,7 +221,7 @@ class Renamer:
                     node.remote.etag = copied[key]
                     self._repoint(node, key, copied[key])
                 if node.dirty:
-                    self.files.record_dirty(node)
+                    self.records.record(node)
 
     async def _copy_many(
         self,

@@ -29,7 +29,7 @@ from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.errors import CosEncFsError, StoreError
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.writeback import MIN_PART, parts_of
+from cosencfs.fs.upload import MIN_PART, parts_of
 from cosencfs.store.base import FileRange
 
 log = logging.getLogger(__name__)

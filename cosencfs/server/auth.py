@@ -272,7 +272,8 @@ def cos_authorization(
         "q-header-list": ";".join(header_names),
     }
     to_sign = string_to_sign(fields, method, path, (params or {}).items(), (headers or {}).items())
-    assert to_sign is not None  # every listed name comes from the mappings themselves
+    if to_sign is None:  # every listed name comes from the mappings: a bug if reached
+        raise ValueError("cannot sign: a signed name is missing from the request")
     return (
         f"q-sign-algorithm=sha1&q-ak={secret_id}&q-sign-time={sign_time}&q-key-time={sign_time}"
         f"&q-header-list={fields['q-header-list']}&q-url-param-list={fields['q-url-param-list']}"

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote
 
+from cosencfs.faults import FaultInjector
 from cosencfs.server.auth import Credentials
 from cosencfs.server.bodies import BodyReader
 from cosencfs.server.datafiles import DataFiles, NewData
 from cosencfs.server.errors import CosError
-from cosencfs.server.faults import FaultInjector, Stats
 from cosencfs.server.routing import Request
+from cosencfs.server.stats import Stats
 from cosencfs.server.storage import ObjectInfo, Storage
 from cosencfs.server.uploads import Uploads
 

@@ -11,12 +11,12 @@ import logging
 import os
 from collections.abc import Callable
 
+from cosencfs.faults import FaultKind
 from cosencfs.server import multipart, objects, xmlio
 from cosencfs.server.auth import authenticate
 from cosencfs.server.bodies import BodyReader, ClientGone, Counted, finish
 from cosencfs.server.context import ServerContext
 from cosencfs.server.errors import CosError
-from cosencfs.server.faults import FaultKind
 from cosencfs.server.responses import error_response
 from cosencfs.server.routing import Op, Request, Response
 

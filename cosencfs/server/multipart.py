@@ -67,7 +67,8 @@ def upload_part(ctx: ServerContext, req: Request, body: BodyReader, buf: memoryv
     if length is not None and length > MAX_OBJECT_SIZE:
         raise CosError("EntityTooLarge")
     size, digest, new = receive(body, ctx.storage.files, buf, MAX_OBJECT_SIZE)
-    assert isinstance(new, NewData)  # parts are never inline
+    if not isinstance(new, NewData):  # parts are always received into a data file
+        raise CosError("InternalError", "a part was not stored in a data file")
     try:
         check_content_md5(req, digest)
         ctx.uploads.commit_part(bucket, key, upload_id, number, new, size, digest.hex())

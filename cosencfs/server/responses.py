@@ -18,8 +18,8 @@ from io import BufferedIOBase
 from cosencfs.server import xmlio
 from cosencfs.server.context import safe_header_value
 from cosencfs.server.errors import CosError
-from cosencfs.server.faults import Stats
 from cosencfs.server.routing import Request, Response
+from cosencfs.server.stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,12 @@ import threading
 from collections.abc import Iterable
 from types import TracebackType
 
+from cosencfs.faults import FaultInjector
 from cosencfs.server.auth import Credentials
 from cosencfs.server.connections import CosHTTPServer
 from cosencfs.server.context import ServerContext, valid_bucket_name
-from cosencfs.server.faults import FaultInjector, Stats
 from cosencfs.server.handler import CosHandler
+from cosencfs.server.stats import Stats
 from cosencfs.server.storage import Storage
 from cosencfs.server.uploads import Uploads
 
@@ -107,7 +108,8 @@ class LocalCosServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        assert self._ctx is not None and self._storage is not None and self._thread is not None
+        if self._ctx is None or self._storage is None or self._thread is None:
+            raise RuntimeError("LocalCosServer.stop: started without its state")
         self._ctx.stopping.set()
         httpd.shutdown()
         httpd.server_close()

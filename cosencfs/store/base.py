@@ -13,6 +13,7 @@ Ranges are Python-style: ``get(key, start, end)`` returns bytes
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -142,7 +143,7 @@ class ObjectStore(Protocol):
     ) -> ListPage: ...
 
     def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
-        """Every page of a listing, following ``next_marker``."""
+        """Every page of a listing, following ``next_marker`` (see :class:`ListPages`)."""
 
     async def delete(self, key: str) -> None:
         """Delete; deleting a missing key is not an error (as in COS)."""
@@ -207,9 +208,60 @@ class ObjectStore(Protocol):
     async def list_uploads(self, prefix: str = "") -> list[UploadInfo]: ...
 
 
+def completed_by(etag: str, parts: Sequence[tuple[int, str]]) -> bool:
+    """Whether an object with ``etag`` is what completing ``parts`` made.
+
+    A complete repeated after its answer was lost finds the upload gone and
+    the object there.  A multipart ETag is the MD5 of the parts' binary MD5s,
+    then ``-<number of parts>``: checking the digest, not only the suffix,
+    keeps another multipart object at that key (an older version, one a
+    concurrent writer made) from being taken for ours.  Part ETags that are
+    not MD5s cannot be checked: then it is not ours (the caller uploads again).
+    """
+    try:
+        digests = b"".join(bytes.fromhex(e.strip('"')) for _, e in parts)
+    except ValueError:
+        return False
+    if len(digests) != 16 * len(parts):
+        return False
+    return etag.strip('"').lower() == f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
+
+
 @dataclass(slots=True, frozen=True)
 class StoreErrorInfo:
     """One key's failure in a batch delete."""
 
     code: str
     message: str
+
+
+class _Lister(Protocol):
+    async def list_objects(
+        self, prefix: str = "", delimiter: str = "", marker: str = "", max_keys: int = 1000
+    ) -> ListPage: ...
+
+
+@dataclass(slots=True)
+class ListPages:
+    """The pages of one listing, each asked for when wanted (``list_all``).
+
+    A class, not an async generator: callers stop at the first page that
+    answers them (a directory is not empty), and trio warns of every
+    generator dropped unfinished.
+    """
+
+    store: _Lister
+    prefix: str
+    delimiter: str
+    #: Where the next page starts; None once the last page was given.
+    marker: str | None = ""
+
+    def __aiter__(self) -> ListPages:
+        return self
+
+    async def __anext__(self) -> ListPage:
+        if self.marker is None:
+            raise StopAsyncIteration
+        page = await self.store.list_objects(self.prefix, self.delimiter, self.marker)
+        self.marker = page.next_marker if page.truncated and page.next_marker else None
+        return page

@@ -31,11 +31,13 @@ from cosencfs.store.base import (
     MAX_PUT_BYTES,
     Body,
     ListPage,
+    ListPages,
     ObjectInfo,
     PartInfo,
     StoreErrorInfo,
     UploadInfo,
     body_length,
+    completed_by,
 )
 from cosencfs.store.calls import Caller
 from cosencfs.store.cosproto import CosSettings, make_cos_config
@@ -131,14 +133,8 @@ class CosStore:
         max_keys = max(1, min(max_keys, LIST_PAGE_MAX))
         return await self._call(cosops.list_objects(prefix, delimiter, marker, max_keys))
 
-    async def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
-        marker = ""
-        while True:
-            page = await self.list_objects(prefix, delimiter, marker)
-            yield page
-            if not page.truncated or not page.next_marker:
-                return
-            marker = page.next_marker
+    def list_all(self, prefix: str = "", delimiter: str = "") -> AsyncIterator[ListPage]:
+        return ListPages(self, prefix, delimiter)
 
     async def delete(self, key: str) -> None:
         try:
@@ -271,7 +267,7 @@ class CosStore:
             # A retried complete whose first attempt succeeded but lost its answer:
             # the object is there with the multipart ETag.
             info = await self.head(key)
-            if info.etag.endswith(f"-{len(parts)}"):
+            if completed_by(info.etag, parts):
                 return info.etag
             raise
 

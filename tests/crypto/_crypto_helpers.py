@@ -42,7 +42,7 @@ def deterministic_rsa(seed: int, bits: int = 2048) -> RsaPair:
     # rejection trials below are reproducible run to run.
     key = RSA.generate(bits, randfunc=seeded_randfunc(seed))
     priv_pem = key.export_key(format="PEM", pkcs=1)
-    pub_pem = key.publickey().export_key(format="PEM")
+    pub_pem = key.public_key().export_key(format="PEM")
     private = serialization.load_pem_private_key(priv_pem, password=None)
     assert isinstance(private, rsa.RSAPrivateKey)
     return RsaPair(priv_pem, pub_pem, private)
@@ -106,7 +106,7 @@ def _drain(body: object) -> bytes:
     """Read a request body the way an HTTP client streams it."""
     if isinstance(body, bytes | bytearray):
         return bytes(body)
-    out = []
+    out: list[bytes] = []
     while True:
         chunk = body.read(8192)  # type: ignore[attr-defined]
         if not chunk:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _crypto_helpers import RsaPair, deterministic_rsa
+
+from tests.crypto._crypto_helpers import RsaPair, deterministic_rsa
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -58,7 +58,8 @@ def _sdk_crypt(dk: DataKey, offset: int, data: bytes) -> bytes:
     aligned = offset - offset % 16
     cipher.new_cipher(dk.key, iv_to_big_int(dk.iv), aligned)
     skip = offset - aligned
-    return cipher.encrypt(bytes(skip) + data)[skip:]
+    out: bytes = cipher.encrypt(bytes(skip) + data)[skip:]
+    return out
 
 
 # -- known answers -----------------------------------------------------------
@@ -136,7 +137,7 @@ def test_counter_block_matches_formula() -> None:
 
 @pytest.mark.parametrize(("iv", "offset"), [(bytes(15), 0), (bytes(17), 0), (bytes(16), -1)])
 def test_counter_block_rejects(iv: bytes, offset: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"IV must be|offset must be"):
         counter_block(iv, offset)
 
 
@@ -217,7 +218,7 @@ def test_datakey_repr_hides_bytes() -> None:
     [(bytes(31), bytes(16)), (bytes(33), bytes(16)), (bytes(32), bytes(15)), (bytes(32), b"")],
 )
 def test_datakey_validates_lengths(key: bytes, iv: bytes) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"DataKey\.(key|iv) must be"):
         DataKey(key, iv)
 
 

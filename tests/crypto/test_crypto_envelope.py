@@ -8,7 +8,6 @@ import hmac
 import os
 
 import pytest
-from _crypto_helpers import RsaPair, sdk_metadata_to_ours, seeded_randfunc
 from Crypto.Cipher import AES, PKCS1_v1_5
 from Crypto.PublicKey import RSA
 from Crypto.Util import Counter
@@ -38,6 +37,7 @@ from cosencfs.errors import (
     NotEncryptedError,
     WrongKeyError,
 )
+from tests.crypto._crypto_helpers import RsaPair, sdk_metadata_to_ours, seeded_randfunc
 
 MASTER = bytes(range(0x20, 0x40))
 FIXED_DK = DataKey(bytes(range(32)), bytes(range(0xA0, 0xB0)))
@@ -231,7 +231,8 @@ def _damaged_cases() -> list[tuple[str, dict[str, str]]]:
 def test_damaged(case: str, metadata: dict[str, str]) -> None:
     assert classify(metadata) is ObjectFormat.DAMAGED, case
     info = inspect_envelope(metadata)
-    assert info.format is ObjectFormat.DAMAGED and info.reason
+    assert info.format is ObjectFormat.DAMAGED
+    assert info.reason
     with pytest.raises(DamagedEnvelopeError) as exc:
         EnvelopeCodec(AesMasterKey(MASTER)).open(metadata, key=OBJ)
     assert exc.value.key == OBJ
@@ -256,7 +257,8 @@ def test_wrong_aes_ctr_key_caught_for_cosencfs_objects() -> None:
         EnvelopeCodec(reader).open(sealed, key=OBJ)
     message = str(exc.value)
     assert "key check failed" in message
-    assert writer.key_id in message and reader.key_id in message
+    assert writer.key_id in message
+    assert reader.key_id in message
     assert OBJ in message
     _assert_no_secrets(exc.value, dk.key, dk.iv, MASTER)
 
@@ -373,7 +375,8 @@ def test_rewrap_keeps_body_key_and_attributes(rsa_a: RsaPair) -> None:
     current = old
     for new in chain:
         metadata = current.rewrap(metadata, new, key=OBJ)
-        assert metadata["mode"] == "33188" and metadata["mtime"] == "1700000000.5"
+        assert metadata["mode"] == "33188"
+        assert metadata["mtime"] == "1700000000.5"
         assert metadata["cosencfs-kid"] == new.key_id
         assert new.open(metadata, key=OBJ) == dk
         with pytest.raises(WrongKeyError):

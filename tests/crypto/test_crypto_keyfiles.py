@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _crypto_helpers import RsaPair
 from Crypto.PublicKey import RSA
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,6 +30,7 @@ from cosencfs.crypto import (
     rsa_key_from_pem,
 )
 from cosencfs.errors import ConfigError
+from tests.crypto._crypto_helpers import RsaPair
 
 
 @pytest.fixture
@@ -215,7 +215,8 @@ def test_load_rsa_sdk_style_files(tmp_path: Path, rsa_a: RsaPair) -> None:
     assert mk.key_id == RsaMasterKey(rsa_a.private).key_id
     assert mk.can_unwrap
     public_only = load_rsa_key_files(pub, None)
-    assert not public_only.can_unwrap and public_only.key_id == mk.key_id
+    assert not public_only.can_unwrap
+    assert public_only.key_id == mk.key_id
     assert load_rsa_key_files(None, priv).key_id == mk.key_id
 
 
@@ -283,7 +284,8 @@ def test_load_rsa_errors(tmp_path: Path, rsa_a: RsaPair, rsa_b: RsaPair) -> None
     pub_b, _ = rsa_b.write(tmp_path / "b")
     with pytest.raises(ConfigError, match="does not belong") as exc:
         load_rsa_key_files(pub_b, priv_a)
-    assert str(pub_b) in str(exc.value) and str(priv_a) in str(exc.value)
+    assert str(pub_b) in str(exc.value)
+    assert str(priv_a) in str(exc.value)
     with pytest.raises(ConfigError, match="does not exist"):
         load_rsa_key_files(tmp_path / "missing.pem", priv_a)
     garbage = _write(tmp_path / "garbage.pem", b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n")
@@ -404,6 +406,7 @@ def test_sdk_generated_rsa_keys_load(fresh_home: Path) -> None:
     provider = RSAProvider(cipher=AESCTRCipher())  # no key: generates under ~/.cos_local_rsa
     pub = fresh_home / ".cos_local_rsa" / ".public_key.pem"
     priv = fresh_home / ".cos_local_rsa" / ".private_key.pem"
-    assert pub.exists() and priv.exists()
+    assert pub.exists()
+    assert priv.exists()
     mk = load_rsa_key_files(pub, priv, check_permissions=False)
     assert _sdk_can_read(provider, EnvelopeCodec(mk))

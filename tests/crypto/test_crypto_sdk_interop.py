@@ -21,13 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _crypto_helpers import (
-    FakeCos,
-    FakeResponse,
-    RsaPair,
-    ours_to_sdk_headers,
-    sdk_metadata_to_ours,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from qcloud_cos import CosConfig
@@ -44,6 +37,13 @@ from cosencfs.crypto import (
     inspect_envelope,
     load_aes_key_file,
     load_rsa_key_files,
+)
+from tests.crypto._crypto_helpers import (
+    FakeCos,
+    FakeResponse,
+    RsaPair,
+    ours_to_sdk_headers,
+    sdk_metadata_to_ours,
 )
 
 BUCKET = "examplebucket-1250000000"
@@ -140,7 +140,8 @@ def test_sdk_put_object_read_by_cosencfs(sdk: Setup) -> None:
     metadata, body = fake.metadata("dir/file.bin"), fake.body("dir/file.bin")
     assert set(metadata) == {"client-side-encryption-key", "client-side-encryption-iv"}
     assert classify(metadata) is ObjectFormat.SDK
-    assert len(body) == len(plain) and body != plain
+    assert len(body) == len(plain)
+    assert body != plain
     dk = sdk.codec.open(metadata, key="dir/file.bin")
     assert decrypt(dk, 0, body) == plain
     for start, end in ((0, 1), (1, 17), (15, 33), (16, 32), (4095, 4099), (99_999, 100_003)):
@@ -342,7 +343,7 @@ def test_sdk_rsa_providers_do_not_read_each_other(rsa_a: RsaPair, tmp_path: Path
     codec = EnvelopeCodec(load_rsa_key_files(pub, priv))
     plain = os.urandom(100)
     v_meta, v_body = _sdk_encrypt(values, plain)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Incorrect decryption"):
         _sdk_decrypt_range(files, v_meta, v_body, 0, 99)
     dk = codec.open(v_meta)
     assert decrypt(dk, 0, v_body) == plain

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,11 @@ from cosencfs.crypto.ctr import DataKey, encrypt, open_record, seal_record
 
 
 @pytest.fixture
-def private_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def private_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A ledger of this test's own, so deliberate repeats stay out of the session's."""
     path = tmp_path / "ledger.bin"
     monkeypatch.setattr(ctr, "_LEDGER", ledger.Ledger(str(path)))
-    yield path
+    return path
 
 
 def test_session_ledger_is_on() -> None:
@@ -68,7 +67,8 @@ def test_keys_are_told_apart(private_ledger: Path) -> None:
     encrypt(a, 0, b"1" * 64)
     encrypt(b, 0, b"2" * 64)
     report = ledger.check(private_ledger)
-    assert report.keys == 2 and report.violations == []
+    assert report.keys == 2
+    assert report.violations == []
 
 
 def test_gcm_records_use_fresh_counters(private_ledger: Path) -> None:
@@ -77,14 +77,15 @@ def test_gcm_records_use_fresh_counters(private_ledger: Path) -> None:
         rec = seal_record(key, b"same page" * 400, b"aad")
         assert open_record(key, rec, b"aad") == b"same page" * 400
     report = ledger.check(private_ledger)
-    assert report.records == 50 and report.violations == []
+    assert report.records == 50
+    assert report.violations == []
 
 
 def test_a_reused_gcm_nonce_is_caught(
     private_ledger: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = os.urandom(32)
-    monkeypatch.setattr(ctr.os, "urandom", bytes)  # a broken nonce source
+    monkeypatch.setattr(os, "urandom", bytes)  # a broken nonce source
     seal_record(key, b"first", b"")
     seal_record(key, b"other", b"")
     assert len(ledger.check(private_ledger).violations) == 1

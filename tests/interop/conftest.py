@@ -24,14 +24,21 @@ from typing import Any
 import pytest
 import requests
 import trio
-from _interop_helpers import KINDS, FsWith, SdkFactory, Setup, TrackingEncryptionClient, make_setup
 from qcloud_cos import CosConfig
-from testlib import REGION, SECRET_ID, SECRET_KEY, FsFactory
 
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.core import Filesystem
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from tests.interop._interop_helpers import (
+    KINDS,
+    FsWith,
+    SdkFactory,
+    Setup,
+    TrackingEncryptionClient,
+    make_setup,
+)
+from tests.testlib import REGION, SECRET_ID, SECRET_KEY, FsFactory
 
 
 @pytest.fixture(scope="session")

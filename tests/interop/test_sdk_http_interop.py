@@ -39,18 +39,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from _interop_helpers import (
-    FsWith,
-    SdkFactory,
-    Setup,
-    TrackingEncryptionClient,
-    rsa_padding_of,
-    sdk_get_file,
-    sdk_get_read,
-    sdk_serial_multipart,
-)
 from qcloud_cos.crypto import AESCTRCipher, AESProvider
-from testlib import BUCKET, MountFactory
 
 from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.envelope import (
@@ -64,6 +53,17 @@ from cosencfs.crypto.master import WrapAlg
 from cosencfs.fs.core import Filesystem
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from tests.interop._interop_helpers import (
+    FsWith,
+    SdkFactory,
+    Setup,
+    TrackingEncryptionClient,
+    rsa_padding_of,
+    sdk_get_file,
+    sdk_get_read,
+    sdk_serial_multipart,
+)
+from tests.testlib import BUCKET, MountFactory
 
 MIB = 1024 * 1024
 ROOT = 1
@@ -208,7 +208,8 @@ async def test_sdk_objects_decrypt_with_cosencfs(
             expected = "oaep" if setup.sdk_wrap is WrapAlg.RSA_OAEP else "pkcs1v15"
             assert rsa_padding_of(setup, wrapped_key) == expected
         body = await store.get(key)
-        assert len(body) == len(plain) and body != plain
+        assert len(body) == len(plain)
+        assert body != plain
         dk = setup.codec.open(info.metadata, key=key)
         assert decrypt(dk, 0, body) == plain, key
         for start, end in odd_ranges(len(plain), edges_of(key)):

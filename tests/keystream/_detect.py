@@ -40,7 +40,10 @@ def _keys(lo: U64, hi: U64) -> U64:
     """A 64-bit key per 16-byte block, linear over XOR."""
     rot = (hi << np.uint64(29)) | (hi >> np.uint64(35))
     k = lo ^ rot
-    return k ^ (k >> np.uint64(TABLE_BITS)) ^ (k >> np.uint64(2 * TABLE_BITS))
+    out: npt.NDArray[np.uint64] = (
+        k ^ (k >> np.uint64(TABLE_BITS)) ^ (k >> np.uint64(2 * TABLE_BITS))
+    )
+    return out
 
 
 def _halves(blocks: npt.NDArray[np.uint8]) -> tuple[U64, U64]:

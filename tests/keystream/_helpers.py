@@ -23,11 +23,11 @@ import requests
 from qcloud_cos import CosConfig, CosS3Client, CosServiceError
 from qcloud_cos.cos_encryption_client import CosEncryptionClient
 from qcloud_cos.crypto import AESCTRCipher, AESProvider
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
 from cosencfs.crypto import ledger
 from cosencfs.errors import PreconditionFailedError
 from cosencfs.store.cos import CosStore
+from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
 KEY_FIELD = "client-side-encryption-key"
 IV_FIELD = "client-side-encryption-iv"

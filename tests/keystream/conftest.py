@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _helpers import LedgerSlice
+
+from tests.keystream._helpers import LedgerSlice
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _detect import BLOCK, Detector
-from _helpers import (
+
+from cosencfs.crypto.ctr import DataKey, decrypt
+from cosencfs.server import LocalCosServer
+from tests.keystream._detect import BLOCK, Detector
+from tests.keystream._helpers import (
     IV_FIELD,
     KEY_FIELD,
     Findings,
@@ -24,10 +27,7 @@ from _helpers import (
     mount_config,
     snapshot_dir,
 )
-from testlib import MountFactory
-
-from cosencfs.crypto.ctr import DataKey, decrypt
-from cosencfs.server import LocalCosServer
+from tests.testlib import MountFactory
 
 #: Large enough for thousands of blocks, small enough for the quadratic search.
 SECRET_SIZE = 64 * 1024
@@ -64,7 +64,8 @@ def test_detector_finds_a_reused_keystream() -> None:
     assert det.xor(fresh) == []
     # Plaintext in clear, at an odd offset.
     found = det.plain({"clear": b"x" * 7 + s[1000:1100], **fresh})
-    assert found and all(leak.a == "clear" for leak in found)
+    assert found
+    assert all(leak.a == "clear" for leak in found)
     assert det.plain(fresh) == []
 
 
@@ -88,8 +89,8 @@ def test_snapshots_of_the_cache_and_the_object_do_not_xor_to_plaintext(
         for rel, data in snapshot_dir(m.cache_dir).items():
             snaps[f"{label}:{rel}"] = data
 
-    with open(path, "wb") as f:
-        f.write(s)
+    with open(path, "wb") as new:
+        new.write(s)
     snap("1-secret")
     with open(path, "r+b") as f:
         f.write(bytes(SECRET_SIZE))  # in place: same offsets
@@ -115,7 +116,8 @@ def test_snapshots_of_the_cache_and_the_object_do_not_xor_to_plaintext(
         plain = sdk.decrypted("secret.bin")
     finally:
         sdk.close()
-    assert meta.get(KEY_FIELD) and meta.get(IV_FIELD), meta
+    assert meta.get(KEY_FIELD), meta
+    assert meta.get(IV_FIELD), meta
     snaps["cos:secret.bin"] = body
     want = p[:SHORT] + bytes(SECRET_SIZE - SHORT) + b"\x01"
     assert plain == want, "the SDK does not read back what was written"

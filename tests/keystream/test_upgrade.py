@@ -16,13 +16,13 @@ import tarfile
 from pathlib import Path
 
 import trio
-from testlib import FsFactory, fs_options, make_store, start_server
 
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.fs.core import Filesystem
+from tests.testlib import FsFactory, fs_options, make_store, start_server
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy-cache-v1.tar.gz"
 ROOT = 1
@@ -79,7 +79,8 @@ async def test_recovery_uploads_a_legacy_v1_cache(tmp_path: Path) -> None:
                     await fs.release(fh)
                 dirty = fs.stats()["dirty"]
                 assert isinstance(dirty, dict)
-                assert dirty["files"] == 0 and dirty["journal_records"] == 0, dirty
+                assert dirty["files"] == 0, dirty
+                assert dirty["journal_records"] == 0, dirty
                 nursery.cancel_scope.cancel()
         finally:
             cache.close()
@@ -91,7 +92,8 @@ async def test_recovery_uploads_a_legacy_v1_cache(tmp_path: Path) -> None:
             again = await Filesystem(store, codec, cache, fs_options()).recover()
         finally:
             cache.close()
-        assert again.uploaded == [] and again.failed == {}
+        assert again.uploaded == []
+        assert again.failed == {}
         spent = store.counters.snapshot().minus(before).requests
         assert not {"PutObject", "UploadPart", "CopyObject"} & set(spent), spent
         keys = sorted([o.key async for page in store.list_all() for o in page.objects])

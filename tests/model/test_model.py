@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import json
 import os
@@ -87,11 +88,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import hypothesis
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -100,7 +101,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from testlib import Mount, MountFactory, start_server
+
+from tests.testlib import Mount, MountFactory, start_server
 
 # -- budget ----------------------------------------------------------------------
 
@@ -293,7 +295,12 @@ class Op:
 OPS: list[Op] = []
 
 
-def op(weight: int, *, remount: bool = False, **strategies: st.SearchStrategy[Any]) -> Any:
+OpFn = TypeVar("OpFn", bound=Callable[..., None])
+
+
+def op(
+    weight: int, *, remount: bool = False, **strategies: st.SearchStrategy[Any]
+) -> Callable[[OpFn], OpFn]:
     """Register a machine method as an operation; its arguments are drawn by name.
 
     One ``step`` rule picks the operation by weight (Hypothesis's own rule
@@ -301,7 +308,7 @@ def op(weight: int, *, remount: bool = False, **strategies: st.SearchStrategy[An
     examples cannot afford).
     """
 
-    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+    def deco(fn: OpFn) -> OpFn:
         def run(machine: Any, data: st.DataObject) -> None:
             kwargs = {name: data.draw(s, label=name) for name, s in strategies.items()}
             getattr(machine, fn.__name__)(data, **kwargs)  # subclasses may override
@@ -389,7 +396,7 @@ class CosencfsMachine(RuleBasedStateMachine):
     def p(self, path: str) -> Path:
         return self.mnt / path
 
-    def fail(self, msg: str) -> None:
+    def fail(self, msg: str) -> NoReturn:
         logs = []
         for m in self.factory.mounts:
             text = m.log().strip()
@@ -446,7 +453,8 @@ class CosencfsMachine(RuleBasedStateMachine):
             lambda: os.open(self.p(path), flags),
         )
         try:
-            return self.must(f"read {path!r}", lambda: self.read_all(fd, 0))
+            data: bytes = self.must(f"read {path!r}", lambda: self.read_all(fd, 0))
+            return data
         finally:
             os.close(fd)
 
@@ -823,7 +831,9 @@ class CosencfsMachine(RuleBasedStateMachine):
             self.compare_stat(path, node, st_)
         for path, node in [("", self.model.root), *self.model.walk()]:
             if isinstance(node, MDir):
-                got = sorted(self.must(f"listdir({path!r})", lambda p=path: os.listdir(self.p(p))))
+                got = sorted(
+                    self.must(f"listdir({path!r})", functools.partial(os.listdir, self.p(path)))
+                )
                 if got != sorted(node.children):
                     self.fail(f"listdir({path!r}) = {got}, expected {sorted(node.children)}")
 
@@ -1069,6 +1079,29 @@ def replay_command(seed: int, blob: str | None) -> str:
     return " ".join(env) + " .venv/bin/python -m pytest tests/model/test_model.py"
 
 
+def seeded_machine(machine: Any, seed: int, blob_env: str) -> Any:
+    """``machine`` with Hypothesis's seed, replaying the blob in ``blob_env`` if set."""
+    machine = hypothesis.seed(seed)(machine)
+    blob = os.environ.get(blob_env, "").strip().strip("b'\"")
+    if blob:
+        machine = hypothesis.reproduce_failure(hypothesis.__version__, blob.encode())(machine)
+    return machine
+
+
+def model_settings(examples: int, steps: int, *, shrink: bool = True) -> settings:
+    """One run of a model test: no database, no deadline, the blob printed to replay it."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+        phases=[p for p in Phase if shrink or p is not Phase.shrink],
+    )
+
+
 def _blob_of(exc: BaseException) -> str | None:
     text = "\n".join([str(exc), *getattr(exc, "__notes__", [])])
     marker = "@reproduce_failure("
@@ -1090,20 +1123,8 @@ def test_model_against_real_mount(tmp_path: Path, key_file: Path) -> None:
         (CosencfsMachine,),
         {"tmp_root": tmp_path, "key_file": key_file, "max_remounts": REMOUNTS},
     )
-    machine = hypothesis.seed(seed)(machine)
-    blob = os.environ.get("COSENCFS_MODEL_BLOB", "").strip().strip("b'\"")
-    if blob:
-        machine = hypothesis.reproduce_failure(hypothesis.__version__, blob.encode())(machine)
-    conf = settings(
-        max_examples=EXAMPLES,
-        stateful_step_count=STEPS,
-        deadline=None,
-        derandomize=False,
-        database=None,
-        print_blob=True,
-        suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False,
-    )
+    machine = seeded_machine(machine, seed, "COSENCFS_MODEL_BLOB")
+    conf = model_settings(EXAMPLES, STEPS)
     try:
         with _umask(UMASK):
             run_state_machine_as_test(machine, settings=conf)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from testlib import MountFactory
+
+from tests.testlib import MountFactory
 
 pytestmark = pytest.mark.mount
 

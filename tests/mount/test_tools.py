@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -10,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from testlib import Mount, MountFactory, have
 
 from cosencfs.server import LocalCosServer
+from tests.testlib import Mount, MountFactory, have
 
 pytestmark = pytest.mark.mount
 
@@ -147,7 +148,8 @@ def test_rsync_second_run_transfers_nothing(
     assert "Number of regular files transferred: 0" in out
     os.setxattr(m.mountpoint, b"user.cosencfs.sync", b"1")
     stats = server.stats()
-    assert stats.get("PutObject", 0) == 0 and stats.get("CopyObject", 0) == 0, stats
+    assert stats.get("PutObject", 0) == 0, stats
+    assert stats.get("CopyObject", 0) == 0, stats
     sh(f"diff -r {src} {m.mountpoint}/tree", tmp_path)
 
 
@@ -254,19 +256,24 @@ def test_mount_refuses_bad_setups(
     r = try_mount(
         "test-1250000000", mp, "--key-file", str(key_file), env={"COS_SECRET_KEY": "wrong"}
     )
-    assert r.returncode != 0 and "denied" in r.stderr
+    assert r.returncode != 0
+    assert "denied" in r.stderr
     r = try_mount("nosuch-1250000000", mp, "--key-file", str(key_file))
-    assert r.returncode != 0 and "does not exist" in r.stderr
+    assert r.returncode != 0
+    assert "does not exist" in r.stderr
     r = try_mount("test-1250000000", mp, "--key-file", str(tmp_path / "missing.key"))
-    assert r.returncode != 0 and "missing.key" in r.stderr
+    assert r.returncode != 0
+    assert "missing.key" in r.stderr
     bad = tmp_path / "bad.key"
     bad.write_text("not base64 at all!")
     bad.chmod(0o600)
     r = try_mount("test-1250000000", mp, "--key-file", str(bad))
-    assert r.returncode != 0 and "base64" in r.stderr
+    assert r.returncode != 0
+    assert "base64" in r.stderr
     m = mounts()
     r = try_mount("test-1250000000", str(m.mountpoint), "--key-file", str(key_file))
-    assert r.returncode != 0 and "busy" in r.stderr
+    assert r.returncode != 0
+    assert "busy" in r.stderr
     assert not any(p for p in Path(mp).iterdir())
 
 
@@ -328,7 +335,7 @@ def test_data_closed_before_kill9_is_uploaded_by_the_next_mount(
 def test_mount_reads_old_and_new_keys_during_a_rotation(
     mounts: MountFactory, tmp_path: Path, key_file: Path
 ) -> None:
-    from testlib import new_key_file
+    from tests.testlib import new_key_file
 
     m = mounts()
     (m.mountpoint / "old.txt").write_text("under the old key\n")
@@ -340,8 +347,9 @@ def test_mount_reads_old_and_new_keys_during_a_rotation(
     assert m2.umount() == 0
     m3 = mounts(key_file=new, cache="c3")
     assert (m3.mountpoint / "new.txt").read_text() == "under the new key\n"
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as e:  # no key for its envelope
         (m3.mountpoint / "old.txt").read_bytes()
+    assert e.value.errno == errno.EIO
 
 
 def test_rsa_mount_objects_read_by_the_sdk(
@@ -351,9 +359,9 @@ def test_rsa_mount_objects_read_by_the_sdk(
     from qcloud_cos import CosConfig
     from qcloud_cos.cos_encryption_client import CosEncryptionClient
     from qcloud_cos.crypto import AESCTRCipher, RSAProvider
-    from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
     from cosencfs.crypto.keyfiles import generate_rsa_key_files
+    from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
     keydir = tmp_path / "rsa"
     generate_rsa_key_files(keydir)

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from testlib import force_unmount, is_mounted
+
+from tests.testlib import force_unmount, is_mounted
 
 pytestmark = pytest.mark.mount
 

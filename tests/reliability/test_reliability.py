@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 import trio
-from testlib import (
-    SECRET_KEY,
-    MountFactory,
-    new_key_file,
-    start_server,
-)
 
 from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.keyfiles import load_aes_key_file
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from tests.testlib import (
+    SECRET_KEY,
+    MountFactory,
+    new_key_file,
+    start_server,
+)
 
 pytestmark = pytest.mark.mount
 
@@ -137,9 +137,14 @@ def test_disk_full_in_the_cache_gives_enospc(
         m = mounts(cache="smallcache", extra=["--writeback-delay", "3600"])
         first = os.urandom(1_000_000)
         (m.mountpoint / "first.bin").write_bytes(first)
-        with pytest.raises(OSError) as e, open(m.mountpoint / "huge.bin", "wb") as f:
-            for _ in range(20):
-                f.write(os.urandom(1_000_000))
+
+        def fill() -> None:
+            with open(m.mountpoint / "huge.bin", "wb") as f:
+                for _ in range(20):
+                    f.write(os.urandom(1_000_000))
+
+        with pytest.raises(OSError) as e:
+            fill()
         assert e.value.errno == errno.ENOSPC
         assert (m.mountpoint / "first.bin").read_bytes() == first
         (m.mountpoint / "huge.bin").unlink()
@@ -215,7 +220,8 @@ def test_wrong_master_key(mounts: MountFactory, tmp_path: Path) -> None:
         (m2.mountpoint / "secret.txt").read_bytes()
     assert e.value.errno == errno.EIO
     lines = _mount_log_lines(m2.log(), "secret.txt")
-    assert len(lines) == 1 and "key" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "key" in lines[0], lines
 
 
 def test_key_file_readable_by_others_is_refused(
@@ -234,11 +240,13 @@ def test_no_secret_plaintext_or_key_in_cache_or_debug_log(
     m = mounts(extra=["--debug", "all"])
     # The directories cosencfs creates are private (the base given by the user stays as is).
     made = [p for p in m.cache_dir.rglob("*") if p.is_dir()]
-    assert made and all(p.stat().st_mode & 0o777 == 0o700 for p in made)
+    assert made
+    assert all(p.stat().st_mode & 0o777 == 0o700 for p in made)
     opts = next(
         line for line in Path("/proc/mounts").read_text().splitlines() if str(m.mountpoint) in line
     )
-    assert "default_permissions" in opts and "allow_other" not in opts
+    assert "default_permissions" in opts
+    assert "allow_other" not in opts
     plain = os.urandom(200_000)
     marker = b"MARKER-" + os.urandom(8).hex().encode()
     (m.mountpoint / "a.bin").write_bytes(plain)
@@ -394,7 +402,8 @@ def test_umount_with_uploads_failing_keeps_the_data(
         )
         assert done.returncode == 1
         assert "stay in the cache journal" in done.stderr
-        assert m.proc is not None and m.proc.wait(60) == 3
+        assert m.proc is not None
+        assert m.proc.wait(60) == 3
         assert "could not be uploaded" in m.log()
         restarted = start_server(root, port=port)
         m2 = mounts(cache=m.cache_dir.name)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from testlib import Mount, force_unmount, is_mounted
 
 from cosencfs.fs.core import Filesystem
+from tests.testlib import Mount, force_unmount, is_mounted
 
 NOBODY = 65534
 LOCAL_HOST = "local-1250000000.cos.ap-guangzhou.myqcloud.com"

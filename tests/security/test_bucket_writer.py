@@ -8,6 +8,7 @@ through the filesystem layer (every rule, cheaply) and through a real mount
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import subprocess
@@ -15,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from _sec_helpers import ROOT_INO, count_lines, fs_names, fs_read, wait_for
-from testlib import SECRET_ID, SECRET_KEY, FsFactory, MountFactory
 
 from cosencfs.crypto.ctr import DataKey, encrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.errors import RefusedError
 from cosencfs.fs.core import Filesystem
-from cosencfs.fsck import Category, Finding, Fsck
 from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
 from cosencfs.store.cos import CosStore
+from cosencfs.tools.fsck import Category, Finding, Fsck
+from tests.security._sec_helpers import ROOT_INO, count_lines, fs_names, fs_read, wait_for
+from tests.testlib import SECRET_ID, SECRET_KEY, FsFactory, MountFactory
 
 MIB = 1024 * 1024
 SCRIPT = b"#!/bin/sh\necho owned\n"
@@ -65,9 +66,11 @@ async def test_plaintext_object_is_listed_but_not_served(
     fs = await make_fs()
     assert await fs_names(fs, await lookup(fs, "docs")) == ["empty.txt", "replace.me", "run.sh"]
     entry = await fs.getattr(await lookup(fs, "docs/run.sh"))
-    assert stat.S_ISREG(entry.mode) and entry.size == len(SCRIPT)
+    assert stat.S_ISREG(entry.mode)
+    assert entry.size == len(SCRIPT)
     refused = await open_refused(fs, "docs/run.sh")
-    assert "docs/run.sh" in str(refused) and "without an encryption envelope" in str(refused)
+    assert "docs/run.sh" in str(refused)
+    assert "without an encryption envelope" in str(refused)
     assert "--allow-plaintext" in str(refused)
     for flags in (os.O_RDWR, os.O_WRONLY | os.O_APPEND):
         with pytest.raises(RefusedError):
@@ -288,7 +291,8 @@ def test_mount_with_dev_refuses_device_nodes(
     trio.run(put_encrypted, store, codec, "suid", b"#!/bin/sh\n", stat.S_IFREG | 0o4755)
     nodev = mounts()
     st = (nodev.mountpoint / "sda").stat()
-    assert stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode)
+    assert stat.S_ISREG(st.st_mode)
+    assert not stat.S_ISBLK(st.st_mode)
     assert (nodev.mountpoint / "sda").read_bytes() == b""
     assert stat.S_IMODE((nodev.mountpoint / "suid").stat().st_mode) == 0o755
     dev = mounts(extra=["-o", "dev"])
@@ -306,9 +310,9 @@ def test_ls_la_of_a_huge_symlink_downloads_nothing(
     trio.run(put_encrypted, store, codec, "links/big", big, stat.S_IFLNK | 0o777)
     m = mounts()
     os.symlink("../elsewhere", m.mountpoint / "links" / "normal")
-    admin = {"secret_id": SECRET_ID, "secret_key": SECRET_KEY}
+    admin = functools.partial(admin_request, secret_id=SECRET_ID, secret_key=SECRET_KEY)
     remount = mounts()
-    assert admin_request(server.url, "POST", "/_cosencfs/reset-stats", **admin)[0] == 200
+    assert admin(server.url, "POST", "/_cosencfs/reset-stats")[0] == 200
     listing = subprocess.run(
         ["ls", "-la", str(remount.mountpoint / "links")],
         capture_output=True,
@@ -318,7 +322,8 @@ def test_ls_la_of_a_huge_symlink_downloads_nothing(
     )
     assert listing.returncode == 0, listing.stderr
     assert "normal -> ../elsewhere" in listing.stdout
-    status, stats = admin_request(server.url, "GET", "/_cosencfs/stats", **admin)
-    assert status == 200 and stats["bytes_out"] < 64 * 1024, stats
+    status, stats = admin(server.url, "GET", "/_cosencfs/stats")
+    assert status == 200, stats
+    assert stats["bytes_out"] < 64 * 1024, stats
     assert eio(remount.mountpoint / "links" / "big")
     wait_for(lambda: "refused 'links/big'" in remount.log(), what="the refusal in the log")

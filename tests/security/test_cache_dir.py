@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from _sec_helpers import NOBODY, fs_read, fs_write
-from testlib import BUCKET, MountFactory, fs_options
 
 from cosencfs.cache.layout import VID_SUFFIXES, valid_vid
 from cosencfs.cache.manager import CacheManager
@@ -22,6 +20,8 @@ from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.errors import CacheDirError, NotFoundError
 from cosencfs.fs.core import Filesystem
 from cosencfs.store.cos import CosStore
+from tests.security._sec_helpers import NOBODY, fs_read, fs_write
+from tests.testlib import BUCKET, MountFactory, fs_options
 
 ENVELOPE_FIELDS = ("client-side-encryption-key", "client-side-encryption-iv")
 
@@ -145,7 +145,8 @@ def test_cache_dir_of_another_user_is_refused(cache_base: Path, store: CosStore)
     os.chown(root, NOBODY, NOBODY)  # pre-created by another user
     with pytest.raises(CacheDirError) as err:
         open_cache(root, store)
-    assert str(root) in str(err.value) and f"uid {NOBODY}" in str(err.value)
+    assert str(root) in str(err.value)
+    assert f"uid {NOBODY}" in str(err.value)
     # An entry of someone else inside our own cache: refused as well.
     os.chown(root, 0, 0)
     os.chown(root / "data", NOBODY, NOBODY)
@@ -161,7 +162,8 @@ def test_mount_refuses_a_foreign_cache_dir(mounts: MountFactory, tmp_path: Path)
     os.chown(root, NOBODY, NOBODY)
     with pytest.raises(RuntimeError, match="mount exited"):
         m.start()
-    assert str(root) in m.log() and f"belongs to uid {NOBODY}" in m.log()
+    assert str(root) in m.log()
+    assert f"belongs to uid {NOBODY}" in m.log()
 
 
 @pytest.mark.parametrize("where", ["root", "data", "journal.db", "lock", "data/file"])
@@ -186,8 +188,10 @@ def test_symlinks_in_the_cache_are_refused(
         link.symlink_to(elsewhere if where == "data" else bait)
     with pytest.raises(CacheDirError) as err:
         open_cache(root, store)
-    assert str(link) in str(err.value) and "symbolic link" in str(err.value)
-    assert bait.read_bytes() == b"untouched" and not any(elsewhere.iterdir())
+    assert str(link) in str(err.value)
+    assert "symbolic link" in str(err.value)
+    assert bait.read_bytes() == b"untouched"
+    assert not any(elsewhere.iterdir())
 
 
 def test_directories_above_writable_by_others_are_refused(tmp_path: Path, store: CosStore) -> None:
@@ -243,13 +247,15 @@ async def test_looser_cache_of_the_user_is_tightened_not_refused(
         cache = open_cache(root, store)
     try:
         warnings = [r for r in caplog.records if "made it private" in r.getMessage()]
-        assert len(warnings) == 1 and str(root) in warnings[0].getMessage()
+        assert len(warnings) == 1
+        assert str(root) in warnings[0].getMessage()
         assert stat.S_IMODE(root.stat().st_mode) == 0o700
         assert stat.S_IMODE((root / "journal.db").stat().st_mode) == 0o600
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (root / "data").iterdir())
         fs = Filesystem(store, codec, cache, opts)
         report = await fs.recover()
-        assert report.uploaded == ["dirty.txt"] and not report.failed
+        assert report.uploaded == ["dirty.txt"]
+        assert not report.failed
         ino = (await fs.lookup(1, b"dirty.txt")).ino
         assert await fs_read(fs, ino) == b"closed, never uploaded"
     finally:

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from _sec_helpers import NOBODY, as_nobody, need_tools
-from testlib import MountFactory
+
+from tests.security._sec_helpers import NOBODY, as_nobody, need_tools
+from tests.testlib import MountFactory
 
 CHILD = f"""
 import ctypes, os, resource, sys
@@ -65,7 +66,8 @@ def test_hardened_process_is_closed_to_its_own_user() -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
     environ = f"/proc/{child.pid}/environ"
     try:
         assert child.stdout.readline().strip() == "ready"
@@ -79,7 +81,8 @@ def test_hardened_process_is_closed_to_its_own_user() -> None:
         # Not dumpable: the kernel gives the files to root; no core either.
         assert os.stat(environ).st_uid == 0
         denied = as_nobody("cat", environ)
-        assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+        assert denied.returncode != 0
+        assert b"Permission denied" in denied.stderr
         assert core_limit(child.pid) == ["0", "0"]
     finally:
         child.stdin.close()

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _sec_helpers import (
+
+from cosencfs.fs.control import XATTR_SYNC
+from cosencfs.server import LocalCosServer
+from cosencfs.server.admin import admin_request
+from cosencfs.server.auth import cos_authorization
+from cosencfs.server.cli import SECRET_KEY_ENV
+from cosencfs.store.cos import CosStore
+from tests.security._sec_helpers import (
     LOCAL_HOST,
     as_nobody,
     curl_as_nobody,
@@ -24,14 +31,7 @@ from _sec_helpers import (
     proc_text,
     public_dir,
 )
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, force_unmount
-
-from cosencfs.control import XATTR_SYNC
-from cosencfs.server import LocalCosServer
-from cosencfs.server.admin import admin_request
-from cosencfs.server.auth import cos_authorization
-from cosencfs.server.cli import SECRET_KEY_ENV
-from cosencfs.store.cos import CosStore
+from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, force_unmount
 
 pytestmark = need_tools
 HOST = f"{BUCKET}.cos.{REGION}.myqcloud.com"
@@ -58,7 +58,8 @@ def test_local_mount_server_refuses_other_users(tmp_path: Path) -> None:
             assert curl_as_nobody(port, "/").status == 403
             assert curl_as_nobody(port, "/secret.txt", method="HEAD").status == 403
             got = curl_as_nobody(port, "/secret.txt")
-            assert got.status == 403 and b"AccessDenied" in got.body
+            assert got.status == 403
+            assert b"AccessDenied" in got.body
             # A plaintext executable dropped into the mount.
             put = curl_as_nobody(
                 port,
@@ -94,7 +95,8 @@ def test_local_mount_server_refuses_other_users(tmp_path: Path) -> None:
             assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
             assert (mp / "secret.txt").read_bytes() == b"root only\n"
             denied = as_nobody("cat", str(mp / "secret.txt"))
-            assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+            assert denied.returncode != 0
+            assert b"Permission denied" in denied.stderr
         # Item 5 for the embedded server: its root is private.
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         assert stat.S_IMODE((data / "index.sqlite").stat().st_mode) == 0o600
@@ -154,7 +156,8 @@ async def test_signed_requests_still_work_after_the_attempt(
     status, stats = admin_request(
         server.url, "GET", "/_cosencfs/stats", secret_id=SECRET_ID, secret_key=SECRET_KEY
     )
-    assert status == 200 and stats["requests"]["PutObject"] == 20
+    assert status == 200
+    assert stats["requests"]["PutObject"] == 20
 
 
 # ---------------------------------------------------------------- item 3
@@ -178,11 +181,14 @@ def test_response_parameters_cannot_inject_headers(open_server: LocalCosServer) 
     port = open_server.port
     assert curl_as_nobody(port, "/x.txt", method="PUT", host=HOST, body=b"hi").status == 200
     answer = curl_as_nobody(port, INJECT, host=HOST)
-    assert answer.status == 400 and b"InvalidArgument" in answer.body
-    assert "x-injected" not in answer.headers and "X-Injected" not in answer.raw_headers
+    assert answer.status == 400
+    assert b"InvalidArgument" in answer.body
+    assert "x-injected" not in answer.headers
+    assert "X-Injected" not in answer.raw_headers
     for param in ("response-content-disposition", "response-cache-control", "response-expires"):
         answer = curl_as_nobody(port, f"/x.txt?{param}=a%0aX-Injected:%20yes", host=HOST)
-        assert answer.status == 400 and "x-injected" not in answer.headers, param
+        assert answer.status == 400, param
+        assert "x-injected" not in answer.headers, param
     # A harmless value still works, as in COS.
     answer = curl_as_nobody(port, "/x.txt?response-content-type=text/plain", host=HOST)
     assert (answer.status, answer.headers["content-type"]) == (200, "text/plain")
@@ -197,7 +203,8 @@ def test_signed_get_with_unsigned_injection_is_refused(server: LocalCosServer) -
     # The signature covers the path only; response-* parameters ride along unsigned.
     auth = cos_authorization(SECRET_ID, SECRET_KEY, method="GET", path="/x.txt")
     answer = curl_as_nobody(server.port, INJECT, host=HOST, headers={"Authorization": auth})
-    assert answer.status == 400 and "x-injected" not in answer.headers
+    assert answer.status == 400
+    assert "x-injected" not in answer.headers
 
 
 @pytest.mark.parametrize(
@@ -243,10 +250,12 @@ def test_local_server_secret_key_is_not_on_the_command_line(tmp_path: Path) -> N
         port = int(line.strip().rsplit(":", 1)[1])
         # What any user sees (ps reads /proc/PID/cmdline) holds no key ...
         seen = as_nobody("cat", f"/proc/{proc.pid}/cmdline")
-        assert seen.returncode == 0 and secret.encode() not in seen.stdout
+        assert seen.returncode == 0
+        assert secret.encode() not in seen.stdout
         if os.path.exists("/bin/ps"):
             ps = as_nobody("ps", "-eo", "args")
-            assert ps.returncode == 0 and secret.encode() not in ps.stdout
+            assert ps.returncode == 0
+            assert secret.encode() not in ps.stdout
         # ... and the environment is the owner's only.
         assert as_nobody("cat", f"/proc/{proc.pid}/environ").returncode != 0
         # The key is in use: signed with it is accepted, unsigned is not.
@@ -282,7 +291,9 @@ def test_secret_key_file_must_be_private(tmp_path: Path) -> None:
     r = _run_server(
         "--root", str(tmp_path / "r"), "--secret-id", "i", "--secret-key-file", str(key)
     )
-    assert r.returncode == 2 and "chmod 600" in r.stderr and "from-a-file" not in r.stderr
+    assert r.returncode == 2
+    assert "chmod 600" in r.stderr
+    assert "from-a-file" not in r.stderr
 
 
 def test_secret_key_file_is_used(tmp_path: Path) -> None:

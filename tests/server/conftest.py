@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import requests
-from _server_helpers import (
+from qcloud_cos import CosConfig, CosS3Client
+
+from cosencfs.server import LocalCosServer
+from tests.server._server_helpers import (
     BUCKET,
     REGION,
     SECRET_ID,
@@ -17,9 +20,6 @@ from _server_helpers import (
     CliServer,
     Http,
 )
-from qcloud_cos import CosConfig, CosS3Client
-
-from cosencfs.server import LocalCosServer
 
 
 @pytest.fixture

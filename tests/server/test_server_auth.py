@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import requests
-from _server_helpers import BUCKET, SECRET_ID, SECRET_KEY, VHOST, ClientFactory, Http
 from qcloud_cos.cos_exception import CosServiceError
 
 from cosencfs.server import LocalCosServer
 from cosencfs.server.auth import cos_authorization
+from tests.server._server_helpers import BUCKET, SECRET_ID, SECRET_KEY, VHOST, ClientFactory, Http
 
 
 def test_wrong_secret_key_is_rejected(make_client: ClientFactory, client: Any) -> None:

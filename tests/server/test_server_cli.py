@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _server_helpers import SECRET_ID, SECRET_KEY, CliServer, Http
 
 from cosencfs.server.cli import SECRET_KEY_ENV
+from tests.server._server_helpers import SECRET_ID, SECRET_KEY, CliServer, Http
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

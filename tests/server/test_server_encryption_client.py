@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server_helpers import BUCKET, ClientFactory
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from qcloud_cos.cos_encryption_client import CosEncryptionClient
 from qcloud_cos.crypto import AESProvider, RSAProvider
+
+from tests.server._server_helpers import BUCKET, ClientFactory
 
 
 @pytest.fixture

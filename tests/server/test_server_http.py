@@ -8,9 +8,8 @@ import socket
 from email.utils import formatdate
 from typing import Any
 
-from _server_helpers import BUCKET, Http
-
 from cosencfs.server import LocalCosServer
+from tests.server._server_helpers import BUCKET, Http
 
 
 def test_conditional_get(plain: Http) -> None:
@@ -68,7 +67,8 @@ def test_content_md5_is_verified_when_sent(plain: Http) -> None:
     assert plain.request("PUT", "m", body=b"payload", headers={"Content-MD5": good})[0] == 200
     bad = base64.b64encode(hashlib.md5(b"other").digest()).decode()
     status, _, body = plain.request("PUT", "m2", body=b"payload", headers={"Content-MD5": bad})
-    assert status == 400 and b"BadDigest" in body
+    assert status == 400
+    assert b"BadDigest" in body
     assert plain.request("GET", "m2")[0] == 404
 
 
@@ -132,7 +132,8 @@ def test_many_requests_on_one_connection(server: LocalCosServer, plain: Http) ->
     for i in range(200):
         assert plain.request("PUT", f"ka/{i}", body=b"v" * i)[0] == 200
     httpd = server._httpd
-    assert httpd is not None and len(httpd._connections) == 1
+    assert httpd is not None
+    assert len(httpd._connections) == 1
 
 
 def test_garbage_request_line_gets_an_error(server: LocalCosServer) -> None:

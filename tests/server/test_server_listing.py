@@ -81,7 +81,8 @@ def test_listing_matches_the_model(tmp_path: Path) -> None:
         expected = model(keys, prefix, delimiter, marker)
         assert sorted([e.key for e in page.entries] + page.prefixes) == expected
         for common in page.prefixes:
-            assert delimiter and common.endswith(delimiter)
+            assert delimiter
+            assert common.endswith(delimiter)
 
     try:
         check()

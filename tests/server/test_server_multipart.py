@@ -7,8 +7,9 @@ import os
 from typing import Any
 
 import pytest
-from _server_helpers import BUCKET, REGION, Http
 from qcloud_cos.cos_exception import CosServiceError
+
+from tests.server._server_helpers import BUCKET, REGION, Http
 
 MIB = 1024 * 1024
 
@@ -23,7 +24,9 @@ def multipart_etag(parts: list[bytes]) -> str:
     return f'"{hashlib.md5(digests).hexdigest()}-{len(parts)}"'
 
 
-def upload_parts(client: Any, key: str, parts: list[bytes], **kwargs: Any) -> tuple[str, list]:
+def upload_parts(
+    client: Any, key: str, parts: list[bytes], **kwargs: Any
+) -> tuple[str, list[dict[str, Any]]]:
     upload_id = client.create_multipart_upload(Bucket=BUCKET, Key=key, **kwargs)["UploadId"]
     done = []
     for number, data in enumerate(parts, 1):
@@ -100,7 +103,7 @@ def test_reuploading_a_part_replaces_it(client: Any) -> None:
 
 
 def test_abort_and_list_multipart_uploads(client: Any) -> None:
-    ids = {}
+    ids: dict[str, list[str]] = {}
     for key in ["u/a", "u/b", "u/b", "v/c"]:
         ids.setdefault(key, []).append(
             client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
@@ -189,7 +192,7 @@ def test_complete_validates_parts(client: Any) -> None:
     parts = [os.urandom(MIB), os.urandom(MIB), b"end"]
     upload_id, done = upload_parts(client, "bad", parts)
 
-    def complete(listing: list) -> CosServiceError:
+    def complete(listing: list[dict[str, Any]]) -> CosServiceError:
         with pytest.raises(CosServiceError) as exc:
             client.complete_multipart_upload(
                 Bucket=BUCKET, Key="bad", UploadId=upload_id, MultipartUpload={"Part": listing}

@@ -7,6 +7,7 @@ reset looks like) without one.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
@@ -14,15 +15,17 @@ import threading
 import time
 from email.message import Message
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from cosencfs.faults import FaultInjector, FaultKind
 from cosencfs.server import dispatch
 from cosencfs.server.bodies import finish, request_body
 from cosencfs.server.errors import CosError
-from cosencfs.server.faults import FaultInjector, FaultKind, Stats
 from cosencfs.server.responses import error_response, send_response
 from cosencfs.server.routing import Op, Response, request_from
+from cosencfs.server.stats import Stats
 
 VHOST = "b-1250000000.cos.ap-guangzhou.myqcloud.com"
 
@@ -47,15 +50,18 @@ def test_request_from_addresses_and_classifies() -> None:
 
 def test_request_from_keeps_a_bad_address_for_later() -> None:
     req, bad = request_from("GET", "/%FF", "", _headers(Host=VHOST))
-    assert bad is not None and bad.code == "InvalidURI"
-    assert req.op is Op.UNSUPPORTED and req.key is None
+    assert bad is not None
+    assert bad.code == "InvalidURI"
+    assert req.op is Op.UNSUPPORTED
+    assert req.key is None
 
 
 def test_request_body_and_finish() -> None:
     buf = memoryview(bytearray(4))
     body = request_body(_headers(Content_Length="10"), io.BytesIO(b"0123456789rest"))
     assert body.readinto(buf) == 4
-    assert finish(body, buf) is False and body.count == 10
+    assert finish(body, buf) is False
+    assert body.count == 10
     chunked = request_body(_headers(Transfer_Encoding="chunked"), io.BytesIO(b"zz\r\nabc\r\n"))
     assert finish(chunked, buf) is True  # unreadable framing: close the connection
     with pytest.raises(CosError, match="Content-Length"):
@@ -100,7 +106,8 @@ def test_dispatch_answers_a_reset_with_no_answer() -> None:
     req, _ = request_from("GET", "/k", "", _headers(Host=VHOST))
     body = request_body(req.headers, io.BytesIO(b""))
     resp = dispatch.serve(ctx, req, body, memoryview(bytearray(16)))  # type: ignore[arg-type]
-    assert resp.reset and resp.close
+    assert resp.reset
+    assert resp.close
 
 
 def test_dispatch_answers_a_bad_address_without_delay_or_fault() -> None:
@@ -115,7 +122,8 @@ def test_dispatch_answers_a_bad_address_without_delay_or_fault() -> None:
 def _written(resp: Response, method: str = "GET", *, close: bool = False) -> tuple[bytes, bool]:
     a, b = socket.socketpair()
     try:
-        wfile = a.makefile("wb", buffering=0)
+        # Unbuffered, as the server's own wfile: headers go out before the sendfile body.
+        wfile = cast(io.BufferedIOBase, a.makefile("wb", buffering=0))
         stats = Stats()
         closed = send_response(wfile, a, stats, method, None, resp, close=close)
         wfile.close()
@@ -133,10 +141,12 @@ def test_send_response_writes_headers_and_body() -> None:
     out, closed = _written(Response(200, [("ETag", '"e"')], b"body"))
     head, _, body = out.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\nServer: tencent-cos\r\n")
-    assert b"Content-Length: 4" in head and b'ETag: "e"' in head
+    assert b"Content-Length: 4" in head
+    assert b'ETag: "e"' in head
     assert (body, closed) == (b"body", False)
     out, closed = _written(Response(200, body=b"body"), "HEAD", close=True)
-    assert out.endswith(b"Connection: close\r\n\r\n") and closed
+    assert out.endswith(b"Connection: close\r\n\r\n")
+    assert closed
 
 
 def test_send_response_sends_a_file_and_closes_its_fd(tmp_path: Path) -> None:
@@ -144,14 +154,18 @@ def test_send_response_sends_a_file_and_closes_its_fd(tmp_path: Path) -> None:
     path.write_bytes(b"0123456789")
     fd = os.open(path, os.O_RDONLY)
     out, closed = _written(Response(206, file_fd=fd, file_offset=2, content_length=5))
-    assert out.endswith(b"\r\n\r\n23456") and not closed
-    with pytest.raises(OSError):
+    assert out.endswith(b"\r\n\r\n23456")
+    assert not closed
+    with pytest.raises(OSError) as e:
         os.fstat(fd)
+    assert e.value.errno == errno.EBADF
 
 
 def test_send_response_refuses_control_characters_in_headers() -> None:
     out, closed = _written(Response(200, [("x-cos-meta-a", "b\r\nEvil: 1")], b"x"))
-    assert out.startswith(b"HTTP/1.1 500 ") and b"Evil" not in out and closed
+    assert out.startswith(b"HTTP/1.1 500 ")
+    assert b"Evil" not in out
+    assert closed
 
 
 def test_error_response_has_no_body_on_head() -> None:

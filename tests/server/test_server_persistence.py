@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server_helpers import (
+from qcloud_cos.cos_exception import CosClientError
+
+from cosencfs.server import LocalCosServer
+from cosencfs.server.auth import cos_authorization
+from cosencfs.server.cli import SECRET_KEY_ENV
+from cosencfs.server.storage import Storage
+from tests.server._server_helpers import (
     BUCKET,
     REPO,
     SECRET_ID,
@@ -26,12 +32,6 @@ from _server_helpers import (
     CliServer,
     Http,
 )
-from qcloud_cos.cos_exception import CosClientError
-
-from cosencfs.server import LocalCosServer
-from cosencfs.server.auth import cos_authorization
-from cosencfs.server.cli import SECRET_KEY_ENV
-from cosencfs.server.storage import Storage
 
 MIB = 1024 * 1024
 
@@ -255,7 +255,8 @@ def test_crash_after_commit_before_cleanup(tmp_path: Path) -> None:
     storage = Storage(root)
     try:
         info = storage.head("b", "obj")
-        assert info is not None and info.size == 100_000
+        assert info is not None
+        assert info.size == 100_000
     finally:
         storage.close()
     assert data_files(root) == referenced_files(root)
@@ -328,9 +329,9 @@ def test_concurrent_writers_and_readers_never_see_torn_objects(
                 elif action < 0.6:
                     conn.request("DELETE", key)
                 else:
-                    status, headers, body = conn.request("GET", key)
+                    status, answer, body = conn.request("GET", key)
                     if status == 200:
-                        if f'"{hashlib.md5(body).hexdigest()}"' != headers["ETag"]:
+                        if f'"{hashlib.md5(body).hexdigest()}"' != answer["ETag"]:
                             errors.append(f"torn read of {key}: {len(body)} bytes")
                     elif status != 404:
                         errors.append(f"GET {status}")

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _server_helpers import SECRET_ID, SECRET_KEY, Http
 
 from cosencfs.server import LocalCosServer
+from tests.server._server_helpers import SECRET_ID, SECRET_KEY, Http
 
 S3_BUCKET = "s3bucket"
 AWS4 = (
@@ -126,7 +126,8 @@ def test_s3_copy_and_multi_delete(s3: Http) -> None:
     assert strip_ns(body).findtext("ETag") == f'"{hashlib.md5(b"copy me").hexdigest()}"'
     status, headers, body = s3_request(s3, "GET", f"/{S3_BUCKET}/dst")
     assert body == b"copy me"
-    assert headers.get("x-amz-meta-b") == "2" and "x-amz-meta-a" not in headers
+    assert headers.get("x-amz-meta-b") == "2"
+    assert "x-amz-meta-a" not in headers
     delete = b"<Delete><Object><Key>src</Key></Object><Object><Key>dst</Key></Object></Delete>"
     status, _, body = s3_request(s3, "POST", f"/{S3_BUCKET}?delete", body=delete)
     assert status == 200

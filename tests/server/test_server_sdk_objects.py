@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server_helpers import BUCKET, REGION, ClientFactory, Http
 from qcloud_cos.cos_exception import CosServiceError
+
+from tests.server._server_helpers import BUCKET, REGION, ClientFactory, Http
 
 ODD_KEYS = [
     "dir/plain.txt",
@@ -123,7 +124,8 @@ def test_list_prefix_and_delimiter(client: Any) -> None:
     assert entry["Size"] == "3"
     assert entry["ETag"] == f'"{hashlib.md5(b"a/1").hexdigest()}"'
     assert entry["StorageClass"] == "STANDARD"
-    assert entry["LastModified"].endswith("Z") and "." in entry["LastModified"]
+    assert entry["LastModified"].endswith("Z")
+    assert "." in entry["LastModified"]
 
 
 def test_list_pagination_over_1000_keys(client: Any, plain: Http) -> None:
@@ -243,8 +245,8 @@ def test_copy_source_if_match(client: Any) -> None:
     with pytest.raises(CosServiceError) as exc:
         client.copy_object(Bucket=BUCKET, Key="t2", CopySource=source, CopySourceIfMatch='"0"')
     assert exc.value.get_status_code() == 412
+    missing = {"Bucket": BUCKET, "Key": "missing", "Region": REGION}
     with pytest.raises(CosServiceError) as exc:
-        missing = {"Bucket": BUCKET, "Key": "missing", "Region": REGION}
         client.copy_object(Bucket=BUCKET, Key="t3", CopySource=missing)
     assert exc.value.get_error_code() == "NoSuchKey"
 

@@ -14,10 +14,18 @@ from pathlib import Path
 
 import pytest
 import trio
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, force_unmount, is_mounted
 
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from tests.testlib import (
+    BUCKET,
+    REGION,
+    SECRET_ID,
+    SECRET_KEY,
+    MountFactory,
+    force_unmount,
+    is_mounted,
+)
 
 pytestmark = pytest.mark.mount
 
@@ -219,4 +227,5 @@ def test_stats_and_sync(mounts: MountFactory, server: LocalCosServer) -> None:
     text = subprocess.run(
         [str(COSENCFS_BIN), "stats", str(m.mountpoint)], capture_output=True, text=True, check=True
     ).stdout
-    assert "request units" in text and "PutObject" in text
+    assert "request units" in text
+    assert "PutObject" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from cosencfs.server.faults import FaultKind
+from cosencfs.faults import FaultKind
 from cosencfs.store.retry import RetryPolicy
 
 MIB = 1024 * 1024

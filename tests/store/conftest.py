@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _store_helpers import FAULT_SEED, ScriptedFaults, quick_policy
-from testlib import make_store, start_server
 
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
+from tests.store._store_helpers import FAULT_SEED, ScriptedFaults, quick_policy
+from tests.testlib import make_store, start_server
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
 from cosencfs.store import asynchttp
 from cosencfs.store.asynchttp import AsyncTransport
 from cosencfs.store.cosproto import CosSettings, make_cos_config
 from cosencfs.store.fasthttp import FastTransport, HttpStatusError
+from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
 
 #: What the server does with one request: bytes to send, then close or not.
 Reply = tuple[bytes, bool]
@@ -133,7 +133,8 @@ async def test_bodies_by_length_chunked_and_until_close(
     assert script.connections == 2
     head = script.requests[-1].decode()
     assert head.startswith("PUT /k4 HTTP/1.1\r\n")
-    assert "Content-Length: 7" in head and "Authorization: q-sign-algorithm=sha1" in head
+    assert "Content-Length: 7" in head
+    assert "Authorization: q-sign-algorithm=sha1" in head
 
 
 async def test_head_has_no_body_even_with_a_length(
@@ -219,4 +220,5 @@ async def test_connections_are_bounded_and_reused(
         for i in range(10):
             nursery.start_soon(one, i)
     assert sorted(bodies) == sorted(b"%d" % i for i in range(10))
-    assert script.most_open == 2 and script.connections == 2
+    assert script.most_open == 2
+    assert script.connections == 2

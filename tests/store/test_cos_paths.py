@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _store_helpers import MIB
 from qcloud_cos.cos_comm import mapped
-from testlib import make_store
 
 import cosencfs.store.paths as paths_module
 from cosencfs.errors import NoSuchBucketError, NotFoundError, PreconditionFailedError
@@ -27,6 +25,8 @@ from cosencfs.store.base import FileRange
 from cosencfs.store.cos import CosStore
 from cosencfs.store.cosops import HttpExchange
 from cosencfs.store.fasthttp import Answer
+from tests.store._store_helpers import MIB
+from tests.testlib import make_store
 
 
 @pytest.fixture
@@ -79,8 +79,10 @@ async def _scenario(store: CosStore, p: str, tmp_path: Path) -> list[Any]:
 async def test_the_sdk_path_answers_like_the_fast_paths(
     store: CosStore, sdk_store: CosStore, server: LocalCosServer, tmp_path: Path
 ) -> None:
-    assert store._paths.fast is not None and store._paths.aio is not None
-    assert sdk_store._paths.fast is None and sdk_store._paths.aio is None
+    assert store._paths.fast is not None
+    assert store._paths.aio is not None
+    assert sdk_store._paths.fast is None
+    assert sdk_store._paths.aio is None
     server.reset_stats()
     fast = await _scenario(store, "fast/", tmp_path)
     fast_server = server.stats()
@@ -94,7 +96,8 @@ async def test_small_requests_take_the_event_loop(
     store: CosStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = store._paths
-    assert paths.fast is not None and paths.aio is not None
+    assert paths.fast is not None
+    assert paths.aio is not None
     in_loop: list[str] = []
     in_thread: list[str] = []
     aio_request, fast_request = paths.aio.request, paths.fast.request
@@ -170,21 +173,29 @@ def test_operations_describe_their_requests() -> None:
     assert get.http is not None
     assert (get.name, get.http.method, get.http.key) == ("GetObject", "GET", "k")
     assert dict(get.http.headers) == {"Range": "bytes=16-31", "If-Match": '"e"'}
-    assert get.small and get.counts_down and get.up == 0
+    assert get.small
+    assert get.counts_down
+    assert get.up == 0
     whole = cosops.get_object("k", 0, None, None)
-    assert whole.http is not None and dict(whole.http.headers) == {} and not whole.small
+    assert whole.http is not None
+    assert dict(whole.http.headers) == {}
+    assert not whole.small
     tail = cosops.get_object("k", 10, None, None)
-    assert tail.http is not None and dict(tail.http.headers) == {"Range": "bytes=10-"}
+    assert tail.http is not None
+    assert dict(tail.http.headers) == {"Range": "bytes=10-"}
     assert not cosops.get_object("k", 0, SMALL_BODY + 1, None).small
     put = cosops.put_object("k", FileRange("/nowhere", 0, SMALL_BODY), {}, "", False)
     assert (put.up, put.small) == (SMALL_BODY, True)
     big = cosops.put_object("k", FileRange("/nowhere", 0, SMALL_BODY + 1), {}, "", False)
     assert not big.small
     part = cosops.upload_part("k", "id", 3, b"tiny")
-    assert part.http is not None and dict(part.http.params) == {"partNumber": 3, "uploadId": "id"}
+    assert part.http is not None
+    assert dict(part.http.params) == {"partNumber": 3, "uploadId": "id"}
     assert (part.up, part.small) == (4, False)
     listing = cosops.list_objects("p/", "/", "m", 10)
-    assert listing.http is not None and listing.http.key == "" and listing.sdk is not None
+    assert listing.http is not None
+    assert listing.http.key == ""
+    assert listing.sdk is not None
     assert listing.http.params["encoding-type"] == "url"
     assert cosops.head_bucket().http is None
     with pytest.raises(ValueError, match="needs a request"):

@@ -1,0 +1,164 @@
+"""Fetching clean copies: ranged GETs of exactly the missing bytes, shared by readers.
+
+Missing ranges of a clean copy (:class:`~cosencfs.cache.content.ObjectContent`)
+are fetched with 16-byte aligned ranged GETs, ``If-Match`` the object's
+ETag, at most ``FETCH_CHUNK`` each (larger gaps become parallel GETs).  A
+fetch is registered (``Inflight``) before its first await, so a concurrent
+reader of the same bytes waits for it instead of fetching them again.
+Fetched bytes are stored as they come, each range once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from cosencfs.cache.content import THREAD_THRESHOLD, Inflight, ObjectContent
+from cosencfs.errors import CosEncFsError, DamagedObjectError
+from cosencfs.store.base import ObjectStore
+from cosencfs.util import open_nursery
+
+log = logging.getLogger(__name__)
+
+ALIGN = 16
+#: One ranged GET fetches at most this much; larger gaps become parallel GETs.
+FETCH_CHUNK = 8 * 1024 * 1024
+
+
+def align_down(n: int) -> int:
+    return n - n % ALIGN
+
+
+def align_up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class Fetcher:
+    def __init__(self, store: ObjectStore, io_limiter: trio.CapacityLimiter) -> None:
+        self.store = store
+        self.io_limiter = io_limiter
+        self.hits = 0
+        self.misses = 0
+        self.fetched_bytes = 0
+
+    async def read(self, v: ObjectContent, offset: int, length: int) -> bytes:
+        """The plaintext of ``[offset, offset+length)`` of ``v``, fetched first if missing."""
+        end = min(offset + length, v.size)
+        if end <= offset:
+            return b""
+        if v.present.contains(offset, end):
+            self.hits += 1
+        else:
+            self.misses += 1
+            await self.ensure(v, offset, end)
+        v.touch()
+        if end - offset >= THREAD_THRESHOLD:
+            return await trio.to_thread.run_sync(
+                v.read_plain, offset, end - offset, limiter=self.io_limiter
+            )
+        return v.read_plain(offset, end - offset)
+
+    async def ensure(self, v: ObjectContent, start: int, end: int) -> None:
+        """Make ``[start, end)`` present: fetch it from the source."""
+        end = min(end, v.size)
+        if end > v.limit:
+            raise CosEncFsError(f"cache copy {v.vid} has no source for bytes {v.limit}-{end}")
+        v.pins += 1
+        try:
+            while True:
+                gaps = v.present.missing(start, end)
+                if not gaps:
+                    return
+                waits: list[trio.Event] = []
+                todo: list[tuple[int, int]] = []
+                for s, e in gaps:
+                    pos = s
+                    for inf in sorted(v.inflight, key=lambda i: i.start):
+                        if inf.end <= pos or inf.start >= e:
+                            continue
+                        if inf.start > pos:
+                            todo.append((pos, inf.start))
+                        waits.append(inf.done)
+                        pos = max(pos, inf.end)
+                    if pos < e:
+                        todo.append((pos, e))
+                if todo:
+                    async with open_nursery() as nursery:
+                        for s, e in todo:
+                            for inf in self._begin(v, s, e):
+                                nursery.start_soon(self._fill, v, inf)
+                for ev in waits:
+                    await ev.wait()
+        finally:
+            v.pins -= 1
+
+    def prefetch(self, nursery: trio.Nursery, v: ObjectContent, start: int, end: int) -> None:
+        """Start fetching ``[start, end)`` in the background (readahead)."""
+        end = min(end, v.limit)
+        if end <= start:
+            return
+        for s, e in v.present.missing(start, end):
+            for inf in self._begin(v, s, e, only_new=True):
+                v.pins += 1
+                nursery.start_soon(self._background_fill, v, inf)
+
+    def _begin(
+        self, v: ObjectContent, start: int, end: int, *, only_new: bool = False
+    ) -> list[Inflight]:
+        """Register the fetches that cover ``[start, end)``, split into chunks.
+
+        Registration happens before any await, so a concurrent reader sees them
+        and waits instead of fetching the same bytes again.
+        """
+        out: list[Inflight] = []
+        limit = v.limit
+        ranges: list[tuple[int, int]] = []
+        if start < limit:
+            # Aligned to the cipher block; clipped to the object's bytes.
+            ranges.append((align_down(start), min(align_up(min(end, limit)), limit)))
+        for s, e in ranges:
+            for pos in range(s, e, FETCH_CHUNK):
+                seg = (pos, min(e, pos + FETCH_CHUNK))
+                if only_new and any(i.start < seg[1] and seg[0] < i.end for i in v.inflight):
+                    continue
+                inf = Inflight(*seg)
+                v.inflight.append(inf)
+                out.append(inf)
+        return out
+
+    async def _background_fill(self, v: ObjectContent, inf: Inflight) -> None:
+        try:
+            await self._fill(v, inf)
+        except (CosEncFsError, OSError) as exc:
+            # A foreground read of these bytes will try again and report it.
+            log.debug("readahead of %s failed: %s", v.vid, exc)
+        finally:
+            v.pins -= 1
+
+    async def _fill(self, v: ObjectContent, inf: Inflight) -> None:
+        try:
+            start, end = inf.start, inf.end
+            src = v.source
+            if src is None:
+                raise CosEncFsError(f"cache copy {v.vid} has no source to fetch from")
+            data = await self.store.get(src.key, start, end, if_match=src.etag or None)
+            if len(data) != end - start:
+                raise DamagedObjectError(
+                    f"object {src.key!r} is shorter than expected "
+                    f"({start + len(data)} < {end} bytes)"
+                )
+            self.fetched_bytes += len(data)
+            async with v.lock:
+                if v.discarded:
+                    return
+                if len(data) >= THREAD_THRESHOLD:
+                    # Under v's lock: nothing else stores into v meanwhile.
+                    await trio.to_thread.run_sync(
+                        v.store_fetched, start, data, limiter=self.io_limiter
+                    )
+                else:
+                    v.store_fetched(start, data)
+        finally:
+            v.inflight.remove(inf)
+            inf.done.set()

@@ -1,0 +1,91 @@
+"""Attributes as the kernel wants them: ``Entry`` for an inode, ``StatFs`` for the mount."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cosencfs.fs.attrs import Kind
+from cosencfs.fs.context import FsOptions
+from cosencfs.fs.inode import Inode
+from cosencfs.fs.names import MAX_NAME_BYTES
+
+BLOCK = 512
+BLKSIZE = 128 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    """Attributes as the kernel wants them."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    entry_timeout: float
+    attr_timeout: float
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.size // BLOCK)
+
+
+@dataclass(slots=True, frozen=True)
+class StatFs:
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    namemax: int
+
+
+def make_entry(node: Inode, opts: FsOptions) -> Entry:
+    a = node.attrs
+    f = node.file
+    if f is None:
+        size, nlink = 0, 1
+    elif node.kind is Kind.SYMLINK:
+        size, nlink = f.size, 1
+    else:
+        size, nlink = f.current_size, 1
+    if node.unlinked:
+        nlink = 0
+    return Entry(
+        ino=node.ino,
+        mode=a.mode,
+        nlink=nlink,
+        uid=a.uid,
+        gid=a.gid,
+        size=size,
+        atime_ns=a.atime_ns,
+        mtime_ns=a.mtime_ns,
+        ctime_ns=a.ctime_ns,
+        entry_timeout=opts.entry_timeout,
+        # Attributes still to be HEADed are defaults: the kernel must ask.
+        attr_timeout=opts.attr_timeout if node.attrs_known else 0.0,
+    )
+
+
+def make_statfs(inodes: int) -> StatFs:
+    # COS has no capacity limit worth reporting; 1 PiB keeps tools like df
+    # and installers happy without claiming infinity.
+    frsize = 4096
+    blocks = 2**50 // frsize
+    files = 2**32
+    return StatFs(
+        bsize=BLKSIZE,
+        frsize=frsize,
+        blocks=blocks,
+        bfree=blocks,
+        bavail=blocks,
+        files=files,
+        ffree=files - inodes,
+        namemax=MAX_NAME_BYTES,
+    )

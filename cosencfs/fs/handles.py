@@ -1,0 +1,97 @@
+"""Open-file handles: their numbers, access mode, and each one's readahead window."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from cosencfs.errors import FsError
+from cosencfs.fs.inode import Inode
+
+
+@dataclass(slots=True)
+class Readahead:
+    """Sequential-read detection of one handle: a window that grows while reads
+    follow each other (1 MiB → 32 MiB by default) and drops to zero on a jump."""
+
+    seq_end: int = 0
+    window: int = 0
+    #: Everything below this has been asked for already.
+    ahead_until: int = 0
+
+    def advance(
+        self, offset: int, size: int, limit: int, *, smallest: int, largest: int, fetching: bool
+    ) -> tuple[int, int] | None:
+        """A read of ``[offset, offset+size)``: the range to prefetch now, if any.
+
+        ``limit`` is where the fetchable bytes end; ``fetching`` False (no
+        background tasks yet) only follows the reads.
+        """
+        if offset == self.seq_end:
+            self.window = min(max(self.window * 2, smallest), largest)
+        else:
+            self.window = 0
+            self.ahead_until = 0
+        end = offset + size
+        self.seq_end = end
+        if not self.window or not fetching:
+            return None
+        # Top the window up only once half of it has been consumed, so each
+        # prefetch is a few large GETs rather than one small GET per read.
+        if self.ahead_until - end > self.window // 2:
+            return None
+        start = max(end, self.ahead_until)
+        stop = min(end + self.window, limit)
+        if stop <= start:
+            return None
+        self.ahead_until = stop
+        return start, stop
+
+
+@dataclass(slots=True, eq=False)
+class Handle:
+    fh: int
+    node: Inode
+    writable: bool
+    append: bool
+    #: Written through this handle since its last flush (close).
+    wrote: bool = False
+    readahead: Readahead = field(default_factory=Readahead)
+
+
+class HandleTable:
+    """The open handles by number; each counts as an open of its inode."""
+
+    def __init__(self) -> None:
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def get(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF) from None
+
+    def open(self, node: Inode, flags: int) -> Handle:
+        acc = flags & os.O_ACCMODE
+        h = Handle(
+            self._next_fh,
+            node,
+            writable=acc in (os.O_WRONLY, os.O_RDWR),
+            append=bool(flags & os.O_APPEND),
+        )
+        self._next_fh += 1
+        self._handles[h.fh] = h
+        node.as_file.open_count += 1
+        return h
+
+    def close(self, fh: int) -> Handle | None:
+        """Forget handle ``fh`` (None if unknown); its inode has one open less."""
+        h = self._handles.pop(fh, None)
+        if h is not None:
+            h.node.as_file.open_count -= 1
+        return h

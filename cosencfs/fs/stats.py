@@ -1,0 +1,55 @@
+"""What ``cosencfs stats`` shows: counters of the store, the cache, uploads, deletes, FUSE."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cosencfs.fs.core import Filesystem
+
+
+def collect_stats(fs: Filesystem) -> dict[str, object]:
+    ctx = fs.ctx
+    cache = ctx.cache
+    fetcher = cache.fetcher
+    counters = ctx.store.counters.snapshot()
+    dirty = fs.dirty_inodes()
+    wb = fs.writeback.stats
+    lookups = fetcher.hits + fetcher.misses
+    return {
+        "store": counters.as_dict(),
+        "cache": {
+            "bytes": cache.usage(),
+            "limit": cache.limit_bytes,
+            "versions": len(cache.versions),
+            "dirty_layers": len(cache.layers),
+            "hits": fetcher.hits,
+            "misses": fetcher.misses,
+            "hit_ratio": fetcher.hits / lookups if lookups else 0.0,
+            "fetched_bytes": fetcher.fetched_bytes,
+        },
+        "dirty": {
+            "files": len(dirty),
+            "bytes": sum(n.file.current_size for n in dirty if n.file and n.data_dirty),
+            "journal_records": cache.journal.dirty_count(),
+        },
+        "uploads": {
+            "queued": fs.writeback.queued,
+            "done": wb.uploads,
+            "failed": wb.failures,
+            "failing_now": len(wb.failing),
+            "last_error": wb.last_error,
+        },
+        "deletes": {
+            "pending": len(ctx.deleter),
+            "done": ctx.deleter.deleted,
+            "failed": ctx.deleter.failures,
+        },
+        "inodes": len(ctx.table),
+        "fuse": {
+            "reads": fs.reader.reads,
+            "read_bytes": fs.reader.read_bytes,
+            "writes": fs.writer.writes,
+            "write_bytes": fs.writer.write_bytes,
+        },
+    }

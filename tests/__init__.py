@@ -1,0 +1,1 @@
+"""The cosencfs test suite (a package, so shared helpers import by path)."""

@@ -1,0 +1,170 @@
+"""CacheManager (cosencfs/cache/manager.py): clean copies by source, eviction,
+the orphan sweep, the directory lock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from cosencfs.cache.content import Inflight, ObjectContent, Source
+from cosencfs.cache.layout import new_vid
+from cosencfs.cache.manager import CacheManager
+from cosencfs.crypto.ctr import DataKey, encrypt
+from cosencfs.errors import CacheIntegrityError, ConfigError
+from cosencfs.store.base import ObjectStore
+
+#: Nothing here fetches: the store is never called.
+NO_STORE = cast(ObjectStore, object())
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[CacheManager]:
+    cm = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1 << 30)
+    yield cm
+    cm.close()
+
+
+def source(key: str, etag: str = "e1", size: int = 1000) -> Source:
+    return Source(key, etag, DataKey.generate(), size, {"envelope": "of " + key})
+
+
+def filled(cache: CacheManager, src: Source) -> ObjectContent:
+    """The clean copy of ``src`` with all its bytes fetched."""
+    v = cache.clean_for(src)
+    assert src.dk is not None
+    v.store_fetched(0, encrypt(src.dk, 0, os.urandom(src.limit)))
+    return v
+
+
+def data_files(cache: CacheManager) -> set[str]:
+    return set(os.listdir(cache.data_dir))
+
+
+async def test_clean_copies_are_found_by_key_and_etag(cache: CacheManager) -> None:
+    a = source("a")
+    v = cache.clean_for(a)
+    same = Source("a", "e1", a.dk, 1000, {})
+    assert cache.clean_for(same) is v  # same (key, ETag, data key)
+    # Same key and ETag under another data key: not that object; never read.
+    with pytest.raises(CacheIntegrityError, match="another data key"):
+        cache.clean_for(source("a"))
+    assert cache.clean_for(source("a", "e2")) is not v  # another version
+    # Its own record of the source (a rename changes it, not the caller's).
+    s = v.source
+    assert s is not None
+    assert s is not a
+    assert (s.key, s.etag, s.dk, s.limit, s.envelope) == ("a", "e1", a.dk, 1000, a.envelope)
+    assert v.dk is a.dk
+    assert v.size == 1000
+    assert v.holds == 0
+    # A plaintext object is kept under a throw-away key of its own.
+    p = cache.clean_for(Source("p", "e", None, 10))
+    assert p.plaintext_source
+    assert p.dk is not None
+    # A discarded copy is made afresh (and its file is gone).
+    cache.discard(v)
+    assert v.vid not in data_files(cache)
+    assert cache.clean_for(source("a")) is not v
+
+
+async def test_adopt_and_rekey(cache: CacheManager) -> None:
+    old = cache.clean_for(source("f"))
+    staged = cache.staged(DataKey.generate(), 5)
+    assert staged.holds == 1
+    assert staged.source is None
+    staged.produce(0, b"hello")
+    made = Source("f", "e1", staged.dk, 5, {})
+    cache.adopt(staged, made)
+    assert staged.holds == 0
+    assert cache.clean_for(Source("f", "e1", staged.dk, 5)) is staged  # replaces the old
+    assert old.vid in cache.versions  # still readable by whoever has it
+    cache.rekey(staged, "g", "e9")  # renamed by a server-side copy
+    assert cache.clean_for(Source("g", "e9", staged.dk, 5)) is staged
+    assert cache.clean_for(source("f")) is not staged
+    # A direct copy left by an earlier run: its bytes count, it is held.
+    left = cache.staged(DataKey.generate(), 3)
+    left.produce(0, b"abc")
+    vid, dk = left.vid, left.dk
+    cache.close_copy(left)
+    assert vid in data_files(cache)
+    assert vid not in cache.versions
+    again = cache.reopen_copy(vid, dk, 3)
+    assert again.holds == 1
+    assert again.complete
+    assert again.read_plain(0, 3) == b"abc"
+
+
+async def test_eviction_drops_only_clean_unused_copies(tmp_path: Path) -> None:
+    cache = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1000)
+    evicted: list[ObjectContent] = []
+    cache.on_evict = evicted.append
+    try:
+        # Dirty data: a layer with records in its log.
+        layer = cache.layers.new(size=0, limit=0)
+        refs, n = layer.append_write(0, os.urandom(3000))
+        layer.apply_write(refs, n)
+        # An upload copy being produced (held), a copy a reader uses (pinned),
+        # one being fetched (in flight), and two unused clean copies.
+        held = cache.staged(DataKey.generate(), 1000)
+        held.produce(0, os.urandom(1000))
+        pinned = filled(cache, source("pinned"))
+        pinned.pins += 1
+        fetching = filled(cache, source("fetching"))
+        fetching.inflight.append(Inflight(0, 10))
+        old, new = filled(cache, source("old")), filled(cache, source("new"))
+        old.last_access -= 10
+        assert cache.usage() == 5000 + layer.log_size
+        freed = cache.evict()
+        assert freed == 2000
+        assert evicted == [old, new]  # least recently used first
+        assert old.discarded
+        assert new.discarded
+        assert not {old.vid, new.vid} & data_files(cache)
+        for kept in (held, pinned, fetching):
+            assert not kept.discarded
+            assert kept.vid in data_files(cache)
+        assert layer.vid in cache.layers
+        assert f"{layer.vid}.log" in data_files(cache)
+        # Still over the limit (dirty data is never dropped): nothing more to free.
+        assert cache.evict() == 0
+    finally:
+        cache.close()
+
+
+async def test_eviction_keeps_the_copy_count_bounded(tmp_path: Path) -> None:
+    cache = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1 << 30, max_versions=3)
+    try:
+        copies = [filled(cache, source(f"k{i}", size=10)) for i in range(5)]
+        for i, v in enumerate(copies):
+            v.last_access = float(i)
+        cache.evict()
+        assert [v.discarded for v in copies] == [True, True, False, False, False]
+    finally:
+        cache.close()
+
+
+async def test_orphan_sweep_keeps_journaled_and_live_files(cache: CacheManager) -> None:
+    live_copy = filled(cache, source("live", size=10))
+    live_layer = cache.layers.new(size=0, limit=0)
+    refs, n = live_layer.append_write(0, b"x")
+    live_layer.apply_write(refs, n)
+    journaled, journaled_log = new_vid(), new_vid()
+    orphan, orphan_log = new_vid(), new_vid()
+    for name in (journaled, f"{journaled_log}.log", orphan, f"{orphan_log}.log"):
+        (cache.data_dir / name).write_bytes(b"ciphertext")
+    assert cache.sweep_orphans(keep={journaled, journaled_log}) == 2
+    assert data_files(cache) == {
+        live_copy.vid,
+        f"{live_layer.vid}.log",
+        journaled,
+        f"{journaled_log}.log",
+    }
+
+
+async def test_a_cache_directory_serves_one_process(cache: CacheManager) -> None:
+    with pytest.raises(ConfigError, match="in use"):
+        CacheManager(cache.root, NO_STORE, limit_bytes=1 << 30)

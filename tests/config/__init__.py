@@ -1,0 +1,1 @@
+"""Tests: cosencfs/config (the settings schema and loading)."""

@@ -1,0 +1,1 @@
+"""Tests: the docs say what the code does."""

@@ -1,0 +1,1 @@
+"""Tests: keygen and the bucket-wide tools (fsck, rekey), engines and command lines."""
