@@ -51,13 +51,11 @@ __all__ = [
     "EnvelopeCodec",
     "EnvelopeInfo",
     "ObjectFormat",
-    "SealedEnvelope",
     "classify",
     "extract_envelope",
     "inspect_envelope",
     "is_envelope_field",
     "key_check_value",
-    "sealed_envelope",
     "strip_envelope",
 ]
 
@@ -285,38 +283,6 @@ def inspect_envelope(metadata: Mapping[str, str]) -> EnvelopeInfo:
     """Format, the reason it is FOREIGN/DAMAGED, wrap algorithm and key id."""
     a = _analyse(metadata)
     return EnvelopeInfo(a.format, a.reason, a.wrap, a.kid)
-
-
-@dataclass(slots=True, frozen=True, repr=False)
-class SealedEnvelope:
-    """The parsed fields of a cosencfs envelope, as the integrity tags bind them.
-
-    All of it is public (wrapped values, not keys); ``repr`` still leaves
-    the wrapped values out, as messages never carry them.
-    """
-
-    version: str
-    wrap: WrapAlg
-    key_id: str
-    wrapped_key: bytes
-    wrapped_iv: bytes
-    kcv: bytes
-
-    def __repr__(self) -> str:
-        return f"SealedEnvelope(wrap={self.wrap.value!r}, key_id={self.key_id!r})"
-
-
-def sealed_envelope(metadata: Mapping[str, str], *, key: str = "") -> SealedEnvelope:
-    """The fields of a cosencfs envelope (format ``COSENCFS``), decoded.
-
-    Raises DamagedEnvelopeError for any other format: only envelopes that
-    cosencfs writes carry integrity tags.  ``key`` names the object in errors.
-    """
-    a = _analyse(metadata)
-    if a.format is not ObjectFormat.COSENCFS or a.wrap is None:
-        reason = a.reason or f"a {a.format.value} object, not a cosencfs envelope"
-        raise DamagedEnvelopeError(f"no cosencfs envelope: {reason}", key=key)
-    return SealedEnvelope(FORMAT_VERSION, a.wrap, a.kid, a.wrapped_key, a.wrapped_iv, a.kcv)
 
 
 def _rekey(exc: CryptoError, key: str, prefix: str = "") -> CryptoError:
