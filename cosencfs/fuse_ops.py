@@ -11,7 +11,6 @@ import errno
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -26,6 +25,7 @@ from cosencfs.errors import (
     CryptoError,
     DamagedObjectError,
     FsError,
+    IntegrityError,
     InvalidRequestError,
     NoSuchBucketError,
     NotFoundError,
@@ -37,6 +37,7 @@ from cosencfs.errors import (
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.entry import Entry
 from cosencfs.fs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
+from cosencfs.mount.logsetup import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (PreconditionFailedError, errno.ESTALE),
     (TransientError, errno.EIO),
     (CryptoError, errno.EIO),
+    (IntegrityError, errno.EIO),
     (DamagedObjectError, errno.EIO),
     (CacheIntegrityError, errno.EIO),
     (RefusedError, errno.EIO),
@@ -67,40 +69,6 @@ _CODE_ERRNO = {
 
 #: Errors worth one log line per object, not one per read.
 _LOG_EVERY = 60.0
-
-
-class LogThrottle:
-    """Whether a failure is worth a log line: once per ``every`` seconds each.
-
-    Entries older than the interval are forgotten, and at most
-    ``max_entries`` are kept (oldest dropped first: only a flood of distinct
-    failures can log one twice a minute), so a long-lived mount stays small.
-    """
-
-    def __init__(self, every: float, max_entries: int = 10_000) -> None:
-        self.every = every
-        self.max_entries = max_entries
-        #: Key -> when it was logged; oldest first (a key is only added when absent).
-        self._last: OrderedDict[tuple[str, str, str], float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._last)
-
-    def should_log(self, what: tuple[str, str, str], now: float) -> bool:
-        self._prune(now)
-        if what in self._last:
-            return False
-        self._last[what] = now
-        if len(self._last) > self.max_entries:
-            self._last.popitem(last=False)
-        return True
-
-    def _prune(self, now: float) -> None:
-        while self._last:
-            at = next(iter(self._last.values()))
-            if now - at < self.every:
-                return
-            self._last.popitem(last=False)
 
 
 _throttle = LogThrottle(_LOG_EVERY)
@@ -126,8 +94,9 @@ def _report(op: str, exc: BaseException) -> None:
         return
     if isinstance(exc, CosEncFsError | OSError):
         what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
-        if isinstance(exc, RefusedError):
-            what = ("", type(exc).__name__, exc.key)  # one line per object, whatever the op
+        if isinstance(exc, RefusedError | IntegrityError):
+            # One line per object (and chunk), whatever the op: readers retry.
+            what = ("", type(exc).__name__, f"{exc.key}#{getattr(exc, 'chunk', '')}")
         if _throttle.should_log(what, time.monotonic()):
             log.error("%s failed: %s", op, exc)
         return

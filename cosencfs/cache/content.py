@@ -21,6 +21,7 @@ import trio
 
 from cosencfs.cache.extents import Extents
 from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
+from cosencfs.crypto.integrity import ChunkKey, VerifiedContent
 
 #: Transcoding and zero-filling work in chunks this big (memory bound).
 CHUNK = 4 * 1024 * 1024
@@ -41,6 +42,14 @@ class Source:
     limit: int
     #: The object's envelope metadata, to recover the key after a restart.
     envelope: dict[str, str] = field(default_factory=dict)
+    #: The object's verified chunk tags (None: untagged, or not checked):
+    #: every fetched chunk is checked against them before it is stored.
+    verified: VerifiedContent | None = None
+    chunk_key: ChunkKey | None = None
+
+    def __post_init__(self) -> None:
+        if self.verified is not None and self.chunk_key is None and self.dk is not None:
+            self.chunk_key = ChunkKey(self.dk)
 
 
 @dataclass(slots=True, eq=False)

@@ -16,6 +16,10 @@ It holds two things:
 * ``attrs``: attributes (object metadata) of objects seen or written, keyed by
   object key and validated by ETag and size (and Last-Modified when known),
   so a remount need not HEAD every object again to show ``ls -l``.
+* ``tags``: per object key, the object tag of the version this mount last
+  wrote or verified there, and the tags of the versions it replaced: the
+  memory that refuses an object stripped of its tags (downgrade) or put back
+  to an older version (rollback), docs/format.md section 12.10.
 
 No plaintext and no unwrapped key is ever stored here.
 """
@@ -39,6 +43,7 @@ from cosencfs.cache.records import (
     DirtyRecord,
     LayerRecord,
     SourceRecord,
+    TagMemory,
     dirty_row,
     parse_dirty,
     parts_json,
@@ -55,6 +60,7 @@ __all__ = [
     "Journal",
     "LayerRecord",
     "SourceRecord",
+    "TagMemory",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +96,7 @@ def _best_effort(fn: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -121,6 +127,11 @@ CREATE TABLE IF NOT EXISTS deletes (
     key TEXT PRIMARY KEY,
     queued REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tags (
+    key TEXT PRIMARY KEY,
+    current TEXT,
+    older TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -137,6 +148,7 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._migrate()
         self._pending_attrs: dict[str, AttrRecord | None] = {}
+        self._pending_tags: dict[str, TagMemory] = {}
         self._attrs_flushed = time.monotonic()
 
     def close(self) -> None:
@@ -308,10 +320,34 @@ class Journal:
 
     def _maybe_flush_attrs(self) -> None:
         now = time.monotonic()
-        if len(self._pending_attrs) >= 1000 or now - self._attrs_flushed > 1.0:
+        if (
+            len(self._pending_attrs) + len(self._pending_tags) >= 1000
+            or now - self._attrs_flushed > 1.0
+        ):
             self.flush_attrs()
 
+    # -- tags: what this mount wrote or verified at each key (format.md, 12.10) ---
+
+    def get_tags(self, key: str) -> TagMemory:
+        if key in self._pending_tags:
+            return self._pending_tags[key]
+        row = self._db.execute("SELECT current, older FROM tags WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return TagMemory(None, ())
+        return TagMemory(row[0], tuple(json.loads(row[1])))
+
+    def put_tags(self, key: str, memory: TagMemory) -> None:
+        """Batched like attribute records: a crash forgets at most the last second."""
+        self._pending_tags[key] = memory
+        self._maybe_flush_attrs()
+
     def flush_attrs(self) -> None:
+        tags, self._pending_tags = self._pending_tags, {}
+        if tags:
+            self._attrs_write(
+                "INSERT OR REPLACE INTO tags VALUES (?,?,?)",
+                [(k, m.current, json.dumps(list(m.older))) for k, m in tags.items()],
+            )
         pending, self._pending_attrs = self._pending_attrs, {}
         self._attrs_flushed = time.monotonic()
         puts = [

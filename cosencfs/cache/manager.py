@@ -12,6 +12,7 @@ or names are swept.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -116,10 +117,16 @@ class CacheManager:
                     f"cache copy {v.vid} of {source.key!r} (ETag {source.etag}) is under "
                     "another data key than the object it is asked for"
                 )
+            if v.source is not None and v.source.verified is None and source.verified is not None:
+                # Checked since (recovery makes sources before it can verify):
+                # every chunk fetched from now on is checked.
+                v.source = dataclasses.replace(
+                    v.source, verified=source.verified, chunk_key=source.chunk_key
+                )
             return v
         # A plaintext object is kept under a throw-away key of its own.
         dk = source.dk if source.dk is not None else DataKey.generate()
-        src = Source(source.key, source.etag, source.dk, source.limit, dict(source.envelope))
+        src = dataclasses.replace(source, envelope=dict(source.envelope))
         v = self._new(dk, source.limit, src)
         self._by_source[(source.key, source.etag)] = v
         return v

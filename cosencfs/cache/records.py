@@ -202,3 +202,32 @@ def _layer_from_json(x: dict[str, object]) -> LayerRecord:
         burned=bool(x.get("burned", False)),
         envelope=None if own is None else {str(k): str(v) for k, v in dict(own).items()},  # type: ignore[call-overload]
     )
+
+
+#: Object tags of older versions remembered per key (rollback refusal).
+TAGS_REMEMBERED = 32
+
+
+@dataclass(slots=True, frozen=True)
+class TagMemory:
+    """The object tags (base64url) this mount wrote or verified at one key.
+
+    ``current`` is the newest version's (None: the key holds nothing this
+    mount knows tagged, e.g. after its own unlink); ``older`` the versions it
+    replaced, newest first, at most ``TAGS_REMEMBERED``.
+    """
+
+    current: str | None
+    older: tuple[str, ...]
+
+    def seen(self, tag: str) -> TagMemory:
+        """After writing or verifying the version whose object tag is ``tag``."""
+        if tag == self.current:
+            return self
+        older = tuple(t for t in (self.current, *self.older) if t is not None and t != tag)
+        return TagMemory(tag, older[:TAGS_REMEMBERED])
+
+    def gone(self) -> TagMemory:
+        """After this mount removed the object: untagged objects there are fine again."""
+        older = (self.current, *self.older) if self.current is not None else self.older
+        return TagMemory(None, older[:TAGS_REMEMBERED])

@@ -84,6 +84,21 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="keep setuid/setgid bits from x-cos-meta-mode (dropped by default: anyone "
         "who can write to the bucket can set them)",
     )
+    p.add_argument(
+        "--require-integrity",
+        action="store_true",
+        default=None,
+        help="refuse every object without integrity tags (written by the SDK, another tool "
+        "or an older cosencfs, or stripped by an attacker); see docs/format.md, 12.10",
+    )
+    # The benchmark's switch to measure what tags cost: not for users.
+    p.add_argument(
+        "--x-bench-untagged",
+        dest="write_tags",
+        action="store_false",
+        default=None,
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--uid", type=int, help="owner of objects without metadata")
     p.add_argument("--gid", type=int, help="group of objects without metadata")
     p.add_argument("--log-level", choices=LOG_LEVELS)
@@ -108,6 +123,8 @@ _CLI_FIELDS = {
     "request_deadline": "network.request_deadline",
     "allow_plaintext": "fs.allow_plaintext",
     "trust_metadata_modes": "fs.trust_metadata_modes",
+    "require_integrity": "fs.require_integrity",
+    "write_tags": "fs.write_tags",
     "uid": "fs.uid",
     "gid": "fs.gid",
 }

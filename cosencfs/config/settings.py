@@ -119,6 +119,9 @@ class FsSettings:
     trust_metadata_modes: bool | None = field(
         default=None, metadata=toml("fs.trust_metadata_modes")
     )
+    require_integrity: bool | None = field(default=None, metadata=toml("fs.require_integrity"))
+    #: Off only in the benchmark that measures what the tags cost (docs/format.md, 12.11).
+    write_tags: bool | None = field(default=None, metadata=toml("fs.write_tags"))
     #: Owner, group and modes of objects that carry none.
     uid: Count | None = field(default=None, metadata=toml("fs.uid"))
     gid: Count | None = field(default=None, metadata=toml("fs.gid"))

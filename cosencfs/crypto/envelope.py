@@ -321,6 +321,11 @@ class EnvelopeCodec:
     def key_id(self) -> str:
         return self._master.key_id
 
+    @property
+    def masters(self) -> tuple[MasterKey, ...]:
+        """Every master key this codec opens envelopes with, the writing one first."""
+        return self._readers
+
     def seal(self, dk: DataKey) -> dict[str, str]:
         """All envelope fields for an object encrypted with ``dk``."""
         wrapped_key, wrapped_iv, alg = self._master.wrap(dk)

@@ -135,18 +135,27 @@ def _envelope_encoding(env: SealedEnvelope) -> bytes:
 def object_tag(
     tk: TagKey, *, key: str, size: int, envelope: SealedEnvelope, chunk_tags: ChunkTags
 ) -> bytes:
-    """The 16-byte object tag (docs/format.md, section 12.4)."""
+    """The 16-byte object tag (docs/format.md, section 12.5)."""
     if len(chunk_tags) != chunk_count(size):
         raise ValueError(
             f"{len(chunk_tags)} chunk tags for a {size}-byte object ({chunk_count(size)} chunks)"
         )
+    return object_tag_of_digest(
+        tk, key=key, size=size, envelope=envelope, digest=chunk_tags.digest()
+    )
+
+
+def object_tag_of_digest(
+    tk: TagKey, *, key: str, size: int, envelope: SealedEnvelope, digest: bytes
+) -> bytes:
+    """The object tag from the chunk tags' digest D alone (a rename, a rekey)."""
     message = (
         _preamble(_OBJECT_LABEL)
         + _lp(key.encode("utf-8"))
         + _u64(size)
         + _u32(CHUNK_SIZE)
         + _envelope_encoding(envelope)
-        + _lp(chunk_tags.digest())
+        + _lp(digest)
     )
     return tk._mac(message)
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from cosencfs.crypto.chunktags import ChunkTags
+from cosencfs.crypto.chunktags import ChunkTags, chunk_count
 from cosencfs.crypto.objecttags import (
     AttrSet,
     TagKey,
     VerifiedContent,
     attribute_tag,
     object_tag,
+    object_tag_of_digest,
     sealed_envelope,
     verify_object,
 )
@@ -205,3 +207,60 @@ def retag(
         chunk_tags=verified.chunk_tags,
         attrs=attrs,
     )
+
+
+def _content_digest(m: Mapping[str, str], size: int, key: str) -> bytes:
+    """D of an object from its metadata alone: the ref, or the inline tags hashed."""
+    digest = companion_digest(m, key=key)
+    inline = m.get(CHUNKS_FIELD)
+    if digest is not None and inline is not None:
+        raise IntegrityError(f"both {CHUNKS_FIELD} and {TAGS_REF_FIELD} present", key=key)
+    if digest is not None:
+        return digest
+    chunk_tags = ChunkTags.from_inline(inline, key=key) if inline is not None else ChunkTags([])
+    if len(chunk_tags) != chunk_count(size):
+        raise IntegrityError(
+            f"{len(chunk_tags)} chunk tags for {size} bytes: body truncated, extended "
+            "or tags altered",
+            key=key,
+        )
+    return chunk_tags.digest()
+
+
+def retag_fields(
+    old_tk: TagKey,
+    new_tk: TagKey,
+    *,
+    old_key: str,
+    new_key: str,
+    size: int,
+    old_metadata: Mapping[str, str],
+    new_metadata: Mapping[str, str],
+    attrs: AttrSet,
+) -> dict[str, str]:
+    """New object and attribute tags for the same body under a new name or envelope.
+
+    A rename passes the new key (same envelope, same tag key); a rekey the
+    re-wrapped envelope in ``new_metadata`` and the new master's tag key.
+    The old object tag is verified first, from metadata only (D is the
+    companion reference or the hash of the inline tags): no body byte and
+    no companion is read, and tags are never re-issued for an object whose
+    own tag does not verify.  The chunk tag fields stay as they are.
+    """
+    m = _lower(old_metadata)
+    text = m.get(OBJECT_TAG_FIELD)
+    tag = None if text is None else b64url_decode(text)
+    if tag is None or len(tag) != TAG_SIZE:
+        raise IntegrityError(f"{OBJECT_TAG_FIELD} missing or malformed", key=old_key)
+    digest = _content_digest(m, size, old_key)
+    old_env = sealed_envelope(m, key=old_key)
+    expected = object_tag_of_digest(old_tk, key=old_key, size=size, envelope=old_env, digest=digest)
+    if not hmac.compare_digest(expected, tag):
+        raise IntegrityError(
+            "object tag does not verify (body size, name, envelope or chunk tags altered)",
+            key=old_key,
+        )
+    new_env = sealed_envelope(_lower(new_metadata), key=new_key)
+    otag = object_tag_of_digest(new_tk, key=new_key, size=size, envelope=new_env, digest=digest)
+    atag = attribute_tag(new_tk, key=new_key, object_tag=otag, attrs=attrs)
+    return {OBJECT_TAG_FIELD: b64url_encode(otag), ATTR_TAG_FIELD: b64url_encode(atag)}

@@ -67,29 +67,30 @@ class AttrLoader:
         """What a HEAD of ``node``'s key said is what COS holds now."""
         defaults = self.ctx.options.defaults
         meta = dict(info.metadata)
+        key = self.ctx.key_of(node)
+        # Attributes whose tag fails are not applied: the defaults are.
+        shown = self.ctx.tags.attr_meta(key, meta, is_dir=node.dir is not None)
         if node.dir is not None:
             node.dir.has_marker = True
             node.remote = Remote(info.etag, 0, info.last_modified, meta)
             node.attrs = attrs_from_meta(
-                meta, Kind.DIR, defaults, info.last_modified, trust_modes=self._trust_modes
+                shown, Kind.DIR, defaults, info.last_modified, trust_modes=self._trust_modes
             )
         else:
             old = node.remote
             if old is not None and (old.etag != info.etag or old.size != info.size):
                 self.ns.drop_clean_content(node)
-            node.kind = kind_from_meta(meta, info.size)
+            node.kind = kind_from_meta(shown, info.size)
             node.remote = Remote(info.etag, info.size, info.last_modified, meta, dict(info.headers))
             if not node.data_dirty and node.file is not None:
                 node.file.size = info.size
             node.attrs = attrs_from_meta(
-                meta, node.kind, defaults, info.last_modified, trust_modes=self._trust_modes
+                shown, node.kind, defaults, info.last_modified, trust_modes=self._trust_modes
             )
         node.attrs_known = True
         node.meta_synced_gen = node.meta_gen
         node.validated_at = trio.current_time()
-        self.ctx.journal.put_attrs(
-            self.ctx.key_of(node), info.etag, info.size, info.last_modified, meta
-        )
+        self.ctx.journal.put_attrs(key, info.etag, info.size, info.last_modified, meta)
 
     async def ensure_many(self, nodes: list[Inode]) -> None:
         """HEAD every node whose attributes are unknown, in parallel."""
@@ -155,9 +156,10 @@ class AttrLoader:
             return
         if rec.lm is None:
             self.ctx.journal.set_attrs_lm(key, info.last_modified)
-        node.kind = kind_from_meta(rec.meta, info.size)
+        shown = self.ctx.tags.attr_meta(key, rec.meta, is_dir=False)
+        node.kind = kind_from_meta(shown, info.size)
         node.attrs = attrs_from_meta(
-            rec.meta,
+            shown,
             node.kind,
             self.ctx.options.defaults,
             info.last_modified,
@@ -169,11 +171,12 @@ class AttrLoader:
 
     def dir_from_cache(self, node: Inode) -> None:
         """A listed directory's attributes from the journal (markers are not HEADed)."""
-        rec = self.ctx.journal.get_attrs(self.ctx.key_of(node))
+        key = self.ctx.key_of(node)
+        rec = self.ctx.journal.get_attrs(key)
         if rec is None:
             return
         node.attrs = attrs_from_meta(
-            rec.meta,
+            self.ctx.tags.attr_meta(key, rec.meta, is_dir=True),
             Kind.DIR,
             self.ctx.options.defaults,
             rec.lm or 0.0,

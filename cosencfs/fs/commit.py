@@ -84,17 +84,23 @@ class Committer:
             if staged is None:
                 staged = head.staged = self.ctx.cache.staged(head.object_dk, size)
             staged.size = size
-            etag = None
+            done: tuple[str, dict[str, str], list[bytes]] | None = None
             stream = head.stream
             if isinstance(stream, StreamUpload):
                 head.stream = None
                 if stream.key == key and size > self.uploader.single_put_max:
-                    etag = await stream.finish(size, meta)
+                    done = await stream.finish(size, meta)
                 else:
                     await stream.abandon_now()  # renamed, or shrank to a simple PUT
-            if etag is None:
+            if done is None:
                 await assemble.produce(self.ctx.cache, head, staged, 0, size)
+                tags = await self.ctx.tags.tag_copy(
+                    staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
+                )
+                meta = await self.ctx.tags.seal(key, size, meta, tags)
                 etag = await self._upload(node, head, staged, key, meta)
+            else:
+                etag, meta, tags = done
         except BaseException:
             head.uploading = False
             top = node.as_file.head
@@ -104,7 +110,9 @@ class Committer:
                 self.ctx.cache.layers.retire_chain(head)
             raise
         head.uploading = False
-        self._adopt(node, head, staged, key, etag, meta)
+        old = node.remote.metadata if node.remote is not None else None
+        self._adopt(node, head, staged, key, etag, meta, tags)
+        self.ctx.tags.wrote(key, meta, old)
         node.meta_synced_gen = gen
         if node.dirty:
             self.records.record(node)
@@ -122,13 +130,16 @@ class Committer:
         key: str,
         etag: str,
         meta: dict[str, str],
+        tags: list[bytes],
     ) -> None:
         """The upload of ``head`` succeeded: its copy is the file's clean copy now."""
         if head.object_dk is None:
             raise RuntimeError("adopting a layer that was never sealed")
         cache = self.ctx.cache
         size = staged.size
-        source = Source(key, etag, head.object_dk, size, dict(head.envelope))
+        # The tags just computed verify what is fetched back if the copy is evicted.
+        verified = self.ctx.tags.own(key, size, meta, tags)
+        source = Source(key, etag, head.object_dk, size, dict(meta), verified)
         cache.adopt(staged, source)
         head.staged = None
         if head.direct is staged:
@@ -177,7 +188,9 @@ class Committer:
         remote = node.remote
         if remote is None or remote.metadata is None:
             return  # gone while we looked
-        meta = {**remote.metadata, **attrs_to_meta(node.attrs)}
+        meta = self.ctx.tags.with_attr_tag(
+            key, {**remote.metadata, **attrs_to_meta(node.attrs)}, is_dir=False
+        )
         self.ctx.journal.forget_attrs_now(key)
         etag = await self.ctx.store.copy(
             key,

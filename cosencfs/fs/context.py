@@ -14,6 +14,7 @@ from cosencfs.fs.attrs import Attrs, Defaults, Kind
 from cosencfs.fs.deleter import Deleter
 from cosencfs.fs.inode import Inode, InodeTable
 from cosencfs.fs.names import check_key, normalize_prefix
+from cosencfs.fs.tags import MountTags
 from cosencfs.store.base import ObjectStore
 
 MIB = 1024 * 1024
@@ -52,6 +53,10 @@ class FsOptions:
     trust_metadata_modes: bool = False
     #: The mount is ``-o dev``: device nodes would be live, so they are refused.
     devices: bool = False
+    #: Refuse every object without integrity tags (docs/format.md, 12.10).
+    require_integrity: bool = False
+    #: Write integrity tags; off only in the benchmark that measures their cost.
+    write_tags: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", normalize_prefix(self.prefix))
@@ -85,6 +90,15 @@ class FsContext:
         self.invalidate_attrs: Callable[[int], Awaitable[None]] = _nothing
         self.head_limiter = trio.CapacityLimiter(options.head_concurrency)
         self.deleter = Deleter(store, cache.journal)
+        self.tags = MountTags(
+            store,
+            codec,
+            cache.journal,
+            self.deleter,
+            prefix=options.prefix,
+            require=options.require_integrity,
+            write=options.write_tags,
+        )
 
     def key_of(self, node: Inode) -> str:
         """The object key of a file, or the marker key of a directory."""

@@ -24,7 +24,7 @@ from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec, ObjectFormat, classify
 from cosencfs.errors import CosEncFsError, FsError
-from cosencfs.fs import xattrs
+from cosencfs.fs import names, xattrs
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import Kind
 from cosencfs.fs.commit import Committer
@@ -35,7 +35,6 @@ from cosencfs.fs.entry import Entry, StatFs, make_entry, make_statfs
 from cosencfs.fs.files import Files
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.listing import Listings
-from cosencfs.fs.names import decode_name
 from cosencfs.fs.namespace import Namespace
 from cosencfs.fs.parts import Parts
 from cosencfs.fs.reads import Reader
@@ -162,7 +161,7 @@ class Filesystem:
             up = node.parent or node
             up.nlookup += 1
             return self.entry(up)
-        return self.entry(await self.dirops.lookup(parent, decode_name(name)))
+        return self.entry(await self.dirops.lookup(parent, names.existing_name(name)))
 
     async def getattr(self, ino: int) -> Entry:
         node = self.ns.inode(ino)
@@ -216,17 +215,17 @@ class Filesystem:
     # -- names -----------------------------------------------------------------
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
-        return self.entry(await self.dirops.mkdir(parent, decode_name(name), mode, uid, gid))
+        return self.entry(await self.dirops.mkdir(parent, names.new_name(name), mode, uid, gid))
 
     async def rmdir(self, parent: int, name: bytes) -> None:
-        await self.dirops.rmdir(parent, decode_name(name))
+        await self.dirops.rmdir(parent, names.existing_name(name))
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
         try:
             text = target.decode("utf-8")
         except UnicodeDecodeError:
             raise FsError(errno.EINVAL, "symlink target is not valid UTF-8") from None
-        node = await self.dirops.symlink(parent, decode_name(name), text, uid, gid)
+        node = await self.dirops.symlink(parent, names.new_name(name), text, uid, gid)
         return self.entry(node)
 
     async def readlink(self, ino: int) -> bytes:
@@ -234,13 +233,13 @@ class Filesystem:
 
     async def unlink(self, parent: int, name: bytes) -> None:
         d = self.ns.directory(parent)
-        await self.dirops.unlink(d, decode_name(name))
+        await self.dirops.unlink(d, names.existing_name(name))
 
     async def rename(
         self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int
     ) -> None:
         await self.renamer.rename(
-            old_parent, decode_name(old_name), new_parent, decode_name(new_name), flags
+            old_parent, names.existing_name(old_name), new_parent, names.new_name(new_name), flags
         )
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Entry:
@@ -269,7 +268,7 @@ class Filesystem:
     async def create(
         self, parent: int, name: bytes, mode: int, flags: int, uid: int, gid: int
     ) -> tuple[int, Entry]:
-        h, node = await self.files.create(parent, decode_name(name), mode, flags, uid, gid)
+        h, node = await self.files.create(parent, names.new_name(name), mode, flags, uid, gid)
         return h.fh, self.entry(node)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:

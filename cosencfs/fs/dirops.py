@@ -16,6 +16,7 @@ import trio
 
 from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
+from cosencfs.crypto.integrity import ChunkKey, tag_body
 from cosencfs.errors import FsError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
@@ -27,7 +28,7 @@ from cosencfs.fs.policy import MAX_SYMLINK_TARGET, check_symlink
 async def put_marker(ctx: FsContext, node: Inode) -> None:
     """Write directory ``node``'s marker with its attributes (mkdir, chmod of a directory)."""
     key = ctx.key_of(node)
-    meta = attrs_to_meta(node.attrs)
+    meta = ctx.tags.with_attr_tag(key, attrs_to_meta(node.attrs), is_dir=True)
     gen = node.meta_gen
     # Every marker has the ETag of the empty body: only dropping the old
     # record first keeps a crash from reviving the old attributes.
@@ -101,8 +102,11 @@ class DirOps(Handler):
                 # Readers may still need bytes of the object: delete on last close.
                 f.pending_delete = key
                 self.ctx.deleter.hold(key)
-            elif had_remote:
+            elif node.remote is not None:
                 self.ctx.deleter.queue(key)
+                # (Unlinked while open, its companion stays for the readers:
+                # fsck --verify lists such orphans.)
+                self.ctx.tags.removed(key, node.remote.metadata)
                 node.remote = None
             self.ctx.journal.delete_attrs(key)
             node.attrs.ctime_ns = self.ctx.now_ns()
@@ -117,8 +121,11 @@ class DirOps(Handler):
         body = target.encode("utf-8")
         dk = DataKey.generate()
         meta = {**self.ctx.codec.seal(dk), **attrs_to_meta(node.attrs)}
+        cipher = encrypt(dk, 0, body)
         try:
-            etag = await self.ctx.store.put(key, encrypt(dk, 0, body), meta)
+            tags = tag_body(ChunkKey(dk), cipher).tags if self.ctx.tags.writing else ()
+            meta = await self.ctx.tags.seal(key, len(cipher), meta, list(tags))
+            etag = await self.ctx.store.put(key, cipher, meta)
         except BaseException:
             self.ctx.table.drop(node)
             raise
@@ -127,6 +134,7 @@ class DirOps(Handler):
         node.remote = Remote(etag, len(body), 0.0, meta)
         f.symlink_target = target
         self.ctx.journal.put_attrs(key, etag, len(body), None, meta)
+        self.ctx.tags.wrote(key, meta, None)
         self.attach_new(d, name, node)
         return node
 
@@ -148,10 +156,13 @@ class DirOps(Handler):
         # if the object grew since its size was seen: memory stays bounded.
         body = await self.ctx.store.get(key, 0, MAX_SYMLINK_TARGET + 1, if_match=r.etag)
         check_symlink(self.ctx.options, key, r.metadata, len(body))
+        verified = await self.ctx.tags.verify(key, len(body), r.metadata)
         if classify(r.metadata) is ObjectFormat.PLAIN:
             plain = body  # made by cosfs or the console: targets in the clear
         else:
             dk = self.ctx.codec.open(r.metadata, key=key)
+            if verified is not None:
+                verified.verify_range(ChunkKey(dk), 0, body)
             plain = decrypt(dk, 0, body)
         try:
             target = plain.decode("utf-8")

@@ -9,6 +9,10 @@ from cosencfs.store.base import MAX_KEY_BYTES
 
 #: NAME_MAX, as statfs reports it.
 MAX_NAME_BYTES = 255
+#: Names the mount keeps for itself, in every directory: hidden from
+#: listings and lookups, refused (EPERM) as the name of anything created.
+#: ``.cosencfs-tags`` holds the companions of integrity tags (format.md, 12.7).
+RESERVED_NAMES = frozenset({".cosencfs-tags"})
 
 
 def decode_name(raw: bytes) -> str:
@@ -31,9 +35,25 @@ def decode_name(raw: bytes) -> str:
     return name
 
 
+def new_name(raw: bytes) -> str:
+    """A name for something to create (or rename to): EPERM for a reserved one."""
+    name = decode_name(raw)
+    if name in RESERVED_NAMES:
+        raise FsError(errno.EPERM, f"{name!r} is reserved by cosencfs")
+    return name
+
+
+def existing_name(raw: bytes) -> str:
+    """A name to look up: a reserved one is never there (ENOENT)."""
+    name = decode_name(raw)
+    if name in RESERVED_NAMES:
+        raise FsError(errno.ENOENT)
+    return name
+
+
 def valid_listed_name(name: str) -> bool:
     """Whether a name found in a listing can be shown (others are skipped)."""
-    if not name or name in (".", "..") or "/" in name:
+    if not name or name in (".", "..") or "/" in name or name in RESERVED_NAMES:
         return False
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         return False

@@ -25,8 +25,12 @@ from cosencfs.fs.policy import check_servable
 log = logging.getLogger(__name__)
 
 
-def remote_source(ctx: FsContext, node: Inode) -> Source | None:
-    """The object ``node`` holds in COS, with its data key (None: empty)."""
+async def remote_source(ctx: FsContext, node: Inode) -> Source | None:
+    """The object ``node`` holds in COS, with its data key (None: empty).
+
+    Its integrity tags are verified here, before any byte is fetched
+    (IntegrityError when they fail or the object must not be untagged).
+    """
     r = node.remote
     if r is None or r.size == 0 or r.metadata is None:
         return None
@@ -38,10 +42,12 @@ def remote_source(ctx: FsContext, node: Inode) -> Source | None:
         raise DamagedObjectError(f"object {key!r} is {r.size} bytes but was written with {written}")
     check_servable(ctx.options, key, r.metadata, r.size)
     if classify(r.metadata) is ObjectFormat.PLAIN:
+        await ctx.tags.verify(key, r.size, r.metadata)  # refused if it must be tagged
         log.info("%r has no encryption envelope; reading it as plaintext", key)
         return Source(key, r.etag, None, r.size, {})
     dk = ctx.codec.open(r.metadata, key=key)
-    return Source(key, r.etag, dk, r.size, dict(r.metadata))
+    verified = await ctx.tags.verify(key, r.size, r.metadata)
+    return Source(key, r.etag, dk, r.size, dict(r.metadata), verified)
 
 
 class Reader:
@@ -76,9 +82,13 @@ class Reader:
             await self.attrs.ensure(node)
             # Another task may have made the copy while we waited.
             return await self.clean_copy(node) if node.remote is not None else None
-        source = remote_source(self.ctx, node)
+        source = await remote_source(self.ctx, node)
         if source is None:
             return None
+        if f.clean is not None and not f.clean.discarded:
+            return f.clean  # made by another reader while this one verified
+        if node.remote is None or node.remote.etag != source.etag:
+            return await self.clean_copy(node)  # the object changed meanwhile
         v = self.ctx.cache.clean_for(source)
         v.owner = node
         f.clean = v

@@ -42,6 +42,7 @@ from cosencfs.crypto.envelope import (
     VERSION_FIELD,
     WRAP_FIELD,
 )
+from cosencfs.crypto.integrity import OBJECT_TAG_FIELD
 from cosencfs.errors import CosEncFsError, NotFoundError
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE
 from cosencfs.fs.context import FsContext
@@ -121,6 +122,27 @@ def check_base(src: SourceRecord, info: ObjectInfo) -> None:
         )
 
 
+async def _tagged(
+    ctx: FsContext, key: str, info: ObjectInfo, env: dict[str, str], meta: dict[str, str]
+) -> dict[str, str]:
+    """``meta`` with integrity tags for the object the crash left at ``key``.
+
+    A single PUT carried its tags (only the attribute tag may need redoing); a
+    streamed upload that completed without its final metadata copy has none,
+    and its chunk tags were in memory only: they are computed again from the
+    object's body, fetched with If-Match (the one place tags are computed
+    from bytes read back from COS: docs/format.md, 12.10).
+    """
+    tags = ctx.tags
+    if not tags.writing:
+        return meta
+    if OBJECT_TAG_FIELD in info.metadata:
+        return tags.with_attr_tag(key, meta, is_dir=False)
+    dk = ctx.codec.open(env, key=key)
+    chunk_tags = await tags.tag_object(key, info.etag, dk, info.size)
+    return await tags.seal(key, info.size, meta, chunk_tags)
+
+
 def _envelope_only(meta: Mapping[str, str]) -> dict[str, str]:
     """The envelope fields of an object's metadata (attributes change, the envelope does not)."""
     return {k: v for k, v in meta.items() if k in ENVELOPE_FIELDS}
@@ -139,6 +161,7 @@ async def _landed(
         )
     if i == 0:
         meta = {**info.metadata, **env, **rec.attrs, META_SIZE: str(layer.size)}
+        meta = await _tagged(ctx, rec.key, info, env, meta)
         etag = info.etag
         if meta != dict(info.metadata):
             # A streamed upload completed without its final metadata copy,

@@ -30,6 +30,7 @@ from cosencfs.cache.legacy import read_legacy
 from cosencfs.cache.records import FORMAT_LEGACY, DirtyRecord, LayerRecord, SourceRecord
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import ObjectFormat, classify
+from cosencfs.crypto.integrity import OBJECT_TAG_FIELD
 from cosencfs.errors import (
     CosEncFsError,
     CryptoError,
@@ -119,7 +120,7 @@ async def _recover_one(ctx: FsContext, uploader: Uploader, rec: DirtyRecord) -> 
         if found is None:
             return
         rec = found
-        head = _reopen(ctx, rec)
+        head = _reopen(ctx, rec, await _source(ctx, rec.source))
     try:
         await _upload(ctx, uploader, rec, head)
     except BaseException:
@@ -129,21 +130,30 @@ async def _recover_one(ctx: FsContext, uploader: Uploader, rec: DirtyRecord) -> 
     ctx.cache.layers.retire_chain(head)
 
 
-def _source(ctx: FsContext, s: SourceRecord | None) -> Source | None:
+async def _source(ctx: FsContext, s: SourceRecord | None) -> Source | None:
+    """The recorded base of a dirty file; its tags checked when the record has them.
+
+    Bases recorded with the object's whole metadata (read through the mount,
+    or uploaded by it) carry its tags: the object's size is the one it was
+    written with, and every fetch is If-Match the recorded ETag.
+    """
     if s is None:
         return None
     dk = None
     if s.envelope and classify(s.envelope) is not ObjectFormat.PLAIN:
         dk = ctx.codec.open(s.envelope, key=s.key)
-    return Source(s.key, s.etag, dk, s.limit, dict(s.envelope))
+    verified = None
+    written = s.envelope.get(META_SIZE)
+    if dk is not None and OBJECT_TAG_FIELD in s.envelope and written is not None:
+        verified = await ctx.tags.verify(s.key, int(written), s.envelope)
+    return Source(s.key, s.etag, dk, s.limit, dict(s.envelope), verified)
 
 
-def _reopen(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
+def _reopen(ctx: FsContext, rec: DirtyRecord, source: Source | None) -> DirtyLayer:
     """The record's layers, bottom first, each log replayed to the length that counts."""
     if not rec.layers:
         raise CosEncFsError(f"journal record of {rec.key!r} names no cache layer")
     below: DirtyLayer | None = None
-    source = _source(ctx, rec.source)
     opened: list[DirtyLayer] = []
     try:
         for x in reversed(rec.layers):
@@ -205,7 +215,7 @@ async def _convert_legacy(ctx: FsContext, rec: DirtyRecord) -> DirtyLayer:
     if not path.exists():
         raise CosEncFsError(f"cache file {rec.vid} is missing")
     old_dk = ctx.codec.open(rec.envelope, key=rec.key)
-    source = _source(ctx, rec.source)
+    source = await _source(ctx, rec.source)
     limit = rec.source.limit if rec.source is not None else 0
     layer = ctx.cache.layers.new(size=rec.size, limit=min(limit, rec.size), source=source)
     try:
@@ -248,6 +258,8 @@ async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: Di
             f"from was replaced in COS by another writer (PreconditionFailed): {exc}"
         ) from exc
     meta = {**head.envelope, **rec.attrs, META_SIZE: str(size)}
+    tags = await ctx.tags.tag_copy(staged.path, head.object_dk, 0, size, ctx.cache.io_limiter)
+    meta = await ctx.tags.seal(rec.key, size, meta, tags)
     resume = None
     if rec.upload_id and rec.object_envelope == head.envelope:
         resume = (rec.upload_id, rec.parts)
@@ -263,5 +275,6 @@ async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: Di
         resume=resume,
     )
     ctx.journal.put_attrs(rec.key, etag, size, None, meta)
+    ctx.tags.wrote(rec.key, meta, rec.source.envelope if rec.source is not None else None)
     ctx.journal.delete_dirty(rec.fid)
     log.info("recovered %r (%d bytes)", rec.key, size)

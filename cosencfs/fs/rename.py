@@ -105,10 +105,14 @@ class Renamer(Handler):
                 self.records.record(src)
                 self.ctx.journal.set_dirty_key(src.as_file.fid, new_key)
                 self.ctx.deleter.queue(old_key)
+                self.ctx.tags.removed(old_key, src.remote.metadata)
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
             elif src.remote is not None:
                 await self._copy_file(src, old_key, new_key)
+                if dst is not None and dst.remote is not None and src.remote is not None:
+                    # dst's object was replaced by the copy: its companion goes.
+                    self.ctx.tags.drop_companion(dst.remote.metadata, keep=src.remote.metadata)
             elif dst is not None and dst.remote is not None:
                 # The new key still holds dst's object until src's upload
                 # replaces it: src now answers for it (an unlink or a rename
@@ -122,15 +126,18 @@ class Renamer(Handler):
         remote = src.remote
         if remote is None:  # callers copy only files that have an object
             raise FsError(errno.EIO, f"rename: {old_key!r} has no object to copy")
-        meta: dict[str, str] | None = None
         gen = src.meta_gen
+        if remote.metadata is None:
+            # Tags bind the object's name: the copy needs new ones, from its metadata.
+            await self.attrs.ensure(src)
+            remote = src.remote
+            if remote is None or remote.metadata is None:
+                raise FsError(errno.EIO, f"rename: no metadata of {old_key!r} to carry over")
+        base = dict(remote.metadata)
         if src.meta_dirty:
-            if remote.metadata is None:
-                await self.attrs.ensure(src)
-                remote = src.remote
-                if remote is None or remote.metadata is None:
-                    raise FsError(errno.EIO, f"rename: no metadata of {old_key!r} to carry over")
-            meta = {**(remote.metadata or {}), **attrs_to_meta(src.attrs)}
+            base.update(attrs_to_meta(src.attrs))
+        retagged = self.ctx.tags.retag(old_key, new_key, remote.size, base)
+        meta = retagged if retagged is not None else (base if src.meta_dirty else None)
         # A copy keeps the ETag: a record left at new_key from an earlier
         # object with these bytes must not outlive a crash (see forget_attrs_now).
         self.ctx.journal.forget_attrs_now(new_key)
@@ -145,15 +152,13 @@ class Renamer(Handler):
         )
         self.ctx.deleter.queue(old_key)
         new_meta = meta if meta is not None else remote.metadata
-        src.remote = Remote(etag, remote.size, time.time(), new_meta)
-        if meta is not None:
+        src.remote = Remote(etag, remote.size, time.time(), new_meta, remote.headers)
+        if src.meta_dirty:
             src.meta_synced_gen = gen
-        rec = self.ctx.journal.get_attrs(old_key)
         self.ctx.journal.delete_attrs(old_key)
-        if new_meta is not None:
-            self.ctx.journal.put_attrs(new_key, etag, remote.size, None, new_meta)
-        elif rec is not None:
-            self.ctx.journal.put_attrs(new_key, etag, remote.size, None, rec.meta)
+        self.ctx.journal.put_attrs(new_key, etag, remote.size, None, new_meta)
+        self.ctx.tags.moved(old_key)
+        self.ctx.tags.wrote(new_key, new_meta, None)
         self._repoint(src, new_key, etag)
 
     def _repoint(self, node: Inode, key: str, etag: str) -> None:
@@ -190,9 +195,10 @@ class Renamer(Handler):
             for old in keys:
                 await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
             copied: dict[str, str] = {}
+            metas: dict[str, dict[str, str]] = {}
             self.ctx.journal.delete_attrs_prefix(new_prefix)
             try:
-                await self._copy_many(objects, old_prefix, new_prefix, copied)
+                await self._copy_many(objects, old_prefix, new_prefix, copied, metas)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await self._undo_copies(list(copied))
@@ -211,14 +217,20 @@ class Renamer(Handler):
             for old in keys:
                 new = new_prefix + old[len(old_prefix) :]
                 rec = self.ctx.journal.get_attrs(old)
-                if rec is not None:
-                    self.ctx.journal.put_attrs(new, copied[new], rec.size, None, rec.meta)
+                meta = metas.get(new) or (rec.meta if rec is not None else None)
+                if meta is not None and rec is not None:
+                    self.ctx.journal.put_attrs(new, copied[new], rec.size, None, meta)
+                self.ctx.tags.moved(old)
+                if new in metas:
+                    self.ctx.tags.wrote(new, metas[new], None)
             self.ctx.journal.delete_attrs_prefix(old_prefix)
             self._move_local(src, d_new, new_name, dst)
             for node in src.walk():
                 key = self.ctx.key_of(node)
                 if node.remote is not None and key in copied:
                     node.remote.etag = copied[key]
+                    if key in metas:
+                        node.remote.metadata = dict(metas[key])
                     self._repoint(node, key, copied[key])
                 if node.dirty:
                     self.records.record(node)
@@ -229,20 +241,54 @@ class Renamer(Handler):
         old_prefix: str,
         new_prefix: str,
         copied: dict[str, str],
+        metas: dict[str, dict[str, str]],
     ) -> None:
+        """Copy every object of a directory; tagged ones with tags for their new keys.
+
+        A tagged object's metadata comes from the journal when its record
+        still matches, else from a HEAD; ``metas`` gets the new metadata of
+        every object copied with new tags.
+        """
         limiter = trio.CapacityLimiter(COPY_CONCURRENCY)
 
         async def one(obj: ObjectInfo) -> None:
             async with limiter:
                 new = new_prefix + obj.key[len(old_prefix) :]
-                ctype = DIR_CONTENT_TYPE if obj.key.endswith("/") else FILE_CONTENT_TYPE
+                is_dir = obj.key.endswith("/")
+                ctype = DIR_CONTENT_TYPE if is_dir else FILE_CONTENT_TYPE
+                info = await self._metadata_of(obj)
+                meta = dict(info.metadata)
+                if is_dir:
+                    retagged: dict[str, str] | None = self.ctx.tags.with_attr_tag(
+                        new, meta, is_dir=True
+                    )
+                else:
+                    retagged = self.ctx.tags.retag(obj.key, new, obj.size, meta)
+                if retagged is None or retagged == meta:
+                    copied[new] = await self.ctx.store.copy(
+                        obj.key, new, content_type=ctype, size=obj.size
+                    )
+                    return
                 copied[new] = await self.ctx.store.copy(
-                    obj.key, new, content_type=ctype, size=obj.size
+                    obj.key,
+                    new,
+                    metadata=retagged,
+                    content_type=info.content_type or ctype,
+                    headers=info.headers,
+                    if_match=info.etag,
+                    size=obj.size,
                 )
+                metas[new] = retagged
 
         async with open_nursery() as nursery:
             for obj in objects:
                 nursery.start_soon(one, obj)
+
+    async def _metadata_of(self, obj: ObjectInfo) -> ObjectInfo:
+        rec = self.ctx.journal.get_attrs(obj.key)
+        if rec is not None and rec.matches(obj.etag, obj.size, obj.last_modified):
+            return ObjectInfo(obj.key, obj.size, obj.etag, obj.last_modified, dict(rec.meta))
+        return await self.ctx.store.head(obj.key)
 
     async def _undo_copies(self, keys: list[str]) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +45,13 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "pending": len(ctx.deleter),
             "done": ctx.deleter.deleted,
             "failed": ctx.deleter.failures,
+        },
+        "integrity": {
+            "writing_tags": ctx.tags.writing,
+            "require": ctx.tags.require,
+            **dataclasses.asdict(ctx.tags.stats),
+            "chunks_verified": fetcher.chunks_verified,
+            "chunk_failures": fetcher.chunk_failures,
         },
         "inodes": len(ctx.table),
         "fuse": {

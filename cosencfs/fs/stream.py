@@ -14,7 +14,10 @@ under the object key into the layer's upload copy, and sent from there.
 
 The object's metadata is fixed when a multipart upload starts, before the
 final size and mtime are known; when the upload completes, a server-side copy
-onto itself puts the final metadata (one request, no data moved).
+onto itself puts the final metadata (one request, no data moved).  Each
+part's chunk tags are computed once it is produced (parts start on multiples
+of 8 MiB, so on chunk boundaries); the final metadata carries the object's
+integrity tags, and their companion is stored before that copy.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class StreamUpload:
         self._on_seal = on_seal
         self.upload_id: str | None = None
         self.etags: dict[int, str] = {}
+        #: Chunk tags of each part produced, by part number.
+        self.part_tags: dict[int, list[bytes]] = {}
         self.abandoned = False
         self._started = trio.Event()
         self._sent_parts = 0  # parts handed to uploads, in order
@@ -121,6 +126,12 @@ class StreamUpload:
 
     async def _part(self, upload_id: str, n: int, start: int, end: int) -> None:
         await assemble.produce(self.ctx.cache, self.layer, self.staged, start, end)
+        if self.layer.object_dk is None:
+            raise CosEncFsError(f"streamed upload of {self.key!r} without a data key")
+        if n not in self.part_tags:
+            self.part_tags[n] = await self.ctx.tags.tag_copy(
+                self.staged.path, self.layer.object_dk, start, end, self.ctx.cache.io_limiter
+            )
         async with self.limiter:
             etag = await self.store.upload_part(
                 self.key, upload_id, n, FileRange(self.staged.path, start, end - start)
@@ -140,9 +151,12 @@ class StreamUpload:
         finally:
             self._running.pop(n).set()
 
-    async def finish(self, size: int, metadata: Mapping[str, str]) -> str | None:
-        """Send what is left and complete; None when the stream cannot be used
-        (never started, abandoned, or the file outgrew the fixed part size)."""
+    async def finish(
+        self, size: int, metadata: Mapping[str, str]
+    ) -> tuple[str, dict[str, str], list[bytes]] | None:
+        """Send what is left and complete: the object's ETag, final metadata (tags
+        included) and chunk tags; None when the stream cannot be used (never
+        started, abandoned, or the file outgrew the fixed part size)."""
         await self._started.wait()
         for ev in list(self._running.values()):
             await ev.wait()
@@ -156,20 +170,22 @@ class StreamUpload:
             for n, s, e in missing:
                 nursery.start_soon(self._part, upload_id, n, s, e)
         parts = sorted((n, self.etags[n]) for n, _, _ in layout)
+        tags = [t for n, _, _ in layout for t in self.part_tags[n]]
+        final = await self.ctx.tags.seal(self.key, size, metadata, tags)
         etag = await self.store.complete_multipart(self.key, upload_id, parts)
         self.journal.set_upload(self.fid, None, {})
-        if dict(metadata) != self.metadata:
+        if final != self.metadata:
             # The final size and mtime were unknown when the upload started.
             etag = await self.store.copy(
                 self.key,
                 self.key,
-                metadata=metadata,
+                metadata=final,
                 content_type=self.content_type,
                 if_match=etag,
                 size=size,
             )
         log.debug("streamed %r: %d parts, %d sent at close", self.key, len(layout), len(missing))
-        return etag
+        return etag, final, tags
 
     def abandon(self) -> None:
         """The layer changed below the sealed mark, or went away."""

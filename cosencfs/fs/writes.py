@@ -77,9 +77,11 @@ class Writer:
         if head is None:
             if node.remote is not None and node.remote.metadata is None:
                 await self.attrs.ensure(node)
-            if f.head is not None:
-                return  # another writer made one while we waited
-            source = remote_source(self.ctx, node)
+            remote = node.remote
+            # An empty file needs no bytes of the object (nor its tags checked).
+            source = await remote_source(self.ctx, node) if f.current_size else None
+            if f.head is not None or node.remote is not remote:
+                return  # another writer made one, or the object changed, while we waited
             size = f.current_size
             set_head(node, layers.new(size=size, limit=size, source=source))
             return

@@ -51,6 +51,8 @@ SETTINGS = [
     "fs.readahead_max",
     "fs.allow_plaintext",
     "fs.trust_metadata_modes",
+    "fs.require_integrity",
+    "fs.write_tags",
     "fs.uid",
     "fs.gid",
     "fs.file_mode",

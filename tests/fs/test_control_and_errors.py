@@ -13,7 +13,8 @@ import pytest
 from cosencfs.errors import FsError, NotFoundError
 from cosencfs.fs.control import XATTR_FORMAT, XATTR_PID, XATTR_STATS, XATTR_SYNC
 from cosencfs.fs.core import Filesystem
-from cosencfs.fuse_ops import LogThrottle, _report, errno_for
+from cosencfs.fuse_ops import _report, errno_for
+from cosencfs.mount.logsetup import LogThrottle
 
 ROOT = 1
 
