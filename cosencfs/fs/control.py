@@ -16,3 +16,6 @@ XATTR_STATS = b"user.cosencfs.stats"
 XATTR_FORMAT = b"user.cosencfs.format"
 #: Setting it uploads everything dirty and returns when done (EIO on failure).
 XATTR_SYNC = b"user.cosencfs.sync"
+#: Setting it on a file forgets that this mount knew its object tagged: an
+#: untagged object another tool wrote there is then read (docs/format.md, 12.10).
+XATTR_ACCEPT_UNTAGGED = b"user.cosencfs.accept-untagged"

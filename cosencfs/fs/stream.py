@@ -34,6 +34,7 @@ from cosencfs.errors import CosEncFsError, StoreError
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.upload import MIN_PART, parts_of
 from cosencfs.store.base import FileRange
+from cosencfs.util import open_nursery
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +127,24 @@ class StreamUpload:
 
     async def _part(self, upload_id: str, n: int, start: int, end: int) -> None:
         await assemble.produce(self.ctx.cache, self.layer, self.staged, start, end)
-        if self.layer.object_dk is None:
+        dk = self.layer.object_dk
+        if dk is None:
             raise CosEncFsError(f"streamed upload of {self.key!r} without a data key")
-        if n not in self.part_tags:
-            self.part_tags[n] = await self.ctx.tags.tag_copy(
-                self.staged.path, self.layer.object_dk, start, end, self.ctx.cache.io_limiter
-            )
-        async with self.limiter:
-            etag = await self.store.upload_part(
-                self.key, upload_id, n, FileRange(self.staged.path, start, end - start)
-            )
+
+        async def tag() -> None:
+            # Beside the part's upload, not before it: the tags are needed
+            # only at finish(), and the upload waits on the network anyway.
+            if n not in self.part_tags:
+                self.part_tags[n] = await self.ctx.tags.tag_copy(
+                    self.staged.path, dk, start, end, self.ctx.cache.io_limiter
+                )
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(tag)
+            async with self.limiter:
+                etag = await self.store.upload_part(
+                    self.key, upload_id, n, FileRange(self.staged.path, start, end - start)
+                )
         self.etags[n] = etag
         self.journal.set_upload(self.fid, upload_id, self.etags)
 

@@ -285,6 +285,13 @@ class MountTags:
             self.journal.put_tags(key, memory.gone())
         self.drop_companion(meta)
 
+    def forget(self, key: str) -> None:
+        """Accept an untagged object at ``key`` (``user.cosencfs.accept-untagged``)."""
+        memory = self.journal.get_tags(key)
+        if memory.current is not None:
+            self.journal.put_tags(key, memory.gone())
+        log.info("%r: an untagged object there is accepted from now on", key)
+
     def moved(self, key: str) -> None:
         """The object at ``key`` was renamed away (its companion now serves the new key)."""
         memory = self.journal.get_tags(key)

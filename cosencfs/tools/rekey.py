@@ -45,6 +45,7 @@ from cosencfs.errors import (
     ConfigError,
     CryptoError,
     DamagedEnvelopeError,
+    IntegrityError,
     NotFoundError,
     PreconditionFailedError,
     StoreError,
@@ -53,6 +54,7 @@ from cosencfs.errors import (
 from cosencfs.store.base import MAX_USER_META_BYTES, META_PREFIX, ObjectInfo, ObjectStore
 from cosencfs.tools.fsck import crypto_message, unverifiable_sdk_envelope
 from cosencfs.tools.progress import Progress, display_key
+from cosencfs.tools.retag import retagged, retagged_marker
 from cosencfs.tools.walk import walk_bucket
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ class Rekeyer:
     def _triage(self, info: ObjectInfo) -> bool:
         if info.key.endswith("/") and info.size == 0:
             self.stats.markers += 1
-            return False
+            # HEADed all the same: its attribute tag is under the old key.
         return True
 
     async def _one(self, listed: ObjectInfo) -> None:
@@ -209,6 +211,9 @@ class Rekeyer:
     async def _attempt(self, key: str) -> None:
         info = await self.store.head(key)
         meta = dict(info.metadata)
+        if key.endswith("/") and info.size == 0:
+            await self._retag_marker(key, info, meta)
+            return
         env = inspect_envelope(meta)
         if env.format is ObjectFormat.PLAIN:
             self.stats.plain += 1
@@ -250,6 +255,11 @@ class Rekeyer:
             self._fail(key, "unreadable", crypto_message(exc))
             return
         new_meta = {**strip_envelope(meta), **self.new.seal(dk)}
+        try:
+            new_meta = retagged(source, self.new, key, info.size, meta, new_meta)
+        except IntegrityError as exc:
+            self._fail(key, "integrity", f"not re-tagged: {exc}")
+            return
         size = metadata_bytes(new_meta)
         if size > MAX_USER_META_BYTES:
             self._fail(
@@ -276,6 +286,25 @@ class Rekeyer:
         if env.format is ObjectFormat.SDK and unverifiable_sdk_envelope(meta, source):
             self.stats.unverified += 1
         log.debug("re-wrapped %s (%d bytes)", display_key(key), info.size)
+
+    async def _retag_marker(self, key: str, info: ObjectInfo, meta: dict[str, str]) -> None:
+        new_meta = retagged_marker(self.old, self.new, key, meta)
+        if new_meta is None:
+            return
+        if not self.stats.dry_run:
+            try:
+                await self.store.copy(
+                    key,
+                    key,
+                    metadata=new_meta,
+                    content_type=info.content_type,
+                    headers=info.headers,
+                    if_match=info.etag,
+                    size=0,
+                )
+            except PreconditionFailedError:
+                raise _Changed() from None
+        self.stats.rewrapped += 1
 
     def _opens_with_new(self, meta: Mapping[str, str], key: str) -> bool:
         if not self.new.master.can_unwrap:
