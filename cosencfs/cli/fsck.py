@@ -48,6 +48,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="HOURS",
         help="a multipart upload older than this is orphaned (default 24)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also fetch every object and verify its integrity tags chunk by chunk "
+        "(downloads the whole prefix; reports untagged objects and orphaned companions)",
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
 
 
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             concurrency=settings.concurrency,
             orphan_age=args.orphan_age * 3600.0,
             abort_orphans=args.abort_orphans,
+            verify=args.verify,
         )
         before = store.counters.snapshot()
         started = time.monotonic()
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                 "target": settings.target(),
                 "key_id": codec.key_id,
                 "key_kind": codec.master.kind,
+                "verify": args.verify,
             }
         )
         with Progress("fsck", enabled=not args.no_progress) as progress:
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
         else:
-            _print_fsck(settings, codec, fsck.stats, used, elapsed, stop)
+            _print_fsck(settings, codec, fsck.stats, used, elapsed, stop, verify=args.verify)
         if stop == STOP_INTERRUPTED:
             return EXIT_INTERRUPTED
         return EXIT_OK if fsck.stats.clean and not stop else EXIT_PROBLEMS
@@ -148,6 +156,8 @@ def _print_fsck(
     used: CounterSnapshot,
     elapsed: float,
     stop: str,
+    *,
+    verify: bool = False,
 ) -> None:
     ok = sum(s.ok.values())
     by_format = ", ".join(f"{fmt} {n}" for fmt, n in sorted(s.ok.items()))
@@ -161,6 +171,17 @@ def _print_fsck(
         n = s.findings[cat]
         if n:
             lines.append(f"  {cat.value + ':':<19}{n}")
+    t = s.tags
+    if verify:
+        lines.append(
+            f"  {'tags:':<19}{t.verified} objects verified ({t.bytes_verified} bytes), "
+            f"{t.untagged} untagged, {t.failed} failed, {t.companions} companions"
+        )
+    elif t.metadata_checked or t.untagged or t.failed:
+        lines.append(
+            f"  {'tags:':<19}{t.metadata_checked} objects checked from metadata, "
+            f"{t.untagged} untagged, {t.failed} failed (bodies not read: --verify reads them)"
+        )
     if s.orphans_aborted:
         lines.append(f"  {'uploads aborted:':<19}{s.orphans_aborted}")
     if s.unverified:
