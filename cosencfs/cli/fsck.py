@@ -46,7 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=float,
         default=24.0,
         metavar="HOURS",
-        help="a multipart upload older than this is orphaned (default 24)",
+        help="a multipart upload, or with --verify an unreferenced companion, older than "
+        "this is orphaned (default 24)",
     )
     p.add_argument(
         "--verify",
@@ -54,12 +55,20 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="also fetch every object and verify its integrity tags chunk by chunk "
         "(downloads the whole prefix; reports untagged objects and orphaned companions)",
     )
+    p.add_argument(
+        "--delete-orphans",
+        action="store_true",
+        help="with --verify, delete the orphaned companion objects found (only while no "
+        "mount is writing to the bucket)",
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
 
 
 def _prepare_fsck(args: argparse.Namespace, settings: BucketSettings) -> EnvelopeCodec:
     if args.orphan_age < 0:
         raise ConfigError("--orphan-age must not be negative")
+    if args.delete_orphans and not args.verify:
+        raise ConfigError("--delete-orphans needs --verify (orphaned companions are found by it)")
     codec = load_codec(settings.keys)
     if not codec.master.can_unwrap:
         raise ConfigError("fsck opens every envelope: give the RSA private key (--rsa-private-key)")
@@ -111,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             orphan_age=args.orphan_age * 3600.0,
             abort_orphans=args.abort_orphans,
             verify=args.verify,
+            delete_orphans=args.delete_orphans,
         )
         before = store.counters.snapshot()
         started = time.monotonic()
@@ -184,6 +194,8 @@ def _print_fsck(
         )
     if s.orphans_aborted:
         lines.append(f"  {'uploads aborted:':<19}{s.orphans_aborted}")
+    if t.companions_deleted:
+        lines.append(f"  {'orphans deleted:':<19}{t.companions_deleted}")
     if s.unverified:
         lines.append(
             f"  note: {s.unverified} SDK envelopes use the SDK's aes-ctr wrap, which has no key "

@@ -73,6 +73,8 @@ class TagCounts:
     failed: int = 0
     #: Companion objects listed (``<prefix>.cosencfs-tags/...``).
     companions: int = 0
+    #: Orphaned companions deleted (``--delete-orphans``).
+    companions_deleted: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -82,6 +84,7 @@ class TagCounts:
             "untagged": self.untagged,
             "failed": self.failed,
             "companions": self.companions,
+            "companions_deleted": self.companions_deleted,
         }
 
 

@@ -27,7 +27,8 @@ end one listing of multipart uploads.  Findings (``Category``):
 ``untagged``          (``verify``) no integrity tags: served unauthenticated
 ``integrity``         object or chunk tags fail, or the companion is missing
 ``attributes``        the attribute tag fails: default attributes apply
-``orphan-companion``  (``verify``) a companion no listed object names
+``orphan-companion``  (``verify``) a companion no listed object names, older
+                      than ``orphan_age`` (deleted with ``delete_orphans``)
 ``error``             the object could not be checked (HEAD or GET failed)
 
 The tag checks are ``verify.py``: without ``verify`` they use metadata
@@ -128,6 +129,7 @@ class Fsck:
         orphan_age: float = 24 * 3600.0,
         abort_orphans: bool = False,
         verify: bool = False,
+        delete_orphans: bool = False,
         progress: Progress | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -142,7 +144,17 @@ class Fsck:
         self._report = report
         self._now = now
         self.verify = verify
-        self.tags = TagCheck(store, codec, self._add, self.stats, prefix=prefix, verify=verify)
+        self.tags = TagCheck(
+            store,
+            codec,
+            self._add,
+            self.stats,
+            prefix=prefix,
+            verify=verify,
+            orphan_age=orphan_age,
+            delete_orphans=delete_orphans,
+            now=now,
+        )
         #: File keys that a later key may turn into a directory (see _check_clash).
         self._open_files: list[str] = []
         self._clashed: set[str] = set()
@@ -159,7 +171,7 @@ class Fsck:
             )
         finally:
             self.stats.objects = self.progress.total  # also when interrupted
-        self.tags.report_orphans()  # only after a complete walk: it needs every reference
+        await self.tags.report_orphans()  # only after a complete walk: it needs every reference
         await self._check_uploads()
         return self.stats
 
@@ -179,7 +191,7 @@ class Fsck:
             self.stats.markers += 1  # the prefix's own marker
             return False
         if in_companion_area(rel):
-            self.tags.listed_companion(key)
+            self.tags.listed_companion(info)
             return False
         problem = name_problem(rel)
         if problem is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -103,8 +104,13 @@ class TagCheck:
     stats: FsckStats
     prefix: str = ""
     verify: bool = False
-    #: Companions listed: key -> digest (None: not a companion name).
-    _companions: dict[str, bytes | None] = field(default_factory=dict)
+    #: Companions younger than this (seconds) are not reported: a mount may be
+    #: about to store the object that names it (fsck's ``--orphan-age``).
+    orphan_age: float = 0.0
+    delete_orphans: bool = False
+    now: Callable[[], float] = time.time
+    #: Companions listed: key -> (digest or None for a name that is not one, Last-Modified).
+    _companions: dict[str, tuple[bytes | None, float]] = field(default_factory=dict)
     #: Digests named by a listed object's ``cosencfs-tags-ref``.
     _referenced: set[bytes] = field(default_factory=set)
     _keys: list[TagKey] = field(default_factory=list)
@@ -118,33 +124,56 @@ class TagCheck:
 
     # ------------------------------------------------------------------ listing order
 
-    def listed_companion(self, key: str) -> None:
+    def listed_companion(self, info: ObjectInfo) -> None:
         """A key in a ``.cosencfs-tags/`` directory: not a file; remembered for orphans."""
         self.stats.tags.companions += 1
+        key = info.key
         if not self.verify or key.endswith("/"):
             return
         parent, _, name = key.rpartition("/")
         digest = b64url_decode(name) if parent.endswith(COMPANION_DIR) else None
-        self._companions[key] = digest if digest and len(digest) == DIGEST_SIZE else None
+        if digest is not None and len(digest) != DIGEST_SIZE:
+            digest = None
+        self._companions[key] = (digest, info.last_modified)
 
-    def report_orphans(self) -> None:
-        """``orphan-companion`` for each listed companion no listed object names."""
-        for key, digest in sorted(self._companions.items()):
+    async def report_orphans(self) -> None:
+        """``orphan-companion`` for each listed companion no listed object names.
+
+        Only after a complete walk (every reference seen), and only companions
+        older than ``orphan_age``; with ``delete_orphans`` the real companions
+        among them (not other names) are deleted.
+        """
+        now = self.now()
+        for key, (digest, modified) in sorted(self._companions.items()):
+            if digest in self._referenced:
+                continue
+            age = now - modified if modified > 0 else float("inf")
+            if self.orphan_age > 0 and age < self.orphan_age:
+                continue
+            action = ""
             if digest is None:
                 detail = (
                     f"not a companion (a base64url SHA-256 digest directly under {COMPANION_DIR}/) "
                     "in the directory the mount keeps for itself; nothing refers to it"
                 )
-            elif digest in self._referenced:
-                continue
             else:
                 detail = (
                     "companion object that no listed object refers to (left by an overwrite or "
                     "delete that did not finish, or by another tool): deleting it is safe once "
                     "no mount is writing to the bucket (a mount stores a companion just before "
-                    "its object)"
+                    "its object; a rename during the check can hide its referrer)"
                 )
-            self.add(Finding(Category.ORPHAN_COMPANION, key, detail))
+                if self.delete_orphans:
+                    action = await self._delete(key)
+            self.add(Finding(Category.ORPHAN_COMPANION, key, detail, action=action))
+
+    async def _delete(self, key: str) -> str:
+        try:
+            await self.store.delete(key)
+        except StoreError as exc:
+            return f"delete failed: {exc}"
+        self.stats.tags.companions_deleted += 1
+        return "deleted"
 
     # ------------------------------------------------------------------ objects
 

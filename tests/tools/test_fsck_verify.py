@@ -96,7 +96,7 @@ async def fsck(
     store: CosStore, codec: EnvelopeCodec, *, verify: bool = True
 ) -> tuple[set[tuple[str, str, int | None]], FsckStats, list[Finding]]:
     found: list[Finding] = []
-    stats = await Fsck(store, codec, report=found.append, verify=verify).run()
+    stats = await Fsck(store, codec, report=found.append, verify=verify, orphan_age=0.0).run()
     return {(f.category.value, f.key, f.chunk) for f in found}, stats, found
 
 
@@ -305,7 +305,12 @@ async def test_stripped_tags_are_untagged(
     assert stats.tags.untagged == 3  # markers are not HEADed without --verify
     assert await run_cli(cli, *fsck_args(server, key_file, "--no-progress")) == 0
     assert "3 untagged" in capsys.readouterr().out
-    assert await run_cli(cli, *fsck_args(server, key_file, "--no-progress", "--verify")) == 1
+    args = fsck_args(server, key_file, "--no-progress", "--verify")
+    assert await run_cli(cli, *args) == 1
+    # A fresh companion is spared by the default --orphan-age (a mount may be
+    # about to store its object).
+    assert "4 problems found" in capsys.readouterr().out
+    assert await run_cli(cli, *args, "--orphan-age", "0") == 1
     assert "5 problems found" in capsys.readouterr().out
 
 
@@ -365,3 +370,38 @@ async def test_companion_found_from_a_sub_prefix(
     assert found == []
     assert stats.tags.verified == 1
     assert stats.tags.bytes_verified == len(BIG)
+
+
+async def test_delete_orphans(
+    bucket: Bucket,
+    store: CosStore,
+    codec: EnvelopeCodec,
+    server: LocalCosServer,
+    key_file: Path,
+    cli: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stray = f"{COMPANION_DIR}/{b64url_encode(os.urandom(32))}"
+    junk = f"{COMPANION_DIR}/notes.txt"
+    await store.put(stray, b"CEFT", {})
+    await store.put(junk, b"junk", {})
+    assert await run_cli(cli, *fsck_args(server, key_file, "--delete-orphans")) == 2
+    assert "needs --verify" in capsys.readouterr().err
+
+    # Younger than --orphan-age: neither reported nor deleted.
+    args = fsck_args(server, key_file, "--verify", "--delete-orphans", "--json")
+    assert await run_cli(cli, *args) == 0
+    assert json.loads(capsys.readouterr().out)["findings"] == []
+    await store.head(stray)
+
+    assert await run_cli(cli, *args, "--orphan-age", "0") == 1
+    report = json.loads(capsys.readouterr().out)
+    actions = {f["key"]: f.get("action", "") for f in report["findings"]}
+    assert actions == {stray: "deleted", junk: ""}  # only real companions are deleted
+    assert report["summary"]["tags"]["companions_deleted"] == 1
+    listed = {o.key for o in (await store.list_objects(COMPANION_DIR + "/")).objects}
+    assert listed == {bucket.companion, junk}  # the companion in use stays
+
+    found, stats, _ = await fsck(store, codec)
+    assert found == {("orphan-companion", junk, None)}
+    assert stats.tags.verified == 4
