@@ -58,8 +58,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--delete-orphans",
         action="store_true",
-        help="with --verify, delete the orphaned companion objects found (only while no "
-        "mount is writing to the bucket)",
+        help="with --verify, delete the orphaned companion objects found (run it only when "
+        "no mount is writing to the bucket)",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
 

@@ -62,7 +62,7 @@ class TagCounts:
 
     #: Objects whose object tag, every chunk and attribute tag verified (``--verify``).
     verified: int = 0
-    #: Body bytes fetched and verified chunk by chunk (``--verify``).
+    #: Body bytes of the objects that verified, chunk by chunk (``--verify``).
     bytes_verified: int = 0
     #: Objects whose object tag (and attribute tag) verified from metadata alone
     #: (without ``--verify``: no body or companion read).

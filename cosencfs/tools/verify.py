@@ -278,9 +278,9 @@ class TagCheck:
                 await trio.to_thread.run_sync(verified.verify_range, ck, first, data)
             except IntegrityError:
                 bad += await trio.to_thread.run_sync(_failing_chunks, verified, ck, first, data)
-            self.stats.tags.bytes_verified += len(data)
             del data
         if not bad:
+            self.stats.tags.bytes_verified += size
             return True
         first_bad = bad[0]
         self._failed(
