@@ -1,7 +1,8 @@
 """``cosencfs fsck``: check every object of a bucket (or prefix) opens and can be shown.
 
-The checks are ``cosencfs.tools.fsck``; this module runs them and prints the
-findings as they come and the summary.
+The checks are ``cosencfs.tools.fsck`` (integrity tags: ``cosencfs.tools.verify``,
+all bodies with ``--verify``); this module runs them and prints the findings
+as they come and the summary.
 """
 
 from __future__ import annotations
