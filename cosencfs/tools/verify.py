@@ -191,7 +191,7 @@ class TagCheck:
                 self._referenced.add(digest)
             tk = TagKey.for_object(meta, self.codec.masters, key=key)
         except (IntegrityError, CryptoError) as exc:
-            self._failed(key, f"tagged, but {exc.args[0] if exc.args else exc}")
+            self._failed(key, f"tagged, but {exc.args[0] if exc.args else exc}: {_EIO}")
             return
         if not self.verify:
             self._from_metadata(tk, info, meta, digest)
