@@ -1,7 +1,8 @@
 """``cosencfs fsck``: check every object of a bucket (or prefix) opens and can be shown.
 
-The checks are ``cosencfs.tools.fsck``; this module runs them and prints the
-findings as they come and the summary.
+The checks are ``cosencfs.tools.fsck`` (integrity tags: ``cosencfs.tools.verify``,
+all bodies with ``--verify``); this module runs them and prints the findings
+as they come and the summary.
 """
 
 from __future__ import annotations
@@ -46,7 +47,20 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=float,
         default=24.0,
         metavar="HOURS",
-        help="a multipart upload older than this is orphaned (default 24)",
+        help="a multipart upload, or with --verify an unreferenced companion, older than "
+        "this is orphaned (default 24)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also fetch every object and verify its integrity tags chunk by chunk "
+        "(downloads the whole prefix; reports untagged objects and orphaned companions)",
+    )
+    p.add_argument(
+        "--delete-orphans",
+        action="store_true",
+        help="with --verify, delete the orphaned companion objects found (run it only when "
+        "no mount is writing to the bucket)",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
 
@@ -54,6 +68,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _prepare_fsck(args: argparse.Namespace, settings: BucketSettings) -> EnvelopeCodec:
     if args.orphan_age < 0:
         raise ConfigError("--orphan-age must not be negative")
+    if args.delete_orphans and not args.verify:
+        raise ConfigError("--delete-orphans needs --verify (orphaned companions are found by it)")
     codec = load_codec(settings.keys)
     if not codec.master.can_unwrap:
         raise ConfigError("fsck opens every envelope: give the RSA private key (--rsa-private-key)")
@@ -104,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
             concurrency=settings.concurrency,
             orphan_age=args.orphan_age * 3600.0,
             abort_orphans=args.abort_orphans,
+            verify=args.verify,
+            delete_orphans=args.delete_orphans,
         )
         before = store.counters.snapshot()
         started = time.monotonic()
@@ -113,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 "target": settings.target(),
                 "key_id": codec.key_id,
                 "key_kind": codec.master.kind,
+                "verify": args.verify,
             }
         )
         with Progress("fsck", enabled=not args.no_progress) as progress:
@@ -133,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
         else:
-            _print_fsck(settings, codec, fsck.stats, used, elapsed, stop)
+            _print_fsck(settings, codec, fsck.stats, used, elapsed, stop, verify=args.verify)
         if stop == STOP_INTERRUPTED:
             return EXIT_INTERRUPTED
         return EXIT_OK if fsck.stats.clean and not stop else EXIT_PROBLEMS
@@ -148,6 +167,8 @@ def _print_fsck(
     used: CounterSnapshot,
     elapsed: float,
     stop: str,
+    *,
+    verify: bool = False,
 ) -> None:
     ok = sum(s.ok.values())
     by_format = ", ".join(f"{fmt} {n}" for fmt, n in sorted(s.ok.items()))
@@ -161,8 +182,21 @@ def _print_fsck(
         n = s.findings[cat]
         if n:
             lines.append(f"  {cat.value + ':':<19}{n}")
+    t = s.tags
+    if verify:
+        lines.append(
+            f"  {'tags:':<19}{t.verified} objects verified ({t.bytes_verified} bytes), "
+            f"{t.untagged} untagged, {t.failed} failed, {t.companions} companions"
+        )
+    elif t.metadata_checked or t.untagged or t.failed:
+        lines.append(
+            f"  {'tags:':<19}{t.metadata_checked} objects checked from metadata, "
+            f"{t.untagged} untagged, {t.failed} failed (bodies not read: --verify reads them)"
+        )
     if s.orphans_aborted:
         lines.append(f"  {'uploads aborted:':<19}{s.orphans_aborted}")
+    if t.companions_deleted:
+        lines.append(f"  {'orphans deleted:':<19}{t.companions_deleted}")
     if s.unverified:
         lines.append(
             f"  note: {s.unverified} SDK envelopes use the SDK's aes-ctr wrap, which has no key "

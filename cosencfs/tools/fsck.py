@@ -24,7 +24,16 @@ end one listing of multipart uploads.  Findings (``Category``):
                       name on nodev mounts, refused on ``-o dev``), an
                       unknown file type (refused)
 ``orphan-upload``     a multipart upload older than ``orphan_age`` seconds
-``error``             the object could not be checked (HEAD failed)
+``untagged``          (``verify``) no integrity tags: served unauthenticated
+``integrity``         object or chunk tags fail, or the companion is missing
+``attributes``        the attribute tag fails: default attributes apply
+``orphan-companion``  (``verify``) a companion no listed object names, older
+                      than ``orphan_age`` (deleted with ``delete_orphans``)
+``error``             the object could not be checked (HEAD or GET failed)
+
+The tag checks are ``verify.py``: without ``verify`` they use metadata
+only (no request); with it every body is fetched and verified chunk by chunk.
+Keys in a ``.cosencfs-tags/`` directory are companions, not files.
 
 SDK envelopes with the ``aes-ctr`` wrap carry no key check: they "open" with
 any AES key.  They are counted as ``unverified``, not as findings.
@@ -37,11 +46,8 @@ import binascii
 import logging
 import stat
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 
 from cosencfs.crypto.envelope import (
     KEY_FIELD,
@@ -57,7 +63,7 @@ from cosencfs.errors import (
     StoreError,
     WrongKeyError,
 )
-from cosencfs.fs.names import MAX_NAME_BYTES
+from cosencfs.fs.names import MAX_NAME_BYTES, RESERVED_NAMES
 from cosencfs.fs.policy import (
     DEVICES,
     MAX_SYMLINK_TARGET,
@@ -66,7 +72,9 @@ from cosencfs.fs.policy import (
     meta_mode,
 )
 from cosencfs.store.base import ObjectInfo, ObjectStore
+from cosencfs.tools.findings import Category, Finding, FsckStats
 from cosencfs.tools.progress import Progress
+from cosencfs.tools.verify import TagCheck, in_companion_area
 from cosencfs.tools.walk import walk_bucket
 
 log = logging.getLogger(__name__)
@@ -82,73 +90,6 @@ __all__ = [
 ]
 
 _AES_CTR_WRAPPED_KEY_BYTES = 32
-
-
-class Category(Enum):
-    PLAIN = "plain"
-    FOREIGN = "foreign"
-    DAMAGED = "damaged"
-    WRONG_KEY = "wrong-key"
-    UNREACHABLE_NAME = "unreachable-name"
-    NAME_CLASH = "name-clash"
-    SIZE = "size"
-    MODE = "mode"
-    ORPHAN_UPLOAD = "orphan-upload"
-    ERROR = "error"
-
-
-@dataclass(slots=True, frozen=True)
-class Finding:
-    category: Category
-    key: str
-    detail: str
-    upload_id: str = ""
-    #: What fsck did about it ("aborted", "abort failed: ..."), or "".
-    action: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        out = {"category": self.category.value, "key": self.key, "detail": self.detail}
-        if self.upload_id:
-            out["upload_id"] = self.upload_id
-        if self.action:
-            out["action"] = self.action
-        return out
-
-
-@dataclass(slots=True)
-class FsckStats:
-    objects: int = 0
-    markers: int = 0
-    bytes: int = 0
-    #: Objects whose envelope opened with the key, by format (cosencfs / sdk).
-    ok: Counter[str] = field(default_factory=Counter)
-    #: SDK ``aes-ctr`` envelopes: opened, but no key check exists for them.
-    unverified: int = 0
-    vanished: int = 0
-    uploads: int = 0
-    orphans_aborted: int = 0
-    findings: Counter[Category] = field(default_factory=Counter)
-
-    @property
-    def clean(self) -> bool:
-        return not any(self.findings.values())
-
-    def status(self) -> dict[str, int]:
-        return {"ok": sum(self.ok.values()), "problems": sum(self.findings.values())}
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "objects": self.objects,
-            "directory_markers": self.markers,
-            "bytes": self.bytes,
-            "ok": dict(sorted(self.ok.items())),
-            "unverified": self.unverified,
-            "vanished": self.vanished,
-            "multipart_uploads": self.uploads,
-            "orphans_aborted": self.orphans_aborted,
-            "findings": {c.value: self.findings[c] for c in Category},
-            "clean": self.clean,
-        }
 
 
 def name_problem(relative_key: str) -> str | None:
@@ -169,6 +110,8 @@ def name_problem(relative_key: str) -> str | None:
             return f"name component of {len(raw)} bytes (the limit is {MAX_NAME_BYTES})"
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in part):
             return "control character in a name component"
+        if part in RESERVED_NAMES:
+            return f"{part!r} is a name the mount keeps for itself (it hides it)"
     return None
 
 
@@ -185,6 +128,8 @@ class Fsck:
         concurrency: int = 16,
         orphan_age: float = 24 * 3600.0,
         abort_orphans: bool = False,
+        verify: bool = False,
+        delete_orphans: bool = False,
         progress: Progress | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -198,6 +143,18 @@ class Fsck:
         self.stats = FsckStats()
         self._report = report
         self._now = now
+        self.verify = verify
+        self.tags = TagCheck(
+            store,
+            codec,
+            self._add,
+            self.stats,
+            prefix=prefix,
+            verify=verify,
+            orphan_age=orphan_age,
+            delete_orphans=delete_orphans,
+            now=now,
+        )
         #: File keys that a later key may turn into a directory (see _check_clash).
         self._open_files: list[str] = []
         self._clashed: set[str] = set()
@@ -214,6 +171,7 @@ class Fsck:
             )
         finally:
             self.stats.objects = self.progress.total  # also when interrupted
+        await self.tags.report_orphans()  # only after a complete walk: it needs every reference
         await self._check_uploads()
         return self.stats
 
@@ -232,6 +190,9 @@ class Fsck:
         if not rel:
             self.stats.markers += 1  # the prefix's own marker
             return False
+        if in_companion_area(rel):
+            self.tags.listed_companion(info)
+            return False
         problem = name_problem(rel)
         if problem is not None:
             self._add(
@@ -244,15 +205,15 @@ class Fsck:
         if key.endswith("/"):
             if info.size == 0:
                 self.stats.markers += 1
-            else:
-                self._add(
-                    Finding(
-                        Category.SIZE,
-                        key,
-                        f"directory marker with a {info.size}-byte body: the mount shows a "
-                        "directory, the body is unreachable",
-                    )
+                return self.verify  # a HEAD for its attribute tag
+            self._add(
+                Finding(
+                    Category.SIZE,
+                    key,
+                    f"directory marker with a {info.size}-byte body: the mount shows a "
+                    "directory, the body is unreachable",
                 )
+            )
             return False
         return True
 
@@ -291,7 +252,10 @@ class Fsck:
 
     async def _check_object(self, listed: ObjectInfo) -> None:
         try:
-            await self._check(listed.key)
+            if listed.key.endswith("/"):
+                await self.tags.check_marker(listed.key)
+            else:
+                await self._check(listed.key)
         finally:
             self.progress.set_status(self.stats.status())
 
@@ -309,7 +273,7 @@ class Fsck:
         self._check_mode(info.key, meta)
         env = inspect_envelope(meta)
         try:
-            self.codec.open(meta, key=key)
+            dk = self.codec.open(meta, key=key)
         except NotEncryptedError:
             what = "an empty object" if info.size == 0 else f"{info.size} bytes"
             if info.size == 1:
@@ -334,6 +298,7 @@ class Fsck:
         self.stats.ok[env.format.value] += 1
         if env.format is ObjectFormat.SDK and unverifiable_sdk_envelope(meta, self.codec):
             self.stats.unverified += 1
+        await self.tags.check_object(info, meta, dk, env.format)
 
     def _check_size(self, info: ObjectInfo, meta: Mapping[str, str]) -> None:
         if file_type(meta_mode(meta)) is not FileType.SYMLINK:

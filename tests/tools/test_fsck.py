@@ -257,6 +257,8 @@ def test_fsck_usage_errors(
         ("\ud800bad", False),  # not valid UTF-8 (a lone surrogate)
         ("e" * 255, True),
         ("\u00e9" * 128, False),  # 256 bytes of UTF-8
+        ("a/.cosencfs-tags", False),  # reserved: the mount hides it
+        ("a/.cosencfs-tags.txt", True),
     ],
 )
 def test_name_problem(rel: str, ok: bool) -> None:
