@@ -154,12 +154,13 @@ class AttrLoader:
         rec = self.ctx.journal.get_attrs(key)
         if rec is None or not rec.matches(info.etag, info.size, info.last_modified):
             return
+        if not self.ctx.tags.attrs_hold(key, rec.meta, is_dir=False):
+            return  # (a HEAD settles them)
         if rec.lm is None:
             self.ctx.journal.set_attrs_lm(key, info.last_modified)
-        shown = self.ctx.tags.attr_meta(key, rec.meta, is_dir=False)
-        node.kind = kind_from_meta(shown, info.size)
+        node.kind = kind_from_meta(rec.meta, info.size)
         node.attrs = attrs_from_meta(
-            shown,
+            rec.meta,
             node.kind,
             self.ctx.options.defaults,
             info.last_modified,
@@ -173,10 +174,10 @@ class AttrLoader:
         """A listed directory's attributes from the journal (markers are not HEADed)."""
         key = self.ctx.key_of(node)
         rec = self.ctx.journal.get_attrs(key)
-        if rec is None:
-            return
+        if rec is None or not self.ctx.tags.attrs_hold(key, rec.meta, is_dir=True):
+            return  # (unknown: a HEAD of the marker settles them)
         node.attrs = attrs_from_meta(
-            self.ctx.tags.attr_meta(key, rec.meta, is_dir=True),
+            rec.meta,
             Kind.DIR,
             self.ctx.options.defaults,
             rec.lm or 0.0,

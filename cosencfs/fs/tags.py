@@ -368,6 +368,17 @@ class MountTags:
             self._companions.popitem(last=False)
         return body
 
+    def attrs_hold(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> bool:
+        """Whether ``meta``'s attributes would be applied (no log, no count).
+
+        For records of the attribute cache: one that no longer verifies (a
+        rekey moved the tags to another key, say) is asked for again.
+        """
+        text = meta.get(ATTR_TAG_FIELD)
+        if text is None and not self.require and OBJECT_TAG_FIELD not in meta:
+            return True
+        return self._attr_failure(key, meta, text, is_dir=is_dir) is None
+
     def attr_meta(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> Mapping[str, str]:
         """``meta``, or ``meta`` without attribute fields when its attribute tag fails.
 

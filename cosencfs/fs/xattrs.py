@@ -3,7 +3,8 @@
 COS has nowhere to keep extended attributes, so only the control names of
 cosencfs/fs/control.py are answered: ``format`` on any file, ``pid`` and
 ``stats`` on the root, setting ``sync`` on the root uploads everything
-dirty, and setting ``accept-untagged`` on a file accepts its untagged object.  Every other name is absent (ENODATA, which is ENOATTR on Linux) and
+dirty, and setting ``accept-untagged`` on a file accepts its untagged object.
+Every other name is absent (ENODATA, which is ENOATTR on Linux) and
 cannot be set or removed (ENOTSUP).  The names are not listed, so tools
 copying extended attributes do not carry them along.
 """

@@ -131,6 +131,7 @@ def requests_line(used: CounterSnapshot) -> str:
     names = {
         "ListObjects": "LIST",
         "HeadObject": "HEAD",
+        "GetObject": "GET",
         "CopyObject": "COPY",
         "HeadBucket": "HEAD bucket",
         "ListMultipartUploads": "LIST uploads",

@@ -100,8 +100,10 @@ async def test_rekey_rewraps_metadata_only_and_sdk_reads_with_new_key(
     assert (stats.rewrapped, stats.already, stats.failed) == (8, 0, 0)
     assert (stats.markers, stats.plain, stats.foreign) == (1, 1, 1)
     assert stats.unverified == 2  # the SDK's aes-ctr envelopes carry no key check
-    # Metadata only: 1 LIST, a HEAD per non-marker, a COPY per re-wrapped object.
-    assert used.requests == {"ListObjects": 1, "HeadObject": 10, "CopyObject": 8}
+    # Metadata only: 1 LIST, a HEAD per object (markers too: their attribute
+    # tags are under the old key), a COPY per re-wrapped object; the marker
+    # here has no attribute tag, so it is not copied.
+    assert used.requests == {"ListObjects": 1, "HeadObject": 11, "CopyObject": 8}
     assert used.bytes_up == 0
     assert used.bytes_down == 0
     assert not used.failures
@@ -290,6 +292,7 @@ def test_mount_reads_after_rotation(
     for rel, data in files.items():
         (root / rel).write_bytes(data)
     os.chmod(root / "top.txt", 0o600)
+    os.chmod(root / "dir", 0o750)  # the marker's attribute tag is re-tagged too
     (root / "dir" / "link").symlink_to("sub/empty")
     assert m.umount() == 0
     m = mounts(cache="cache")
@@ -304,8 +307,15 @@ def test_mount_reads_after_rotation(
     for rel, data in files.items():
         assert (root / rel).read_bytes() == data, rel
     assert (root / "top.txt").stat().st_mode & 0o777 == 0o600
+    assert (root / "dir").stat().st_mode & 0o777 == 0o750
     assert os.readlink(root / "dir" / "link") == "sub/empty"
+    assert "default attributes apply" not in m2.log()
     assert m2.umount() == 0
+    # Without the old key: every tag, the markers' too, is under the new one.
+    m3 = mounts(key_file=new_key)
+    assert (m3.mountpoint / "dir").stat().st_mode & 0o777 == 0o750
+    assert (m3.mountpoint / "dir" / "big.bin").read_bytes() == files["dir/big.bin"]
+    assert "default attributes apply" not in m3.log()
 
 
 async def test_rekey_large_object_goes_through_part_copies(
@@ -633,10 +643,11 @@ async def test_rekey_keeps_standard_headers(
 
 
 def test_listing_info_is_what_triage_sees() -> None:
-    # Markers are recognised from the listing alone (no HEAD): key and size.
+    # Markers are recognised from the listing alone: key and size (they are
+    # HEADed all the same, for their attribute tags).
     r = Rekeyer.__new__(Rekeyer)
     r.stats = RekeyStats()
-    assert not r._triage(ObjectInfo("d/", 0, "", 0.0, has_metadata=False))
+    assert r._triage(ObjectInfo("d/", 0, "", 0.0, has_metadata=False))
     assert r._triage(ObjectInfo("d/", 3, "", 0.0, has_metadata=False))
     assert r._triage(ObjectInfo("f", 0, "", 0.0, has_metadata=False))
     assert r.stats.markers == 1
