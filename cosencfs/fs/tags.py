@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 COMPANION_DIR = ".cosencfs-tags"
 #: Verified companions kept in memory, by digest (a few KiB each).
 COMPANIONS_CACHED = 64
+_NO_TAG_KEY = "no tag key for the object's master key id"
 #: Ciphertext read per step when tagging an upload copy.
 _TAG_READ = 4 * 1024 * 1024
 
@@ -393,7 +394,11 @@ class MountTags:
             return meta
         self.stats.attribute_failures += 1
         seen = (key, meta.get(OBJECT_TAG_FIELD, "") + (text or ""))
-        if seen not in self._attr_warned:
+        if reason == _NO_TAG_KEY:
+            # Under a master key this mount lacks: reading the content fails
+            # and says so; one line per object is enough.
+            log.debug("%r: %s; default attributes apply", key, reason)
+        elif seen not in self._attr_warned:
             self._attr_warned.add(seen)
             log.error("%r: %s; default attributes apply", key, reason)
         return {
@@ -413,9 +418,12 @@ class MountTags:
                 return "attribute tag without an object tag"
             otag = raw
         try:
-            attrs = attr_set(meta)
             keys = [self._tag_key(meta, key)] if not is_dir else list(self._keys.values())
-        except (ValueError, CryptoError, IntegrityError):
+        except (CryptoError, IntegrityError):
+            return _NO_TAG_KEY
+        try:
+            attrs = attr_set(meta)
+        except ValueError:
             return "attributes do not parse"
         for tk in keys:
             if hmac.compare_digest(attribute_tag(tk, key=key, object_tag=otag, attrs=attrs), tag):
