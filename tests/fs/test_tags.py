@@ -1,0 +1,170 @@
+"""Integrity tags in the filesystem layer: what each operation writes, what reads check.
+
+The construction is tested in tests/crypto/test_integrity.py and tampering
+through real mounts in tests/security/test_tamper.py; here, without FUSE:
+every object an operation leaves verifies under its own key, renames and
+chmods re-tag from metadata alone, and the policies of format.md 12.10.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.integrity import (
+    ATTR_TAG_FIELD,
+    CHUNKS_FIELD,
+    OBJECT_TAG_FIELD,
+    TAGS_REF_FIELD,
+    TagKey,
+    open_tags,
+)
+from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_rsa_key_files
+from cosencfs.errors import ConfigError, FsError, IntegrityError
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.inode import ROOT_INO
+from cosencfs.fs.tags import COMPANION_DIR, MountTags, attr_set
+from cosencfs.store.cos import CosStore
+from tests.fs.test_filesystem import read_file, write_file
+from tests.testlib import FsFactory
+
+MIB = 1024 * 1024
+
+
+async def verified(store: CosStore, codec: EnvelopeCodec, key: str) -> None:
+    """The object at ``key`` carries tags that verify, attribute tag included."""
+    info = await store.head(key)
+    meta = dict(info.metadata)
+    tk = TagKey.for_object(meta, codec.masters, key=key)
+    companion = None
+    ref = meta.get(TAGS_REF_FIELD)
+    if ref is not None:
+        companion = await store.get(f"{COMPANION_DIR}/{ref}")
+    content = open_tags(tk, key=key, size=info.size, metadata=meta, companion=companion)
+    content.verify_attributes(tk, attr_set(meta), meta)
+
+
+async def test_writes_tag_inline_or_in_a_companion(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    await write_file(fsys, ROOT_INO, "small", os.urandom(100_000))
+    await write_file(fsys, ROOT_INO, "big", os.urandom(3 * MIB))
+    small = (await store.head("small")).metadata
+    big = (await store.head("big")).metadata
+    assert CHUNKS_FIELD in small
+    assert TAGS_REF_FIELD not in small
+    assert TAGS_REF_FIELD in big
+    assert CHUNKS_FIELD not in big
+    await verified(store, codec, "small")
+    await verified(store, codec, "big")
+
+
+async def test_rename_and_chmod_retag_without_reading_the_body(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    data = os.urandom(3 * MIB)
+    await write_file(fsys, ROOT_INO, "f", data)
+    d = await fsys.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+    await write_file(fsys, d.ino, "inner", b"inner bytes")
+    await fsys.sync_all()
+    before = store.counters.snapshot()
+    await fsys.rename(ROOT_INO, b"f", ROOT_INO, b"g", 0)
+    await fsys.rename(ROOT_INO, b"d", ROOT_INO, b"e", 0)
+    spent = store.counters.snapshot().minus(before)
+    assert spent.requests.get("GetObject", 0) == 0  # no body, no companion
+    assert spent.bytes_down == 0
+    for key in ("g", "e/inner"):
+        await verified(store, codec, key)
+    marker = (await store.head("e/")).metadata
+    assert ATTR_TAG_FIELD in marker
+    entry = await fsys.lookup(ROOT_INO, b"g")
+    await fsys.setattr(entry.ino, mode=0o600)
+    await fsys.sync_all()
+    await verified(store, codec, "g")
+    assert int((await store.head("g")).metadata["mode"]) & 0o777 == 0o600
+    assert await read_file(fsys, entry.ino) == data
+
+
+async def test_renamed_then_read_by_another_mount(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs()
+    data = os.urandom(2 * MIB + 5)
+    await write_file(fs1, ROOT_INO, "a", data)
+    await fs1.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0)
+    fs2 = await make_fs()
+    entry = await fs2.lookup(ROOT_INO, b"b")
+    assert await read_file(fs2, entry.ino) == data
+    integrity = fs2.stats()["integrity"]
+    assert isinstance(integrity, dict)
+    assert integrity["objects_verified"] == 1
+
+
+async def test_altered_tags_refuse_the_rename(
+    fsys: Filesystem, store: CosStore, make_fs: FsFactory
+) -> None:
+    await write_file(fsys, ROOT_INO, "x", b"x" * 1000)
+    meta = dict((await store.head("x")).metadata)
+    meta[OBJECT_TAG_FIELD] = "A" * 22
+    await store.copy("x", "x", metadata=meta)
+    fs2 = await make_fs()
+    with pytest.raises(IntegrityError, match="object tag"):
+        await fs2.rename(ROOT_INO, b"x", ROOT_INO, b"y", 0)
+    assert (await store.head("x")).metadata[OBJECT_TAG_FIELD] == "A" * 22  # not laundered
+
+
+async def test_untagged_switch_and_public_only_key_write_untagged(
+    make_fs: FsFactory, store: CosStore, tmp_path: Path
+) -> None:
+    fs = await make_fs(write_tags=False)
+    await write_file(fs, ROOT_INO, "plain-tags", b"untagged")
+    assert OBJECT_TAG_FIELD not in (await store.head("plain-tags")).metadata
+    generate_rsa_key_files(tmp_path / "rsa")
+    public = load_rsa_key_files(tmp_path / "rsa" / "public_key.pem", None)
+    tags = MountTags(
+        store,
+        EnvelopeCodec(public),
+        fs.ctx.journal,
+        fs.ctx.deleter,
+        prefix="",
+        require=False,
+    )
+    assert not tags.writing
+    with pytest.raises(ConfigError, match="require-integrity"):
+        MountTags(
+            store,
+            EnvelopeCodec(public),
+            fs.ctx.journal,
+            fs.ctx.deleter,
+            prefix="",
+            require=True,
+        )
+
+
+async def test_require_integrity_refuses_untagged(make_fs: FsFactory, store: CosStore) -> None:
+    fs1 = await make_fs(write_tags=False)
+    await write_file(fs1, ROOT_INO, "old", b"written before tags existed")
+    strict = await make_fs(require_integrity=True)
+    entry = await strict.lookup(ROOT_INO, b"old")
+    fh, _ = await strict.open(entry.ino, os.O_RDONLY)
+    with pytest.raises(IntegrityError, match="require-integrity"):
+        await strict.read(fh, 0, 100)
+    await strict.release(fh)
+    lenient = await make_fs()
+    entry = await lenient.lookup(ROOT_INO, b"old")
+    assert await read_file(lenient, entry.ino) == b"written before tags existed"
+
+
+async def test_reserved_name(fsys: Filesystem) -> None:
+    for call in (
+        fsys.mkdir(ROOT_INO, COMPANION_DIR.encode(), 0o755, 0, 0),
+        fsys.create(ROOT_INO, COMPANION_DIR.encode(), 0o644, os.O_WRONLY, 0, 0),
+    ):
+        with pytest.raises(FsError) as err:
+            await call
+        assert err.value.errno == errno.EPERM
+    with pytest.raises(FsError) as err:
+        await fsys.lookup(ROOT_INO, COMPANION_DIR.encode())
+    assert err.value.errno == errno.ENOENT
