@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+from qcloud_cos import CosConfig
 
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec
@@ -262,3 +263,16 @@ class FsFactory:
     def close(self, fs: Filesystem) -> None:
         self.caches.remove(fs.ctx.cache)
         fs.ctx.cache.close()
+
+
+def sdk_config(port: int, *, timeout: int = 30) -> CosConfig:
+    """The COS SDK's configuration for the local server on ``port`` (IP mode, http)."""
+    return CosConfig(
+        IP="127.0.0.1",
+        Port=port,
+        Region=REGION,
+        Scheme="http",
+        SecretId=SECRET_ID,
+        SecretKey=SECRET_KEY,
+        Timeout=timeout,
+    )

@@ -7,8 +7,12 @@ the command line prints them (``cosencfs/cli/fsck.py``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from cosencfs.errors import NotFoundError, StoreError
+from cosencfs.store.base import ObjectInfo, ObjectStore
 
 __all__ = ["Category", "Finding", "FsckStats", "TagCounts"]
 
@@ -129,3 +133,16 @@ class FsckStats:
             "findings": {c.value: self.findings[c] for c in Category},
             "clean": self.clean,
         }
+
+
+async def head_or_report(
+    store: ObjectStore, key: str, stats: FsckStats, add: Callable[[Finding], None]
+) -> ObjectInfo | None:
+    """HEAD ``key``; None when it vanished (counted) or failed (a finding)."""
+    try:
+        return await store.head(key)
+    except NotFoundError:
+        stats.vanished += 1
+    except StoreError as exc:
+        add(Finding(Category.ERROR, key, f"HEAD failed: {exc}"))
+    return None

@@ -59,7 +59,6 @@ from cosencfs.errors import (
     CryptoError,
     ForeignFormatError,
     NotEncryptedError,
-    NotFoundError,
     StoreError,
     WrongKeyError,
 )
@@ -72,7 +71,7 @@ from cosencfs.fs.policy import (
     meta_mode,
 )
 from cosencfs.store.base import ObjectInfo, ObjectStore
-from cosencfs.tools.findings import Category, Finding, FsckStats
+from cosencfs.tools.findings import Category, Finding, FsckStats, head_or_report
 from cosencfs.tools.progress import Progress
 from cosencfs.tools.verify import TagCheck, in_companion_area
 from cosencfs.tools.walk import walk_bucket
@@ -260,13 +259,8 @@ class Fsck:
             self.progress.set_status(self.stats.status())
 
     async def _check(self, key: str) -> None:
-        try:
-            info = await self.store.head(key)
-        except NotFoundError:
-            self.stats.vanished += 1
-            return
-        except StoreError as exc:
-            self._add(Finding(Category.ERROR, key, f"HEAD failed: {exc}"))
+        info = await head_or_report(self.store, key, self.stats, self._add)
+        if info is None:
             return
         meta = dict(info.metadata)
         self._check_size(info, meta)

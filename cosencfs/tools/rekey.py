@@ -269,38 +269,28 @@ class Rekeyer:
                 f"{MAX_USER_META_BYTES} (use a smaller RSA key or drop other metadata)",
             )
             return
-        if not self.stats.dry_run:
-            try:
-                await self.store.copy(
-                    key,
-                    key,
-                    metadata=new_meta,
-                    content_type=info.content_type,
-                    headers=info.headers,
-                    if_match=info.etag,
-                    size=info.size,
-                )
-            except PreconditionFailedError:
-                raise _Changed() from None
-        self.stats.rewrapped += 1
+        await self._rewrite(info, new_meta)
         if env.format is ObjectFormat.SDK and unverifiable_sdk_envelope(meta, source):
             self.stats.unverified += 1
         log.debug("re-wrapped %s (%d bytes)", display_key(key), info.size)
 
     async def _retag_marker(self, key: str, info: ObjectInfo, meta: dict[str, str]) -> None:
         new_meta = retagged_marker(self.old, self.new, key, meta)
-        if new_meta is None:
-            return
+        if new_meta is not None:
+            await self._rewrite(info, new_meta)
+
+    async def _rewrite(self, info: ObjectInfo, new_meta: dict[str, str]) -> None:
+        """The object's metadata replaced by a copy onto itself, if it is still ``info``."""
         if not self.stats.dry_run:
             try:
                 await self.store.copy(
-                    key,
-                    key,
+                    info.key,
+                    info.key,
                     metadata=new_meta,
                     content_type=info.content_type,
                     headers=info.headers,
                     if_match=info.etag,
-                    size=0,
+                    size=info.size,
                 )
             except PreconditionFailedError:
                 raise _Changed() from None

@@ -63,7 +63,7 @@ from cosencfs.errors import (
 from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_UID
 from cosencfs.fs.tags import COMPANION_DIR, attr_set
 from cosencfs.store.base import ObjectInfo, ObjectStore
-from cosencfs.tools.findings import Category, Finding, FsckStats
+from cosencfs.tools.findings import Category, Finding, FsckStats, head_or_report
 
 log = logging.getLogger(__name__)
 
@@ -340,13 +340,8 @@ class TagCheck:
 
     async def check_marker(self, key: str) -> None:
         """A directory marker's attribute tag (``--verify``; it costs a HEAD)."""
-        try:
-            info = await self.store.head(key)
-        except NotFoundError:
-            self.stats.vanished += 1
-            return
-        except StoreError as exc:
-            self.add(Finding(Category.ERROR, key, f"HEAD failed: {exc}"))
+        info = await head_or_report(self.store, key, self.stats, self.add)
+        if info is None:
             return
         meta = info.metadata
         text = meta.get(ATTR_TAG_FIELD)

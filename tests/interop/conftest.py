@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import requests
 import trio
-from qcloud_cos import CosConfig
 
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.core import Filesystem
@@ -38,7 +37,7 @@ from tests.interop._interop_helpers import (
     TrackingEncryptionClient,
     make_setup,
 )
-from tests.testlib import REGION, SECRET_ID, SECRET_KEY, FsFactory
+from tests.testlib import FsFactory, sdk_config
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +56,7 @@ def make_sdk(server: LocalCosServer) -> Iterator[SdkFactory]:
     clients: list[TrackingEncryptionClient] = []
 
     def make(provider: Any) -> TrackingEncryptionClient:
-        conf = CosConfig(
-            IP="127.0.0.1",
-            Port=server.port,
-            Region=REGION,
-            Scheme="http",
-            SecretId=SECRET_ID,
-            SecretKey=SECRET_KEY,
-            Timeout=30,
-        )
+        conf = sdk_config(server.port)
         client = TrackingEncryptionClient(conf, provider, requests.Session())
         clients.append(client)
         return client

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import requests
-from qcloud_cos import CosConfig, CosS3Client, CosServiceError
+from qcloud_cos import CosS3Client, CosServiceError
 from qcloud_cos.cos_encryption_client import CosEncryptionClient
 from qcloud_cos.crypto import AESCTRCipher, AESProvider
 
 from cosencfs.crypto import ledger
 from cosencfs.errors import PreconditionFailedError
 from cosencfs.store.cos import CosStore
-from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
+from tests.testlib import BUCKET, sdk_config
 
 KEY_FIELD = "client-side-encryption-key"
 IV_FIELD = "client-side-encryption-iv"
@@ -285,8 +285,7 @@ class SdkBucket:
     """The bucket through cos-python-sdk-v5: raw objects, and the SDK's decryption."""
 
     def __init__(self, port: int, key_file: Path) -> None:
-        conf = CosConfig(IP="127.0.0.1", Port=port, Region=REGION, Scheme="http",
-                         SecretId=SECRET_ID, SecretKey=SECRET_KEY, Timeout=60)  # fmt: skip
+        conf = sdk_config(port, timeout=60)
         self._sessions = [requests.Session(), requests.Session()]
         self.raw_client = CosS3Client(conf, retry=1, session=self._sessions[0])
         provider = AESProvider(aes_key_path=str(key_file), cipher=AESCTRCipher())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cosencfs.server import LocalCosServer
-from tests.testlib import Mount, MountFactory, have
+from tests.testlib import Mount, MountFactory, have, sdk_config
 
 pytestmark = pytest.mark.mount
 
@@ -356,12 +356,11 @@ def test_rsa_mount_objects_read_by_the_sdk(
     mounts: MountFactory, server: LocalCosServer, tmp_path: Path
 ) -> None:
     import requests
-    from qcloud_cos import CosConfig
     from qcloud_cos.cos_encryption_client import CosEncryptionClient
     from qcloud_cos.crypto import AESCTRCipher, RSAProvider
 
     from cosencfs.crypto.keyfiles import generate_rsa_key_files
-    from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY
+    from tests.testlib import BUCKET
 
     keydir = tmp_path / "rsa"
     generate_rsa_key_files(keydir)
@@ -371,8 +370,7 @@ def test_rsa_mount_objects_read_by_the_sdk(
     (m.mountpoint / "rsa.bin").write_bytes(data)
     assert m.umount() == 0
     session = requests.Session()
-    conf = CosConfig(IP="127.0.0.1", Port=server.port, Region=REGION, Scheme="http",
-                     SecretId=SECRET_ID, SecretKey=SECRET_KEY)  # fmt: skip
+    conf = sdk_config(server.port)
     provider = RSAProvider(
         RSAProvider.get_rsa_key_pair_path(str(pub), str(priv)), cipher=AESCTRCipher()
     )

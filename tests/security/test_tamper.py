@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 import requests
 import trio
-from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos import CosS3Client
 
 from cosencfs.crypto.integrity import CHUNK_SIZE, TAG_FIELDS, TAGS_REF_FIELD
 from cosencfs.fs.tags import COMPANION_DIR
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
 from tests.security._sec_helpers import count_lines, wait_for
-from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, Mount, MountFactory
+from tests.testlib import BUCKET, REGION, Mount, MountFactory, sdk_config
 
 pytestmark = pytest.mark.mount
 
@@ -49,15 +49,7 @@ class Attacker:
 
     def __init__(self, server: LocalCosServer) -> None:
         self.session = requests.Session()
-        conf = CosConfig(
-            IP="127.0.0.1",
-            Port=server.port,
-            Region=REGION,
-            Scheme="http",
-            SecretId=SECRET_ID,
-            SecretKey=SECRET_KEY,
-            Timeout=30,
-        )
+        conf = sdk_config(server.port)
         self.client = CosS3Client(conf, retry=0, session=self.session)
 
     def get(self, key: str) -> tuple[bytes, dict[str, str]]:

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 import trio
-from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos import CosS3Client
 
 import cosencfs.store.cos as cos_module
 import cosencfs.tools.walk as walk_module
@@ -34,7 +34,15 @@ from cosencfs.server import LocalCosServer
 from cosencfs.store.base import LIST_PAGE_MAX, ObjectInfo, ObjectStore
 from cosencfs.store.cos import CosStore
 from cosencfs.tools.rekey import Rekeyer, RekeyStats
-from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, MountFactory, new_key_file
+from tests.testlib import (
+    BUCKET,
+    REGION,
+    SECRET_ID,
+    SECRET_KEY,
+    MountFactory,
+    new_key_file,
+    sdk_config,
+)
 from tests.tools._cmd_helpers import (
     ATTRS,
     REPO,
@@ -615,8 +623,7 @@ def raw_client(server: LocalCosServer) -> Iterator[Any]:
     import requests
 
     session = requests.Session()
-    conf = CosConfig(IP="127.0.0.1", Port=server.port, Region=REGION, Scheme="http",
-                     SecretId=SECRET_ID, SecretKey=SECRET_KEY)  # fmt: skip
+    conf = sdk_config(server.port)
     yield CosS3Client(conf, session=session)
     session.close()
 
