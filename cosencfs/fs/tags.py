@@ -339,6 +339,8 @@ class MountTags:
             companion = None if digest is None else await self._companion(key, digest)
             verified = open_tags(tk, key=key, size=size, metadata=meta, companion=companion)
             tag = meta[OBJECT_TAG_FIELD]
+            # Read again after the companion's GET: check and update with no await between.
+            memory = self.journal.get_tags(key)
             if tag in memory.older:
                 raise IntegrityError(
                     "an older version of the object, replaced since (rollback): refused", key=key
