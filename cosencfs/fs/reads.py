@@ -42,11 +42,13 @@ async def remote_source(ctx: FsContext, node: Inode) -> Source | None:
         raise DamagedObjectError(f"object {key!r} is {r.size} bytes but was written with {written}")
     check_servable(ctx.options, key, r.metadata, r.size)
     if classify(r.metadata) is ObjectFormat.PLAIN:
-        await ctx.tags.verify(key, r.size, r.metadata)  # refused if it must be tagged
+        await ctx.tags.verify(key, r.size, r.metadata, current=not node.unlinked)
         log.info("%r has no encryption envelope; reading it as plaintext", key)
         return Source(key, r.etag, None, r.size, {})
     dk = ctx.codec.open(r.metadata, key=key)
-    verified = await ctx.tags.verify(key, r.size, r.metadata)
+    # An unlinked file still open reads its own object, older than what the
+    # name may hold now: no rollback to speak of.
+    verified = await ctx.tags.verify(key, r.size, r.metadata, current=not node.unlinked)
     return Source(key, r.etag, dk, r.size, dict(r.metadata), verified)
 
 

@@ -8,8 +8,9 @@ mount's policy around it:
   and an attribute tag; large files' chunk tags go to a companion object
   ``<prefix>.cosencfs-tags/<D>`` (content-addressed, so a rename moves no
   companion), stored *before* the object that names it;
-- **reading**: an object's tags are verified before any byte of it is
-  served (:meth:`MountTags.verify` gives the ``VerifiedContent`` the
+- **reading** (cosencfs/fs/tagcheck.py, which ``MountTags`` extends): an
+  object's tags are verified before any byte of it is served
+  (:meth:`TagChecker.verify` gives the ``VerifiedContent`` the
   fetcher checks each chunk against); an untagged object is read as before
   unless ``--require-integrity``, or unless this mount remembers it tagged
   (stripped tags: downgrade), and a version this mount saw replaced is
@@ -23,12 +24,9 @@ says so once); ``--require-integrity`` refuses to start without a tag key.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import trio
 
@@ -42,7 +40,6 @@ from cosencfs.crypto.integrity import (
     OBJECT_TAG_FIELD,
     TAG_FIELDS,
     TAG_SIZE,
-    AttrSet,
     ChunkKey,
     ChunkTagger,
     ChunkTags,
@@ -55,50 +52,16 @@ from cosencfs.crypto.integrity import (
     open_tags,
     retag_fields,
     seal_tags,
-    sealed_envelope,
 )
-from cosencfs.errors import ConfigError, CryptoError, IntegrityError, NotFoundError
-from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_UID, parse_mtime
+from cosencfs.errors import ConfigError, CryptoError, IntegrityError
 from cosencfs.fs.deleter import Deleter
+from cosencfs.fs.tagcheck import TagChecker, attr_set
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-#: The reserved name (in the mount's root) under which companions live; the
-#: mount hides it and refuses it as a file name (cosencfs/fs/names.py).
-COMPANION_DIR = ".cosencfs-tags"
-#: Verified companions kept in memory, by digest (a few KiB each).
-COMPANIONS_CACHED = 64
-_NO_TAG_KEY = "no tag key for the object's master key id"
 #: Ciphertext read per step when tagging an upload copy.
 _TAG_READ = 4 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class TagStats:
-    """What ``cosencfs stats`` shows under ``integrity``."""
-
-    objects_verified: int = 0
-    objects_untagged: int = 0
-    objects_refused: int = 0
-    attribute_failures: int = 0
-    companions_written: int = 0
-    companions_fetched: int = 0
-
-
-def attr_set(meta: Mapping[str, str]) -> AttrSet:
-    """The attributes an attribute tag covers, as the metadata fields spell them.
-
-    Missing fields count as 0, so a tag over them is still well defined;
-    values that do not parse or fit make the tag fail (ValueError).
-    """
-
-    def num(name: str) -> int:
-        text = meta.get(name)
-        return 0 if text is None else int(text)
-
-    mtime = parse_mtime(meta.get(META_MTIME, ""))
-    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0)
 
 
 def tag_ciphertext(path: str, ck: ChunkKey, start: int, end: int) -> list[bytes]:
@@ -124,7 +87,9 @@ def tag_ciphertext(path: str, ck: ChunkKey, start: int, end: int) -> list[bytes]
     return tagger.finish()
 
 
-class MountTags:
+class MountTags(TagChecker):
+    """The mount's integrity tags: sealing what it writes (and the checks it inherits)."""
+
     def __init__(
         self,
         store: ObjectStore,
@@ -136,19 +101,15 @@ class MountTags:
         require: bool,
         write: bool = True,
     ) -> None:
-        self.store = store
-        self.journal = journal
-        self.deleter = deleter
-        self.prefix = prefix
-        self.require = require
-        self.stats = TagStats()
-        self._keys: dict[str, TagKey] = {}
+        keys: dict[str, TagKey] = {}
         for master in codec.masters:
             try:
-                self._keys[master.key_id] = TagKey.from_master(master)
+                keys[master.key_id] = TagKey.from_master(master)
             except CryptoError:
                 pass  # a public-only RSA key: cannot tag, cannot read either
-        mine = self._keys.get(codec.key_id)
+        super().__init__(store, journal, keys, prefix=prefix, require=require)
+        self.deleter = deleter
+        mine = keys.get(codec.key_id)
         if mine is None and require:
             raise ConfigError(
                 "--require-integrity needs the secret master key (an RSA private key): "
@@ -158,17 +119,12 @@ class MountTags:
             log.warning("the master key has no secret half here: objects are written untagged")
         #: None: write untagged objects (public-only key, or the benchmark's switch).
         self.writer = mine if write else None
-        self._companions: OrderedDict[bytes, ChunkTags] = OrderedDict()
-        self._attr_warned: set[tuple[str, str]] = set()
 
     # -- writing ---------------------------------------------------------------
 
     @property
     def writing(self) -> bool:
         return self.writer is not None
-
-    def companion_key(self, digest: bytes) -> str:
-        return f"{self.prefix}{COMPANION_DIR}/{b64url_encode(digest)}"
 
     async def tag_copy(
         self, path: str, dk: DataKey, start: int, end: int, limiter: trio.CapacityLimiter
@@ -313,135 +269,3 @@ class MountTags:
             self.deleter.queue(self.companion_key(digest))
 
     # -- reading ---------------------------------------------------------------
-
-    async def verify(self, key: str, size: int, meta: Mapping[str, str]) -> VerifiedContent | None:
-        """The verified tags of the object at ``key``; None: untagged, read as before.
-
-        Raises IntegrityError when its tags fail, when it is untagged and
-        must not be (``--require-integrity``, or this mount knows it tagged),
-        or when it is a version this mount saw replaced (rollback).
-        """
-        memory = self.journal.get_tags(key)
-        try:
-            if OBJECT_TAG_FIELD not in meta:
-                if self.require:
-                    raise IntegrityError("untagged object refused (--require-integrity)", key=key)
-                if memory.current is not None:
-                    raise IntegrityError(
-                        "untagged now, but tagged when this mount last wrote or read it "
-                        "(tags stripped): refused",
-                        key=key,
-                    )
-                self.stats.objects_untagged += 1
-                return None
-            tk = self._tag_key(meta, key)
-            digest = companion_digest(meta, key=key)
-            companion = None if digest is None else await self._companion(key, digest)
-            verified = open_tags(tk, key=key, size=size, metadata=meta, companion=companion)
-            tag = meta[OBJECT_TAG_FIELD]
-            # Read again after the companion's GET: check and update with no await between.
-            memory = self.journal.get_tags(key)
-            if tag in memory.older:
-                raise IntegrityError(
-                    "an older version of the object, replaced since (rollback): refused", key=key
-                )
-        except IntegrityError:
-            self.stats.objects_refused += 1
-            raise
-        if memory.current != tag:
-            self.journal.put_tags(key, memory.seen(tag))
-        self.stats.objects_verified += 1
-        return verified
-
-    async def _companion(self, key: str, digest: bytes) -> bytes:
-        cached = self._companions.get(digest)
-        if cached is not None:
-            self._companions.move_to_end(digest)
-            return cached.companion_body()
-        try:
-            body = await self.store.get(self.companion_key(digest))
-        except NotFoundError:
-            raise IntegrityError(
-                "the companion object holding the chunk tags is missing", key=key
-            ) from None
-        self.stats.companions_fetched += 1
-        tags = ChunkTags.from_companion(body, digest, key=key)
-        self._companions[digest] = tags
-        while len(self._companions) > COMPANIONS_CACHED:
-            self._companions.popitem(last=False)
-        return body
-
-    def attrs_hold(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> bool:
-        """Whether ``meta``'s attributes would be applied (no log, no count).
-
-        For records of the attribute cache: one that no longer verifies (a
-        rekey moved the tags to another key, say) is asked for again.
-        """
-        text = meta.get(ATTR_TAG_FIELD)
-        if text is None and not self.require and OBJECT_TAG_FIELD not in meta:
-            return True
-        return self._attr_failure(key, meta, text, is_dir=is_dir) is None
-
-    def attr_meta(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> Mapping[str, str]:
-        """``meta``, or ``meta`` without attribute fields when its attribute tag fails.
-
-        Without them the mount's default attributes apply; the content is
-        unaffected (its own tags decide).  One log line per object version.
-        """
-        text = meta.get(ATTR_TAG_FIELD)
-        if text is None and not self.require and OBJECT_TAG_FIELD not in meta:
-            return meta  # untagged: as before
-        reason = self._attr_failure(key, meta, text, is_dir=is_dir)
-        if reason is None:
-            return meta
-        self.stats.attribute_failures += 1
-        seen = (key, meta.get(OBJECT_TAG_FIELD, "") + (text or ""))
-        if reason == _NO_TAG_KEY:
-            # Under a master key this mount lacks: reading the content fails
-            # and says so; one line per object is enough.
-            log.debug("%r: %s; default attributes apply", key, reason)
-        elif seen not in self._attr_warned:
-            self._attr_warned.add(seen)
-            log.error("%r: %s; default attributes apply", key, reason)
-        return {
-            k: v for k, v in meta.items() if k not in (META_MODE, META_UID, META_GID, META_MTIME)
-        }
-
-    def _attr_failure(
-        self, key: str, meta: Mapping[str, str], text: str | None, *, is_dir: bool
-    ) -> str | None:
-        tag = None if text is None else b64url_decode(text)
-        if tag is None or len(tag) != TAG_SIZE:
-            return "attribute tag missing or malformed"
-        otag = b""
-        if not is_dir:
-            raw = b64url_decode(meta.get(OBJECT_TAG_FIELD, ""))
-            if raw is None or len(raw) != TAG_SIZE:
-                return "attribute tag without an object tag"
-            otag = raw
-        try:
-            keys = [self._tag_key(meta, key)] if not is_dir else list(self._keys.values())
-        except (CryptoError, IntegrityError):
-            return _NO_TAG_KEY
-        try:
-            attrs = attr_set(meta)
-        except ValueError:
-            return "attributes do not parse"
-        for tk in keys:
-            if hmac.compare_digest(attribute_tag(tk, key=key, object_tag=otag, attrs=attrs), tag):
-                return None
-        return "attribute tag does not verify (attributes altered)"
-
-    def _tag_key(self, meta: Mapping[str, str], key: str) -> TagKey:
-        """The tag key of the master named by the envelope's key id (format.md, 12.9)."""
-        try:
-            kid = sealed_envelope(meta, key=key).key_id
-        except CryptoError as exc:
-            raise IntegrityError(f"tagged, but {exc}", key=key) from None
-        tk = self._keys.get(kid)
-        if tk is None:
-            raise IntegrityError(
-                f"tagged under master key id {kid}, whose secret this mount does not have",
-                key=key,
-            )
-        return tk

@@ -27,7 +27,7 @@ from cosencfs.crypto.integrity import (
     retag_fields,
 )
 from cosencfs.errors import CryptoError, IntegrityError
-from cosencfs.fs.tags import attr_set
+from cosencfs.fs.tagcheck import attr_set
 
 log = logging.getLogger(__name__)
 

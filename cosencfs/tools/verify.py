@@ -61,7 +61,7 @@ from cosencfs.errors import (
     StoreError,
 )
 from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_UID
-from cosencfs.fs.tags import COMPANION_DIR, attr_set
+from cosencfs.fs.tagcheck import COMPANION_DIR, attr_set
 from cosencfs.store.base import ObjectInfo, ObjectStore
 from cosencfs.tools.findings import Category, Finding, FsckStats, head_or_report
 

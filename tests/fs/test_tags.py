@@ -27,7 +27,8 @@ from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_rsa_key_files
 from cosencfs.errors import ConfigError, FsError, IntegrityError
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
-from cosencfs.fs.tags import COMPANION_DIR, MountTags, attr_set
+from cosencfs.fs.tagcheck import COMPANION_DIR, attr_set
+from cosencfs.fs.tags import MountTags
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
 from tests.testlib import FsFactory
@@ -168,3 +169,20 @@ async def test_reserved_name(fsys: Filesystem) -> None:
     with pytest.raises(FsError) as err:
         await fsys.lookup(ROOT_INO, COMPANION_DIR.encode())
     assert err.value.errno == errno.ENOENT
+
+
+async def test_file_unlinked_while_open_is_no_rollback(fsys: Filesystem, store: CosStore) -> None:
+    """The old handle of a replaced name reads and writes its own, older object."""
+    await write_file(fsys, ROOT_INO, "f", b"version one")
+    entry = await fsys.lookup(ROOT_INO, b"f")
+    fh, _ = await fsys.open(entry.ino, os.O_RDWR)
+    await fsys.unlink(ROOT_INO, b"f")
+    await write_file(fsys, ROOT_INO, "f", b"version two, in COS now")
+    # The journal now remembers version one as replaced at "f" ...
+    assert await fsys.read(fh, 0, 100) == b"version one"
+    assert await fsys.write(fh, 0, b"V") == 1
+    assert await fsys.read(fh, 0, 100) == b"Version one"
+    await fsys.release(fh)
+    # ... and the name holds version two.
+    again = await fsys.lookup(ROOT_INO, b"f")
+    assert await read_file(fsys, again.ino) == b"version two, in COS now"

@@ -28,7 +28,7 @@ import trio
 from qcloud_cos import CosS3Client
 
 from cosencfs.crypto.integrity import CHUNK_SIZE, TAG_FIELDS, TAGS_REF_FIELD
-from cosencfs.fs.tags import COMPANION_DIR
+from cosencfs.fs.tagcheck import COMPANION_DIR
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
 from tests.security._sec_helpers import count_lines, wait_for

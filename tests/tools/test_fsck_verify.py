@@ -29,7 +29,7 @@ from cosencfs.crypto.integrity import (
     b64url_encode,
 )
 from cosencfs.fs.core import Filesystem
-from cosencfs.fs.tags import COMPANION_DIR
+from cosencfs.fs.tagcheck import COMPANION_DIR
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosStore
 from cosencfs.tools.fsck import Finding, Fsck, FsckStats
