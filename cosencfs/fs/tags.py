@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
-    CHUNK_SIZE,
     CONTENT_TAG_FIELDS,
     OBJECT_TAG_FIELD,
     TAG_FIELDS,
@@ -58,8 +56,9 @@ from cosencfs.crypto.integrity import (
     sealed_envelope,
 )
 from cosencfs.errors import ConfigError, CryptoError, IntegrityError, NotFoundError
-from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_UID, parse_mtime
+from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID, parse_mtime
 from cosencfs.fs.deleter import Deleter
+from cosencfs.fs.tagparts import bare, tag_ciphertext
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ COMPANION_DIR = ".cosencfs-tags"
 #: Verified companions kept in memory, by digest (a few KiB each).
 COMPANIONS_CACHED = 64
 _NO_TAG_KEY = "no tag key for the object's master key id"
-#: Ciphertext read per step when tagging an upload copy.
+#: Ciphertext read per step when tagging an object.
 _TAG_READ = 4 * 1024 * 1024
 
 
@@ -98,30 +97,9 @@ def attr_set(meta: Mapping[str, str]) -> AttrSet:
         return 0 if text is None else int(text)
 
     mtime = parse_mtime(meta.get(META_MTIME, ""))
-    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0)
-
-
-def tag_ciphertext(path: str, ck: ChunkKey, start: int, end: int) -> list[bytes]:
-    """Chunk tags of ``[start, end)`` of a cache file of ciphertext at object offsets.
-
-    Runs in a worker thread; it holds no lock: the range was produced (sealed)
-    before and nothing writes it again.  ``start`` is a multiple of the chunk size.
-    """
-    if start % CHUNK_SIZE:
-        raise ValueError(f"tagging must start on a chunk boundary, not {start}")
-    tagger = ChunkTagger(ck, first_chunk=start // CHUNK_SIZE)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pos = start
-        while pos < end:
-            piece = os.pread(fd, min(_TAG_READ, end - pos), pos)
-            if not piece:
-                raise OSError(f"cache file {path} is short at {pos} (tagging up to {end})")
-            tagger.update(piece)
-            pos += len(piece)
-    finally:
-        os.close(fd)
-    return tagger.finish()
+    # Present only on device nodes: its presence is covered as well as its value.
+    rdev = None if META_RDEV not in meta else num(META_RDEV)
+    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0, rdev)
 
 
 class MountTags:
@@ -228,14 +206,15 @@ class MountTags:
     def with_attr_tag(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> dict[str, str]:
         """``meta`` after an attribute change: a new attribute tag, content tags kept.
 
-        A file's attribute tag binds its object tag; a directory marker's an
-        empty one.  An untagged file stays untagged (nothing to bind to).
+        A file's attribute tag binds its object tag; a directory marker's and
+        a special file's an empty one (``tagparts.bare``).  An untagged
+        regular file stays untagged (nothing to bind to).
         """
         out = {k: v for k, v in meta.items() if k != ATTR_TAG_FIELD}
         if self.writer is None:
             return out
         otag = b""
-        if not is_dir:
+        if not bare(out, is_dir=is_dir):
             text = out.get(OBJECT_TAG_FIELD)
             raw = None if text is None else b64url_decode(text)
             if raw is None or len(raw) != TAG_SIZE:
@@ -255,10 +234,15 @@ class MountTags:
 
         None when the object is untagged (it is copied as it is).  Raises
         IntegrityError when its own tag does not verify: an altered object
-        is not re-tagged under a new name.
+        is not re-tagged under a new name.  A special file (no object tag)
+        keeps an attribute tag only if the old one verifies.
         """
         if OBJECT_TAG_FIELD not in meta:
-            return None
+            if ATTR_TAG_FIELD not in meta or not bare(meta, is_dir=False):
+                return None
+            if self.attrs_authentic(old_key, meta):
+                return self.with_attr_tag(new_key, meta, is_dir=False)
+            return {k: v for k, v in meta.items() if k != ATTR_TAG_FIELD}
         tk = self._tag_key(meta, old_key)
         fields = retag_fields(
             tk,
@@ -382,6 +366,12 @@ class MountTags:
             return True
         return self._attr_failure(key, meta, text, is_dir=is_dir) is None
 
+    def attrs_authentic(self, key: str, meta: Mapping[str, str], *, is_dir: bool = False) -> bool:
+        """Whether ``meta`` carries an attribute tag that verifies (a key of ours wrote
+        these attributes): device nodes are live on ``-o dev`` only then."""
+        text = meta.get(ATTR_TAG_FIELD)
+        return text is not None and self._attr_failure(key, meta, text, is_dir=is_dir) is None
+
     def attr_meta(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> Mapping[str, str]:
         """``meta``, or ``meta`` without attribute fields when its attribute tag fails.
 
@@ -403,9 +393,8 @@ class MountTags:
         elif seen not in self._attr_warned:
             self._attr_warned.add(seen)
             log.error("%r: %s; default attributes apply", key, reason)
-        return {
-            k: v for k, v in meta.items() if k not in (META_MODE, META_UID, META_GID, META_MTIME)
-        }
+        dropped = (META_MODE, META_UID, META_GID, META_MTIME, META_RDEV)
+        return {k: v for k, v in meta.items() if k not in dropped}
 
     def _attr_failure(
         self, key: str, meta: Mapping[str, str], text: str | None, *, is_dir: bool
@@ -414,13 +403,14 @@ class MountTags:
         if tag is None or len(tag) != TAG_SIZE:
             return "attribute tag missing or malformed"
         otag = b""
-        if not is_dir:
+        no_content = bare(meta, is_dir=is_dir)
+        if not no_content:
             raw = b64url_decode(meta.get(OBJECT_TAG_FIELD, ""))
             if raw is None or len(raw) != TAG_SIZE:
                 return "attribute tag without an object tag"
             otag = raw
         try:
-            keys = [self._tag_key(meta, key)] if not is_dir else list(self._keys.values())
+            keys = list(self._keys.values()) if no_content else [self._tag_key(meta, key)]
         except (CryptoError, IntegrityError):
             return _NO_TAG_KEY
         try:
