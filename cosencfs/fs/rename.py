@@ -109,10 +109,11 @@ class Renamer(Handler):
                 self.ctx.tags.removed(old_key, src.remote.metadata)
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
-            elif src.remote is not None and src.kind.special:
-                await move_special(self.ctx, src, old_key, new_key)
             elif src.remote is not None:
-                await self._copy_file(src, old_key, new_key)
+                if src.kind.special:
+                    await move_special(self.ctx, src, old_key, new_key)  # one PUT, re-tagged
+                else:
+                    await self._copy_file(src, old_key, new_key)
                 if dst is not None and dst.remote is not None and src.remote is not None:
                     # dst's object was replaced by the copy: its companion goes.
                     self.ctx.tags.drop_companion(dst.remote.metadata, keep=src.remote.metadata)

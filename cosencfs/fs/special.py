@@ -55,6 +55,9 @@ async def put_special(ctx: FsContext, node: Inode, key: str, *, tagged: bool) ->
     node.meta_synced_gen = gen
     node.touched_at = trio.current_time()
     ctx.journal.put_attrs(key, etag, 0, None, meta)
+    # The key holds no content now: a tagged object remembered there (one a
+    # rename replaced) is gone, not stripped of its tags.
+    ctx.tags.removed(key, None)
     ctx.tags.wrote(key, meta, old.metadata if old is not None else None)
 
 

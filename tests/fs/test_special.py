@@ -20,9 +20,10 @@ from cosencfs.errors import FsError
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.entry import Entry
 from cosencfs.fs.inode import ROOT_INO
-from cosencfs.fs.tags import attr_set
+from cosencfs.fs.tags import COMPANION_DIR, attr_set
 from cosencfs.store.cos import CosStore
 from cosencfs.store.counters import CounterSnapshot
+from tests.fs.test_filesystem import write_file
 from tests.testlib import FsFactory
 
 TYPES = {
@@ -148,15 +149,17 @@ async def test_rename_moves_each_type_with_its_tag(make_fs: FsFactory, store: Co
 async def test_rename_over_a_file_and_unlink(make_fs: FsFactory, store: CosStore) -> None:
     fs = await make_fs()
     await make_all(fs)
-    fh, _ = await fs.create(ROOT_INO, b"victim", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
-    await fs.write(fh, 0, b"old content")
-    await fs.release(fh)
+    # Large enough for its chunk tags to live in a companion object.
+    await write_file(fs, ROOT_INO, "victim", os.urandom(3 * 1024 * 1024))
     await fs.sync_all()
+    keys = {o.key async for page in store.list_all("") for o in page.objects}
+    assert any(k.startswith(COMPANION_DIR) for k in keys)
     await fs.rename(ROOT_INO, b"fifo", ROOT_INO, b"victim", 0)
     assert stat.S_ISFIFO((await stat_of(fs, "victim")).mode)
     for name in ("victim", "sock", "chr", "blk"):
         await fs.unlink(ROOT_INO, name.encode())
     await fs.sync_all()
+    # The companion of the file the fifo replaced went too.
     assert [o.key async for page in store.list_all("") for o in page.objects] == []
     with pytest.raises(FsError) as info:
         await fs.lookup(ROOT_INO, b"chr")
