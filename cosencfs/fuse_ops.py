@@ -142,7 +142,7 @@ def to_attrs(e: Entry) -> pyfuse3.EntryAttributes:
     a.st_nlink = e.nlink
     a.st_uid = e.uid
     a.st_gid = e.gid
-    a.st_rdev = 0
+    a.st_rdev = e.rdev
     a.st_size = e.size
     a.st_blksize = 128 * 1024
     a.st_blocks = e.blocks
@@ -306,7 +306,9 @@ class FuseOperations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return to_attrs(await self.fs.mknod(parent_inode, bytes(name), mode, rdev))
+        mode = pyfuse3.ModeT(mode & ~ctx.umask)
+        entry = await self.fs.mknod(parent_inode, bytes(name), mode, rdev, ctx.uid, ctx.gid)
+        return to_attrs(entry)
 
     @translate
     async def open(

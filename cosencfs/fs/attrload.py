@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Mapping
 
 import trio
 
@@ -19,6 +20,7 @@ from cosencfs.fs.attrs import Kind, attrs_from_meta, kind_from_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.namespace import Namespace
+from cosencfs.fs.policy import MAX_SYMLINK_TARGET
 from cosencfs.store.base import ObjectInfo
 from cosencfs.util import open_nursery
 
@@ -33,6 +35,11 @@ class AttrLoader:
     @property
     def _trust_modes(self) -> bool:
         return self.ctx.options.trust_metadata_modes
+
+    def _devices(self, key: str, meta: Mapping[str, str]) -> bool:
+        """Whether a device node in ``meta`` is shown as one: always on a nodev
+        mount (inert there), on ``-o dev`` only with a verified attribute tag."""
+        return not self.ctx.options.devices or self.ctx.tags.attrs_authentic(key, meta)
 
     async def ensure(self, node: Inode) -> None:
         """Make ``node``'s attributes known (one HEAD at most, shared by all who ask)."""
@@ -80,7 +87,7 @@ class AttrLoader:
             old = node.remote
             if old is not None and (old.etag != info.etag or old.size != info.size):
                 self.ns.drop_clean_content(node)
-            node.kind = kind_from_meta(shown, info.size)
+            node.kind = kind_from_meta(shown, info.size, devices=self._devices(key, shown))
             node.remote = Remote(info.etag, info.size, info.last_modified, meta, dict(info.headers))
             if not node.data_dirty and node.file is not None:
                 node.file.size = info.size
@@ -114,14 +121,15 @@ class AttrLoader:
 
         The kernel must never see an inode change type, so an entry is given
         to it before its HEAD only when the type cannot be wrong: directories,
-        and objects that cannot be symlinks (a link target is 1 to 4095 bytes).
+        and objects that can be neither symlinks (a link target is 1 to 4095
+        bytes) nor special files (empty objects): 4096 bytes or more.
         Its other attributes are then the defaults, with a zero attribute
         timeout, so a stat() asks (and HEADs) before believing them.
         """
         if node.attrs_known or node.is_dir:
             return True
         r = node.remote
-        return r is not None and (r.size == 0 or r.size >= 4096)
+        return r is not None and r.size > MAX_SYMLINK_TARGET
 
     def stat_ahead(self, node: Inode) -> None:
         """Someone stats entries of this directory (ls -l, rsync, du): HEAD the
@@ -158,7 +166,7 @@ class AttrLoader:
             return  # (a HEAD settles them)
         if rec.lm is None:
             self.ctx.journal.set_attrs_lm(key, info.last_modified)
-        node.kind = kind_from_meta(rec.meta, info.size)
+        node.kind = kind_from_meta(rec.meta, info.size, devices=self._devices(key, rec.meta))
         node.attrs = attrs_from_meta(
             rec.meta,
             node.kind,

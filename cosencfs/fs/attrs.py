@@ -3,7 +3,9 @@
 ``x-cos-meta-mode``, ``-uid``, ``-gid`` are decimal; ``-mtime`` is seconds,
 written as ``sec.nanoseconds`` when the nanoseconds are not zero (cosfs reads
 the integer part).  Objects without them get the mount's defaults and the
-object's Last-Modified time.
+object's Last-Modified time.  Device nodes carry ``x-cos-meta-rdev``
+(decimal, the Linux device number as FUSE passes it: s3fs's
+``x-amz-meta-rdev`` in COS's namespace; cosfs stores none).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from cosencfs.fs.policy import is_symlink, permission_bits
+from cosencfs.fs.policy import is_special, is_symlink, permission_bits
 
 NS = 1_000_000_000
 
@@ -21,9 +23,11 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
+#: Device number of a character or block device (s3fs's name, COS's prefix).
+META_RDEV = "rdev"
 #: Plaintext size at upload (cosencfs only): catches truncated bodies.
 META_SIZE = "cosencfs-size"
-ATTR_FIELDS = frozenset({META_MODE, META_UID, META_GID, META_MTIME})
+ATTR_FIELDS = frozenset({META_MODE, META_UID, META_GID, META_MTIME, META_RDEV})
 
 DIR_CONTENT_TYPE = "application/x-directory"
 FILE_CONTENT_TYPE = "application/octet-stream"
@@ -33,10 +37,42 @@ class Kind(Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    #: Special files: an empty object whose mode says the type (cosfs, s3fs).
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHAR_DEVICE = "chr"
+    BLOCK_DEVICE = "blk"
 
     @property
     def type_bits(self) -> int:
-        return {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}[self]
+        return _TYPE_BITS[self]
+
+    @property
+    def special(self) -> bool:
+        """A fifo, socket or device node: no content, the kernel serves opens."""
+        return self in _SPECIAL
+
+    @property
+    def device(self) -> bool:
+        return self is Kind.CHAR_DEVICE or self is Kind.BLOCK_DEVICE
+
+    @staticmethod
+    def of_mode(mode: int) -> Kind:
+        """The kind a mode's type bits name (regular file for anything else)."""
+        return _KIND_OF_BITS.get(stat.S_IFMT(mode), Kind.FILE)
+
+
+_TYPE_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.FIFO: stat.S_IFIFO,
+    Kind.SOCKET: stat.S_IFSOCK,
+    Kind.CHAR_DEVICE: stat.S_IFCHR,
+    Kind.BLOCK_DEVICE: stat.S_IFBLK,
+}
+_KIND_OF_BITS = {bits: kind for kind, bits in _TYPE_BITS.items()}
+_SPECIAL = frozenset({Kind.FIFO, Kind.SOCKET, Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE})
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,14 +95,12 @@ class Attrs:
     mtime_ns: int
     ctime_ns: int
     atime_ns: int
+    #: Device number (device nodes only; 0 otherwise).
+    rdev: int = 0
 
     @property
     def kind(self) -> Kind:
-        if stat.S_ISDIR(self.mode):
-            return Kind.DIR
-        if stat.S_ISLNK(self.mode):
-            return Kind.SYMLINK
-        return Kind.FILE
+        return Kind.of_mode(self.mode)
 
 
 def parse_mtime(value: str) -> int | None:
@@ -123,6 +157,7 @@ def attrs_from_meta(
     mtime = parse_mtime(meta.get(META_MTIME, ""))
     if mtime is None:
         mtime = int(last_modified * NS)
+    rdev = _int_field(meta, META_RDEV) if kind.device else None
     return Attrs(
         mode=kind.type_bits | perm,
         uid=defaults.uid if uid is None else uid,
@@ -130,19 +165,34 @@ def attrs_from_meta(
         mtime_ns=mtime,
         ctime_ns=mtime,
         atime_ns=mtime,
+        rdev=rdev if rdev is not None and 0 <= rdev < 2**32 else 0,
     )
 
 
-def kind_from_meta(meta: Mapping[str, str], size: int) -> Kind:
-    """A regular-file key is a symlink when its mode says so (cosfs convention)
-    and its size can be a target (``policy.is_symlink``)."""
-    return Kind.SYMLINK if is_symlink(meta, size) else Kind.FILE
+def kind_from_meta(meta: Mapping[str, str], size: int, *, devices: bool = True) -> Kind:
+    """The kind a regular-file key has, from its mode (cosfs convention) and size.
+
+    A symlink when its size can be a target (``policy.is_symlink``); a fifo,
+    socket or device node when it is empty (``policy.is_special``); a device
+    node only when ``devices`` (else a regular file that ``open`` refuses:
+    unauthenticated device nodes on a ``-o dev`` mount, docs/security.md).
+    """
+    if is_symlink(meta, size):
+        return Kind.SYMLINK
+    if is_special(meta, size):
+        kind = Kind.of_mode(int(meta[META_MODE]))
+        if not kind.device or devices:
+            return kind
+    return Kind.FILE
 
 
 def attrs_to_meta(attrs: Attrs) -> dict[str, str]:
-    return {
+    meta = {
         META_MODE: str(attrs.mode),
         META_UID: str(attrs.uid),
         META_GID: str(attrs.gid),
         META_MTIME: format_mtime(attrs.mtime_ns),
     }
+    if attrs.kind.device:
+        meta[META_RDEV] = str(attrs.rdev)
+    return meta

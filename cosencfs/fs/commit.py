@@ -34,6 +34,7 @@ from cosencfs.fs.context import FsContext
 from cosencfs.fs.dirops import put_marker
 from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.special import put_special, tagged_now
 from cosencfs.fs.stream import StreamUpload
 from cosencfs.fs.upload import Uploader
 
@@ -57,6 +58,12 @@ class Committer:
             if node.is_dir:
                 if node.meta_dirty and node.parent is not None:
                     await put_marker(self.ctx, node)
+                return
+            if node.kind.special:
+                if node.meta_dirty:
+                    key = self.ctx.key_of(node)
+                    await put_special(self.ctx, node, key, tagged=tagged_now(self.ctx, node, key))
+                    self.records.forget(node)
                 return
             head = node.as_file.head
             if head is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from cosencfs.fs.parts import Parts
 from cosencfs.fs.reads import Reader
 from cosencfs.fs.recovery import RecoveryReport, recover
 from cosencfs.fs.rename import Renamer
+from cosencfs.fs.special import Specials
 from cosencfs.fs.stats import collect_stats
 from cosencfs.fs.upload import Uploader
 from cosencfs.fs.writeback import WriteBack
@@ -93,6 +95,7 @@ class Filesystem:
         self.dirops = DirOps(parts)
         self.files = Files(parts)
         self.renamer = Renamer(parts)
+        self.specials = Specials(parts)
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dh = 1
         cache.on_evict = self._evicted
@@ -186,7 +189,7 @@ class Filesystem:
         if size is not None:
             if node.is_dir:
                 raise FsError(errno.EISDIR)
-            if node.kind is Kind.SYMLINK:
+            if node.kind is Kind.SYMLINK or node.kind.special:
                 raise FsError(errno.EINVAL)
             await self.writer.truncate(node, size)
         a = node.attrs
@@ -245,8 +248,16 @@ class Filesystem:
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Entry:
         raise FsError(errno.EPERM, "hard links cannot be stored in COS")
 
-    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
-        raise FsError(errno.EPERM, "devices, FIFOs and sockets cannot be stored in COS")
+    async def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+    ) -> Entry:
+        """A fifo, socket or device node (fs/special.py); a regular file as create() makes."""
+        if stat.S_ISREG(mode):
+            fh, entry = await self.create(parent, name, mode, os.O_WRONLY, uid, gid)
+            await self.release(fh)
+            return entry
+        node = await self.specials.mknod(parent, names.new_name(name), mode, rdev, uid, gid)
+        return self.entry(node)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
@@ -255,6 +266,9 @@ class Filesystem:
     # -- files -----------------------------------------------------------------
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        if self.ns.inode(ino).kind.special:
+            # The kernel opens fifos, sockets and devices itself: never reached via FUSE.
+            raise FsError(errno.ENXIO, "special files have no content in COS")
         h, keep = await self.files.open(ino, flags)
         # After open's revalidating HEAD, so the metadata is fresh and costs
         # nothing extra; with O_TRUNC the content is already local and new.

@@ -28,6 +28,7 @@ class Entry:
     ctime_ns: int
     entry_timeout: float
     attr_timeout: float
+    rdev: int = 0
 
     @property
     def blocks(self) -> int:
@@ -49,7 +50,7 @@ class StatFs:
 def make_entry(node: Inode, opts: FsOptions) -> Entry:
     a = node.attrs
     f = node.file
-    if f is None:
+    if f is None or node.kind.special:
         size, nlink = 0, 1
     elif node.kind is Kind.SYMLINK:
         size, nlink = f.size, 1
@@ -70,6 +71,7 @@ def make_entry(node: Inode, opts: FsOptions) -> Entry:
         entry_timeout=opts.entry_timeout,
         # Attributes still to be HEADed are defaults: the kernel must ask.
         attr_timeout=opts.attr_timeout if node.attrs_known else 0.0,
+        rdev=a.rdev if node.kind.device else 0,
     )
 
 

@@ -10,8 +10,10 @@ checked before it becomes a file:
 * setuid/setgid bits from ``x-cos-meta-mode`` are dropped unless
   ``trust_metadata_modes``;
 * file types: regular files, directories, symlinks, fifos and sockets are
-  fine; device nodes are inert names on a ``nodev`` mount (the default) and
-  refused on a ``dev`` mount, since no object is authenticated yet; unknown
+  fine; device nodes are inert on a ``nodev`` mount (the default) and, on a
+  ``dev`` mount, shown as devices only when their attribute tag (which
+  covers mode and rdev) verifies under this key, else refused; a fifo,
+  socket or device "with content" (a non-empty object) is refused; unknown
   types are refused;
 * a symlink's target is at most 4095 bytes (PATH_MAX less the NUL): a larger
   "symlink" is refused from its size alone, and its body is read with a
@@ -85,6 +87,7 @@ _TYPES = {
     stat.S_IFBLK: FileType.BLOCK_DEVICE,
 }
 DEVICES = frozenset({FileType.CHAR_DEVICE, FileType.BLOCK_DEVICE})
+SPECIALS = DEVICES | {FileType.FIFO, FileType.SOCKET}
 
 
 def meta_mode(meta: Mapping[str, str]) -> int | None:
@@ -118,6 +121,15 @@ def is_symlink(meta: Mapping[str, str], size: int) -> bool:
     return file_type(meta_mode(meta)) is FileType.SYMLINK and 0 < size <= MAX_SYMLINK_TARGET
 
 
+def is_special(meta: Mapping[str, str], size: int) -> bool:
+    """A file key is a fifo, socket or device node when its mode says so and it is empty.
+
+    Special files are metadata-only objects (cosfs, s3fs); a non-empty one is
+    shown as a regular file that ``open`` refuses, like an oversized symlink.
+    """
+    return size == 0 and file_type(meta_mode(meta)) in SPECIALS
+
+
 def refusal(
     meta: Mapping[str, str],
     size: int,
@@ -137,10 +149,14 @@ def refusal(
         return Refusal(f"symlink target of {size} bytes (at most {MAX_SYMLINK_TARGET})")
     if ftype is FileType.UNKNOWN:
         return Refusal(f"unknown file type in mode {meta_mode(meta):#o}")
+    if ftype in SPECIALS and size > 0:
+        return Refusal(
+            f"mode says {ftype.value}, which has no content, but the object has {size} bytes"
+        )
     if ftype in DEVICES and devices:
         return Refusal(
-            f"{ftype.value} on a mount with -o dev: no object is authenticated yet, so "
-            "device nodes are shown only on nodev mounts",
+            f"{ftype.value} on a mount with -o dev without a valid attribute tag from this "
+            "key: only device nodes this key wrote are live there",
             "mount without -o dev",
         )
     if size > 0 and not allow_plaintext and classify(meta) is ObjectFormat.PLAIN:

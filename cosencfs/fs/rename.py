@@ -23,6 +23,7 @@ from cosencfs.errors import FsError, StoreError
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE, attrs_to_meta
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.parts import Handler, Parts
+from cosencfs.fs.special import move_special
 from cosencfs.store.base import ObjectInfo
 from cosencfs.util import open_nursery
 
@@ -109,7 +110,10 @@ class Renamer(Handler):
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
             elif src.remote is not None:
-                await self._copy_file(src, old_key, new_key)
+                if src.kind.special:
+                    await move_special(self.ctx, src, old_key, new_key)  # one PUT, re-tagged
+                else:
+                    await self._copy_file(src, old_key, new_key)
                 if dst is not None and dst.remote is not None and src.remote is not None:
                     # dst's object was replaced by the copy: its companion goes.
                     self.ctx.tags.drop_companion(dst.remote.metadata, keep=src.remote.metadata)

@@ -33,7 +33,8 @@ from cosencfs.crypto.integrity import (
     sealed_envelope,
 )
 from cosencfs.errors import CryptoError, IntegrityError, NotFoundError
-from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_UID, parse_mtime
+from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID, parse_mtime
+from cosencfs.fs.tagparts import bare
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def attr_set(meta: Mapping[str, str]) -> AttrSet:
         return 0 if text is None else int(text)
 
     mtime = parse_mtime(meta.get(META_MTIME, ""))
-    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0)
+    # Present only on device nodes: its presence is covered as well as its value.
+    rdev = None if META_RDEV not in meta else num(META_RDEV)
+    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0, rdev)
 
 
 class TagChecker:
@@ -192,6 +195,12 @@ class TagChecker:
             return True
         return self._attr_failure(key, meta, text, is_dir=is_dir) is None
 
+    def attrs_authentic(self, key: str, meta: Mapping[str, str], *, is_dir: bool = False) -> bool:
+        """Whether ``meta`` carries an attribute tag that verifies (a key of ours wrote
+        these attributes): device nodes are live on ``-o dev`` only then."""
+        text = meta.get(ATTR_TAG_FIELD)
+        return text is not None and self._attr_failure(key, meta, text, is_dir=is_dir) is None
+
     def attr_meta(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> Mapping[str, str]:
         """``meta``, or ``meta`` without attribute fields when its attribute tag fails.
 
@@ -213,9 +222,8 @@ class TagChecker:
         elif seen not in self._attr_warned:
             self._attr_warned.add(seen)
             log.error("%r: %s; default attributes apply", key, reason)
-        return {
-            k: v for k, v in meta.items() if k not in (META_MODE, META_UID, META_GID, META_MTIME)
-        }
+        dropped = (META_MODE, META_UID, META_GID, META_MTIME, META_RDEV)
+        return {k: v for k, v in meta.items() if k not in dropped}
 
     def _attr_failure(
         self, key: str, meta: Mapping[str, str], text: str | None, *, is_dir: bool
@@ -224,13 +232,14 @@ class TagChecker:
         if tag is None or len(tag) != TAG_SIZE:
             return "attribute tag missing or malformed"
         otag = b""
-        if not is_dir:
+        no_content = bare(meta, is_dir=is_dir)
+        if not no_content:
             raw = b64url_decode(meta.get(OBJECT_TAG_FIELD, ""))
             if raw is None or len(raw) != TAG_SIZE:
                 return "attribute tag without an object tag"
             otag = raw
         try:
-            keys = [self._tag_key(meta, key)] if not is_dir else list(self._keys.values())
+            keys = list(self._keys.values()) if no_content else [self._tag_key(meta, key)]
         except (CryptoError, IntegrityError):
             return _NO_TAG_KEY
         try:

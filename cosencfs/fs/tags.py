@@ -25,7 +25,6 @@ says so once); ``--require-integrity`` refuses to start without a tag key.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 
 import trio
@@ -35,7 +34,6 @@ from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
-    CHUNK_SIZE,
     CONTENT_TAG_FIELDS,
     OBJECT_TAG_FIELD,
     TAG_FIELDS,
@@ -56,35 +54,13 @@ from cosencfs.crypto.integrity import (
 from cosencfs.errors import ConfigError, CryptoError, IntegrityError
 from cosencfs.fs.deleter import Deleter
 from cosencfs.fs.tagcheck import TagChecker, attr_set
+from cosencfs.fs.tagparts import bare, tag_ciphertext
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
 #: Ciphertext read per step when tagging an upload copy.
 _TAG_READ = 4 * 1024 * 1024
-
-
-def tag_ciphertext(path: str, ck: ChunkKey, start: int, end: int) -> list[bytes]:
-    """Chunk tags of ``[start, end)`` of a cache file of ciphertext at object offsets.
-
-    Runs in a worker thread; it holds no lock: the range was produced (sealed)
-    before and nothing writes it again.  ``start`` is a multiple of the chunk size.
-    """
-    if start % CHUNK_SIZE:
-        raise ValueError(f"tagging must start on a chunk boundary, not {start}")
-    tagger = ChunkTagger(ck, first_chunk=start // CHUNK_SIZE)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pos = start
-        while pos < end:
-            piece = os.pread(fd, min(_TAG_READ, end - pos), pos)
-            if not piece:
-                raise OSError(f"cache file {path} is short at {pos} (tagging up to {end})")
-            tagger.update(piece)
-            pos += len(piece)
-    finally:
-        os.close(fd)
-    return tagger.finish()
 
 
 class MountTags(TagChecker):
@@ -184,14 +160,15 @@ class MountTags(TagChecker):
     def with_attr_tag(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> dict[str, str]:
         """``meta`` after an attribute change: a new attribute tag, content tags kept.
 
-        A file's attribute tag binds its object tag; a directory marker's an
-        empty one.  An untagged file stays untagged (nothing to bind to).
+        A file's attribute tag binds its object tag; a directory marker's and
+        a special file's an empty one (``tagparts.bare``).  An untagged
+        regular file stays untagged (nothing to bind to).
         """
         out = {k: v for k, v in meta.items() if k != ATTR_TAG_FIELD}
         if self.writer is None:
             return out
         otag = b""
-        if not is_dir:
+        if not bare(out, is_dir=is_dir):
             text = out.get(OBJECT_TAG_FIELD)
             raw = None if text is None else b64url_decode(text)
             if raw is None or len(raw) != TAG_SIZE:
@@ -211,10 +188,15 @@ class MountTags(TagChecker):
 
         None when the object is untagged (it is copied as it is).  Raises
         IntegrityError when its own tag does not verify: an altered object
-        is not re-tagged under a new name.
+        is not re-tagged under a new name.  A special file (no object tag)
+        keeps an attribute tag only if the old one verifies.
         """
         if OBJECT_TAG_FIELD not in meta:
-            return None
+            if ATTR_TAG_FIELD not in meta or not bare(meta, is_dir=False):
+                return None
+            if self.attrs_authentic(old_key, meta):
+                return self.with_attr_tag(new_key, meta, is_dir=False)
+            return {k: v for k, v in meta.items() if k != ATTR_TAG_FIELD}
         tk = self._tag_key(meta, old_key)
         fields = retag_fields(
             tk,

@@ -25,8 +25,11 @@ async def _errno_of(call: object) -> int:
     return errno_for(info.value)
 
 
-async def test_mknod_is_refused_with_eperm(fsys: Filesystem) -> None:
-    assert await _errno_of(fsys.mknod(ROOT, b"fifo", 0o010644, 0)) == errno.EPERM
+async def test_hard_links_are_refused_and_mknod_takes_only_node_types(fsys: Filesystem) -> None:
+    fh, entry = await fsys.create(ROOT, b"f", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+    await fsys.release(fh)
+    assert await _errno_of(fsys.link(entry.ino, ROOT, b"g")) == errno.EPERM
+    assert await _errno_of(fsys.mknod(ROOT, b"d", 0o040755, 0, 0, 0)) == errno.EINVAL
 
 
 async def test_control_names_and_refusals(fsys: Filesystem) -> None:

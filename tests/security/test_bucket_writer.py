@@ -19,7 +19,7 @@ import trio
 
 from cosencfs.crypto.ctr import DataKey, encrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
-from cosencfs.errors import RefusedError
+from cosencfs.errors import FsError, RefusedError
 from cosencfs.fs.core import Filesystem
 from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
@@ -146,21 +146,29 @@ async def test_file_types_from_metadata(
     await put_encrypted(store, codec, "mem", b"\0" * 100, stat.S_IFCHR | 0o666)
     nodev = await make_fs()
     assert await fs_names(nodev) == sorted([*kinds, "mem"])
-    for name in ("fifo", "sock", "sda", "tty", "mem"):
-        # Inert names: regular files to the kernel, never device nodes.
+    shown = {"fifo": stat.S_IFIFO, "sock": stat.S_IFSOCK, "sda": stat.S_IFBLK, "tty": stat.S_IFCHR}
+    for name, ftype in shown.items():
+        # The types the cosfs way; device nodes are inert on a nodev mount,
+        # and the kernel opens them all itself (the mount serves no content).
         entry = await nodev.getattr(await lookup(nodev, name))
-        assert stat.S_ISREG(entry.mode), name
-        fh, _ = await nodev.open(entry.ino, os.O_RDONLY)
-        await nodev.release(fh)
+        assert stat.S_IFMT(entry.mode) == ftype, name
+        assert entry.size == 0
+        with pytest.raises(FsError) as info:
+            await nodev.open(entry.ino, os.O_RDONLY)
+        assert info.value.errno == errno.ENXIO
+    # A "device" with content is a regular file whose content is refused.
+    assert stat.S_ISREG((await nodev.getattr(await lookup(nodev, "mem"))).mode)
+    assert "no content" in str(await open_refused(nodev, "mem"))
     await open_refused(nodev, "odd")
-    # -o dev: device nodes would be live; no object is authenticated, so all are refused.
+    # -o dev: device nodes would be live; these carry no attribute tag of
+    # this key, so they are regular files to the kernel, and refused.
     dev = await make_fs(devices=True)
-    for name in ("sda", "tty", "mem"):
+    for name in ("sda", "tty"):
+        assert stat.S_ISREG((await dev.getattr(await lookup(dev, name))).mode)
         refused = await open_refused(dev, name)
         assert "-o dev" in str(refused), name
     for name in ("fifo", "sock"):
-        fh, _ = await dev.open(await lookup(dev, name), os.O_RDONLY)
-        await dev.release(fh)
+        assert not stat.S_ISREG((await dev.getattr(await lookup(dev, name))).mode)
 
 
 # ---------------------------------------------------------------- item 10: symlink size
@@ -291,15 +299,28 @@ def test_mount_with_dev_refuses_device_nodes(
     trio.run(put_encrypted, store, codec, "suid", b"#!/bin/sh\n", stat.S_IFREG | 0o4755)
     nodev = mounts()
     st = (nodev.mountpoint / "sda").stat()
-    assert stat.S_ISREG(st.st_mode)
-    assert not stat.S_ISBLK(st.st_mode)
-    assert (nodev.mountpoint / "sda").read_bytes() == b""
+    # A block device to stat, inert: the kernel refuses to open it on a nodev mount.
+    assert stat.S_ISBLK(st.st_mode)
+    assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (8, 0)
+    with pytest.raises(PermissionError):
+        (nodev.mountpoint / "sda").read_bytes()
     assert stat.S_IMODE((nodev.mountpoint / "suid").stat().st_mode) == 0o755
     dev = mounts(extra=["-o", "dev"])
     assert "sda" in os.listdir(dev.mountpoint)
+    # Written without the key (no attribute tag): not a device there, refused.
+    assert stat.S_ISREG((dev.mountpoint / "sda").stat().st_mode)
     assert eio(dev.mountpoint / "sda")
     wait_for(lambda: "refused 'sda'" in dev.log(), what="the refusal in the log")
     assert "-o dev" in dev.log()
+    # A device node this key wrote (mknod, as root) is live on a -o dev mount.
+    os.mknod(dev.mountpoint / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    dev.umount()
+    cold = mounts(extra=["-o", "dev"])
+    st = (cold.mountpoint / "null").stat()
+    assert stat.S_ISCHR(st.st_mode)
+    assert st.st_rdev == os.makedev(1, 3)
+    (cold.mountpoint / "null").write_bytes(b"gone")
+    assert (cold.mountpoint / "null").read_bytes() == b""
 
 
 @pytest.mark.mount
