@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.server import Network
+
 MIB = 1024 * 1024
 
 #: Workload names in run order, with the letter of the issue that defined them.
@@ -103,6 +105,10 @@ class BenchConfig:
     #: A git revision of cosencfs to run beside the working tree (peer
     #: "cosencfs-base"), to compare before and after a change in one run.
     baseline: str | None = None
+    #: The networks every peer runs over (RTT, http or https), in this order.
+    networks: list[Network] = field(default_factory=lambda: [Network()])
+    #: --scale: directory sizes of the scale workload (empty: not run).
+    scale: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,4 +123,6 @@ class BenchConfig:
             "quiet_wait": self.quiet_wait,
             "repeat": self.repeat,
             "baseline": self.baseline,
+            "networks": [asdict(n) | {"label": n.label} for n in self.networks],
+            "scale": self.scale,
         }

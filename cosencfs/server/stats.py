@@ -11,7 +11,10 @@ class Stats:
 
     The network counters are what the latency model (``latency.py``)
     charged: COS connections (plain or TLS) and round trips by kind, with
-    the delay charged for them.  Admin calls are in none of them.
+    the delay charged for them.  Admin calls are in none of them.  The
+    connection counts are also kept since start (``lifetime``, never
+    reset), so a benchmark can tell afterwards whether a client ever
+    connected without TLS.
     """
 
     def __init__(self) -> None:
@@ -22,6 +25,7 @@ class Stats:
         self._net: Counter[str] = Counter()
         self._round_trips: Counter[str] = Counter()
         self._charged_ms = 0.0
+        self._lifetime: Counter[str] = Counter()
 
     def count(self, op: str) -> None:
         with self._lock:
@@ -41,11 +45,14 @@ class Stats:
         with self._lock:
             self._net["connections"] += 1
             self._net["tls_connections" if tls else "plain_connections"] += 1
+            self._lifetime["connections"] += 1
+            self._lifetime["tls_connections" if tls else "plain_connections"] += 1
 
     def add_tls_failure(self) -> None:
         """A TLS handshake that failed (a plain-HTTP client, an untrusted certificate)."""
         with self._lock:
             self._net["tls_failures"] += 1
+            self._lifetime["tls_failures"] += 1
 
     def add_round_trips(self, kind: str, n: int, ms: float) -> None:
         with self._lock:
@@ -66,6 +73,10 @@ class Stats:
                 "round_trips": dict(self._round_trips),
                 "total_round_trips": sum(self._round_trips.values()),
                 "charged_ms": round(self._charged_ms, 3),
+                "lifetime": {
+                    k: self._lifetime[k]
+                    for k in ("connections", "plain_connections", "tls_connections", "tls_failures")
+                },
             }
             return {
                 "requests": dict(self._counts),

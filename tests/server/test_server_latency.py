@@ -316,3 +316,19 @@ def test_cli_serves_https_with_a_made_ca_and_charges_rtt(tmp_path: Path, cli_ser
     assert data["network"]["tls_connections"] == 1
     assert data["network"]["round_trips"] == {"connect": 1, "tls_handshake": 1, "request": 1}
     assert data["network"]["charged_ms"] == pytest.approx(6.0)
+
+
+def test_lifetime_connection_counts_survive_a_reset(rtt_server: LocalCosServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", rtt_server.port, timeout=30)
+    assert _put(conn, "life", b"l") == 200
+    conn.close()
+    status, _ = admin_request(
+        rtt_server.url, "POST", "/_cosencfs/reset-stats", secret_id=SECRET_ID,
+        secret_key=SECRET_KEY,
+    )  # fmt: skip
+    assert status == 200
+    net = _network(rtt_server)
+    assert net["connections"] == 0
+    assert net["lifetime"] == {
+        "connections": 1, "plain_connections": 1, "tls_connections": 0, "tls_failures": 0,
+    }  # fmt: skip
