@@ -21,6 +21,8 @@ WORKLOADS: dict[str, str] = {
     "rsync": "g",
     "big_write_rss": "h",
     "rand_write": "i",
+    "rand_read_big": "j",
+    "cache_bound": "k",
 }
 
 #: What a workload needs on the mount before it can run; a prerequisite that
@@ -30,6 +32,8 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "rand_read": ("seq_write",),
     "ls": ("small_create",),
     "rm_r": ("small_create",),
+    "rand_read_big": ("seq_write",),
+    "cache_bound": ("seq_write",),
 }
 
 ALL_PEERS = ("cosencfs", "cosencfs-base", "passthrough", "rclone", "s3fs")

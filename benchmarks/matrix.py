@@ -56,7 +56,9 @@ def median_rows(rows: list[Row]) -> list[Row]:
 
 
 #: Rows shown as a rate (throughput, operations per second); the others as seconds.
-RATE_ROWS = frozenset({"seq_read", "rand_read", "rand_read_big", "rand_write"})
+RATE_ROWS = frozenset(
+    {"seq_write", "seq_read", "rand_read", "rand_read_big", "rand_write", "cache_bound"}
+)
 
 
 def _cell(r: Row | None) -> str:

@@ -75,6 +75,10 @@ def notes(row: Row) -> str:
         parts.append(f"{e['requests_per_file']:.3f} req/file")
     if "client_zero_requests" in e:
         parts.append(f"cosencfs stats: {e['client_total_requests']} requests")
+    if "down_per_read" in e:
+        parts.append(f"{e['down_per_read']:.1f}x the bytes read downloaded")
+    if e.get("runs") and len(e["runs"]) > 1:
+        parts.append(f"runs {'/'.join(_num(v) for v in e['runs'])}")
     if e.get("page_cache_dropped") is False:
         parts.append("page cache NOT dropped")
     act, com = e.get("action_seconds"), e.get("commit_seconds")

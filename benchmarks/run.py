@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks.cachebound import cache_bound, rand_read_big
 from benchmarks.config import ALL_PEERS, REQUIRES, WORKLOADS, BenchConfig, Sizes
 from benchmarks.datasets import TreeSpec, write_random_file, write_tree
 from benchmarks.machine import machine_info
@@ -35,6 +36,9 @@ from benchmarks.scale import run_scale
 from benchmarks.system import BenchError, can_drop_caches
 from benchmarks.targets import evaluate
 from benchmarks.workloads import WORKLOAD_FUNCS, Ctx, Sources, failure_row
+
+# (j) and (k) live in their own module (it imports workloads, so it registers here).
+WORKLOAD_FUNCS.update(rand_read_big=rand_read_big, cache_bound=cache_bound)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Workloads profiled with --profile unless --profile-workloads says otherwise.
@@ -141,7 +145,7 @@ def prepare_sources(cfg: BenchConfig, steps: list[str]) -> Sources:
     big, huge, tree, rw = src / "big", src / "huge", src / "tree", src / "rw"
     tree_bytes = 0
     log(f"generating input data in {src}")
-    if {"seq_write", "seq_read", "rand_read"} & set(steps):
+    if {"seq_write", "seq_read", "rand_read", "rand_read_big", "cache_bound"} & set(steps):
         write_random_file(big, s.big_file, f"big-{cfg.seed}")
     if "big_write_rss" in steps:
         write_random_file(huge, s.huge_file, f"huge-{cfg.seed}")
