@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.server import Network
+
 MIB = 1024 * 1024
 
 #: Workload names in run order, with the letter of the issue that defined them.
@@ -19,6 +21,8 @@ WORKLOADS: dict[str, str] = {
     "rsync": "g",
     "big_write_rss": "h",
     "rand_write": "i",
+    "rand_read_big": "j",
+    "cache_bound": "k",
 }
 
 #: What a workload needs on the mount before it can run; a prerequisite that
@@ -28,6 +32,8 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "rand_read": ("seq_write",),
     "ls": ("small_create",),
     "rm_r": ("small_create",),
+    "rand_read_big": ("seq_write",),
+    "cache_bound": ("seq_write",),
 }
 
 ALL_PEERS = ("cosencfs", "cosencfs-base", "passthrough", "rclone", "s3fs")
@@ -103,6 +109,10 @@ class BenchConfig:
     #: A git revision of cosencfs to run beside the working tree (peer
     #: "cosencfs-base"), to compare before and after a change in one run.
     baseline: str | None = None
+    #: The networks every peer runs over (RTT, http or https), in this order.
+    networks: list[Network] = field(default_factory=lambda: [Network()])
+    #: --scale: directory sizes of the scale workload (empty: not run).
+    scale: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,4 +127,6 @@ class BenchConfig:
             "quiet_wait": self.quiet_wait,
             "repeat": self.repeat,
             "baseline": self.baseline,
+            "networks": [asdict(n) | {"label": n.label} for n in self.networks],
+            "scale": self.scale,
         }

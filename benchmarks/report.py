@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import MIB, WORKLOADS
+from benchmarks.matrix import matrix
 from benchmarks.results import PeerStatus, Row, TargetResult
+from benchmarks.scale import scale_table
 from benchmarks.targets import evaluate
 
 #: Short names of COS operations for the table (the JSON has the full ones).
@@ -73,6 +75,10 @@ def notes(row: Row) -> str:
         parts.append(f"{e['requests_per_file']:.3f} req/file")
     if "client_zero_requests" in e:
         parts.append(f"cosencfs stats: {e['client_total_requests']} requests")
+    if "down_per_read" in e:
+        parts.append(f"{e['down_per_read']:.1f}x the bytes read downloaded")
+    if e.get("runs") and len(e["runs"]) > 1:
+        parts.append(f"runs {'/'.join(_num(v) for v in e['runs'])}")
     if e.get("page_cache_dropped") is False:
         parts.append("page cache NOT dropped")
     act, com = e.get("action_seconds"), e.get("commit_seconds")
@@ -144,9 +150,13 @@ TARGET_HEADERS = ["#", "target", "measured", "verdict", "detail"]
 def peer_lines(peers: list[PeerStatus]) -> list[str]:
     out = []
     for p in peers:
-        line = f"{p.name}: {p.status}"
+        line = f"{p.name}" + (f" ({p.network})" if p.network else "") + f": {p.status}"
         if p.version:
             line += f" ({p.version})"
+        if p.connections:
+            c = p.connections
+            line += (f", connections: {c.get('tls_connections', 0)} TLS,"
+                     f" {c.get('plain_connections', 0)} plain")  # fmt: skip
         if p.exit_status not in (None, 0):
             line += f", daemon exit status {p.exit_status}"
         if p.error:
@@ -160,26 +170,44 @@ def peer_lines(peers: list[PeerStatus]) -> list[str]:
 def render(data: dict[str, Any], *, markdown: bool = False) -> str:
     rows = [Row.from_dict(r) for r in data["rows"]]
     peers = [PeerStatus(**p) for p in data["peers"]]
-    small = data.get("config", {}).get("sizes", {}).get("small_files")
-    # Re-evaluated from the rows, so an old result file shows today's wording.
-    targets = (
-        evaluate(rows, small_files=small) if small else [TargetResult(**t) for t in data["targets"]]
-    )
+    names = list(dict.fromkeys(p.name for p in peers))
+    config = data.get("config", {})
+    small = config.get("sizes", {}).get("small_files")
+    networks = [n["label"] for n in config.get("networks", [])] or [""]
     table = md_table if markdown else text_table
-    parts = [
-        *(("- " if markdown else "") + line for line in header(data)),
-        "",
-        table(HEADERS, table_rows(rows, [p.name for p in peers]), RIGHT),
-        "",
-        "Targets (cosencfs, ratios from this run):",
-        "",
-        table(TARGET_HEADERS, target_rows(targets)),
-        "",
-        "Filesystems:",
-        *(("- " if markdown else "  ") + line for line in peer_lines(peers)),
-    ]
+    bullet = "- " if markdown else "  "
+    parts = [*(("- " if markdown else "") + line for line in header(data))]
+    for net in networks:
+        mine = [r for r in rows if r.network == net]
+        # Re-evaluated from the rows, so an old result file shows today's wording.
+        targets = (
+            evaluate(mine, small_files=small)
+            if small
+            else [TargetResult(**t) for t in data["targets"] if t.get("network", "") == net]
+        )
+        parts += [
+            "",
+            *([f"{'### ' if markdown else '== '}{net}", ""] if net else []),
+            table(HEADERS, table_rows(mine, names), RIGHT),
+            "",
+            f"Targets (cosencfs, ratios from this run{', ' + net if net else ''}):",
+            "",
+            table(TARGET_HEADERS, target_rows(targets)),
+        ]
+    if len(networks) > 1 or config.get("repeat", 1) > 1:
+        headers, body = matrix(rows, names, networks)
+        parts += [
+            "",
+            "Medians [spread = (max - min) / median of the runs]:",
+            "",
+            table(headers, body),
+        ]
+    scale = scale_table(data.get("scale", []))
+    if scale is not None:
+        parts += ["", "Scale (cosencfs and peers, one directory of N files):", "", table(*scale)]
+    parts += ["", "Filesystems:", *(bullet + line for line in peer_lines(peers))]
     if data.get("notes"):
-        parts += ["", "Notes:", *(("- " if markdown else "  ") + n for n in data["notes"])]
+        parts += ["", "Notes:", *(bullet + n for n in data["notes"])]
     return "\n".join(parts)
 
 

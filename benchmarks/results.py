@@ -33,6 +33,8 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     error: str | None = None
+    #: The network it ran over (``benchmarks.server.Network.label``: "10 ms https").
+    network: str = ""
 
     @property
     def key(self) -> str:
@@ -67,6 +69,11 @@ class PeerStatus:
     version: str = ""
     error: str | None = None
     exit_status: int | None = None
+    #: The network of this run, and the server's connection counts over the whole run
+    #: (plain, TLS, failed handshakes): proof of what the peer really used.
+    network: str = ""
+    connections: dict[str, int] = field(default_factory=dict)
+    run: int = 0
 
 
 @dataclass(slots=True)
@@ -76,6 +83,7 @@ class TargetResult:
     met: bool | None  # None: could not be evaluated (a peer or row missing)
     measured: str
     detail: str = ""
+    network: str = ""
 
     @property
     def verdict(self) -> str:

@@ -1,4 +1,5 @@
-"""The benchmark suite: ``python -m benchmarks.run [--quick] [--only NAMES] [--peers ...]``.
+"""The benchmark suite: ``python -m benchmarks.run [--quick] [--only NAMES] [--peers ...]
+[--rtt-ms 0,10] [--https | --http-and-https] [--repeat K] [--scale 1000,10000]``.
 
 Runs the workloads (a)-(i) on cosencfs and its peers (a pyfuse3
 pass-through, rclone mount with crypt, s3fs), each over its own local COS
@@ -22,16 +23,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks.cachebound import cache_bound, rand_read_big
 from benchmarks.config import ALL_PEERS, REQUIRES, WORKLOADS, BenchConfig, Sizes
 from benchmarks.datasets import TreeSpec, write_random_file, write_tree
 from benchmarks.machine import machine_info
+from benchmarks.matrix import median_rows, parse_networks
 from benchmarks.peers import PEERS, BaselinePeer, Peer
 from benchmarks.profiling import Profiler
 from benchmarks.report import render
 from benchmarks.results import PeerStatus, Row
+from benchmarks.scale import run_scale
 from benchmarks.system import BenchError, can_drop_caches
 from benchmarks.targets import evaluate
 from benchmarks.workloads import WORKLOAD_FUNCS, Ctx, Sources, failure_row
+
+# (j) and (k) live in their own module (it imports workloads, so it registers here).
+WORKLOAD_FUNCS.update(rand_read_big=rand_read_big, cache_bound=cache_bound)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Workloads profiled with --profile unless --profile-workloads says otherwise.
@@ -71,6 +78,18 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--repeat", type=int, default=1, metavar="K",
                    help="run every peer K times, interleaved; each row is the median")  # fmt: skip
+    p.add_argument("--rtt-ms", default="0", metavar="MS[,MS...]",
+                   help="simulated round trip of the local server (every connect, TLS "
+                   "handshake round trip and request); a list runs each")  # fmt: skip
+    p.add_argument("--https", action="store_true", help="every peer over https")
+    p.add_argument("--scale", default="", metavar="N[,N...]",
+                   help="also the scale workload: one directory of N files (create, cold and "
+                   "warm ls -l, rm -r, peak RSS); peers up to 10000, cosencfs at every N"
+                   )  # fmt: skip
+    p.add_argument("--scale-only", action="store_true",
+                   help="only the scale workload (no workloads a-i)")  # fmt: skip
+    p.add_argument("--http-and-https", action="store_true",
+                   help="every network both over http and https")  # fmt: skip
     p.add_argument("--baseline", metavar="REV",
                    help="also run cosencfs as of git revision REV (cosencfs-base)")  # fmt: skip
     p.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
@@ -101,7 +120,13 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0.0 if a.quick else 120.0),
         repeat=max(1, a.repeat),
         baseline=a.baseline,
+        networks=parse_networks(a.rtt_ms, https=a.https, both=a.http_and_https),
+        scale=[int(s.replace("_", "")) for s in a.scale.split(",") if s.strip()],
     )
+    if a.scale_only:
+        if not cfg.scale:
+            raise SystemExit("--scale-only needs --scale N[,N...]")
+        cfg.workloads = []
     return cfg
 
 
@@ -120,7 +145,7 @@ def prepare_sources(cfg: BenchConfig, steps: list[str]) -> Sources:
     big, huge, tree, rw = src / "big", src / "huge", src / "tree", src / "rw"
     tree_bytes = 0
     log(f"generating input data in {src}")
-    if {"seq_write", "seq_read", "rand_read"} & set(steps):
+    if {"seq_write", "seq_read", "rand_read", "rand_read_big", "cache_bound"} & set(steps):
         write_random_file(big, s.big_file, f"big-{cfg.seed}")
     if "big_write_rss" in steps:
         write_random_file(huge, s.huge_file, f"huge-{cfg.seed}")
@@ -170,6 +195,11 @@ def run_peer(ctx: Ctx, peer: Peer, steps: list[tuple[str, bool]], rows: list[Row
         status.status, status.error = "failed", f"{type(exc).__name__}: {exc}"
         log(f"{peer.name}: failed: {traceback.format_exc()}")
     finally:
+        if peer.server is not None and peer.server.proc is not None:
+            try:
+                status.connections = dict(peer.server.stats().network.get("lifetime", {}))
+            except (BenchError, OSError) as exc:
+                log(f"{peer.name}: no connection counts: {exc}")
         peer.teardown()
         bad = [c for c in peer.exit_codes if c not in (0, None)]
         status.exit_status = bad[0] if bad else (peer.exit_codes[-1] if peer.exit_codes else None)
@@ -187,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     steps = plan(cfg.workloads)
     rows: list[Row] = []
+    scale_rows: list[Row] = []
     statuses: list[PeerStatus] = []
     notes: list[str] = []
     if os.geteuid() != 0:
@@ -204,33 +235,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources = prepare_sources(cfg, [w for w, _ in steps])
         ctx = Ctx(cfg=cfg, src=sources, profiler=profiler)
-        for i in range(cfg.repeat):
-            for name in cfg.peers:
-                peer = PEERS[name](cfg.workdir / f"run{i}" if cfg.repeat > 1 else cfg.workdir)
-                if isinstance(peer, BaselinePeer) and cfg.baseline:
-                    peer.rev = cfg.baseline
-                run_rows: list[Row] = []
-                status = run_peer(ctx, peer, steps, run_rows)
-                if i == 0:
+        # Interleaved: run i of every network and peer before run i + 1 of any.
+        for i in range(cfg.repeat if steps else 0):
+            for net in cfg.networks:
+                for name in cfg.peers:
+                    slug = f"run{i}-{net.rtt_ms:g}ms-{'https' if net.https else 'http'}"
+                    peer = PEERS[name](cfg.workdir / slug, net)
+                    if isinstance(peer, BaselinePeer) and cfg.baseline:
+                        peer.rev = cfg.baseline
+                    run_rows: list[Row] = []
+                    status = run_peer(ctx, peer, steps, run_rows)
+                    status.network, status.run = net.label, i
                     statuses.append(status)
-                for r in run_rows:
-                    r.extra["run"] = i
-                rows.extend(run_rows)
-        if cfg.repeat > 1:
-            rows = median_rows(rows)
+                    for r in run_rows:
+                        r.extra["run"] = i
+                        r.network = net.label
+                    rows.extend(run_rows)
+        rows = median_rows(rows)
+        if cfg.scale:
+            scale_rows = run_scale(ctx, cfg.networks, cfg.peers, cfg.scale, log)
     finally:
         if not cfg.keep:
             shutil.rmtree(cfg.workdir, ignore_errors=True)
-    targets = evaluate(rows, small_files=cfg.sizes.small_files)
+    targets = []
+    for net in cfg.networks:
+        for tgt in evaluate([r for r in rows if r.network == net.label],
+                            small_files=cfg.sizes.small_files):  # fmt: skip
+            tgt.network = net.label
+            targets.append(tgt)
     data: dict[str, Any] = {
         "format": 1,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "config": cfg.as_dict(),
         "machine": info,
-        "peers": [vars_of(s) for s in statuses],
+        "peers": [vars_of(s) for s in statuses if s.run == 0],
+        "peer_runs": [vars_of(s) for s in statuses],
         "rows": [r.as_dict() for r in rows],
         "targets": [vars_of(t) for t in targets],
+        "scale": [r.as_dict() for r in scale_rows],
         "notes": notes,
     }
     if profiler is not None:
@@ -241,32 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     print(render(data))
     print(f"\nresults: {cfg.out}")
     return 0
-
-
-def median_rows(rows: list[Row]) -> list[Row]:
-    """One row per (peer, workload variant): the run with the median result.
-
-    ``extra["runs"]`` keeps every run's value (seconds, or the rate when the
-    row has one), so the spread stays visible.
-    """
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for r in rows:
-        groups.setdefault((r.peer, r.key), []).append(r)
-    out = []
-    for group in groups.values():
-        ok = [r for r in group if r.error is None]
-        if not ok:
-            out.append(group[0])
-            continue
-
-        def value(r: Row) -> float:
-            return r.rate if r.rate is not None else (r.seconds or 0.0)
-
-        ok.sort(key=value)
-        best = ok[len(ok) // 2]
-        best.extra["runs"] = [round(value(r), 4) for r in group if r.error is None]
-        out.append(best)
-    return out
 
 
 def vars_of(obj: object) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ REGION = "ap-guangzhou"
 SECRET_ID = "AKIDbenchmark0000"
 SECRET_KEY = "benchmark-secret-key-0000"
 
-_LISTENING = re.compile(rb"listening on (http://[0-9.]+:\d+)")
+_LISTENING = re.compile(rb"listening on (https?://[0-9.]+:\d+)")
 
 
 @dataclass(slots=True)
@@ -38,6 +38,8 @@ class ServerStats:
     requests: dict[str, int]
     bytes_in: int
     bytes_out: int
+    #: Connections and round trips the latency model charged (see cosencfs/server/latency.py).
+    network: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -61,14 +63,38 @@ class BucketState:
     largest: int
 
 
-class LocalServer:
-    """``cosencfs local-server`` in a subprocess over ``root``."""
+@dataclass(frozen=True, slots=True)
+class Network:
+    """The network every filesystem sees: a round-trip time, plain http or https."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    rtt_ms: float = 0.0
+    https: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.rtt_ms:g} ms {'https' if self.https else 'http'}"
+
+
+class LocalServer:
+    """``cosencfs local-server`` in a subprocess over ``root``.
+
+    With ``network.https`` it makes a CA and certificate in ``root/../tls``
+    (``ca`` is what clients must trust); ``network.rtt_ms`` is its
+    ``--rtt-ms``.
+    """
+
+    def __init__(self, root: Path, log: Path, network: Network | None = None) -> None:
         self.root = root
         self.log = log
+        self.network = network or Network()
+        self.tls_dir = root.parent / "tls"
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca(self) -> Path | None:
+        """The CA file clients trust (https only)."""
+        return self.tls_dir / "ca.pem" if self.network.https else None
 
     @property
     def port(self) -> int:
@@ -85,7 +111,10 @@ class LocalServer:
             "--allow-unsigned-s3",
             # DEBUG logs every request into the server log (for investigations).
             "--log-level", os.environ.get("COSENCFS_BENCH_SERVER_LOG_LEVEL", "WARNING"),
+            "--rtt-ms", str(self.network.rtt_ms),
         ]  # fmt: skip
+        if self.network.https:
+            cmd += ["--tls-dir", str(self.tls_dir)]
         err = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             cmd,
@@ -137,9 +166,11 @@ class LocalServer:
     def _admin(self, method: str, path: str) -> dict[str, Any]:
         # Signed like every request (the server refuses unsigned admin calls);
         # http.client directly: no proxy of the environment is ever used.
+        ca = self.ca
         status, data = admin_request(
-            self.url, method, path, secret_id=SECRET_ID, secret_key=SECRET_KEY
-        )
+            self.url, method, path, secret_id=SECRET_ID, secret_key=SECRET_KEY,
+            cafile=str(ca) if ca is not None else None,
+        )  # fmt: skip
         if status != 200:
             raise BenchError(f"admin {method} {path}: {status} {data}")
         return dict(data)
@@ -150,6 +181,7 @@ class LocalServer:
             requests={k: int(v) for k, v in s.get("requests", {}).items() if v},
             bytes_in=int(s.get("bytes_in", 0)),
             bytes_out=int(s.get("bytes_out", 0)),
+            network=dict(s.get("network", {})),
         )
 
     def reset_stats(self) -> None:

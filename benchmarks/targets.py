@@ -137,6 +137,27 @@ def evaluate(rows: list[Row], *, small_files: int) -> list[TargetResult]:
         None if peak is None else peak < 200 * MIB,
         "n/a" if peak is None else f"{peak / MIB:.0f} MiB",
     ))  # fmt: skip
+
+    # 9. random reads in a file 4x the cache limit: bytes down <= 4x bytes read (issue 15)
+    c = t.get(cos, "rand_read_big")
+    per = None if c is None else c.extra.get("down_per_read")
+    out.append(TargetResult(
+        "9", "random 4 KiB reads in a file 4x the cache limit: bytes down <= 4x bytes read",
+        None if per is None else per <= 4.0,
+        "n/a" if per is None else f"{per:.2f}x the bytes read",
+    ))  # fmt: skip
+
+    # 10. the cache directory stays within its limit reading a file 4x the limit (issue 15)
+    c = t.get(cos, "cache_bound")
+    limit = None if c is None else c.extra.get("cache_limit")
+    peak = None if c is None else c.extra.get("cache_peak")
+    x = None if peak is None or not limit else peak / limit
+    out.append(TargetResult(
+        "10", "reading a file 4x the cache limit: cache directory <= the limit",
+        None if x is None else x <= 1.0,
+        "n/a" if x is None else f"peak {x:.2f}x the limit",
+        detail="" if c is None else f"after close {c.extra.get('cache_after', 0) / MIB:.0f} MiB",
+    ))  # fmt: skip
     return out
 
 

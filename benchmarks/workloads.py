@@ -168,6 +168,8 @@ def measure(
         row.requests = stats.requests
         row.bytes_up = stats.bytes_in
         row.bytes_down = stats.bytes_out
+        # Connections and round trips the server charged for this workload.
+        row.extra["net"] = {k: v for k, v in stats.network.items() if k != "lifetime"}
     after = bounded(peer.client_stats, timeout=60, what="cosencfs stats")
     row.extra.update(client_delta(before, after))
     # The machine may be shared: a high load before the run explains a slow one.

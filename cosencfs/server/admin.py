@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -77,14 +78,22 @@ def admin_request(
     secret_id: str | None = None,
     secret_key: str | None = None,
     timeout: float = 10.0,
+    cafile: str | None = None,
 ) -> tuple[int, Any]:
     """Call an admin endpoint of the server at ``url``; returns (status, decoded JSON).
 
     With credentials the request is signed, parameters included, as the
-    server requires.
+    server requires.  An ``https`` URL is verified against ``cafile`` (or
+    the system's CAs).
     """
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    host = parts.hostname or "127.0.0.1"
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=cafile)
+        conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     params = dict(params or {})
     target = path
     if params:

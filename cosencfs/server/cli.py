@@ -9,7 +9,12 @@ import signal
 import stat
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cosencfs.server.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="probability that a request fails (500, 503 or a reset connection)",
     )
-    parser.add_argument("--latency-ms", type=int, default=0, help="delay added to every request")
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        help="delay added to every request (fault injection; see --rtt-ms for a network model)",
+    )
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="simulated network round trip: every TCP connect, TLS handshake round trip, "
+        "request and 100-continue waits this long (default 0)",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve https: certificate chain (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="serve https with a CA and certificate made in DIR on first use "
+        "(clients trust DIR/ca.pem)",
+    )
     parser.add_argument("--fault-seed", type=int, default=None, help="seed for fault injection")
     parser.add_argument(
         "--allow-unsigned-s3",
@@ -91,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.secret_id is None:
         log.warning("no credentials: anyone who can reach %s may read and write", args.host)
+    try:
+        tls = _tls_files(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -110,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
             allow_unsigned_s3=args.allow_unsigned_s3,
             fsync=args.fsync,
             region=args.region,
+            rtt_ms=args.rtt_ms,
+            tls=tls,
         )
         server.start()
     except (OSError, ValueError, RuntimeError) as exc:
@@ -117,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if tls is not None and tls.ca is not None:
+            # stderr: the first line on stdout is the URL, which scripts wait for.
+            print(f"https: clients trust {tls.ca}", file=sys.stderr, flush=True)
         print(f"listening on {server.url}", flush=True)
         # A timed wait keeps the main thread responsive to signals.
         while not stop.wait(0.5):
@@ -127,6 +163,21 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     log.info("stopped")
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    """The certificate to serve: given (--tls-cert/--tls-key), made (--tls-dir), or none."""
+    from cosencfs.server.tls import TlsFiles, ensure_self_signed  # noqa: PLC0415
+
+    if args.tls_dir is not None:
+        if args.tls_cert is not None or args.tls_key is not None:
+            raise ValueError("--tls-dir makes its own certificate: not with --tls-cert/--tls-key")
+        return ensure_self_signed(args.tls_dir)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    return TlsFiles(cert=Path(args.tls_cert), key=Path(args.tls_key))
 
 
 def _secret_key(args: argparse.Namespace) -> str | None:

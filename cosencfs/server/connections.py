@@ -2,8 +2,10 @@
 
 One thread per connection (``ThreadingHTTPServer``); the SDK keeps
 connections alive, so the thread cost is paid once per pooled connection.
-``get_request`` is the one place a connection is accepted: wrapping it (TLS)
-belongs there.  What is read and written on a connection is
+``get_request`` is the one place a connection is accepted: with TLS it is
+wrapped there, and its handshake runs in the connection's own thread
+(``handler.CosHandler.setup``), so a slow or hostile client never holds up
+the accept loop.  What is read and written on a connection is
 ``cosencfs.server.handler``'s.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +35,10 @@ class CosHTTPServer(ThreadingHTTPServer):
         address: tuple[str, int],
         ctx: ServerContext,
         handler: type[BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.ctx = ctx
+        self.tls = tls
         self._track_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._workers: set[threading.Thread] = set()
@@ -50,7 +55,15 @@ class CosHTTPServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept one connection: the one place a connection enters the server."""
-        return self.socket.accept()
+        sock, address = self.socket.accept()
+        if self.tls is None:
+            return sock, address
+        try:
+            wrapped = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            sock.close()
+            raise
+        return wrapped, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         worker = threading.Thread(

@@ -17,6 +17,7 @@ from cosencfs.server.auth import Credentials
 from cosencfs.server.bodies import BodyReader
 from cosencfs.server.datafiles import DataFiles, NewData
 from cosencfs.server.errors import CosError
+from cosencfs.server.latency import RttModel
 from cosencfs.server.routing import Request
 from cosencfs.server.stats import Stats
 from cosencfs.server.storage import ObjectInfo, Storage
@@ -61,6 +62,8 @@ class ServerContext:
     region: str
     faults: FaultInjector
     stats: Stats
+    #: The round-trip latency model (``--rtt-ms``); shares ``stopping``.
+    rtt: RttModel
     stopping: threading.Event = field(default_factory=threading.Event)
 
 

@@ -4,13 +4,17 @@
 it parses the request line and headers, builds the request (``routing``)
 and its body reader (``bodies``), lets ``dispatch`` serve it and writes the
 answer (``responses``).  Request bodies are read with ``readinto`` into a
-per-connection 1 MiB buffer.
+per-connection 1 MiB buffer.  A TLS connection shakes hands here, in its own
+thread; the latency model (``latency``) charges the connection's set-up on
+its first COS request, one round trip per request and one per
+``100 Continue``.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -20,6 +24,7 @@ from cosencfs.server import admin, dispatch
 from cosencfs.server.bodies import ClientGone, finish, request_body
 from cosencfs.server.connections import CosHTTPServer
 from cosencfs.server.errors import CosError
+from cosencfs.server.latency import ConnectionCharges, RoundTrip, handshake_round_trips
 from cosencfs.server.responses import error_response, send_response
 from cosencfs.server.routing import Request, Response, request_from, split_target
 
@@ -39,10 +44,32 @@ class CosHandler(BaseHTTPRequestHandler):
     server: CosHTTPServer
 
     def setup(self) -> None:
-        super().setup()
         self.ctx = self.server.ctx
         self._buffer: memoryview | None = None
-        self.server.track(self.connection, True)
+        #: The TLS handshake failed: nothing is read or answered on this connection.
+        self._dead = False
+        self.charges = ConnectionCharges(self.ctx.rtt)
+        # Tracked before the handshake, so stop() can cut a stalled one short.
+        self.server.track(self.request, True)
+        if isinstance(self.request, ssl.SSLSocket):
+            self._handshake(self.request)
+        super().setup()
+
+    def _handshake(self, sock: ssl.SSLSocket) -> None:
+        self.charges.tls = True
+        sock.settimeout(self.timeout)
+        try:
+            sock.do_handshake()
+        except OSError as exc:  # ssl.SSLError too: plain HTTP, an untrusted certificate
+            log.debug("TLS handshake with %s failed: %r", self.client_address, exc)
+            self.ctx.stats.add_tls_failure()
+            self._dead = True
+            return
+        self.charges.handshake_rtts = handshake_round_trips(sock)
+
+    def handle(self) -> None:
+        if not self._dead:
+            super().handle()
 
     def finish(self) -> None:
         try:
@@ -50,7 +77,21 @@ class CosHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
         finally:
-            self.server.track(self.connection, False)
+            if not self._dead:
+                self.charges.closed()
+            self.server.track(self.request, False)
+
+    def _target(self) -> tuple[str, str]:
+        words = self.requestline.split()
+        # Not self.path: http.server collapses a leading '//', which is part of a key.
+        return split_target(words[1] if len(words) > 1 else "/")
+
+    def handle_expect_100(self) -> bool:
+        # The client waits one round trip for "100 Continue" before sending its body.
+        if self._target()[0] not in admin.ADMIN_PATHS:
+            self.charges.first_request(admin=False)
+            self.ctx.rtt.charge(RoundTrip.CONTINUE)
+        return super().handle_expect_100()
 
     @property
     def buf(self) -> memoryview:
@@ -82,14 +123,15 @@ class CosHandler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         ctx = self.ctx
-        words = self.requestline.split()
-        # Not self.path: http.server collapses a leading '//', which is part of a key.
-        path, query_string = split_target(words[1] if len(words) > 1 else "/")
+        path, query_string = self._target()
         if path in admin.ADMIN_PATHS:
+            self.charges.first_request(admin=True)
             self._admin(path, query_string)
             return
+        self.charges.first_request(admin=False)
         req, bad_address = request_from(self.command, path, query_string, self.headers)
         ctx.stats.count(req.op.value)
+        ctx.rtt.charge(RoundTrip.REQUEST)
         try:
             body = request_body(self.headers, self.rfile)
         except CosError as exc:

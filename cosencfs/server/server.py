@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Iterable
 from types import TracebackType
@@ -13,8 +14,10 @@ from cosencfs.server.auth import Credentials
 from cosencfs.server.connections import CosHTTPServer
 from cosencfs.server.context import ServerContext, valid_bucket_name
 from cosencfs.server.handler import CosHandler
+from cosencfs.server.latency import RttModel
 from cosencfs.server.stats import Stats
 from cosencfs.server.storage import Storage
+from cosencfs.server.tls import TlsFiles, server_context
 from cosencfs.server.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,8 @@ class LocalCosServer:
 
     Objects persist under ``root``: a new server on the same root (and, if
     wanted, the same port) sees everything the previous one stored.
+    ``rtt_ms`` charges every round trip a client waits for (``latency.py``);
+    ``tls`` makes it an https server.
     """
 
     def __init__(
@@ -44,6 +49,8 @@ class LocalCosServer:
         allow_unsigned_s3: bool = False,
         fsync: bool = False,
         region: str = "ap-guangzhou",
+        rtt_ms: float = 0.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         if (secret_id is None) != (secret_key is None):
             raise ValueError("secret_id and secret_key go together")
@@ -61,6 +68,11 @@ class LocalCosServer:
         )
         self._faults = FaultInjector(fault_rate, latency_ms, fault_seed)
         self._stats = Stats()
+        self._stopping = threading.Event()
+        self._rtt = RttModel(rtt_ms, self._stats, self._stopping)
+        self._tls_files = tls
+        # Loaded here: a bad certificate or key fails at construction, not in a thread.
+        self._tls: ssl.SSLContext | None = server_context(tls) if tls is not None else None
         self._allow_unsigned_s3 = allow_unsigned_s3
         self._fsync = fsync
         self._region = region
@@ -75,6 +87,7 @@ class LocalCosServer:
         """Bind, then serve in daemon threads; returns once the socket listens."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
+        self._stopping.clear()  # a server started again after stop()
         storage = Storage(self._root, fsync=self._fsync)
         try:
             for name in self._buckets:
@@ -87,8 +100,10 @@ class LocalCosServer:
                 region=self._region,
                 faults=self._faults,
                 stats=self._stats,
+                rtt=self._rtt,
+                stopping=self._stopping,
             )
-            httpd = CosHTTPServer((self._host, self._port), ctx, CosHandler)
+            httpd = CosHTTPServer((self._host, self._port), ctx, CosHandler, self._tls)
         except BaseException:
             storage.close()
             raise
@@ -146,7 +161,16 @@ class LocalCosServer:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._tls is not None else 'http'}://{host}:{self._port}"
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The certificate files served (``ca`` is what clients trust, when made here)."""
+        return self._tls_files
+
+    @property
+    def rtt_ms(self) -> float:
+        return self._rtt.rtt_ms
 
     @property
     def root(self) -> str:
@@ -161,6 +185,10 @@ class LocalCosServer:
     def stats(self) -> dict[str, int]:
         """Request counts by COS operation name since start or the last reset."""
         return self._stats.counts()
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything the admin ``stats`` endpoint answers: requests, bytes, network counters."""
+        return self._stats.snapshot()
 
     def reset_stats(self) -> None:
         self._stats.reset()

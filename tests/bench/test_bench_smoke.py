@@ -40,6 +40,8 @@ EXPECTED_ROWS = {
     "rsync:second",
     "big_write_rss",
     "rand_write",
+    "rand_read_big",
+    "cache_bound",
 }
 
 
@@ -100,7 +102,8 @@ def test_quick_suite_on_cosencfs(tmp_path: Path) -> None:
         assert warm["extra"]["zero_requests"] in (True, False)
         assert "client_total_requests" in warm["extra"]
 
-    assert [t["number"] for t in data["targets"]] == ["1", "2", "3", "4a", "4b", "5", "6", "7", "8"]
+    numbers = ["1", "2", "3", "4a", "4b", "5", "6", "7", "8", "9", "10"]
+    assert [t["number"] for t in data["targets"]] == numbers
     for t in data["targets"]:
         assert t["met"] in (True, False, None)
         assert t["measured"]
@@ -108,6 +111,13 @@ def test_quick_suite_on_cosencfs(tmp_path: Path) -> None:
     by_number = {t["number"]: t for t in data["targets"]}
     assert by_number["7"]["met"] is not None
     assert by_number["8"]["met"] is not None
+    assert by_number["9"]["met"] is not None
+    assert by_number["10"]["met"] is not None
+    assert rows["rand_read_big"]["extra"]["down_per_read"] > 0
+    assert rows["cache_bound"]["extra"]["cache_limit"] == sizes["big_file"] // 4
+    # Every row says what the server charged for it (the latency model's counters).
+    for key, r in rows.items():
+        assert r["extra"]["net"]["round_trips"].get("request", 0) == r["total_requests"], key
     assert by_number["1"]["met"] is None
 
     assert "seq_write" in done.stdout

@@ -103,7 +103,7 @@ class CliServer:
         )
         assert self.proc.stdout is not None
         self.line = self.proc.stdout.readline().strip()
-        if not self.line.startswith("listening on http://"):
+        if not self.line.startswith(("listening on http://", "listening on https://")):
             if self.proc.poll() is None:
                 self.proc.kill()
             self.returncode = self.proc.wait(timeout=30)

@@ -1,0 +1,99 @@
+"""The suite's bookkeeping over networks and repeats: medians, spread, the matrix, --scale.
+
+Pure functions on made-up rows (no mount), plus one tiny ``--scale`` run
+as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.matrix import matrix, median_rows, parse_networks
+from benchmarks.results import Row
+from benchmarks.scale import scale_table
+from benchmarks.server import Network
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _row(peer: str, rate: float, network: str = "0 ms http", run: int = 0) -> Row:
+    return Row(peer=peer, workload="rand_read", seconds=1000 / rate, rate=rate, unit="ops/s",
+               network=network, extra={"run": run})  # fmt: skip
+
+
+def test_networks_are_every_rtt_times_every_scheme() -> None:
+    nets = parse_networks("0,10", https=False, both=True)
+    assert nets == [Network(0, False), Network(0, True), Network(10, False), Network(10, True)]
+    assert [n.label for n in nets] == ["0 ms http", "0 ms https", "10 ms http", "10 ms https"]
+    assert parse_networks("", https=True, both=False) == [Network(0, True)]
+    with pytest.raises(SystemExit):
+        parse_networks("-1", https=False, both=False)
+
+
+def test_the_median_run_is_kept_with_every_run_and_the_spread() -> None:
+    rows = [_row("cosencfs", r, run=i) for i, r in enumerate((100.0, 300.0, 200.0))]
+    rows += [_row("cosencfs", 50.0, network="10 ms http")]
+    out = median_rows(rows)
+    assert len(out) == 2
+    mid = next(r for r in out if r.network == "0 ms http")
+    assert mid.rate == 200.0
+    assert mid.extra["run"] == 2
+    assert mid.extra["runs"] == [100.0, 200.0, 300.0]
+    assert mid.extra["spread"] == pytest.approx(1.0)  # (300 - 100) / 200
+
+
+def test_a_failed_run_is_left_out_of_the_median_and_counted() -> None:
+    bad = Row(peer="rclone", workload="rand_read", network="0 ms http", error="boom")
+    out = median_rows([_row("rclone", 10.0), bad, _row("rclone", 30.0)])
+    assert len(out) == 1
+    assert out[0].extra["failed_runs"] == 1
+    assert out[0].extra["runs"] == [10.0, 30.0]
+
+
+def test_the_matrix_has_a_column_per_network_and_peer() -> None:
+    rows = median_rows([_row("cosencfs", 100.0), _row("s3fs", 200.0),
+                        _row("cosencfs", 20.0, network="10 ms https")])  # fmt: skip
+    headers, body = matrix(rows, ["cosencfs", "s3fs"], ["0 ms http", "10 ms https"])
+    assert headers == ["workload", "cosencfs 0 ms http", "s3fs 0 ms http",
+                       "cosencfs 10 ms https", "s3fs 10 ms https"]  # fmt: skip
+    assert body == [["rand_read", "100 ops/s", "200 ops/s", "20 ops/s", ""]]
+
+
+def test_scale_table_of_no_scale_run_is_none() -> None:
+    assert scale_table([]) is None
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark suite needs root")
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_scale_runs_every_step_on_cosencfs(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--peers", "cosencfs",
+         "--scale-only", "--scale", "30", "--rtt-ms", "1", "--out", str(out),
+         "--workdir-base", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["rows"] == []
+    scale = {r["workload"]: r for r in data["scale"]}
+    assert set(scale) == {"scale_create", "scale_ls_cold", "scale_ls_warm", "scale_rm"}
+    for key, r in scale.items():
+        assert r["error"] is None, (key, r["error"])
+        assert r["variant"] == "30"
+        assert r["network"] == "1 ms http"
+    assert scale["scale_create"]["requests"].get("PutObject") == 30
+    assert scale["scale_create"]["extra"]["peak_rss_all"] > 0
+    table = scale_table(data["scale"])
+    assert table is not None
+    assert table[1][0][:3] == ["1 ms http", "30", "cosencfs"]
+    assert "Scale" in done.stdout
