@@ -20,7 +20,16 @@ from benchmarks.datasets import random_offsets
 from benchmarks.peers import Peer
 from benchmarks.results import Row
 from benchmarks.system import run
-from benchmarks.workloads import Ctx, _cmp, _disk_usage, _mib_s, _ops_s, cold_remount, measure
+from benchmarks.workloads import (
+    Ctx,
+    _cmp,
+    _disk_usage,
+    _mib_s,
+    _ops_s,
+    cold_remount,
+    measure,
+    preads,
+)
 
 #: The cache budget is the big file divided by this.
 CACHE_FRACTION = 4
@@ -69,11 +78,7 @@ def rand_read_big(ctx: Ctx, peer: Peer) -> list[Row]:
     got: list[bytes] = []
 
     def read() -> None:
-        fd = os.open(peer.mnt / "big", os.O_RDONLY)
-        try:
-            got.extend(os.pread(fd, 4096, off) for off in offsets)
-        finally:
-            os.close(fd)
+        got.extend(preads(peer.mnt / "big", offsets))
 
     try:
         with CacheSampler(peer) as sampler:

@@ -315,6 +315,15 @@ def ls(ctx: Ctx, peer: Peer) -> list[Row]:
 # --------------------------------------------------------------------- (e)
 
 
+def preads(path: Path, offsets: list[int], length: int = 4096) -> list[bytes]:
+    """``length`` bytes at each offset, through one descriptor (random reads)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [os.pread(fd, length, off) for off in offsets]
+    finally:
+        os.close(fd)
+
+
 def rand_read(ctx: Ctx, peer: Peer) -> list[Row]:
     size, count = ctx.sizes.big_file, ctx.sizes.random_reads
     dropped = cold_remount(peer, clear_cache=True)
@@ -322,11 +331,7 @@ def rand_read(ctx: Ctx, peer: Peer) -> list[Row]:
     got: list[bytes] = []
 
     def read() -> None:
-        fd = os.open(peer.mnt / "big", os.O_RDONLY)
-        try:
-            got.extend(os.pread(fd, 4096, off) for off in offsets)
-        finally:
-            os.close(fd)
+        got.extend(preads(peer.mnt / "big", offsets))
 
     label = f"{count} random 4 KiB preads in the {size // MIB} MiB file, cold"
     m = measure(ctx, peer, "rand_read", read, label=label)
