@@ -113,14 +113,14 @@ class TagChecker:
         are checked, the memory of what is current at ``key`` is neither
         consulted nor changed.
         """
-        if not current:
-            return await self._verify_known(key, size, meta)
-        memory = self.journal.get_tags(key)
+        # With ``current``, the memory is read before any await for the
+        # downgrade check and again after the companion's GET for the
+        # rollback check and its update (no await between those two).
         try:
             if OBJECT_TAG_FIELD not in meta:
                 if self.require:
                     raise IntegrityError("untagged object refused (--require-integrity)", key=key)
-                if memory.current is not None:
+                if current and self.journal.get_tags(key).current is not None:
                     raise IntegrityError(
                         "untagged now, but tagged when this mount last wrote or read it "
                         "(tags stripped): refused",
@@ -133,36 +133,16 @@ class TagChecker:
             companion = None if digest is None else await self._companion(key, digest)
             verified = open_tags(tk, key=key, size=size, metadata=meta, companion=companion)
             tag = meta[OBJECT_TAG_FIELD]
-            # Read again after the companion's GET: check and update with no await between.
-            memory = self.journal.get_tags(key)
-            if tag in memory.older:
+            memory = self.journal.get_tags(key) if current else None
+            if memory is not None and tag in memory.older:
                 raise IntegrityError(
                     "an older version of the object, replaced since (rollback): refused", key=key
                 )
         except IntegrityError:
             self.stats.objects_refused += 1
             raise
-        if memory.current != tag:
+        if memory is not None and memory.current != tag:
             self.journal.put_tags(key, memory.seen(tag))
-        self.stats.objects_verified += 1
-        return verified
-
-    async def _verify_known(
-        self, key: str, size: int, meta: Mapping[str, str]
-    ) -> VerifiedContent | None:
-        if OBJECT_TAG_FIELD not in meta:
-            if self.require:
-                self.stats.objects_refused += 1
-                raise IntegrityError("untagged object refused (--require-integrity)", key=key)
-            return None
-        tk = self._tag_key(meta, key)
-        digest = companion_digest(meta, key=key)
-        companion = None if digest is None else await self._companion(key, digest)
-        try:
-            verified = open_tags(tk, key=key, size=size, metadata=meta, companion=companion)
-        except IntegrityError:
-            self.stats.objects_refused += 1
-            raise
         self.stats.objects_verified += 1
         return verified
 
