@@ -126,6 +126,16 @@ class WrongKeyError(CryptoError):
     """The master key does not open this envelope (key check failed)."""
 
 
+class KeyReuseError(CosEncFsError):
+    """An upload copy was asked for under a data key that already has one.
+
+    A second copy under one key would encrypt the layer's bytes a second time;
+    if they are not the same bytes, that is a second plaintext under one
+    keystream.  Raised instead of encrypting: it means a bug, never a
+    condition of the bucket or the cache (and becomes EIO).
+    """
+
+
 class DamagedObjectError(CosEncFsError):
     """The object's body does not match what its listing or metadata promised."""
 

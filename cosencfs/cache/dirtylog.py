@@ -90,6 +90,7 @@ class DirtyLayer:
         "below",
         "burned",
         "cache_key",
+        "copy_dk",
         "direct",
         "direct_end",
         "direct_envelope",
@@ -163,6 +164,8 @@ class DirtyLayer:
         self.stream: Abandonable | None = None
         #: The upload copy being produced under ``object_dk`` (held, not evictable).
         self.staged: ObjectContent | None = None
+        #: The key the layer's one upload copy was made under (CacheManager.upload_copy).
+        self.copy_dk: DataKey | None = None
         #: A commit is uploading this layer right now.
         self.uploading = False
         #: ``cache_key`` wrapped for the journal (made once, on first record).

@@ -22,12 +22,13 @@ from pathlib import Path
 import trio
 
 from cosencfs.cache.content import ObjectContent, Source
+from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.cache.fetch import Fetcher
 from cosencfs.cache.journal import Journal
 from cosencfs.cache.layers import Layers
 from cosencfs.cache.layout import new_vid, prepare_cache_dir
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.errors import CacheIntegrityError, ConfigError
+from cosencfs.errors import CacheIntegrityError, ConfigError, CosEncFsError, KeyReuseError
 from cosencfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,27 @@ class CacheManager:
         """An empty copy an upload produces under the new object's key ``dk``."""
         v = self._new(dk, size, None)
         v.holds += 1
+        return v
+
+    def upload_copy(self, layer: DirtyLayer, size: int) -> ObjectContent:
+        """The copy ``layer``'s upload is produced into, under ``layer.object_dk``.
+
+        One per key, ever, in this process: a layer whose copy went (retired,
+        released) must not get a second one under the same key, whose bytes
+        would be encrypted again (KeyReuseError instead).  After a restart the
+        journal's sealed layer holds the same bytes, so its copy is made anew.
+        """
+        if layer.staged is not None:
+            return layer.staged
+        dk = layer.object_dk
+        if dk is None:
+            raise CosEncFsError(f"layer {layer.vid} has no object key to produce under")
+        if layer.copy_dk == dk:
+            raise KeyReuseError(
+                f"layer {layer.vid} asks for a second upload copy under its object key"
+            )
+        v = layer.staged = self.staged(dk, size)
+        layer.copy_dk = dk
         return v
 
     def adopt(self, v: ObjectContent, source: Source) -> None:

@@ -65,21 +65,31 @@ class Committer:
                     await put_special(self.ctx, node, key, tagged=tagged_now(self.ctx, node, key))
                     self.records.forget(node)
                 return
-            head = node.as_file.head
-            if head is not None:
-                await self._commit_content(node, head)
-            elif node.meta_dirty:
-                await self._commit_attrs(node)
+            while True:
+                head = node.as_file.head
+                if head is None:
+                    if node.meta_dirty:
+                        await self._commit_attrs(node)
+                    return
+                if await self._commit_content(node, head):
+                    return
 
-    async def _commit_content(self, node: Inode, head: DirtyLayer) -> None:
+    async def _commit_content(self, node: Inode, head: DirtyLayer) -> bool:
+        """Upload ``head``; False when it was replaced while this waited for its lock."""
         async with head.lock:
-            # The check and the change with no await between: writers take
-            # this lock too, so none is half-way through the head now.
+            # The checks and the change with no await between: writers and
+            # truncate take this lock too, so none is half-way through the head.
+            top = node.as_file.head
+            if head.state is LayerState.RETIRED or top is None or not top.holds_layer(head):
+                # truncate(0) replaced and retired it meanwhile: its bytes are
+                # gone, and producing it again would encrypt other bytes under
+                # the key its direct copy used.  Commit what is there now.
+                return False
             if head.state is LayerState.OPEN:
                 head.state = LayerState.SEALED
-        if head.object_dk is None:
-            head.object_dk = DataKey.generate()
-            head.envelope = self.ctx.codec.seal(head.object_dk)
+            if head.object_dk is None:
+                head.object_dk = DataKey.generate()
+                head.envelope = self.ctx.codec.seal(head.object_dk)
         key = self.ctx.key_of(node)
         gen = node.meta_gen
         size = head.size
@@ -87,9 +97,7 @@ class Committer:
         head.uploading = True
         try:
             self.records.record(node)
-            staged = head.staged
-            if staged is None:
-                staged = head.staged = self.ctx.cache.staged(head.object_dk, size)
+            staged = self.ctx.cache.upload_copy(head, size)
             staged.size = size
             done: tuple[str, dict[str, str], list[bytes]] | None = None
             stream = head.stream
@@ -128,6 +136,7 @@ class Committer:
         # Only now that the journal no longer names them do the logs go.
         self.ctx.cache.layers.retire_chain(head)
         log.debug("committed %r (%d bytes)", key, size)
+        return True
 
     def _adopt(
         self,

@@ -188,6 +188,7 @@ def _reopen(ctx: FsContext, rec: DirtyRecord, source: Source | None) -> DirtyLay
         head.envelope = dict(rec.object_envelope)
         if head.direct is not None and not head.burned:
             head.staged = head.direct
+            head.copy_dk = head.object_dk
     return head
 
 
@@ -239,9 +240,7 @@ async def _upload(ctx: FsContext, uploader: Uploader, rec: DirtyRecord, head: Di
         head.object_dk = DataKey.generate()
         head.envelope = ctx.codec.seal(head.object_dk)
     size = head.size
-    staged = head.staged
-    if staged is None:
-        staged = head.staged = ctx.cache.staged(head.object_dk, size)
+    staged = ctx.cache.upload_copy(head, size)
     staged.size = size
     try:
         await assemble.produce(ctx.cache, head, staged, 0, size)

@@ -64,9 +64,7 @@ class StreamUpload:
         if layer.object_dk is None:
             layer.object_dk = DataKey.generate()
             layer.envelope = ctx.codec.seal(layer.object_dk)
-        if layer.staged is None:
-            layer.staged = ctx.cache.staged(layer.object_dk, layer.size)
-        self.staged = layer.staged
+        self.staged = ctx.cache.upload_copy(layer, layer.size)
         self.metadata = {**layer.envelope, **attrs}
         self.content_type = content_type
         self.fid = fid

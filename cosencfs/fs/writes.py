@@ -134,8 +134,8 @@ class Writer:
             direct = head.direct
             if direct is None:
                 dk = DataKey.generate()
-                direct = head.direct = head.staged = cache.staged(dk, 0)
                 head.object_dk, head.envelope = dk, self.ctx.codec.seal(dk)
+                direct = head.direct = cache.upload_copy(head, 0)
                 head.direct_envelope = dict(head.envelope)
             direct.size = offset + len(data)
             if threaded:

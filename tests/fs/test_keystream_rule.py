@@ -6,11 +6,14 @@ failure names the pattern that broke the rule.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from cosencfs.crypto import ledger
 from cosencfs.fs.core import Filesystem
@@ -88,3 +91,35 @@ async def test_overwrite_after_upload_and_partial_blocks(
         await fsys.fsync(fh, False)
     await fsys.release(fh)
     assert ledger_since().violations == []
+
+
+async def test_commit_that_waited_while_truncate_to_zero_retired_its_head(
+    fsys: Filesystem, ledger_since: Callable[[], ledger.Report]
+) -> None:
+    """A commit that took the head, then waited for its lock while ``truncate(0)``
+    replaced and retired it, must not produce that head again: the retired head
+    still names its object key, but its bytes are gone (they would come out as
+    zeros, a second plaintext under the key the first write used)."""
+    fh, entry = await fsys.create(ROOT, b"race", 0o600, os.O_RDWR | os.O_CREAT, 0, 0)
+    await fsys.write(fh, 0, b"hello world")  # a direct copy under the new object's key
+    node = fsys.ctx.table.get(entry.ino)
+    assert node is not None
+    head = node.as_file.head
+    assert head is not None
+    assert head.object_dk is not None
+    async with trio.open_nursery() as nursery:
+        # Hold the head's lock so truncate queues first, then the commit.
+        await head.lock.acquire()
+        nursery.start_soon(functools.partial(fsys.setattr, entry.ino, size=0))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(fsys.fsync, fh, False)
+        await trio.testing.wait_all_tasks_blocked()
+        head.lock.release()
+    await fsys.write(fh, 0, b"other bytes")
+    await fsys.fsync(fh, False)
+    await fsys.release(fh)
+    fh, _ = await fsys.open(entry.ino, os.O_RDONLY)
+    assert await fsys.read(fh, 0, 100) == b"other bytes"
+    await fsys.release(fh)
+    report = ledger_since()
+    assert report.violations == [], str(report)
