@@ -95,6 +95,8 @@ class _Ready:
     pieces: list[tuple[_Piece, ObjectContent | None]]
     layers: list[DirtyLayer]
     copies: list[ObjectContent]
+    #: Ranges of clean copies this plan reads (busy until released).
+    spans: list[tuple[ObjectContent, tuple[int, int]]]
 
 
 async def _ready(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -> _Ready:
@@ -122,9 +124,17 @@ async def _ready(cache: CacheManager, layer: DirtyLayer, start: int, end: int) -
                 lay.pins += 1
             for c in copies:
                 c.pins += 1
-            return _Ready(resolved, layers, copies)
+            spans = [(c, (p.start, p.end)) for p, c in resolved if isinstance(p, _FromSource) and c]
+            for c, span in spans:
+                c.busy.append(span)
+            return _Ready(resolved, layers, copies, spans)
         for copy, s, e in missing:
-            await cache.fetcher.ensure(copy, s, e)
+            # Busy while fetched, so eviction does not undo it before the plan is made again.
+            copy.busy.append((s, e))
+            try:
+                await cache.fetcher.ensure(copy, s, e)
+            finally:
+                copy.busy.remove((s, e))
 
 
 def _release(cache: CacheManager, ready: _Ready) -> None:
@@ -133,6 +143,8 @@ def _release(cache: CacheManager, ready: _Ready) -> None:
     for c in ready.copies:
         c.pins -= 1
         c.touch()
+    for c, span in ready.spans:
+        c.busy.remove(span)
 
 
 def _execute(ready: _Ready, start: int, end: int) -> bytes | bytearray:

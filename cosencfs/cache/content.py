@@ -15,6 +15,7 @@ under a throw-away key of its own, so the cache still holds only ciphertext.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -64,6 +65,8 @@ class ObjectContent:
 
     __slots__ = (
         "account",
+        "ahead",
+        "busy",
         "discarded",
         "dk",
         "fd",
@@ -114,6 +117,10 @@ class ObjectContent:
         self.owner: object | None = None
         #: The cache's running total of present bytes, kept exact by mark().
         self.account = [0]
+        #: Ranges being read right now (a multiset): never dropped (cache/evict.py).
+        self.busy: list[tuple[int, int]] = []
+        #: Read-ahead fetched for a sequential reader and not read yet: kept.
+        self.ahead: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"ObjectContent({self.vid}, size={self.size}, present={self.present.total})"
@@ -140,6 +147,22 @@ class ObjectContent:
         before = self.present.total
         self.present.add(start, end)
         self.account[0] += self.present.total - before
+
+    def drop(self, start: int, end: int, punch: Callable[[int, int, int], None]) -> int:
+        """Forget ``[start, end)`` and free its blocks (``punch(fd, offset, length)``).
+
+        Only for a range nobody reads now (not ``busy``, not in flight): the
+        caller decides in the event loop with no await in between.  Returns
+        the bytes no longer present.
+        """
+        if self.discarded or not self.present.intersection(start, end):
+            return 0
+        punch(self.fd, start, end - start)
+        before = self.present.total
+        self.present.remove(start, end)
+        gone = before - self.present.total
+        self.account[0] -= gone
+        return gone
 
     def touch(self) -> None:
         """Used now (eviction drops the least recently used copies first)."""

@@ -16,6 +16,7 @@ or a reader (IntegrityError, counted in ``chunk_failures``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -49,23 +50,31 @@ class Fetcher:
         self.fetched_bytes = 0
         self.chunks_verified = 0
         self.chunk_failures = 0
+        #: Called after fetched bytes are stored (the cache may be over its limit now).
+        self.on_stored: Callable[[], object] = lambda: None
 
     async def read(self, v: ObjectContent, offset: int, length: int) -> bytes:
         """The plaintext of ``[offset, offset+length)`` of ``v``, fetched first if missing."""
         end = min(offset + length, v.size)
         if end <= offset:
             return b""
-        if v.present.contains(offset, end):
-            self.hits += 1
-        else:
-            self.misses += 1
-            await self.ensure(v, offset, end)
-        v.touch()
-        if end - offset >= THREAD_THRESHOLD:
-            return await trio.to_thread.run_sync(
-                v.read_plain, offset, end - offset, limiter=self.io_limiter
-            )
-        return v.read_plain(offset, end - offset)
+        # Busy before the first await: eviction leaves these bytes alone until read.
+        span = (offset, end)
+        v.busy.append(span)
+        try:
+            if v.present.contains(offset, end):
+                self.hits += 1
+            else:
+                self.misses += 1
+                await self.ensure(v, offset, end)
+            v.touch()
+            if end - offset >= THREAD_THRESHOLD:
+                return await trio.to_thread.run_sync(
+                    v.read_plain, offset, end - offset, limiter=self.io_limiter
+                )
+            return v.read_plain(offset, end - offset)
+        finally:
+            v.busy.remove(span)
 
     async def ensure(self, v: ObjectContent, start: int, end: int) -> None:
         """Make ``[start, end)`` present: fetch it from the source."""
@@ -198,3 +207,4 @@ class Fetcher:
         finally:
             v.inflight.remove(inf)
             inf.done.set()
+        self.on_stored()

@@ -23,6 +23,7 @@ import trio
 
 from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer
+from cosencfs.cache.evict import RangeEvictor
 from cosencfs.cache.fetch import Fetcher
 from cosencfs.cache.journal import Journal
 from cosencfs.cache.layers import Layers
@@ -73,6 +74,10 @@ class CacheManager:
         self.fetcher = Fetcher(store, self.io_limiter)
         self.layers = Layers(self.data_dir, self)
         self._last_evict = -1e9
+        #: Clean bytes at which the next eviction runs without waiting (below).
+        self._evict_mark = 0
+        self.ranges = RangeEvictor()
+        self.fetcher.on_stored = self.maybe_evict
         #: Bytes present over all clean copies (shared with each copy).
         self._usage = [0]
 
@@ -216,35 +221,48 @@ class CacheManager:
         """Bytes in the cache directory's data: clean copies and dirty logs."""
         return self._usage[0] + self.layers.log_bytes()
 
+    @property
+    def _slack(self) -> int:
+        # How far clean bytes may grow between two evictions: the cache's
+        # overshoot while a reader streams faster than twice a second.
+        return max(1 << 20, min(self.limit_bytes // 16, 8 << 20))
+
     def maybe_evict(self) -> int:
-        """``evict``, at most twice a second: it walks every version."""
+        """``evict``, at most twice a second unless clean bytes grew by the slack since."""
         now = trio.current_time()
-        if now - self._last_evict < 0.5:
+        if now - self._last_evict < 0.5 and self._usage[0] < self._evict_mark:
             return 0
         self._last_evict = now
-        return self.evict()
+        freed = self.evict()
+        self._evict_mark = self._usage[0] + self._slack
+        return freed
 
     def evict(self) -> int:
-        """Drop least recently used clean copies until under the limits (never dirty data).
+        """Free space until under the limits (never dirty data); the bytes freed.
 
-        Returns the number of bytes freed.
+        First whole clean copies nobody uses, least recently used first; then,
+        if still over the limit, clean ranges of copies in use that no reader
+        needs now (cosencfs/cache/evict.py).
         """
         used = self.usage()
         count = len(self.versions)
         if used <= self.limit_bytes and count <= self.max_versions:
             return 0
         freed = 0
-        candidates = sorted(
-            (v for v in self.versions.values() if v.pins == 0 and v.holds == 0 and not v.inflight),
-            key=lambda v: v.last_access,
-        )
-        for v in candidates:
+        by_age = sorted(self.versions.values(), key=lambda v: v.last_access)
+        for v in by_age:
             if used - freed <= self.limit_bytes and count <= self.max_versions:
                 break
+            if v.pins or v.holds or v.inflight or v.busy:
+                continue
             freed += v.cached_bytes
             count -= 1
             self.on_evict(v)
             self.discard(v)
+        if used - freed > self.limit_bytes:
+            freed += self.ranges.free(
+                (v for v in by_age if not v.discarded), used - freed - self.limit_bytes
+            )
         if freed:
             log.debug("evicted %d bytes from the cache", freed)
         return freed

@@ -134,3 +134,6 @@ class Reader:
         )
         if span is not None and nursery is not None:
             self.ctx.cache.fetcher.prefetch(nursery, v, *span)
+        ra = h.readahead
+        # Fetched ahead and not read yet: kept by eviction (one window per copy).
+        v.ahead = (offset + size, ra.ahead_until) if ra.window and ra.ahead_until else None

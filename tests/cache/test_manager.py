@@ -107,12 +107,13 @@ async def test_eviction_drops_only_clean_unused_copies(tmp_path: Path) -> None:
         layer = cache.layers.new(size=0, limit=0)
         refs, n = layer.append_write(0, os.urandom(3000))
         layer.apply_write(refs, n)
-        # An upload copy being produced (held), a copy a reader uses (pinned),
+        # An upload copy being produced (held), a copy a reader reads (busy),
         # one being fetched (in flight), and two unused clean copies.
         held = cache.staged(DataKey.generate(), 1000)
         held.produce(0, os.urandom(1000))
         pinned = filled(cache, source("pinned"))
         pinned.pins += 1
+        pinned.busy.append((0, 1000))  # what its reader reads right now
         fetching = filled(cache, source("fetching"))
         fetching.inflight.append(Inflight(0, 10))
         old, new = filled(cache, source("old")), filled(cache, source("new"))
@@ -168,3 +169,52 @@ async def test_orphan_sweep_keeps_journaled_and_live_files(cache: CacheManager) 
 async def test_a_cache_directory_serves_one_process(cache: CacheManager) -> None:
     with pytest.raises(ConfigError, match="in use"):
         CacheManager(cache.root, NO_STORE, limit_bytes=1 << 30)
+
+
+MIB = 1 << 20
+
+
+async def test_ranges_of_copies_in_use_go_but_not_what_readers_need(tmp_path: Path) -> None:
+    """Over the limit with every copy in use: clean ranges nobody reads now go
+    (their blocks freed), the range being read, the fetch in flight and the
+    read-ahead window stay; held upload copies are never touched."""
+    cache = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=2 * MIB)
+    try:
+        src = source("big", size=8 * MIB)
+        v = filled(cache, src)
+        v.pins += 1  # an open file being read: whole-copy eviction skips it
+        v.busy.append((3 * MIB + 10, 3 * MIB + 4106))  # the read under way
+        v.ahead = (3 * MIB + 4106, 4 * MIB)  # read-ahead not read yet
+        v.inflight.append(Inflight(4 * MIB, 5 * MIB))  # being fetched
+        held = cache.staged(DataKey.generate(), MIB)
+        held.produce(0, os.urandom(MIB))
+        blocks_before = os.stat(v.path).st_blocks
+        freed = cache.evict()
+        assert not v.discarded
+        assert not held.discarded
+        assert held.present.total == MIB
+        # Everything else went, cut on 64 KiB boundaries outside the kept ranges.
+        assert list(v.present) == [(3 * MIB, 5 * MIB)]
+        assert freed == 6 * MIB
+        assert cache.usage() == 3 * MIB  # over the limit by what readers need
+        assert os.stat(v.path).st_blocks <= blocks_before - 6 * MIB // 512
+        # Nothing more can go while they are needed.
+        assert cache.evict() == 0
+    finally:
+        cache.close()
+
+
+async def test_a_dropped_range_reads_back_after_a_fetch(tmp_path: Path) -> None:
+    """Dropping forgets the bytes; the copy reports them missing, so the next
+    read fetches them again (the same ciphertext: nothing encrypted twice)."""
+    cache = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1 << 30)
+    try:
+        v = filled(cache, source("k", size=256 * 1024))
+        assert cache.usage() == 256 * 1024
+        gone = v.drop(64 * 1024, 192 * 1024, lambda fd, off, n: None)
+        assert gone == 128 * 1024
+        assert cache.usage() == 128 * 1024
+        assert v.present.missing(0, 256 * 1024) == [(64 * 1024, 192 * 1024)]
+        assert v.drop(64 * 1024, 192 * 1024, lambda fd, off, n: None) == 0
+    finally:
+        cache.close()
