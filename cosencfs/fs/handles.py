@@ -19,6 +19,10 @@ class Readahead:
     window: int = 0
     #: Everything below this has been asked for already.
     ahead_until: int = 0
+    #: Reads since the handle was opened that did not follow the one before.
+    jumps: int = 0
+    #: The whole object was asked for (random access on a file that fits the cache).
+    whole: bool = False
 
     def advance(
         self, offset: int, size: int, limit: int, *, smallest: int, largest: int, fetching: bool
@@ -31,6 +35,7 @@ class Readahead:
         if offset == self.seq_end:
             self.window = min(max(self.window * 2, smallest), largest)
         else:
+            self.jumps += 1
             self.window = 0
             self.ahead_until = 0
         end = offset + size

@@ -24,6 +24,11 @@ from cosencfs.fs.policy import check_servable
 
 log = logging.getLogger(__name__)
 
+#: Reads off the sequential path before a handle counts as random access.
+RANDOM_AFTER = 4
+#: Random access fetches the whole object when it takes at most this share of the cache.
+WHOLE_SHARE = 0.5
+
 
 async def remote_source(ctx: FsContext, node: Inode) -> Source | None:
     """The object ``node`` holds in COS, with its data key (None: empty).
@@ -121,6 +126,15 @@ class Reader:
             v.pins -= 1
             cache.maybe_evict()
 
+    def _wants_whole(self, h: Handle, v: ObjectContent) -> bool:
+        ra = h.readahead
+        return (
+            not ra.whole
+            and ra.jumps >= RANDOM_AFTER
+            and v.limit <= self.ctx.cache.limit_bytes * WHOLE_SHARE
+            and not v.present.contains(0, v.limit)
+        )
+
     def _readahead(self, h: Handle, v: ObjectContent, offset: int, size: int) -> None:
         opts = self.ctx.options
         nursery = self.ctx.nursery
@@ -134,6 +148,12 @@ class Reader:
         )
         if span is not None and nursery is not None:
             self.ctx.cache.fetcher.prefetch(nursery, v, *span)
+        elif nursery is not None and self._wants_whole(h, v):
+            # Random access to a file that fits the cache: one pass of large
+            # parallel GETs beats a round trip per read; readers wait only for
+            # the part that holds their range.
+            h.readahead.whole = True
+            self.ctx.cache.fetcher.prefetch(nursery, v, 0, v.limit)
         ra = h.readahead
         # Fetched ahead and not read yet: kept by eviction (one window per copy).
         v.ahead = (offset + size, ra.ahead_until) if ra.window and ra.ahead_until else None
