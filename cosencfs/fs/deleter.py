@@ -23,6 +23,7 @@ import trio
 
 from cosencfs.cache.journal import Journal
 from cosencfs.errors import CosEncFsError, TransientError
+from cosencfs.fs.inode import Remote
 from cosencfs.store.base import LIST_PAGE_MAX, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Deleter:
         self.journal = journal
         self.delay = delay
         self._state: dict[str, DeleteState] = {}
+        #: The object each held delete is for (handed to a file created at its name).
+        self._held: dict[str, Remote | None] = {}
         self._sent: dict[str, trio.Event] = {}
         #: When recent deletes were done: a listing that started before may
         #: still show those objects.
@@ -82,35 +85,41 @@ class Deleter:
     def queue(self, key: str) -> None:
         if self._state.get(key) is DeleteState.SENT:
             return
+        self._held.pop(key, None)
         self.journal.add_delete(key)
         self._state[key] = DeleteState.QUEUED
         self._wake.set()
 
-    def hold(self, key: str) -> None:
-        """Delete ``key`` when ``release`` is called (the file's last close)."""
+    def hold(self, key: str, remote: Remote | None = None) -> None:
+        """Delete ``key`` (holding ``remote``) when ``release`` is called (the
+        file's last close)."""
         self.journal.add_delete(key)
         self._state[key] = DeleteState.HELD
+        self._held[key] = remote
 
     def release(self, key: str) -> None:
         if self._state.get(key) is DeleteState.HELD:
+            self._held.pop(key, None)
             self.queue(key)
 
-    async def settle(self, key: str) -> None:
+    async def settle(self, key: str) -> Remote | None:
         """``key`` is about to be written: no older delete may remove it.
 
         A queued delete is sent now rather than dropped: until the new object
         is uploaded, the journaled delete is what keeps the old content from
         coming back after a crash.  A held one (the old file is still open
-        elsewhere) is dropped: the new upload replaces the object anyway.
+        elsewhere) is handed over: the object it was for is returned, and the
+        new file answers for it (its upload replaces it; a rename or unlink
+        before that deletes it), as a rename onto a name does.
         """
         for _ in range(3):
             state = self._state.get(key)
             if state is None:
-                return
+                return None
             if state is DeleteState.HELD:
                 del self._state[key]
                 self.journal.remove_deletes([key])
-                return
+                return self._held.pop(key, None)
             if state is DeleteState.SENT:
                 await self._sent[key].wait()
                 continue

@@ -101,7 +101,7 @@ class DirOps(Handler):
             if f.open_count and had_remote:
                 # Readers may still need bytes of the object: delete on last close.
                 f.pending_delete = key
-                self.ctx.deleter.hold(key)
+                self.ctx.deleter.hold(key, node.remote)
             elif node.remote is not None:
                 self.ctx.deleter.queue(key)
                 # (Unlinked while open, its companion stays for the readers:
@@ -127,14 +127,17 @@ class DirOps(Handler):
             meta = await self.ctx.tags.seal(key, len(cipher), meta, list(tags))
             etag = await self.ctx.store.put(key, cipher, meta)
         except BaseException:
+            if node.remote is not None:  # a held delete handed over: hold it again
+                self.ctx.deleter.hold(key, node.remote)
             self.ctx.table.drop(node)
             raise
         f = node.as_file
         f.size = len(body)
+        old = node.remote.metadata if node.remote is not None else None
         node.remote = Remote(etag, len(body), 0.0, meta)
         f.symlink_target = target
         self.ctx.journal.put_attrs(key, etag, len(body), None, meta)
-        self.ctx.tags.wrote(key, meta, None)
+        self.ctx.tags.wrote(key, meta, old)
         self.attach_new(d, name, node)
         return node
 

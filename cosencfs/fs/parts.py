@@ -53,10 +53,15 @@ class Handler:
         """
         d = self.ns.directory(parent_ino)
         await self.listings.check_absent(d, name)
-        await self.ctx.deleter.settle(self.ctx.child_key(d, name, is_dir=kind is Kind.DIR))
+        held = await self.ctx.deleter.settle(self.ctx.child_key(d, name, is_dir=kind is Kind.DIR))
         now = self.ctx.now_ns()
         node = self.ctx.table.new(kind, d, name, Attrs(mode, uid, gid, now, now, now))
         node.attrs_known = True
+        if held is not None and kind is not Kind.DIR:
+            # An unlinked, still open file's object is at this key: the new
+            # file answers for it until its own upload replaces it (if it is
+            # renamed away or unlinked first, that deletes the old object).
+            node.remote = held
         return d, node
 
     def attach_new(self, d: Inode, name: str, node: Inode) -> None:

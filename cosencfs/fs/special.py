@@ -96,6 +96,8 @@ class Specials(Handler):
         try:
             await put_special(self.ctx, node, key, tagged=True)
         except BaseException:
+            if node.remote is not None:  # a held delete handed over: hold it again
+                self.ctx.deleter.hold(key, node.remote)
             self.ctx.table.drop(node)
             raise
         self.attach_new(d, name, node)

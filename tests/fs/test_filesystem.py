@@ -626,3 +626,32 @@ async def test_rename_of_a_directory_whose_new_mode_is_not_sent_yet(
     b = (await fsys.lookup(ROOT, b"b")).ino
     assert await read_file(fsys, (await fsys.lookup(b, b"f")).ino) == b"inside"
 
+
+@pytest.mark.parametrize("then", ["rename", "unlink"])
+async def test_a_file_created_over_a_held_delete_answers_for_the_old_object(
+    make_fs: FsFactory, store: CosStore, then: str
+) -> None:
+    """unlink while open holds the delete until the last close; a file created
+    at that name before then takes the delete over: if it goes away (renamed
+    or unlinked) before its own upload, the old object is deleted, and the old
+    file does not come back (the model test's seed 7)."""
+    fs1 = await make_fs()
+    await write_file(fs1, ROOT, "f", b"old content")
+    fs2 = await make_fs()
+    ino = (await fs2.lookup(ROOT, b"f")).ino
+    fh, _ = await fs2.open(ino, os.O_RDONLY)
+    await fs2.unlink(ROOT, b"f")
+    new_fh, _ = await fs2.create(ROOT, b"f", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+    await fs2.write(new_fh, 0, b"new")
+    await fs2.release(new_fh)
+    if then == "rename":
+        await fs2.rename(ROOT, b"f", ROOT, b"g", 0)
+    else:
+        await fs2.unlink(ROOT, b"f")
+    assert await fs2.read(fh, 0, 100) == b"old content"  # the old reader still reads
+    await fs2.release(fh)
+    await fs2.sync_all()
+    fs3 = await make_fs()
+    assert await names(fs3, ROOT) == (["g"] if then == "rename" else [])
+    if then == "rename":
+        assert await read_file(fs3, (await fs3.lookup(ROOT, b"g")).ino) == b"new"
