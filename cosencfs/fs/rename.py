@@ -176,15 +176,14 @@ class Renamer(Handler):
     async def _rename_dir(self, src: Inode, d_new: Inode, new_name: str, dst: Inode | None) -> None:
         old_prefix = self.ctx.key_of(src)
         new_prefix = self.ctx.child_key(d_new, new_name, is_dir=True)
-        files = sorted(
-            (n for n in src.walk() if not n.is_dir),
-            key=lambda n: n.ino,
-        )
+        # Every node moved, directories too: a marker upload (a chmod going
+        # up) must not land at the old key after the listing copied it.
+        moved = sorted(src.walk(), key=lambda n: n.ino)
         async with AsyncExitStack() as stack:
-            for node in files:
+            for node in moved:
                 await stack.enter_async_context(node.upload_lock)
-            for node in files:
-                if node.data_dirty and node.remote is not None:
+            for node in moved:
+                if not node.is_dir and node.data_dirty and node.remote is not None:
                     # Its old object goes: the dirty content must not need it.
                     await self.writer.materialize(node)
             objects: list[ObjectInfo] = []

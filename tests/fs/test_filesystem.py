@@ -7,9 +7,11 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
@@ -655,3 +657,48 @@ async def test_a_file_created_over_a_held_delete_answers_for_the_old_object(
     assert await names(fs3, ROOT) == (["g"] if then == "rename" else [])
     if then == "rename":
         assert await read_file(fs3, (await fs3.lookup(ROOT, b"g")).ino) == b"new"
+
+
+async def test_a_directory_chmod_committed_during_its_rename_is_kept(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory's marker upload (a chmod going up) racing the rename of that
+    directory: the rename waits for it (it takes the upload lock of every node
+    it moves, directories too), so the new name carries the new mode instead of
+    the old marker's (the model test's seed 4).  The marker's PUT is held until
+    the rename has copied the marker, or for a second when the rename waits."""
+    fs = await make_fs()
+    await fs.mkdir(ROOT, b"a", 0o750, 0, 0)
+    await fs.sync_all()
+    ino = (await fs.lookup(ROOT, b"a")).ino
+    await fs.setattr(ino, mode=0o40664)
+    node = fs.ctx.table.get(ino)
+    assert node is not None
+    copied = trio.Event()
+    real_put, real_copy = store.put, store.copy
+
+    async def put(key: str, *args: Any, **kw: Any) -> str:
+        if key == "a/":
+            with trio.move_on_after(1.0):
+                await copied.wait()
+        return await real_put(key, *args, **kw)
+
+    async def copy(src: str, *args: Any, **kw: Any) -> str:
+        etag = await real_copy(src, *args, **kw)
+        if src == "a/":
+            copied.set()
+        return etag
+
+    monkeypatch.setattr(store, "put", put)
+    monkeypatch.setattr(store, "copy", copy)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.writeback.flush, node)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(fs.rename, ROOT, b"a", ROOT, b"a b", 0)
+    monkeypatch.undo()
+    await fs.sync_all()
+    await fs.ctx.deleter.flush()
+    fresh = await make_fs()
+    assert await names(fresh, ROOT) == ["a b"]
+    entry = await fresh.getattr((await fresh.lookup(ROOT, b"a b")).ino)
+    assert oct(entry.mode) == oct(0o40664)
