@@ -8,6 +8,7 @@ attempts took and whether the last one reached COS.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter
@@ -123,8 +124,7 @@ class RequestCounters:
             lat = self._latency.get(op)
             if lat is None:
                 lat = self._latency[op] = Latency()
-            i = next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), -1)
-            lat.counts[i] += 1
+            lat.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             lat.total_seconds += seconds
             self._last_reached = reached
             if reached:
