@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ class WriteBack:
         self._running: dict[int, trio.Event] = {}
         # When the oldest change not yet in COS was made, per inode: kept across
         # failed uploads and fsyncs, so the age an operator sees is the data's.
+        # time.monotonic(), not trio's clock: stats are also read outside trio.run.
         self._dirty_since: dict[int, tuple[float, Inode]] = {}
         self.stats = WriteBackStats()
 
@@ -80,13 +82,13 @@ class WriteBack:
         if not self._dirty_since:
             return 0.0
         oldest = min(since for since, _ in self._dirty_since.values())
-        return max(0.0, trio.current_time() - oldest)
+        return max(0.0, time.monotonic() - oldest)
 
     def schedule(self, node: Inode, delay: float | None = None) -> None:
         """Upload ``node`` after ``delay`` (default: the write-back delay),
         pushing back an earlier deadline, but not past the maximum dirty age."""
         now = trio.current_time()
-        self._dirty_since.setdefault(node.ino, (now, node))
+        self._dirty_since.setdefault(node.ino, (time.monotonic(), node))
         wait = self.delay if delay is None else delay
         due = self._due.get(node.ino)
         if due is None:
@@ -113,7 +115,7 @@ class WriteBack:
         self.stats.failing.pop(node.ino, None)
 
     async def _upload(self, node: Inode) -> None:
-        started = trio.current_time()
+        started = time.monotonic()
         await self._commit(node)
         if node.dirty and not node.unlinked:
             # Changed while uploading: what is left is no older than this upload.
