@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -73,6 +74,11 @@ _LOG_EVERY = 60.0
 
 _throttle = LogThrottle(_LOG_EVERY)
 
+#: Requests answered with an error other than the filesystem's own (ENOENT,
+#: EEXIST...), by the error's class: wrong keys, refused objects, integrity
+#: failures, COS trouble (``cosencfs_errors_total``). Event loop only.
+ERRORS: Counter[str] = Counter()
+
 
 def errno_for(exc: BaseException) -> int:
     if isinstance(exc, FsError):
@@ -92,6 +98,7 @@ def _report(op: str, exc: BaseException) -> None:
         if exc.errno == errno.EIO:
             log.error("%s: %s", op, exc)
         return
+    ERRORS[type(exc).__name__] += 1
     if isinstance(exc, CosEncFsError | OSError):
         what = (op, type(exc).__name__, str(getattr(exc, "key", "")) or str(exc))
         if isinstance(exc, RefusedError | IntegrityError):

@@ -23,6 +23,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# promtool (tests/alerts checks contrib/prometheus) ships only in Debian's
+# prometheus server package (about 100 MB installed). Without its recommended
+# node exporter; and the server it enables is stopped and disabled again when
+# this script installed it: nothing here needs it listening on :9090.
+if ! command -v promtool >/dev/null; then
+    echo "installing system packages: prometheus (for promtool)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        prometheus >/dev/null
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+fi
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}

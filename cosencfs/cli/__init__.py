@@ -93,6 +93,7 @@ _HELPER_SETTINGS = {
     "rsa_private_key": "--rsa-private-key",
     "cache_dir": "--cache-dir",
     "cache_size": "--cache-size",
+    "metrics_addr": "--metrics-addr",
 }
 
 

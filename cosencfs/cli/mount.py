@@ -56,6 +56,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="FUSE mount options, e.g. allow_other",
     )
     p.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a port alone: on "
+        "127.0.0.1); off by default",
+    )
+    p.add_argument(
         "--writeback-delay",
         type=float,
         metavar="SECONDS",
@@ -118,6 +124,7 @@ _CLI_FIELDS = {
     "cache_size": "cache.size",
     "foreground": "fuse.foreground",
     "fuse_options": "fuse.options",
+    "metrics_addr": "metrics_addr",
     "writeback_delay": "fs.writeback_delay",
     "dir_ttl": "fs.dir_ttl",
     "request_deadline": "network.request_deadline",

@@ -90,6 +90,19 @@ def _mode(v: object) -> int:
     return _int(v) & 0o7777
 
 
+def _host_port(v: object) -> str:
+    """``HOST:PORT``, ``[V6]:PORT``, or a port alone (on 127.0.0.1: only this
+    host sees it unless the operator names another address)."""
+    text = _str(v if not isinstance(v, int) or isinstance(v, bool) else str(v)).strip()
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        host, port = "", text
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT or a port, not {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
 def _strlist(v: object) -> list[str]:
     if isinstance(v, str):
         return [v]
@@ -115,6 +128,7 @@ Count = Annotated[int, _int]
 AtLeastOne = Annotated[int, _pos_int]
 Size = Annotated[int, _size]
 Mode = Annotated[int, _mode]
+HostPort = Annotated[str, _host_port]
 
 #: Checks of plain types.  A bool is taken as Python's truth of the value,
 #: as the settings always have been.

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from cosencfs.config.schema import (
     AtLeastOne,
     Count,
+    HostPort,
     Mode,
     Seconds,
     Size,
@@ -146,6 +147,8 @@ class MountSettings(BucketSettings):
     cache_size: Size = field(default=1024**3, metadata=toml("cache.size"))
     foreground: bool = field(default=False, metadata=toml("fuse.foreground"))
     fuse_options: list[str] = field(default_factory=list, metadata=toml("fuse.options"))
+    #: ``HOST:PORT`` of the Prometheus endpoint (a port alone: 127.0.0.1); None: off.
+    metrics_addr: HostPort | None = field(default=None, metadata=toml("metrics_addr"))
     fs: FsSettings = field(default_factory=FsSettings)
 
     def cache_root(self) -> Path:

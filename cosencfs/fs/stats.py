@@ -33,6 +33,7 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "files": len(dirty),
             "bytes": sum(n.file.current_size for n in dirty if n.file and n.data_dirty),
             "journal_records": cache.journal.dirty_count(),
+            "oldest_age": fs.writeback.oldest_dirty_age(),
         },
         "uploads": {
             "queued": fs.writeback.queued,

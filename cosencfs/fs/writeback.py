@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -61,16 +62,33 @@ class WriteBack:
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(workers)
         self._running: dict[int, trio.Event] = {}
+        # When the oldest change not yet in COS was made, per inode: kept across
+        # failed uploads and fsyncs, so the age an operator sees is the data's.
+        # time.monotonic(), not trio's clock: stats are also read outside trio.run.
+        self._dirty_since: dict[int, tuple[float, Inode]] = {}
         self.stats = WriteBackStats()
 
     @property
     def queued(self) -> int:
         return len(self._due) + len(self._running)
 
+    def oldest_dirty_age(self) -> float:
+        """Seconds since the oldest change not yet uploaded was made (0: none)."""
+        # An inode made clean or unlinked by a path that did not tell us (a
+        # rename's copy, an unlink) must not age forever: dropped here.
+        for ino, (_, node) in list(self._dirty_since.items()):
+            if not node.dirty or node.unlinked:
+                del self._dirty_since[ino]
+        if not self._dirty_since:
+            return 0.0
+        oldest = min(since for since, _ in self._dirty_since.values())
+        return max(0.0, time.monotonic() - oldest)
+
     def schedule(self, node: Inode, delay: float | None = None) -> None:
         """Upload ``node`` after ``delay`` (default: the write-back delay),
         pushing back an earlier deadline, but not past the maximum dirty age."""
         now = trio.current_time()
+        self._dirty_since.setdefault(node.ino, (time.monotonic(), node))
         wait = self.delay if delay is None else delay
         due = self._due.get(node.ino)
         if due is None:
@@ -87,13 +105,23 @@ class WriteBack:
 
     def cancel(self, node: Inode) -> None:
         self._due.pop(node.ino, None)
+        self._dirty_since.pop(node.ino, None)
         self.stats.failing.pop(node.ino, None)
 
     async def flush(self, node: Inode) -> None:
         """Upload ``node`` now and wait for it (fsync)."""
         self._due.pop(node.ino, None)
-        await self._commit(node)
+        await self._upload(node)
         self.stats.failing.pop(node.ino, None)
+
+    async def _upload(self, node: Inode) -> None:
+        started = time.monotonic()
+        await self._commit(node)
+        if node.dirty and not node.unlinked:
+            # Changed while uploading: what is left is no older than this upload.
+            self._dirty_since[node.ino] = (started, node)
+        else:
+            self._dirty_since.pop(node.ino, None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -117,7 +145,7 @@ class WriteBack:
         node = due.node
         try:
             async with self._limiter:
-                await self._commit(node)
+                await self._upload(node)
             self.stats.uploads += 1
             self.stats.failing.pop(node.ino, None)
         except Exception as exc:

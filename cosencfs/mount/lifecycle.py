@@ -29,6 +29,7 @@ from cosencfs.fs.attrs import Defaults
 from cosencfs.fs.context import FsOptions
 from cosencfs.fs.core import Filesystem
 from cosencfs.fuse_ops import ControlledOperations
+from cosencfs.mount import metrics
 from cosencfs.mount.notify import Notifier
 from cosencfs.store.cos import CosStore
 from cosencfs.tools import bucket
@@ -110,10 +111,21 @@ async def serve(settings: MountSettings, ready: Callable[[], None] = lambda: Non
             len(report.failed),
             ", ".join(sorted(report.failed)),
         )
+    endpoint = None
+    try:
+        if settings.metrics_addr is not None:
+            target = (settings.bucket, settings.prefix, mountpoint)
+            endpoint = metrics.start(fs, settings.metrics_addr, target)
+    except OSError as exc:
+        cache.close()
+        store.close()
+        raise MountError(f"cannot serve metrics on {settings.metrics_addr}: {exc}") from None
     ops = ControlledOperations(fs)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(settings))
     except RuntimeError as exc:
+        if endpoint is not None:
+            await endpoint.close()
         cache.close()
         store.close()
         raise MountError(f"cannot mount on {settings.mountpoint}: {exc}") from None
@@ -139,6 +151,8 @@ async def serve(settings: MountSettings, ready: Callable[[], None] = lambda: Non
             # new request arrives while the last uploads run.
             pyfuse3.close(unmount=stop.by_signal)
             status = await _final_flush(fs, notifier)
+            if endpoint is not None:
+                await endpoint.close()
             cache.close()
             store.close()
     return status

@@ -66,6 +66,7 @@ class Caller:
                     result = await self._paths.attempt(op)
                 if scope.cancelled_caught:
                     self._counters.failure(name)
+                    self._counters.answered(name, time.monotonic() - t0, reached=False)
                     raise TransientError(
                         f"no answer within {deadline - started:.0f} s", op=name, key=key
                     )
@@ -88,9 +89,14 @@ class Caller:
                 self._counters.failure(name)
                 err = TransientError(str(exc), op=name, key=key)
             else:
-                log.debug("%s %r ok in %.1f ms", name, key, (time.monotonic() - t0) * 1000)
+                took = time.monotonic() - t0
+                self._counters.answered(name, took, reached=True)
+                log.debug("%s %r ok in %.1f ms", name, key, took * 1000)
                 return result
-            if not isinstance(err, TransientError):
+            # A 404 or 403 is COS answering; a timeout, reset or 5xx is not.
+            transient = isinstance(err, TransientError)
+            self._counters.answered(name, time.monotonic() - t0, reached=not transient)
+            if not transient:
                 raise err
             delay = policy.delay(attempt)
             elapsed = trio.current_time() - started
@@ -107,5 +113,5 @@ class Caller:
             log.debug(
                 "%s %r attempt %d failed (%s); retrying in %.2f s", name, key, attempt, err, delay
             )
-            self._counters.retry()
+            self._counters.retry(name)
             await trio.sleep(delay)

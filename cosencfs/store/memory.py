@@ -112,7 +112,7 @@ class MemoryStore:
             delay = policy.delay(attempt, self._jitter)
             if attempt >= policy.max_attempts or trio.current_time() + delay > deadline:
                 raise err
-            self.counters.retry()
+            self.counters.retry(op)
             await trio.sleep(delay)
 
     async def _paged(

@@ -26,6 +26,7 @@ SETTINGS = [
     "region",
     "endpoint",
     "local_dir",
+    "metrics_addr",
     "credentials.secret_id",
     "credentials.secret_key",
     "credentials.token",
