@@ -411,7 +411,7 @@ class ControlledOperations(FuseOperations):
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        return [pyfuse3.XAttrNameT(n) for n in self.fs.listxattr(inode)]
+        return [pyfuse3.XAttrNameT(n) for n in await self.fs.listxattr(inode)]
 
     @translate
     async def removexattr(
