@@ -384,11 +384,13 @@ class FuseOperations(pyfuse3.Operations):
 
 
 class ControlledOperations(FuseOperations):
-    """FUSE operations plus the control channel: extended attributes.
+    """FUSE operations plus extended attributes: ``user.*`` and the control channel.
 
     ``getfattr -n user.cosencfs.stats MOUNTPOINT`` returns JSON statistics;
     setting ``user.cosencfs.sync`` uploads everything dirty (EIO on failure).
-    Which names exist is the filesystem's business (cosencfs/fs/xattrs.py).
+    Which names exist and where they are stored is the filesystem's business
+    (cosencfs/fs/xattrs.py); XATTR_CREATE/XATTR_REPLACE are checked by pyfuse3
+    through getxattr before setxattr is called.
     """
 
     @translate

@@ -19,14 +19,12 @@ server-side copy that moves the object.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cosencfs.crypto.ctr import RecordTagError, open_record, seal_record
 from cosencfs.crypto.objecttags import TagKey
 from cosencfs.crypto.tagcodec import _lp, _u32, b64url_decode, b64url_encode
 from cosencfs.errors import IntegrityError
@@ -48,11 +46,11 @@ class XattrKey:
     ``repr`` never shows the key.
     """
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_key",)
 
     def __init__(self, tag_key: TagKey) -> None:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO)
-        self._aead = AESGCM(hkdf.derive(tag_key._key))
+        self._key = hkdf.derive(tag_key._key)
 
     def __repr__(self) -> str:
         return "XattrKey(<secret>)"
@@ -61,9 +59,9 @@ class XattrKey:
 
     def seal(self, key: str, xattrs: Xattrs) -> str:
         """The field value for ``xattrs`` on the object at ``key`` (a fresh nonce)."""
-        nonce = os.urandom(NONCE_SIZE)
-        body = self._aead.encrypt(nonce, encode(xattrs), _aad(key))
-        return b64url_encode(bytes([XATTR_VERSION]) + nonce + body)
+        # seal_record (crypto/ctr.py, the one cipher builder): a fresh random nonce.
+        record = seal_record(self._key, encode(xattrs), _aad(key))
+        return b64url_encode(bytes([XATTR_VERSION]) + record)
 
     def open(self, key: str, text: str) -> dict[bytes, bytes]:
         """The attributes in field value ``text`` of the object at ``key``.
@@ -74,10 +72,9 @@ class XattrKey:
         raw = b64url_decode(text)
         if raw is None or len(raw) < 1 + NONCE_SIZE + GCM_TAG_SIZE or raw[0] != XATTR_VERSION:
             raise IntegrityError(f"{XATTR_FIELD} is malformed", key=key)
-        nonce, body = raw[1 : 1 + NONCE_SIZE], raw[1 + NONCE_SIZE :]
         try:
-            plain = self._aead.decrypt(nonce, body, _aad(key))
-        except InvalidTag:
+            plain = open_record(self._key, raw[1:], _aad(key))
+        except RecordTagError:
             raise IntegrityError(
                 f"{XATTR_FIELD} does not open (altered, another object's, or another key)",
                 key=key,

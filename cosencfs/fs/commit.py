@@ -58,6 +58,7 @@ class Committer:
                 return
             if node.is_dir:
                 if node.meta_dirty and node.parent is not None:
+                    await xattrs.ensure_loaded(self.ctx, node)  # the marker is rewritten
                     await put_marker(self.ctx, node)
                 return
             if node.kind.special:
@@ -67,6 +68,8 @@ class Committer:
                     self.records.forget(node)
                 return
             head = node.as_file.head
+            # Both rewrite the object: its extended attributes must be known.
+            await xattrs.ensure_loaded(self.ctx, node)
             if head is not None:
                 await self._commit_content(node, head)
             elif node.meta_dirty:

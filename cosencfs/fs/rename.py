@@ -101,9 +101,9 @@ class Renamer(Handler):
                 # The new content still needs bytes of the old object, which
                 # goes: take them now.
                 await self.writer.materialize(src)
+                # Its xattrs' field is bound to old_key: open it while it is there.
+                await xattrs.ensure_loaded(self.ctx, src)
             await self.ctx.deleter.settle(new_key)
-            # Their field at old_key is bound to it: open it while it is there.
-            xattrs.loaded(self.ctx, src)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
                 self.records.record(src)
@@ -124,6 +124,7 @@ class Renamer(Handler):
                 # The new key still holds dst's object until src's upload
                 # replaces it: src now answers for it (an unlink or a rename
                 # of src before its upload must delete it).
+                xattrs.loaded(self.ctx, src)  # (src's own: none in COS; not dst's)
                 src.remote = dst.remote
             self._move_local(src, d_new, new_name, dst)
             if src.dirty:

@@ -33,12 +33,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from cosencfs import hardening
 from cosencfs.crypto.integrity import INLINE_BUDGET, metadata_bytes
 from cosencfs.crypto.xattrseal import XATTR_FIELD, sealed_length
-from cosencfs.errors import FsError
+from cosencfs.errors import FsError, NotFoundError
 from cosencfs.fs.attrs import META_SIZE, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.control import (
@@ -61,23 +62,61 @@ RESERVED = b"user.cosencfs."
 _TAG_FIELDS_BYTES = 91 + 71
 
 
+def _metadata(ctx: FsContext, node: Inode) -> Mapping[str, str] | None:
+    """The metadata of ``node``'s object as known here ({}: no object; None: unknown)."""
+    r = node.remote
+    if r is not None and r.metadata is not None:
+        return r.metadata
+    if r is None and not (node.is_dir and node.as_dir.has_marker):
+        return {}  # nothing in COS yet (a marker-less directory, a new file)
+    # A directory's attributes may come from the journal without its metadata
+    # on the inode; every marker has the same ETag, so Last-Modified decides.
+    rec = ctx.journal.get_attrs(ctx.key_of(node))
+    if rec is not None and (r is None or rec.matches(r.etag, r.size, r.last_modified)):
+        return rec.meta
+    return None
+
+
+def _open(ctx: FsContext, node: Inode, meta: Mapping[str, str]) -> dict[bytes, bytes]:
+    xs: dict[bytes, bytes] = {}
+    if XATTR_FIELD in meta:
+        xs = ctx.tags.open_xattrs(ctx.key_of(node), meta, is_dir=node.is_dir)
+    node.attrs.xattrs = xs
+    return xs
+
+
 def loaded(ctx: FsContext, node: Inode) -> dict[bytes, bytes]:
     """``node``'s extended attributes, opening its object's field on first use.
 
     A field that does not open (altered, another object's, a key this mount
     lacks) counts as none, with one log line, as failing attributes do.
+    Callers that write the object call :func:`ensure_loaded` first: when the
+    metadata is not known here this answers {} (without remembering it).
     """
     xs = node.attrs.xattrs
     if xs is not None:
         return xs
-    r = node.remote
-    if r is not None and r.metadata is None:
-        return {}  # not known yet (not cached: a HEAD will tell)
-    xs = {}
-    if r is not None and r.metadata is not None and XATTR_FIELD in r.metadata:
-        xs = ctx.tags.open_xattrs(ctx.key_of(node), r.metadata, is_dir=node.is_dir)
-    node.attrs.xattrs = xs
-    return xs
+    meta = _metadata(ctx, node)
+    return {} if meta is None else _open(ctx, node, meta)
+
+
+async def ensure_loaded(ctx: FsContext, node: Inode) -> dict[bytes, bytes]:
+    """:func:`loaded`, with a HEAD of the object when its metadata is not known here."""
+    xs = node.attrs.xattrs
+    if xs is not None:
+        return xs
+    meta = _metadata(ctx, node)
+    if meta is None:
+        key = ctx.key_of(node)
+        try:
+            async with ctx.head_limiter:
+                info = await ctx.store.head(key)
+        except NotFoundError:
+            return {}  # gone: whoever writes it next writes none
+        meta = info.metadata
+        if node.attrs.xattrs is not None:
+            return node.attrs.xattrs  # set while we asked: that is newer
+    return _open(ctx, node, meta)
 
 
 def fields(ctx: FsContext, node: Inode, key: str) -> dict[str, str]:
@@ -117,7 +156,7 @@ async def getxattr(fs: Filesystem, ino: int, name: bytes) -> bytes:
         raise FsError(errno.ENODATA)
     node = fs.ns.inode(ino)
     await fs.attrs.ensure(node)
-    value = loaded(fs.ctx, node).get(name)
+    value = (await ensure_loaded(fs.ctx, node)).get(name)
     if value is None:
         raise FsError(errno.ENODATA)
     return value
@@ -144,7 +183,7 @@ async def listxattr(fs: Filesystem, ino: int) -> list[bytes]:
     if not (node.is_dir or node.kind is Kind.FILE):
         return []
     await fs.attrs.ensure(node)
-    return sorted(loaded(fs.ctx, node))
+    return sorted(await ensure_loaded(fs.ctx, node))
 
 
 async def setxattr(fs: Filesystem, ino: int, name: bytes, value: bytes) -> None:
@@ -187,6 +226,7 @@ async def _change(fs: Filesystem, ino: int, name: bytes, value: bytes | None) ->
     if not fs.ctx.tags.sealing_xattrs:
         raise FsError(errno.ENOTSUP, "no secret master key here to seal attributes with")
     await fs.attrs.ensure(node)
+    await ensure_loaded(fs.ctx, node)
     # From here to the end no await: the check and the change are one step.
     xs = dict(loaded(fs.ctx, node))
     if value is None:

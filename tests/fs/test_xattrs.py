@@ -6,9 +6,12 @@ import errno
 import os
 import stat
 from collections.abc import Awaitable
+from pathlib import Path
 
 import pytest
 
+from cosencfs.cache.manager import CacheManager
+from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.xattrseal import XATTR_FIELD
 from cosencfs.errors import FsError
 from cosencfs.fs.core import Filesystem
@@ -16,7 +19,7 @@ from cosencfs.fs.inode import ROOT_INO
 from cosencfs.fs.xattrs import loaded
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import write_file as _write_file
-from tests.testlib import FsFactory
+from tests.testlib import FsFactory, fs_options
 
 
 async def _errno(aw: Awaitable[object]) -> int:
@@ -174,3 +177,51 @@ async def test_journal_keeps_them_for_a_dirty_file(make_fs: FsFactory) -> None:
     assert rec is not None
     assert XATTR_FIELD in rec.attrs
     await fs.release(fh)
+
+
+async def test_a_remount_with_the_same_cache_keeps_them_through_chmod(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    fs = await make_fs(cache="c")
+    d = await fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+    f = await write_file(fs, d.ino, "f", b"data")
+    await fs.setxattr(d.ino, b"user.d", b"1")
+    await fs.setxattr(f.ino, b"user.f", b"2")
+    await fs.sync_all()
+    make_fs.close(fs)
+    for _ in range(2):  # attributes from the journal, then after a chmod each
+        again = await make_fs(cache="c")
+        d2 = await again.lookup(ROOT_INO, b"d")
+        f2 = await again.lookup(d2.ino, b"f")
+        await again.setattr(d2.ino, mode=0o700)
+        await again.setattr(f2.ino, mode=0o600)
+        await again.sync_all()
+        cold = await make_fs()
+        cd = await cold.lookup(ROOT_INO, b"d")
+        cf = await cold.lookup(cd.ino, b"f")
+        assert await cold.getxattr(cd.ino, b"user.d") == b"1"
+        assert await cold.getxattr(cf.ino, b"user.f") == b"2"
+        assert await again.listxattr(d2.ino) == [b"user.d"]
+        make_fs.close(again)
+    assert XATTR_FIELD in dict((await store.head("d/")).metadata)
+
+
+async def test_a_crash_keeps_the_xattrs_of_a_dirty_file(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec, tmp_path: Path
+) -> None:
+    fs = await make_fs(cache="c", writeback_delay=3600.0, max_dirty_age=3600.0)
+    fh, e = await fs.create(ROOT_INO, b"n", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+    await fs.write(fh, 0, b"survives")
+    await fs.release(fh)  # journaled, not uploaded
+    await fs.setxattr(e.ino, b"user.k", b"kept")
+    make_fs.close(fs)  # "crash"
+    assert [o.key async for page in store.list_all() for o in page.objects] == []
+    mgr = CacheManager(tmp_path / "c", store, limit_bytes=1 << 30)
+    try:
+        report = await Filesystem(store, codec, mgr, fs_options()).recover()
+    finally:
+        mgr.close()
+    assert report.uploaded == ["n"]
+    cold = await make_fs()
+    n = await cold.lookup(ROOT_INO, b"n")
+    assert await cold.getxattr(n.ino, b"user.k") == b"kept"
