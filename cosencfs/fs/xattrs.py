@@ -37,7 +37,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from cosencfs import hardening
-from cosencfs.crypto.integrity import INLINE_BUDGET, metadata_bytes
+from cosencfs.crypto.integrity import (
+    ATTR_TAG_FIELD,
+    INLINE_BUDGET,
+    OBJECT_TAG_FIELD,
+    TAGS_REF_FIELD,
+    metadata_bytes,
+)
 from cosencfs.crypto.xattrseal import XATTR_FIELD, sealed_length
 from cosencfs.errors import FsError, NotFoundError
 from cosencfs.fs.attrs import META_SIZE, Kind, attrs_to_meta
@@ -56,10 +62,8 @@ if TYPE_CHECKING:
 
 USER = b"user."
 RESERVED = b"user.cosencfs."
-#: Bytes an object's tag fields take when its chunk tags are in a companion
-#: (``cosencfs-tag``, ``-atag``, ``-tags-ref``): what content not yet
-#: uploaded will carry at least.
-_TAG_FIELDS_BYTES = 91 + 71
+#: A tag field's value (22 characters; a digest's is 43, about twice).
+_TAG_TEXT = "A" * 22
 
 
 def _metadata(ctx: FsContext, node: Inode) -> Mapping[str, str] | None:
@@ -132,20 +136,28 @@ def without_field(meta: dict[str, str]) -> dict[str, str]:
 
 
 def _fits(ctx: FsContext, node: Inode, xs: dict[bytes, bytes]) -> bool:
-    """Whether ``node``'s metadata with ``xs`` stays within the budget (format.md 12.8)."""
+    """Whether ``node``'s metadata with ``xs`` stays within the budget (format.md 12.8).
+
+    Counted as the next write will store it: a clean object's own fields
+    (chunk tags where they are now) for the copy; else the marker's fields,
+    or an envelope with the tag fields of chunk tags in a companion, which
+    the upload's placement makes true when they do not fit inline.
+    """
     r = node.remote
     if r is not None and r.metadata is not None and not node.data_dirty:
-        base = without_field(dict(r.metadata))  # what the copy carries over
+        base = without_field(dict(r.metadata))
     elif node.is_dir:
-        base = {}
+        base = {ATTR_TAG_FIELD: _TAG_TEXT}
     else:
-        base = {**ctx.tags.envelope_sample(), META_SIZE: "0" * 12}
+        base = {
+            **ctx.tags.envelope_sample(),
+            META_SIZE: "0" * 15,
+            OBJECT_TAG_FIELD: _TAG_TEXT,
+            ATTR_TAG_FIELD: _TAG_TEXT,
+            TAGS_REF_FIELD: _TAG_TEXT * 2,
+        }
     base.update(attrs_to_meta(node.attrs))
     used = metadata_bytes(base) + len("x-cos-meta-") + len(XATTR_FIELD) + sealed_length(xs)
-    if not (node.is_dir or (r is not None and r.metadata is not None and not node.data_dirty)):
-        used += _TAG_FIELDS_BYTES
-    elif node.is_dir:
-        used += 45  # the marker's attribute tag
     return used <= INLINE_BUDGET
 
 
