@@ -391,11 +391,13 @@ class FuseOperations(pyfuse3.Operations):
 
 
 class ControlledOperations(FuseOperations):
-    """FUSE operations plus the control channel: extended attributes.
+    """FUSE operations plus extended attributes: ``user.*`` and the control channel.
 
     ``getfattr -n user.cosencfs.stats MOUNTPOINT`` returns JSON statistics;
     setting ``user.cosencfs.sync`` uploads everything dirty (EIO on failure).
-    Which names exist is the filesystem's business (cosencfs/fs/xattrs.py).
+    Which names exist and where they are stored is the filesystem's business
+    (cosencfs/fs/xattrs.py); XATTR_CREATE/XATTR_REPLACE are checked by pyfuse3
+    through getxattr before setxattr is called.
     """
 
     @translate
@@ -418,7 +420,7 @@ class ControlledOperations(FuseOperations):
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        return [pyfuse3.XAttrNameT(n) for n in self.fs.listxattr(inode)]
+        return [pyfuse3.XAttrNameT(n) for n in await self.fs.listxattr(inode)]
 
     @translate
     async def removexattr(

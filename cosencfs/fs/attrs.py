@@ -97,6 +97,9 @@ class Attrs:
     atime_ns: int
     #: Device number (device nodes only; 0 otherwise).
     rdev: int = 0
+    #: ``user.*`` extended attributes; None: as the object's metadata has
+    #: them, not opened yet (cosencfs/fs/xattrs.py).
+    xattrs: dict[bytes, bytes] | None = None
 
     @property
     def kind(self) -> Kind:

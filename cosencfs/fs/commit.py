@@ -28,6 +28,7 @@ from cosencfs.cache import assemble
 from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.crypto.ctr import DataKey
+from cosencfs.fs import xattrs
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, attrs_to_meta
 from cosencfs.fs.context import FsContext
@@ -57,6 +58,7 @@ class Committer:
                 return
             if node.is_dir:
                 if node.meta_dirty and node.parent is not None:
+                    await xattrs.ensure_loaded(self.ctx, node)  # the marker is rewritten
                     await put_marker(self.ctx, node)
                 return
             if node.kind.special:
@@ -65,6 +67,8 @@ class Committer:
                     await put_special(self.ctx, node, key, tagged=tagged_now(self.ctx, node, key))
                     self.records.forget(node)
                 return
+            # Both rewrite the object: its extended attributes must be known.
+            await xattrs.ensure_loaded(self.ctx, node)
             while True:
                 head = node.as_file.head
                 if head is None:
@@ -93,7 +97,12 @@ class Committer:
         key = self.ctx.key_of(node)
         gen = node.meta_gen
         size = head.size
-        meta = {**head.envelope, **attrs_to_meta(node.attrs), META_SIZE: str(size)}
+        meta = {
+            **head.envelope,
+            **attrs_to_meta(node.attrs),
+            **xattrs.fields(self.ctx, node, key),
+            META_SIZE: str(size),
+        }
         head.uploading = True
         try:
             self.records.record(node)
@@ -204,8 +213,11 @@ class Committer:
         remote = node.remote
         if remote is None or remote.metadata is None:
             return  # gone while we looked
+        sealed = xattrs.fields(self.ctx, node, key)  # (opens the old field first)
         meta = self.ctx.tags.with_attr_tag(
-            key, {**remote.metadata, **attrs_to_meta(node.attrs)}, is_dir=False
+            key,
+            {**xattrs.without_field(remote.metadata), **attrs_to_meta(node.attrs), **sealed},
+            is_dir=False,
         )
         self.ctx.journal.forget_attrs_now(key)
         etag = await self.ctx.store.copy(

@@ -355,16 +355,16 @@ class Filesystem:
         """What ``cosencfs stats`` shows."""
         return collect_stats(self)
 
-    # -- extended attributes: the control channel only (fs/xattrs.py) ------------
+    # -- extended attributes: user.* and the control channel (fs/xattrs.py) --------
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         return await xattrs.getxattr(self, ino, name)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
-        await xattrs.setxattr(self, ino, name)
+        await xattrs.setxattr(self, ino, name, value)
 
-    def listxattr(self, ino: int) -> list[bytes]:
-        return []  # the control names are not listed: copies must not carry them
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await xattrs.listxattr(self, ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        raise FsError(errno.ENOTSUP)
+        await xattrs.removexattr(self, ino, name)

@@ -18,6 +18,7 @@ from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.envelope import ObjectFormat, classify
 from cosencfs.crypto.integrity import ChunkKey, tag_body
 from cosencfs.errors import FsError
+from cosencfs.fs import xattrs
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode, Remote
@@ -28,7 +29,8 @@ from cosencfs.fs.policy import MAX_SYMLINK_TARGET, check_symlink
 async def put_marker(ctx: FsContext, node: Inode) -> None:
     """Write directory ``node``'s marker with its attributes (mkdir, chmod of a directory)."""
     key = ctx.key_of(node)
-    meta = ctx.tags.with_attr_tag(key, attrs_to_meta(node.attrs), is_dir=True)
+    meta = {**attrs_to_meta(node.attrs), **xattrs.fields(ctx, node, key)}
+    meta = ctx.tags.with_attr_tag(key, meta, is_dir=True)
     gen = node.meta_gen
     # Every marker has the ETag of the empty body: only dropping the old
     # record first keeps a crash from reviving the old attributes.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cosencfs.cache.dirtylog import LayerState
 from cosencfs.cache.records import DirtyRecord, LayerRecord, SourceRecord
+from cosencfs.fs import xattrs
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, attrs_to_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode
@@ -102,7 +103,7 @@ class DirtyRecords:
                 key=key,
                 vid=head.vid,
                 size=head.size,
-                attrs=attrs_to_meta(node.attrs),
+                attrs={**attrs_to_meta(node.attrs), **xattrs.fields(self.ctx, node, key)},
                 content_type=FILE_CONTENT_TYPE,
                 source=src,
                 layers=layers,

@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from cosencfs.errors import FsError, StoreError
+from cosencfs.fs import xattrs
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE, attrs_to_meta
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.parts import Handler, Parts
@@ -100,6 +101,8 @@ class Renamer(Handler):
                 # The new content still needs bytes of the old object, which
                 # goes: take them now.
                 await self.writer.materialize(src)
+                # Its xattrs' field is bound to old_key: open it while it is there.
+                await xattrs.ensure_loaded(self.ctx, src)
             await self.ctx.deleter.settle(new_key)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
@@ -121,6 +124,7 @@ class Renamer(Handler):
                 # The new key still holds dst's object until src's upload
                 # replaces it: src now answers for it (an unlink or a rename
                 # of src before its upload must delete it).
+                xattrs.loaded(self.ctx, src)  # (src's own: none in COS; not dst's)
                 src.remote = dst.remote
             self._move_local(src, d_new, new_name, dst)
             if src.dirty:
@@ -137,9 +141,10 @@ class Renamer(Handler):
             remote = src.remote
             if remote is None or remote.metadata is None:
                 raise FsError(errno.EIO, f"rename: no metadata of {old_key!r} to carry over")
-        base = dict(remote.metadata)
+        base = xattrs.without_field(dict(remote.metadata))
         if src.meta_dirty:
             base.update(attrs_to_meta(src.attrs))
+        base.update(xattrs.fields(self.ctx, src, new_key))  # re-sealed for the new name
         retagged = self.ctx.tags.retag(old_key, new_key, remote.size, base)
         meta = retagged if retagged is not None else (base if src.meta_dirty else None)
         # A copy keeps the ETag: a record left at new_key from an earlier
@@ -260,14 +265,17 @@ class Renamer(Handler):
                 is_dir = obj.key.endswith("/")
                 ctype = DIR_CONTENT_TYPE if is_dir else FILE_CONTENT_TYPE
                 info = await self._metadata_of(obj)
-                meta = dict(info.metadata)
+                # Extended attributes are bound to the key: re-sealed for the new one.
+                meta = self.ctx.tags.reseal_xattrs(obj.key, new, info.metadata)
                 if is_dir:
                     retagged: dict[str, str] | None = self.ctx.tags.with_attr_tag(
                         new, meta, is_dir=True
                     )
                 else:
                     retagged = self.ctx.tags.retag(obj.key, new, obj.size, meta)
-                if retagged is None or retagged == meta:
+                if retagged is None and meta != info.metadata:
+                    retagged = meta
+                if retagged is None or retagged == info.metadata:
                     copied[new] = await self.ctx.store.copy(
                         obj.key, new, content_type=ctype, size=obj.size
                     )

@@ -32,6 +32,7 @@ from cosencfs.crypto.integrity import (
     open_tags,
     sealed_envelope,
 )
+from cosencfs.crypto.xattrseal import XATTR_FIELD
 from cosencfs.errors import CryptoError, IntegrityError, NotFoundError
 from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID, parse_mtime
 from cosencfs.fs.tagparts import bare
@@ -73,7 +74,10 @@ def attr_set(meta: Mapping[str, str]) -> AttrSet:
     mtime = parse_mtime(meta.get(META_MTIME, ""))
     # Present only on device nodes: its presence is covered as well as its value.
     rdev = None if META_RDEV not in meta else num(META_RDEV)
-    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0, rdev)
+    # The sealed extended attributes, as stored: a swapped field fails the tag.
+    sealed = meta.get(XATTR_FIELD)
+    xattrs = {} if sealed is None else {XATTR_FIELD: sealed.encode("ascii")}
+    return AttrSet(num(META_MODE), num(META_UID), num(META_GID), mtime or 0, rdev, xattrs)
 
 
 class TagChecker:
@@ -202,7 +206,7 @@ class TagChecker:
         elif seen not in self._attr_warned:
             self._attr_warned.add(seen)
             log.error("%r: %s; default attributes apply", key, reason)
-        dropped = (META_MODE, META_UID, META_GID, META_MTIME, META_RDEV)
+        dropped = (META_MODE, META_UID, META_GID, META_MTIME, META_RDEV, XATTR_FIELD)
         return {k: v for k, v in meta.items() if k not in dropped}
 
     def _attr_failure(

@@ -51,6 +51,7 @@ from cosencfs.crypto.integrity import (
     retag_fields,
     seal_tags,
 )
+from cosencfs.crypto.xattrseal import XATTR_FIELD, XattrKey, open_any
 from cosencfs.errors import ConfigError, CryptoError, IntegrityError
 from cosencfs.fs.deleter import Deleter
 from cosencfs.fs.tagcheck import TagChecker, attr_set
@@ -95,6 +96,12 @@ class MountTags(TagChecker):
             log.warning("the master key has no secret half here: objects are written untagged")
         #: None: write untagged objects (public-only key, or the benchmark's switch).
         self.writer = mine if write else None
+        # Extended attributes: sealed under the mount's own master, opened
+        # under any the mount holds (format.md, 13).
+        self._xkeys = [XattrKey(tk) for tk in keys.values()]
+        self._xwriter = None if mine is None else XattrKey(mine)
+        self._codec = codec
+        self._envelope: dict[str, str] | None = None
 
     # -- writing ---------------------------------------------------------------
 
@@ -249,5 +256,55 @@ class MountTags(TagChecker):
             return  # a malformed reference names nothing of ours
         if digest is not None and digest != kept:
             self.deleter.queue(self.companion_key(digest))
+
+    # -- extended attributes (format.md, 13) -------------------------------------
+
+    @property
+    def sealing_xattrs(self) -> bool:
+        return self._xwriter is not None
+
+    def seal_xattrs(self, key: str, xattrs: Mapping[bytes, bytes]) -> str:
+        """The sealed field for ``xattrs`` on the object at ``key`` (a fresh nonce)."""
+        if self._xwriter is None:
+            raise CryptoError("no secret master key to seal extended attributes with")
+        return self._xwriter.seal(key, xattrs)
+
+    def open_xattrs(self, key: str, meta: Mapping[str, str], *, is_dir: bool) -> dict[bytes, bytes]:
+        """The extended attributes of the object at ``key``; {} when they fail (logged)."""
+        shown = self.attr_meta(key, meta, is_dir=is_dir)  # a failing attribute tag drops them
+        text = shown.get(XATTR_FIELD)
+        if text is None:
+            return {}
+        try:
+            return open_any(self._xkeys, key, text)
+        except IntegrityError as exc:
+            self.stats.attribute_failures += 1
+            log.error("%r: extended attributes dropped: %s", key, exc)
+            return {}
+
+    def reseal_xattrs(self, old_key: str, new_key: str, meta: Mapping[str, str]) -> dict[str, str]:
+        """``meta`` of an object copied from ``old_key`` to ``new_key``, xattrs sealed for it.
+
+        Their AAD binds the object key, so a rename opens and re-seals them
+        (a fresh nonce) in the same copy; ones that do not open are dropped.
+        """
+        out = dict(meta)
+        text = out.pop(XATTR_FIELD, None)
+        if text is None or self._xwriter is None:
+            return out
+        try:
+            xs = open_any(self._xkeys, old_key, text)
+        except IntegrityError as exc:
+            log.error("%r: extended attributes dropped in a rename: %s", old_key, exc)
+            return out
+        if xs:
+            out[XATTR_FIELD] = self._xwriter.seal(new_key, xs)
+        return out
+
+    def envelope_sample(self) -> dict[str, str]:
+        """An envelope of this mount's master key (its size is every envelope's)."""
+        if self._envelope is None:
+            self._envelope = self._codec.seal(DataKey.generate())
+        return self._envelope
 
     # -- reading ---------------------------------------------------------------

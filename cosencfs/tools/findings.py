@@ -96,6 +96,8 @@ class TagCounts:
 class FsckStats:
     objects: int = 0
     markers: int = 0
+    #: Fifos, sockets and device nodes (empty objects whose mode says so).
+    special: int = 0
     bytes: int = 0
     #: Objects whose envelope opened with the key, by format (cosencfs / sdk).
     ok: Counter[str] = field(default_factory=Counter)
@@ -123,6 +125,7 @@ class FsckStats:
         return {
             "objects": self.objects,
             "directory_markers": self.markers,
+            "special_files": self.special,
             "bytes": self.bytes,
             "ok": dict(sorted(self.ok.items())),
             "unverified": self.unverified,

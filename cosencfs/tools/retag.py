@@ -26,6 +26,7 @@ from cosencfs.crypto.integrity import (
     b64url_encode,
     retag_fields,
 )
+from cosencfs.crypto.xattrseal import XATTR_FIELD, XattrKey, open_any
 from cosencfs.errors import CryptoError, IntegrityError
 from cosencfs.fs.tagcheck import attr_set
 
@@ -37,6 +38,33 @@ def _tag_key(codec: EnvelopeCodec) -> TagKey | None:
         return TagKey.from_master(codec.master)
     except CryptoError:
         return None
+
+
+def resealed_xattrs(
+    old: EnvelopeCodec, new: EnvelopeCodec, key: str, meta: Mapping[str, str]
+) -> dict[str, str]:
+    """``meta`` with its extended attributes sealed under the new master (format.md, 13).
+
+    Their key derives from the master's tag key, so a rotation re-seals
+    them (a fresh nonce); ones that open under neither key, or a new master
+    that cannot seal (public key only), drop them, with a warning.
+    """
+    out = dict(meta)
+    text = out.pop(XATTR_FIELD, None)
+    if text is None:
+        return out
+    new_tk, old_tk = _tag_key(new), _tag_key(old)
+    keys = [XattrKey(tk) for tk in (old_tk, new_tk) if tk is not None]
+    try:
+        xattrs = open_any(keys, key, text)
+    except IntegrityError as exc:
+        log.warning("%r: extended attributes dropped: %s", key, exc)
+        return out
+    if new_tk is None:
+        log.warning("%r: the new master key cannot seal extended attributes: dropped", key)
+        return out
+    out[XATTR_FIELD] = XattrKey(new_tk).seal(key, xattrs)
+    return out
 
 
 def retagged(
@@ -53,6 +81,7 @@ def retagged(
     key that opened it: an altered object is not re-tagged.
     """
     out = {k: v for k, v in new_meta.items() if k not in TAG_FIELDS}
+    out = resealed_xattrs(source, new, key, out)
     if OBJECT_TAG_FIELD not in old_meta:
         return out  # untagged before, untagged after
     old_tk = _tag_key(source)
@@ -71,7 +100,7 @@ def retagged(
         size=size,
         old_metadata=old_meta,
         new_metadata=out,
-        attrs=attr_set(old_meta),
+        attrs=attr_set({**old_meta, **out}),  # the re-sealed xattrs
     )
     return {**out, **keep, **fields}
 
@@ -101,9 +130,10 @@ def retagged_marker(
     )
     out = {k: v for k, v in meta.items() if k != ATTR_TAG_FIELD}
     if not valid or new_tk is None or attrs is None:
-        return out
-    new_tag = attribute_tag(new_tk, key=key, object_tag=b"", attrs=attrs)
-    if hmac.compare_digest(new_tag, tag):
-        return None
+        return {k: v for k, v in out.items() if k != XATTR_FIELD}
+    if hmac.compare_digest(attribute_tag(new_tk, key=key, object_tag=b"", attrs=attrs), tag):
+        return None  # (its xattrs, if any, were sealed under the new key with it)
+    out = resealed_xattrs(old, new, key, out)
+    new_tag = attribute_tag(new_tk, key=key, object_tag=b"", attrs=attr_set(out))
     out[ATTR_TAG_FIELD] = b64url_encode(new_tag)
     return out

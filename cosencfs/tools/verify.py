@@ -18,7 +18,12 @@ the envelope), :meth:`TagCheck.check_object`:
 
 With ``--verify``, directory markers get a HEAD and their attribute tag (an
 empty object tag, under any master's tag key) is checked, and companions
-that no listed object names are reported at the end.
+that no listed object names are reported at the end.  Special files (fifos,
+sockets, device nodes: empty objects whose mode says so) have their
+attribute tag checked the same way from the HEAD fsck made anyway
+(:meth:`TagCheck.check_special`).  Sealed extended attributes
+(``cosencfs-xattrs``, format.md 13) must open under one of the keys given,
+or they are an ``attributes`` finding: the mount drops them.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from cosencfs.crypto.integrity import (
     sealed_envelope,
     verify_attributes,
 )
+from cosencfs.crypto.xattrseal import XATTR_FIELD, XattrKey, open_any
 from cosencfs.errors import (
     CryptoError,
     IntegrityError,
@@ -114,6 +120,7 @@ class TagCheck:
     #: Digests named by a listed object's ``cosencfs-tags-ref``.
     _referenced: set[bytes] = field(default_factory=set)
     _keys: list[TagKey] = field(default_factory=list)
+    _xkeys: list[XattrKey] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for master in self.codec.masters:
@@ -121,6 +128,18 @@ class TagCheck:
                 self._keys.append(TagKey.from_master(master))
             except CryptoError:
                 pass  # a public-only RSA key has no tag key
+        self._xkeys = [XattrKey(tk) for tk in self._keys]
+
+    def _xattrs_problem(self, key: str, meta: Mapping[str, str]) -> str | None:
+        """Why the object's sealed extended attributes do not open, or None."""
+        text = meta.get(XATTR_FIELD)
+        if text is None:
+            return None
+        try:
+            open_any(self._xkeys, key, text)
+        except IntegrityError as exc:
+            return f"extended attributes: {_message(exc)}: the mount drops them"
+        return None
 
     # ------------------------------------------------------------------ listing order
 
@@ -305,6 +324,10 @@ class TagCheck:
             verify_attributes(tk, key=key, object_tag=otag, attrs=attrs, tag=tag)
         except IntegrityError as exc:
             self.add(Finding(Category.ATTRIBUTES, key, f"{_message(exc)}: {_DEFAULTS}"))
+            return
+        problem = self._xattrs_problem(key, meta)
+        if problem is not None:
+            self.add(Finding(Category.ATTRIBUTES, key, problem))
 
     def _failed(self, key: str, detail: str, chunk: int | None = None) -> None:
         self.stats.tags.failed += 1
@@ -343,7 +366,31 @@ class TagCheck:
         info = await head_or_report(self.store, key, self.stats, self.add)
         if info is None:
             return
-        meta = info.metadata
+        self._check_bare(key, info.metadata, "directory marker")
+
+    def check_special(self, key: str, meta: Mapping[str, str], what: str) -> None:
+        """A special file's attribute tag, from the HEAD fsck made (no request).
+
+        Without a valid one a ``-o dev`` mount does not serve a device node
+        as a device (docs/security.md).  Untagged: counted, a finding with
+        ``--verify`` (as for any object).
+        """
+        if ATTR_TAG_FIELD not in meta:
+            self.stats.tags.untagged += 1
+            if self.verify:
+                self.add(
+                    Finding(
+                        Category.UNTAGGED,
+                        key,
+                        f"{what} without an attribute tag: the mount applies its attributes "
+                        "unauthenticated unless --require-integrity",
+                    )
+                )
+            return
+        self._check_bare(key, meta, what)
+
+    def _check_bare(self, key: str, meta: Mapping[str, str], what: str) -> None:
+        """The attribute tag of an object without content (an empty object tag)."""
         text = meta.get(ATTR_TAG_FIELD)
         if text is None:
             if any(f in meta for f in _ATTR_FIELDS):
@@ -352,7 +399,7 @@ class TagCheck:
                     Finding(
                         Category.UNTAGGED,
                         key,
-                        "directory marker with attributes but no attribute tag: the mount "
+                        f"{what} with attributes but no attribute tag: the mount "
                         "applies them unauthenticated unless --require-integrity",
                     )
                 )
@@ -369,12 +416,15 @@ class TagCheck:
                 for tk in self._keys:
                     mine = attribute_tag(tk, key=key, object_tag=b"", attrs=attrs)
                     if hmac.compare_digest(mine, tag):
+                        sealed = self._xattrs_problem(key, meta)
+                        if sealed is not None:
+                            self.add(Finding(Category.ATTRIBUTES, key, f"{what}: {sealed}"))
                         return
                 problem = (
                     "attribute tag does not verify (attributes altered, or tagged under a "
                     "master key not given here)"
                 )
-        self.add(Finding(Category.ATTRIBUTES, key, f"directory marker: {problem}: {_DEFAULTS}"))
+        self.add(Finding(Category.ATTRIBUTES, key, f"{what}: {problem}: {_DEFAULTS}"))
 
 
 def _failing_chunks(verified: VerifiedContent, ck: ChunkKey, first: int, data: bytes) -> list[int]:

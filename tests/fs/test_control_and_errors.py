@@ -44,11 +44,13 @@ async def test_control_names_and_refusals(fsys: Filesystem) -> None:
     assert await _errno_of(fsys.getxattr(entry.ino, XATTR_PID)) == errno.ENODATA
     assert await _errno_of(fsys.getxattr(ROOT, b"user.other")) == errno.ENODATA
     assert await _errno_of(fsys.getxattr(ROOT, XATTR_FORMAT)) == errno.ENODATA  # a directory
-    # Nothing can be stored, or removed; nothing is listed.
-    assert await _errno_of(fsys.setxattr(entry.ino, XATTR_SYNC, b"1")) == errno.ENOTSUP
+    # The control prefix is reserved (EPERM); the root stores nothing; nothing is listed.
+    assert await _errno_of(fsys.setxattr(entry.ino, XATTR_SYNC, b"1")) == errno.EPERM
+    assert await _errno_of(fsys.removexattr(entry.ino, XATTR_FORMAT)) == errno.EPERM
     assert await _errno_of(fsys.setxattr(ROOT, b"user.other", b"1")) == errno.ENOTSUP
     assert await _errno_of(fsys.removexattr(ROOT, b"user.other")) == errno.ENOTSUP
-    assert fsys.listxattr(ROOT) == []
+    assert await fsys.listxattr(ROOT) == []
+    assert await fsys.listxattr(entry.ino) == []
     # Setting sync on the root uploads what is dirty.
     assert fsys.dirty_inodes()
     await fsys.setxattr(ROOT, XATTR_SYNC, b"1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from cosencfs.crypto.integrity import (
     TAGS_REF_FIELD,
     b64url_encode,
 )
+from cosencfs.crypto.xattrseal import XATTR_FIELD
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.tagcheck import COMPANION_DIR
 from cosencfs.server import LocalCosServer
@@ -405,3 +407,35 @@ async def test_delete_orphans(
     found, stats, _ = await fsck(store, codec)
     assert found == {("orphan-companion", junk, None)}
     assert stats.tags.verified == 4
+
+
+async def test_special_files_and_xattrs_are_checked_not_plain(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    fs = await make_fs()
+    await fs.mknod(ROOT, b"fifo", stat.S_IFIFO | 0o640, 0, 0, 0)
+    await fs.mknod(ROOT, b"chr", stat.S_IFCHR | 0o600, os.makedev(1, 3), 0, 0)
+    await write_file(fs, "a", b"a")
+    await write_file(fs, "b", b"b")
+    a = await fs.lookup(ROOT, b"a")
+    b = await fs.lookup(ROOT, b"b")
+    await fs.setxattr(a.ino, b"user.x", b"1")
+    await fs.setxattr(b.ino, b"user.x", b"2")
+    d = await fs.mkdir(ROOT, b"d", 0o755, 0, 0)
+    await fs.setxattr(d.ino, b"user.x", b"3")
+    await fs.sync_all()
+    found, stats, _ = await fsck(store, codec)
+    # Special files are neither plain nor findings; a device node is a mode note.
+    assert found == {("mode", "chr", None)}
+    assert stats.special == 2
+    assert stats.tags.verified == 2
+    # A special file whose rdev changed, and a's field swapped for b's: attributes.
+    bucket = Bucket(store, "")
+    chr_meta = await bucket.meta("chr")
+    await store.put("chr", b"", {**chr_meta, "rdev": str(os.makedev(8, 0))})
+    ma, mb = await bucket.meta("a"), await bucket.meta("b")
+    await bucket.set_meta("a", {**ma, XATTR_FIELD: mb[XATTR_FIELD]})
+    found, _, _ = await fsck(store, codec, verify=False)
+    assert ("attributes", "chr", None) in found
+    assert ("attributes", "a", None) in found
+    assert ("plain", "fifo", None) not in found

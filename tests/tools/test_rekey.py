@@ -301,6 +301,8 @@ def test_mount_reads_after_rotation(
         (root / rel).write_bytes(data)
     os.chmod(root / "top.txt", 0o600)
     os.chmod(root / "dir", 0o750)  # the marker's attribute tag is re-tagged too
+    os.setxattr(root / "top.txt", "user.note", b"file")  # re-sealed under the new key
+    os.setxattr(root / "dir", "user.note", b"dir")
     (root / "dir" / "link").symlink_to("sub/empty")
     assert m.umount() == 0
     m = mounts(cache="cache")
@@ -322,6 +324,8 @@ def test_mount_reads_after_rotation(
     # Without the old key: every tag, the markers' too, is under the new one.
     m3 = mounts(key_file=new_key)
     assert (m3.mountpoint / "dir").stat().st_mode & 0o777 == 0o750
+    assert os.getxattr(m3.mountpoint / "top.txt", "user.note") == b"file"
+    assert os.getxattr(m3.mountpoint / "dir", "user.note") == b"dir"
     assert (m3.mountpoint / "dir" / "big.bin").read_bytes() == files["dir/big.bin"]
     assert "default attributes apply" not in m3.log()
 
