@@ -43,6 +43,10 @@ class Layers:
     def __iter__(self) -> Iterator[DirtyLayer]:
         return iter(list(self._by_vid.values()))
 
+    def sources(self) -> Iterator[Source]:
+        """The objects live dirty layers read through to."""
+        return (layer.source for layer in self._by_vid.values() if layer.source is not None)
+
     def log_bytes(self) -> int:
         return sum(layer.log_size for layer in self._by_vid.values())
 

@@ -249,7 +249,15 @@ class CacheManager:
         if used <= self.limit_bytes and count <= self.max_versions:
             return 0
         freed = 0
-        by_age = sorted(self.versions.values(), key=lambda v: v.last_access)
+        # Bases of dirty files stay until their upload: once it lands, the
+        # base's ETag is gone from COS, and a dirty read still planned on it
+        # could not fetch a dropped range again (412).
+        bases = {id(self._by_source.get((s.key, s.etag))) for s in self.layers.sources()}
+        by_age = [
+            v
+            for v in sorted(self.versions.values(), key=lambda v: v.last_access)
+            if id(v) not in bases
+        ]
         for v in by_age:
             if used - freed <= self.limit_bytes and count <= self.max_versions:
                 break
