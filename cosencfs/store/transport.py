@@ -1,0 +1,347 @@
+"""Every COS request: HTTP/1.1 by h11 over trio streams, TLS by ``trio.SSLStream``.
+
+One pool of keep-alive connections to the endpoint, used from the event loop:
+no worker thread per request, no thread hand-off (two of them, and GIL
+contention among the workers, cost more than a HEAD or a 4 KiB GET).  h11
+does all of HTTP/1.1 (framing by Content-Length, chunked or close, keep-alive
+rules); this module only moves bytes, bounds the pool, times out and
+replaces connections the server has closed.
+
+- At most ``connections`` connections, one per request in flight (the
+  ``limiter``); idle ones are reused newest first, and closed when they have
+  been idle longer than ``MAX_IDLE`` or the server has closed them.
+- A request sent on a reused connection that fails before any byte of an
+  answer arrives (the server closed it meanwhile) is sent once more on a
+  fresh connection; ``on_resend`` reports it (COS bills every attempt).
+- Every connect, send and receive must progress within ``timeout`` seconds.
+- https verifies the server's certificate and name, always: against
+  ``ca_file`` when given, else the system's trust store (which honours
+  ``SSL_CERT_FILE``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import ssl
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import h11
+import trio
+
+from cosencfs.errors import ConfigError
+from cosencfs.store.base import Body, FileRange
+from cosencfs.store.bodies import read_small_body
+from cosencfs.store.wire import Answer, Endpoint, error_from
+
+log = logging.getLogger(__name__)
+
+#: Idle connections older than this are closed rather than reused (COS and
+#: most proxies drop idle connections after some tens of seconds).
+MAX_IDLE = 15.0
+
+#: Bodies are sent and file ranges read in pieces of this size: memory stays
+#: bounded by the requests in flight, and each piece must go out in ``timeout``.
+PIECE = 1 << 20
+
+#: Response heads larger than this are refused.
+_MAX_HEAD = 64 * 1024
+_RECV = 256 * 1024
+
+
+class TransportError(Exception):
+    """No usable answer: connect failed, the connection broke, timed out, or HTTP was wrong."""
+
+
+class CertificateError(TransportError):
+    """The server's TLS certificate did not verify: refused, and not retried."""
+
+
+class _Unanswered(Exception):
+    """The request failed before any byte of an answer arrived."""
+
+    def __init__(self, cause: TransportError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def warn_if_proxied(endpoint: Endpoint) -> None:
+    """Say so when the environment names a proxy for the endpoint: none is used."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(endpoint.host):
+        log.warning(
+            "%s_PROXY is set, but cosencfs connects to %s directly: "
+            "proxies are not supported (docs/operations.md)",
+            endpoint.scheme.upper(),
+            endpoint.host,
+        )
+
+
+def client_tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifying TLS: ``ca_file`` alone when given, else the default trust store."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA file {ca_file!r}: {exc}") from None
+
+
+class _Conn:
+    __slots__ = ("h11", "stream", "used")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+        self.used = time.monotonic()
+
+    def socket(self) -> trio.socket.SocketType:
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            raise TypeError(f"not a socket stream: {stream!r}")
+        return stream.socket
+
+    def closed_by_server(self) -> bool:
+        """An idle connection with something to read: the server's FIN (or junk)."""
+        poller = select.poll()
+        poller.register(self.socket().fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+
+class Transport:
+    """Keep-alive connections to one endpoint, used from the trio thread."""
+
+    def __init__(
+        self, endpoint: Endpoint, *, connections: int, timeout: float, ca_file: str | None = None
+    ) -> None:
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._tls = client_tls_context(ca_file) if endpoint.scheme == "https" else None
+        #: One token per request in flight, hence per open connection.
+        self.limiter = trio.CapacityLimiter(connections)
+        #: Reads of cache-file ranges of bodies larger than one piece.
+        self.body_reads = trio.CapacityLimiter(4)
+        self._idle: list[_Conn] = []
+        #: Connections made, and open now (tests see the pool through these).
+        self.opened = 0
+        self.open_now = 0
+        self._closed = False
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    async def request(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body | None = None,
+        *,
+        on_resend: Callable[[], None] = lambda: None,
+    ) -> Answer:
+        """Send one request; a 3xx-5xx answer raises ``HttpStatusError``,
+        no answer ``TransportError``."""
+        if isinstance(body, FileRange) and body.length <= PIECE:
+            # A page-cache read of this size takes less than a thread hop.
+            body = read_small_body(body)
+        async with self.limiter:
+            for attempt in (1, 2):
+                conn = self._reusable()
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect()
+                try:
+                    answer, keep = await self._exchange(conn, method, target, headers, body)
+                except _Unanswered as exc:
+                    self._discard(conn)
+                    if not reused or attempt == 2:
+                        raise exc.cause from None
+                    log.debug("connection closed by the server; %s sent again", method)
+                    on_resend()
+                    continue
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                if keep and not self._closed:
+                    conn.used = time.monotonic()
+                    self._idle.append(conn)
+                else:
+                    self._discard(conn)
+                if answer.status >= 300:
+                    raise error_from(answer)
+                return answer
+        raise AssertionError("unreachable")
+
+    def _reusable(self) -> _Conn | None:
+        """The newest idle connection still open; closes the stale ones it passes."""
+        now = time.monotonic()
+        idle = self._idle
+        # The oldest go first: they are the likeliest to be gone.
+        while idle and now - idle[0].used > MAX_IDLE:
+            self._discard(idle.pop(0))
+        while idle:
+            conn = idle.pop()
+            if not conn.closed_by_server():
+                return conn
+            self._discard(conn)
+        return None
+
+    async def _connect(self) -> _Conn:
+        ep = self._endpoint
+        try:
+            with trio.fail_after(self._timeout):
+                tcp = await trio.open_tcp_stream(ep.host, ep.port)
+                if self._tls is None:
+                    stream: trio.abc.Stream = tcp
+                else:
+                    tls = trio.SSLStream(
+                        tcp, self._tls, server_hostname=ep.host, https_compatible=True
+                    )
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(tcp)
+                        raise
+                    stream = tls
+        except trio.TooSlowError:
+            raise TransportError(f"connect to {ep.host}:{ep.port}: timed out") from None
+        except OSError as exc:
+            raise TransportError(f"connect to {ep.host}:{ep.port}: {exc}") from None
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise CertificateError(
+                    f"TLS certificate of {ep.host} does not verify: {cause.verify_message}"
+                ) from None
+            raise TransportError(f"TLS handshake with {ep.host}: {cause or exc}") from None
+        self.opened += 1
+        self.open_now += 1
+        return _Conn(stream)
+
+    def _discard(self, conn: _Conn) -> None:
+        self.open_now -= 1
+        _close_now(conn)
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body | None,
+    ) -> tuple[Answer, bool]:
+        h = conn.h11
+        try:
+            head = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
+            if body is None:
+                await self._send(conn, head + (h.send(h11.EndOfMessage()) or b""))
+            elif not isinstance(body, FileRange) and len(body) <= PIECE:
+                # One write for head and body: one TLS record run, one syscall.
+                data = head + (h.send(h11.Data(data=cast(bytes, body))) or b"")
+                await self._send(conn, data + (h.send(h11.EndOfMessage()) or b""))
+            else:
+                await self._send(conn, head)
+                async for piece in _pieces(body, self.body_reads):
+                    await self._send(conn, h.send(h11.Data(data=cast(bytes, piece))) or b"")
+                await self._send(conn, h.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:
+            raise TransportError(f"cannot send {method}: {exc}") from None
+        except TransportError as exc:
+            raise _Unanswered(exc) from None
+        return await self._receive_answer(conn)
+
+    async def _receive_answer(self, conn: _Conn) -> tuple[Answer, bool]:
+        h = conn.h11
+        got = False
+        status = 0
+        headers: dict[str, str] = {}
+        parts: list[bytes] = []
+        try:
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    data = await self._receive(conn)
+                    if not data and not got:
+                        raise _Unanswered(TransportError("connection closed before an answer"))
+                    got = True
+                    h.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    for name, value in event.headers:
+                        # Latin-1 keeps every byte; metadata is UTF-8 inside it.
+                        headers[name.decode("latin-1")] = value.decode("latin-1")
+                elif isinstance(event, h11.Data):
+                    parts.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.InformationalResponse):
+                    continue
+                else:
+                    raise TransportError(f"unexpected {type(event).__name__}")
+        except h11.RemoteProtocolError as exc:
+            raise TransportError(f"bad answer: {exc}") from None
+        keep = h.our_state is h11.DONE and h.their_state is h11.DONE
+        if keep:
+            h.start_next_cycle()
+        return Answer(status, headers, b"".join(parts)), keep
+
+    async def _send(self, conn: _Conn, data: bytes) -> None:
+        try:
+            with trio.fail_after(self._timeout):
+                await conn.stream.send_all(data)
+        except trio.TooSlowError:
+            raise TransportError("send timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransportError(f"send failed: {exc.__cause__ or exc}") from None
+
+    async def _receive(self, conn: _Conn) -> bytes:
+        try:
+            with trio.fail_after(self._timeout):
+                return bytes(await conn.stream.receive_some(_RECV))
+        except trio.TooSlowError:
+            raise TransportError("no answer in time") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransportError(f"receive failed: {exc.__cause__ or exc}") from None
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their request ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self.open_now -= 1
+            _close_now(conn)
+
+
+def _close_now(conn: _Conn) -> None:
+    # Without a TLS close_notify or trio's aclose, which need a running loop
+    # (close() may come after it) and a round trip; the server sees a FIN.
+    sock = conn.socket()
+    if sock.fileno() >= 0:
+        os.close(sock.detach())
+
+
+async def _pieces(
+    body: Body, limiter: trio.CapacityLimiter
+) -> AsyncIterator[bytes | bytearray | memoryview]:
+    """A body in pieces of at most ``PIECE`` bytes; file ranges read in a thread."""
+    if not isinstance(body, FileRange):
+        view = memoryview(body)
+        for at in range(0, len(view), PIECE):
+            yield view[at : at + PIECE]
+        return
+    fd = os.open(body.path, os.O_RDONLY)
+    try:
+        for at in range(body.offset, body.offset + body.length, PIECE):
+            n = min(PIECE, body.offset + body.length - at)
+            data = await trio.to_thread.run_sync(os.pread, fd, n, at, limiter=limiter)
+            if len(data) != n:
+                raise TransportError(f"cache file shorter than the upload ({len(data)} < {n})")
+            yield data
+    finally:
+        os.close(fd)
