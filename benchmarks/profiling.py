@@ -43,7 +43,8 @@ class Profiler:
 
     def wants(self, peer: str, workload: str) -> bool:
         # "ls" selects both of its measurements, ls_cold and ls_warm.
-        return peer == "cosencfs" and any(
+        # cosencfs-base too: --baseline REV --profile compares CPU per request.
+        return peer in ("cosencfs", "cosencfs-base") and any(
             workload == w or workload.startswith(w + "_") for w in self.workloads
         )
 
