@@ -14,6 +14,7 @@ key updates are OpenSSL's; only the pumping of bytes is here.
 from __future__ import annotations
 
 import ssl
+from typing import cast
 
 import trio
 
@@ -66,6 +67,30 @@ class TlsStream:
         # read (no renegotiation from a client that never asks for one).
         self._tls.write(data)
         await self._flush()
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Decrypt into ``view`` every record complete so far (up to its size);
+        0 at the end of the stream."""
+        while True:
+            done = 0
+            ended = False
+            try:
+                while done < len(view):
+                    n = cast(int, self._tls.read(len(view) - done, view[done:]))
+                    if not n:
+                        ended = True
+                        break
+                    done += n
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                ended = True
+            await self._flush()
+            if done:
+                return done
+            if ended or self._eof:
+                return 0
+            await self._fill()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """The plaintext of every record complete so far; b"" at the end of the stream.

@@ -273,12 +273,15 @@ async def test_a_truncated_body_is_an_error_and_the_connection_is_dropped(
     raw: Script, ca_file: str | None, make_store: StoreFactory
 ) -> None:
     t = transport_to(raw, ca_file)
+    big = transport_module.DIRECT_BODY * 3
     raw.replies = [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50, True),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort", True),
+        # A large body (read into one buffer, not through h11) cut short.
+        (f"HTTP/1.1 200 OK\r\nContent-Length: {big}\r\n\r\n".encode() + b"y" * 1000, True),
     ]
     try:
-        for _ in range(2):
+        for _ in range(3):
             with pytest.raises(TransportError, match="bad answer"):
                 await t.request(*GET)
             assert t.open_now == 0
@@ -315,6 +318,28 @@ async def test_an_answer_that_never_comes_times_out(
     with pytest.raises(TransientError, match="no answer in time"):
         await store.head("k")
     assert store.counters.snapshot().requests == {"HeadObject": 2}
+
+
+async def test_large_bodies_keep_the_connection_unless_told_not_to(
+    raw: Script, ca_file: str | None
+) -> None:
+    t = transport_to(raw, ca_file)
+    big = os.urandom(transport_module.DIRECT_BODY * 5 + 3)
+    raw.replies = [
+        (ok(big), False),
+        (ok(b"small after large"), False),
+        (ok(big, "Connection: close"), False),
+        (ok(big[:10]), False),
+    ]
+    try:
+        assert (await t.request(*GET)).body == big
+        assert (await t.request(*GET)).body == b"small after large"
+        assert (await t.request(*GET)).body == big
+        assert (await t.request(*GET)).body == big[:10]
+    finally:
+        t.close()
+    # Kept alive after the first large body; "Connection: close" ended the second.
+    assert (raw.connections, t.opened) == (2, 2)
 
 
 async def test_error_answers_keep_the_connection(raw: Script, ca_file: str | None) -> None:
