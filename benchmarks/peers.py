@@ -238,8 +238,9 @@ class CosencfsPeer(Peer):
     def mount_env(self) -> dict[str, str]:
         env = {"COS_SECRET_ID": SECRET_ID, "COS_SECRET_KEY": SECRET_KEY}
         if self.ca:
-            # Python's ssl (the store's transport) and requests (the SDK) trust the
-            # local server's CA this way: no option of cosencfs is needed.
+            # Python's ssl (the store's transport) trusts the local server's CA
+            # this way; requests for a --baseline from before the one transport.
+            # (--ca-file would do for this revision, not for older baselines.)
             env |= {"SSL_CERT_FILE": self.ca, "REQUESTS_CA_BUNDLE": self.ca}
         return clean_env(env)
 

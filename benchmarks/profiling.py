@@ -43,7 +43,8 @@ class Profiler:
 
     def wants(self, peer: str, workload: str) -> bool:
         # "ls" selects both of its measurements, ls_cold and ls_warm.
-        return peer == "cosencfs" and any(
+        # cosencfs-base too: --baseline REV --profile compares CPU per request.
+        return peer in ("cosencfs", "cosencfs-base") and any(
             workload == w or workload.startswith(w + "_") for w in self.workloads
         )
 
@@ -86,8 +87,9 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
                                                      "read_plain", "FileRangeReader",
                                                      "store_cipher")),
     ("AES-CTR (cryptography)", ("crypto/ctr.py", "cryptography/")),
-    ("HTTP and sockets (send/recv, http.client, urllib3, requests)",
-     ("socket.py", "http/client.py", "urllib3/", "requests/", "fasthttp.py", "ssl.py")),
+    ("HTTP, TLS and sockets (h11, trio streams, ssl; http.client, requests before)",
+     ("socket.py", "http/client.py", "urllib3/", "requests/", "fasthttp.py", "ssl.py",
+      "h11/", "store/transport.py", "trio/_ssl.py", "trio/_highlevel_socket.py")),
     ("COS SDK (signing, request building, XML)", ("qcloud_cos/", "hmac.py", "xml/")),
     ("thread hand-off (trio to_thread, wake-ups, worker threads)",
      ("trio/_core/_thread_cache.py", "_wakeup_socketpair.py", "_entry_queue.py",

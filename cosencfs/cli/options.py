@@ -17,6 +17,7 @@ LOG_LEVELS = list(get_args(LogLevel))
 COMMON_CLI_FIELDS = {
     "endpoint": "endpoint",
     "region": "region",
+    "ca_file": "network.ca_file",
     "key_file": "keys.key_file",
     "rsa_public_key": "keys.rsa_public_key",
     "rsa_private_key": "keys.rsa_private_key",
@@ -29,6 +30,9 @@ COMMON_CLI_FIELDS = {
 def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", help="http://HOST:PORT of a COS-compatible server, or a domain")
     p.add_argument("--region", help=f"COS region (default: {DEFAULT_REGION})")
+    p.add_argument(
+        "--ca-file", help="PEM file of the CAs an https endpoint's certificate must chain to"
+    )
 
 
 def command_line_values(

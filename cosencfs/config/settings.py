@@ -87,6 +87,9 @@ class BucketSettings:
     timeout: Seconds = field(default=30.0, metadata=toml("network.timeout"))
     #: Give up on a foreground request (read, listing) after this many seconds.
     request_deadline: Seconds = field(default=30.0, metadata=toml("network.request_deadline"))
+    #: PEM CA certificates an https endpoint must chain to (a private endpoint,
+    #: the local server); None: the system's trust store.
+    ca_file: str | None = field(default=None, metadata=toml("network.ca_file"))
     log_level: LogLevel = field(default="INFO", metadata=toml("log.level"))
     debug: list[str] = field(default_factory=list, metadata=toml("log.debug"))
 

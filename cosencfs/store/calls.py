@@ -1,50 +1,47 @@
 """One store call: attempts until an answer, a permanent error, the attempt budget or the deadline.
 
-Every attempt is counted (COS bills failed requests too), and whatever a
-path raises is turned into the project's errors here: ``TransientError``
-is retried with backoff (``cosencfs.store.retry``), anything else is raised
-at once.
+Each attempt signs the operation's request (``wire.Signer``), sends it
+(``transport.Transport``) and maps the answer.  Every attempt is counted
+(COS bills failed requests too), including a request resent on a fresh
+connection after the server closed an idle one.  Whatever fails is turned
+into the project's errors here: ``TransientError`` is retried with backoff
+(``cosencfs.store.retry``), anything else is raised at once.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
-import requests
 import trio
-import urllib3.exceptions
-from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from cosencfs.errors import InvalidRequestError, TransientError
+from cosencfs.store.base import body_length
 from cosencfs.store.cosops import Operation
-from cosencfs.store.cosproto import BadAnswer, service_error, status_error
+from cosencfs.store.cosproto import BadAnswer, status_error
 from cosencfs.store.counters import RequestCounters
-from cosencfs.store.fasthttp import HttpStatusError
-from cosencfs.store.paths import CosPaths
 from cosencfs.store.retry import RetryPolicy
+from cosencfs.store.transport import CertificateError, Transport, TransportError
+from cosencfs.store.wire import HttpStatusError, Signer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    ConnectionError,
-    TimeoutError,
-)
-
 
 class Caller:
-    """Runs operations on ``paths`` under ``policy``, counting into ``counters``."""
+    """Runs operations over ``transport`` under ``policy``, counting into ``counters``."""
 
-    def __init__(self, paths: CosPaths, counters: RequestCounters, policy: RetryPolicy) -> None:
-        self._paths = paths
+    def __init__(
+        self,
+        signer: Signer,
+        transport: Transport,
+        counters: RequestCounters,
+        policy: RetryPolicy,
+    ) -> None:
+        self._signer = signer
+        self._transport = transport
         self._counters = counters
         self._policy = policy
 
@@ -63,28 +60,22 @@ class Caller:
             t0 = time.monotonic()
             try:
                 with trio.move_on_at(deadline) as scope:
-                    result = await self._paths.attempt(op)
+                    result = await self._attempt(op)
                 if scope.cancelled_caught:
                     self._counters.failure(name)
                     self._counters.answered(name, time.monotonic() - t0, reached=False)
                     raise TransientError(
                         f"no answer within {deadline - started:.0f} s", op=name, key=key
                     )
-            except CosServiceError as exc:
-                self._counters.failure(name)
-                err = service_error(name, key, exc)
             except HttpStatusError as exc:
                 self._counters.failure(name)
                 err = status_error(name, key, exc.status, exc.code, exc.message, exc.request_id)
-            except CosClientError as exc:
+            except CertificateError as exc:
                 self._counters.failure(name)
-                cause = exc.__context__
-                if not isinstance(cause, _CONNECTION_ERRORS):
-                    raise InvalidRequestError(f"client error: {exc}", op=name, key=key) from exc
-                err = TransientError(f"connection failed: {type(cause).__name__}", op=name, key=key)
-            except _CONNECTION_ERRORS as exc:
+                raise InvalidRequestError(str(exc), op=name, key=key) from None
+            except TransportError as exc:
                 self._counters.failure(name)
-                err = TransientError(f"connection failed: {type(exc).__name__}", op=name, key=key)
+                err = TransientError(f"connection failed: {exc}", op=name, key=key)
             except BadAnswer as exc:
                 self._counters.failure(name)
                 err = TransientError(str(exc), op=name, key=key)
@@ -115,3 +106,26 @@ class Caller:
             )
             self._counters.retry(name)
             await trio.sleep(delay)
+
+    async def _attempt(self, op: Operation[T]) -> T:
+        """Send ``op`` once; failures are raised as the transport reports them."""
+        http = op.http
+        length = 0 if http.body is None else body_length(http.body)
+        target, headers = self._signer.prepare(
+            http.method, http.key, http.headers, http.params, length
+        )
+        answer = await self._transport.request(
+            http.method, target, headers, http.body, on_resend=self._resent(op.name)
+        )
+        if op.counts_down:
+            self._counters.add_down(len(answer.body))
+        return http.parse(answer)
+
+    def _resent(self, name: str) -> Callable[[], None]:
+        """Count the failed first attempt of a request resent on a fresh connection."""
+
+        def count() -> None:
+            self._counters.failure(name)
+            self._counters.request(name)
+
+        return count

@@ -3,8 +3,8 @@
 What each store method means in COS requests: size limits, pages of
 listings, batches of deletes, large copies made of part copies, a retried
 complete whose first attempt succeeded.  Each request is an operation of
-``cosencfs.store.cosops`` run by ``calls.Caller`` (retries, deadline,
-counters) on the paths of ``cosencfs.store.paths`` (how bytes travel).
+``cosencfs.store.cosops`` run by ``calls.Caller`` (signing, retries,
+deadline, counters) over ``cosencfs.store.transport`` (h11 on trio streams).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from cosencfs.store.base import (
 from cosencfs.store.calls import Caller
 from cosencfs.store.cosproto import CosSettings, make_cos_config
 from cosencfs.store.counters import RequestCounters
-from cosencfs.store.paths import CosPaths
+from cosencfs.store.transport import Transport, warn_if_proxied
+from cosencfs.store.wire import Signer
 
 __all__ = ["COPY_PART_BYTES", "CosSettings", "CosStore", "make_cos_config"]
 
@@ -61,8 +62,15 @@ class CosStore:
         self._settings = settings
         conf = make_cos_config(settings)
         self._counters = RequestCounters()
-        self._paths = CosPaths(settings, conf, self._counters)
-        self._call = Caller(self._paths, self._counters, settings.retry)
+        self._signer = Signer(conf, settings.bucket)
+        self._transport = Transport(
+            self._signer.endpoint,
+            connections=settings.concurrency,
+            timeout=settings.timeout,
+            ca_file=settings.ca_file,
+        )
+        self._call = Caller(self._signer, self._transport, self._counters, settings.retry)
+        warn_if_proxied(self._signer.endpoint)
         self._copy_source_base: dict[str, str] = {"Bucket": settings.bucket}
         if conf._ip is None and settings.endpoint:
             self._copy_source_base["Endpoint"] = urlsplit(settings.endpoint).hostname or ""
@@ -84,15 +92,15 @@ class CosStore:
         return self._settings
 
     @property
-    def sdk_limiter(self) -> trio.CapacityLimiter:
-        """The limiter every request made in a worker thread goes through."""
-        return self._paths.limiter
+    def transport(self) -> Transport:
+        """The connections every request goes over (its ``limiter`` bounds them)."""
+        return self._transport
 
     def close(self) -> None:
-        self._paths.close()
+        self._transport.close()
 
-    def _source(self, src_key: str) -> dict[str, str]:
-        return dict(self._copy_source_base, Key=src_key)
+    def _source(self, src_key: str) -> str:
+        return self._signer.copy_source(dict(self._copy_source_base, Key=src_key))
 
     # ------------------------------------------------------------------ objects
 

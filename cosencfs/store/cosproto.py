@@ -1,8 +1,8 @@
 """How COS is spoken: endpoint configuration, headers, metadata, answers and their errors.
 
 The building blocks of ``cosops`` (the operations) and ``calls`` (error
-mapping): everything here is a pure function of settings, headers, answers
-or SDK exceptions.  The SDK logs
+mapping): everything here is a pure function of settings, headers or
+answers.  The SDK logs
 signing keys and request headers at DEBUG and every 404 at WARNING, so its
 logger is silenced for good when this module loads.
 """
@@ -16,11 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
-from xml.etree import ElementTree
+from urllib.parse import urlsplit
 
 from qcloud_cos import CosConfig
-from qcloud_cos.cos_exception import CosServiceError
 
 from cosencfs.errors import (
     AccessDeniedError,
@@ -64,9 +62,9 @@ class CosSettings:
     concurrency: int = 16
     timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: Send object GET/HEAD/PUT/DELETE/part uploads over plain http.client
-    #: (signed by the SDK); False routes everything through CosS3Client.
-    fast_path: bool = True
+    #: PEM file of the CAs an https endpoint's certificate must chain to;
+    #: None: the system's trust store (``SSL_CERT_FILE`` overrides it).
+    ca_file: str | None = None
 
 
 def make_cos_config(settings: CosSettings) -> CosConfig:
@@ -143,44 +141,12 @@ def list_page(
     return ListPage(objects, prefixes, next_marker, True)
 
 
-def list_page_from_xml(body: bytes) -> ListPage:
-    """Parse a ListObjects (v1) answer asked for with ``encoding-type=url``.
-
-    The SDK's own parser turns the XML into a string and ``eval``s it: for a
-    1000-key page that was most of the time of a cold ``ls -l``.
-    """
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
-        raise BadAnswer(f"listing is not XML: {exc}") from None
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
-
-    def text(node: ElementTree.Element, name: str) -> str:
-        value = node.findtext(ns + name) or ""
-        return unquote(value) if encoded else value
-
-    objects = [
-        ObjectInfo(
-            key=text(item, "Key"),
-            size=int(item.findtext(ns + "Size") or 0),
-            etag=strip_etag(item.findtext(ns + "ETag") or ""),
-            last_modified=parse_iso_date(item.findtext(ns + "LastModified") or ""),
-            has_metadata=False,
-        )
-        for item in root.iterfind(ns + "Contents")
-    ]
-    prefixes = [text(p, "Prefix") for p in root.iterfind(ns + "CommonPrefixes")]
-    truncated = (root.findtext(ns + "IsTruncated") or "false").strip().lower() == "true"
-    return list_page(objects, prefixes, truncated, text(root, "NextMarker"))
-
-
 #: Standard headers a Replaced copy would drop unless sent again.
 STANDARD_HEADERS = {
-    "cache-control": "CacheControl",
-    "content-disposition": "ContentDisposition",
-    "content-encoding": "ContentEncoding",
-    "content-language": "ContentLanguage",
+    "cache-control": "Cache-Control",
+    "content-disposition": "Content-Disposition",
+    "content-encoding": "Content-Encoding",
+    "content-language": "Content-Language",
     "expires": "Expires",
 }
 
@@ -216,16 +182,16 @@ def meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
 
 def replaced_headers(
     metadata: Mapping[str, str], content_type: str, headers: Mapping[str, str] | None
-) -> dict[str, Any]:
-    """SDK keyword arguments for an object whose metadata is set anew."""
-    kwargs: dict[str, Any] = {"Metadata": meta_headers(metadata)}
+) -> dict[str, str]:
+    """The request headers of an object whose metadata is set anew."""
+    out = meta_headers(metadata)
     if content_type:
-        kwargs["ContentType"] = content_type
+        out["Content-Type"] = content_type
     for name, value in (headers or {}).items():
-        arg = STANDARD_HEADERS.get(name.lower())
-        if arg is not None:
-            kwargs[arg] = value
-    return kwargs
+        wire_name = STANDARD_HEADERS.get(name.lower())
+        if wire_name is not None:
+            out[wire_name] = value
+    return out
 
 
 class BadAnswer(Exception):
@@ -248,23 +214,6 @@ def ranged_part(data: bytes, resp: Mapping[str, Any], start: int, end: int | Non
     if unit != "bytes" or not first.isdigit() or int(first) != start:
         raise BadAnswer(f"answer for the wrong range: {content_range}")
     return data
-
-
-def service_error(op: str, key: str, exc: CosServiceError) -> StoreError:
-    status = int(exc.get_status_code() or 0)
-    try:
-        code = str(exc.get_error_code())
-    except (KeyError, TypeError):
-        code = "Unknown"
-    try:
-        request_id = str(exc.get_request_id())
-    except (KeyError, TypeError):
-        request_id = ""
-    try:
-        message = str(exc.get_error_msg())
-    except (KeyError, TypeError):
-        message = code
-    return status_error(op, key, status, code, message, request_id)
 
 
 def status_error(

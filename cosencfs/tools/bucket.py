@@ -27,6 +27,7 @@ def cos_settings(settings: BucketSettings) -> CosSettings:
         concurrency=settings.concurrency,
         timeout=settings.timeout,
         retry=RetryPolicy(deadline=settings.request_deadline),
+        ca_file=settings.ca_file,
     )
 
 

@@ -61,6 +61,7 @@ SETTINGS = [
     "network.concurrency",
     "network.timeout",
     "network.request_deadline",
+    "network.ca_file",
     "fuse.options",
     "fuse.foreground",
     "log.level",

@@ -25,6 +25,7 @@ import trio
 
 import cosencfs.store.bodies as bodies_module
 import cosencfs.store.cos as cos_module
+import cosencfs.store.transport as transport_module
 from cosencfs.errors import (
     AccessDeniedError,
     ConfigError,
@@ -41,10 +42,11 @@ from cosencfs.server import LocalCosServer
 from cosencfs.server.admin import admin_request
 from cosencfs.store.base import FileRange, ListPage, ObjectStore
 from cosencfs.store.cos import CosSettings, CosStore, make_cos_config
-from cosencfs.store.cosproto import BadAnswer, list_page_from_xml
+from cosencfs.store.cosproto import BadAnswer
+from cosencfs.store.cosxml import list_page_from_xml
 from cosencfs.store.counters import CounterSnapshot
-from cosencfs.store.fasthttp import Answer
 from cosencfs.store.retry import RetryPolicy, is_retryable
+from cosencfs.store.wire import Answer
 from tests.store._store_helpers import MIB, ScriptedFaults, md5_hex, quick_policy
 from tests.testlib import BUCKET, REGION, SECRET_ID, SECRET_KEY, make_store, start_server
 
@@ -276,18 +278,20 @@ async def test_put_bytes_like_bodies(store: CosStore, kind: str) -> None:
 async def test_put_file_range(
     store: CosStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
-    # Bodies over INLINE_BODY_MAX (64 MiB) are streamed from the file; a small
-    # limit takes that path without writing 64 MiB.
-    opened: list[FileRange] = []
+    # Ranges up to one PIECE (1 MiB) are read at once in the event loop; larger
+    # ones piece by piece in a thread.  A small piece takes that path cheaply.
+    inline: list[FileRange] = []
+    real_read = bodies_module.read_small_body
 
-    class Spy(bodies_module.FileRangeReader):
-        def __init__(self, rng: FileRange) -> None:
-            opened.append(rng)
-            super().__init__(rng)
+    def spy(body: FileRange) -> bytes | bytearray | memoryview:
+        inline.append(body)
+        return real_read(body)
 
-    monkeypatch.setattr(bodies_module, "FileRangeReader", Spy)
-    if streamed:
-        monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 64 * 1024)
+    monkeypatch.setattr(transport_module, "read_small_body", spy)
+    if not streamed:
+        monkeypatch.setattr(transport_module, "PIECE", 4 * MIB)
+    else:
+        monkeypatch.setattr(transport_module, "PIECE", 64 * 1024)
     data = os.urandom(3 * MIB + 7)
     path = write_file(tmp_path / "cache.bin", data)
     offset, length = 12_345, 2 * MIB + 3
@@ -298,7 +302,7 @@ async def test_put_file_range(
     assert await store.get("fr") == piece
     assert spent.delta.bytes_up == length
     assert spent.delta.requests == {"PutObject": 1}
-    assert len(opened) == (1 if streamed else 0)
+    assert len(inline) == (0 if streamed else 1)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["inline", "streamed"])
@@ -309,7 +313,7 @@ async def test_put_file_range_of_a_shrunken_file_stores_nothing(
     # must not leave a truncated object behind.  (The inline path raises the
     # OSError as is; the streamed one a TransientError after its retries.)
     if streamed:
-        monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 100)
+        monkeypatch.setattr(transport_module, "PIECE", 100)
     path = write_file(tmp_path / "short.bin", os.urandom(500))
     with trio.fail_after(15), pytest.raises((OSError, StoreError)):
         await store.put("short", FileRange(str(path), 100, 1000), {})
@@ -391,35 +395,21 @@ async def test_list_prefix_delimiter_marker_max_keys(store: CosStore) -> None:
     assert (list(page.objects), list(page.common_prefixes), page.truncated) == ([], [], False)
 
 
-@pytest.mark.parametrize("path", ["fast", "sdk"])
 async def test_listing_without_next_marker_continues_after_the_last_key(
-    store: CosStore, monkeypatch: pytest.MonkeyPatch, path: str
+    store: CosStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # COS leaves NextMarker out of truncated listings without a delimiter.
     keys = ["p/a", "p/b", "p/c/x", "p/d", "p/e"]
     for key in keys:
         await store.put(key, b"x", {})
-    if path == "sdk":
-        real = store._paths.client.list_objects
+    real_request = store.transport.request
 
-        def without_next_marker(**kwargs: Any) -> dict[str, Any]:
-            data: dict[str, Any] = real(**kwargs)
-            data.pop("NextMarker", None)
-            return data
+    async def strip_next_marker(*args: Any, **kwargs: Any) -> Answer:
+        answer = await real_request(*args, **kwargs)
+        body = re.sub(rb"<NextMarker>[^<]*</NextMarker>", b"", answer.body)
+        return Answer(answer.status, answer.headers, body)
 
-        monkeypatch.setattr(store._paths, "fast", None)
-        monkeypatch.setattr(store._paths.client, "list_objects", without_next_marker)
-    else:
-        fast = store._paths.fast
-        assert fast is not None
-        real_request = fast.request
-
-        def strip_next_marker(method: str, key: str, **kwargs: Any) -> Answer:
-            answer = real_request(method, key, **kwargs)
-            body = re.sub(rb"<NextMarker>[^<]*</NextMarker>", b"", answer.body)
-            return Answer(answer.status, answer.headers, body)
-
-        monkeypatch.setattr(fast, "request", strip_next_marker)
+    monkeypatch.setattr(store.transport, "request", strip_next_marker)
     seen: list[str] = []
     marker = ""
     while True:
@@ -925,7 +915,7 @@ async def test_everything_succeeds_despite_random_faults(
     store = faulty_store
     faulty_server.reset_stats()
     # Streamed bodies too: they are reopened on every attempt.
-    monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 256 * 1024)
+    monkeypatch.setattr(transport_module, "PIECE", 256 * 1024)
     file_data = os.urandom(2 * MIB)
     path = write_file(tmp_path / "src.bin", file_data)
     bodies = {f"f/{i:02d}": os.urandom(1000 * i + 7) for i in range(20)}
@@ -1134,7 +1124,7 @@ async def test_concurrency_is_limited(server: LocalCosServer) -> None:
     )
     store = CosStore(settings)
     try:
-        assert store.sdk_limiter.total_tokens == 2
+        assert store.transport.limiter.total_tokens == 2
         conf = make_cos_config(settings)
         assert (conf._pool_connections, conf._pool_maxsize) == (2, 2)
         await store.put("k", b"x", {})
@@ -1224,7 +1214,7 @@ async def test_file_range_body_is_resent_on_retry(
     streamed: bool,
 ) -> None:
     if streamed:
-        monkeypatch.setattr(bodies_module, "INLINE_BODY_MAX", 4096)
+        monkeypatch.setattr(transport_module, "PIECE", 4096)
     data = os.urandom(MIB + 100)
     path = write_file(tmp_path / "f", data)
     scripted.script = [fault]

@@ -1,0 +1,423 @@
+"""Every COS request: HTTP/1.1 by h11 over trio socket streams, TLS by ``tlsstream``.
+
+One pool of keep-alive connections to the endpoint, used from the event loop:
+no worker thread per request, no thread hand-off (two of them, and GIL
+contention among the workers, cost more than a HEAD or a 4 KiB GET).  h11
+does all of HTTP/1.1 (framing by Content-Length, chunked or close, keep-alive
+rules); this module only moves bytes, bounds the pool, times out and
+replaces connections the server has closed.
+
+- At most ``connections`` connections, one per request in flight (the
+  ``limiter``); idle ones are reused newest first, and closed when they have
+  been idle longer than ``MAX_IDLE`` or the server has closed them.
+- A request sent on a reused connection that fails before any byte of an
+  answer arrives (the server closed it meanwhile) is sent once more on a
+  fresh connection; ``on_resend`` reports it (COS bills every attempt).
+- Every connect, send and receive must progress within ``timeout`` seconds.
+- https verifies the server's certificate and name, always: against
+  ``ca_file`` when given, else the system's trust store (which honours
+  ``SSL_CERT_FILE``).  TLS is the standard library's ``ssl`` over the trio
+  socket (``tlsstream``: every record a socket read brings is decrypted in
+  one trip through the scheduler, where ``trio.SSLStream`` takes one each).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import ssl
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import h11
+import trio
+
+from cosencfs.errors import ConfigError
+from cosencfs.store.base import Body, FileRange
+from cosencfs.store.bodies import read_small_body
+from cosencfs.store.tlsstream import TlsStream
+from cosencfs.store.wire import Answer, Endpoint, error_from
+
+log = logging.getLogger(__name__)
+
+#: Idle connections older than this are closed rather than reused (COS and
+#: most proxies drop idle connections after some tens of seconds).
+MAX_IDLE = 15.0
+
+#: Bodies are sent and file ranges read in pieces of this size: memory stays
+#: bounded by the requests in flight, and each piece must go out in ``timeout``.
+PIECE = 1 << 20
+
+#: Bodies of at least this many bytes (by Content-Length) are read into one
+#: buffer rather than through h11's (``_read_large_body``).
+DIRECT_BODY = 64 * 1024
+
+#: Response heads larger than this are refused.
+_MAX_HEAD = 64 * 1024
+_RECV = 256 * 1024
+
+
+class TransportError(Exception):
+    """No usable answer: connect failed, the connection broke, timed out, or HTTP was wrong."""
+
+
+class CertificateError(TransportError):
+    """The server's TLS certificate did not verify: refused, and not retried."""
+
+
+class _Unanswered(Exception):
+    """The request failed before any byte of an answer arrived."""
+
+    def __init__(self, cause: TransportError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def warn_if_proxied(endpoint: Endpoint) -> None:
+    """Say so when the environment names a proxy for the endpoint: none is used."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(endpoint.host):
+        log.warning(
+            "%s_PROXY is set, but cosencfs connects to %s directly: "
+            "proxies are not supported (docs/operations.md)",
+            endpoint.scheme.upper(),
+            endpoint.host,
+        )
+
+
+def client_tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifying TLS: ``ca_file`` alone when given, else the default trust store."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA file {ca_file!r}: {exc}") from None
+
+
+class _Conn:
+    __slots__ = ("h11", "stream", "used")
+
+    def __init__(self, stream: trio.SocketStream | TlsStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+        self.used = time.monotonic()
+
+    def socket(self) -> trio.socket.SocketType:
+        stream = self.stream
+        if isinstance(stream, TlsStream):
+            return stream.transport_stream.socket
+        return stream.socket
+
+    def closed_by_server(self) -> bool:
+        """An idle connection with something to read: the server's FIN (or junk)."""
+        poller = select.poll()
+        poller.register(self.socket().fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+
+class Transport:
+    """Keep-alive connections to one endpoint, used from the trio thread."""
+
+    def __init__(
+        self, endpoint: Endpoint, *, connections: int, timeout: float, ca_file: str | None = None
+    ) -> None:
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._tls = client_tls_context(ca_file) if endpoint.scheme == "https" else None
+        #: One token per request in flight, hence per open connection.
+        self.limiter = trio.CapacityLimiter(connections)
+        #: Reads of cache-file ranges of bodies larger than one piece.
+        self.body_reads = trio.CapacityLimiter(4)
+        self._idle: list[_Conn] = []
+        #: Connections made, and open now (tests see the pool through these).
+        self.opened = 0
+        self.open_now = 0
+        self._closed = False
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    async def request(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body | None = None,
+        *,
+        on_resend: Callable[[], None] = lambda: None,
+    ) -> Answer:
+        """Send one request; a 3xx-5xx answer raises ``HttpStatusError``,
+        no answer ``TransportError``."""
+        if isinstance(body, FileRange) and body.length <= PIECE:
+            # A page-cache read of this size takes less than a thread hop.
+            body = read_small_body(body)
+        async with self.limiter:
+            for attempt in (1, 2):
+                conn = self._reusable()
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect()
+                try:
+                    answer, keep = await self._exchange(conn, method, target, headers, body)
+                except _Unanswered as exc:
+                    self._discard(conn)
+                    if not reused or attempt == 2:
+                        raise exc.cause from None
+                    log.debug("connection closed by the server; %s sent again", method)
+                    on_resend()
+                    continue
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                if keep and not self._closed:
+                    conn.used = time.monotonic()
+                    self._idle.append(conn)
+                else:
+                    self._discard(conn)
+                if answer.status >= 300:
+                    raise error_from(answer)
+                return answer
+        raise AssertionError("unreachable")
+
+    def _reusable(self) -> _Conn | None:
+        """The newest idle connection still open; closes the stale ones it passes."""
+        now = time.monotonic()
+        idle = self._idle
+        # The oldest go first: they are the likeliest to be gone.
+        while idle and now - idle[0].used > MAX_IDLE:
+            self._discard(idle.pop(0))
+        while idle:
+            conn = idle.pop()
+            if not conn.closed_by_server():
+                return conn
+            self._discard(conn)
+        return None
+
+    async def _connect(self) -> _Conn:
+        ep = self._endpoint
+        try:
+            with trio.fail_after(self._timeout):
+                tcp = await trio.open_tcp_stream(ep.host, ep.port)
+                stream: trio.SocketStream | TlsStream = tcp
+                if self._tls is not None:
+                    stream = TlsStream(tcp, self._tls, ep.host)
+                    try:
+                        await stream.handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(tcp)
+                        raise
+        except trio.TooSlowError:
+            raise TransportError(f"connect to {ep.host}:{ep.port}: timed out") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateError(
+                f"TLS certificate of {ep.host} does not verify: {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS handshake with {ep.host}: {exc}") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise TransportError(f"connect to {ep.host}:{ep.port}: {exc}") from None
+        self.opened += 1
+        self.open_now += 1
+        return _Conn(stream)
+
+    def _discard(self, conn: _Conn) -> None:
+        self.open_now -= 1
+        _close_now(conn)
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body | None,
+    ) -> tuple[Answer, bool]:
+        h = conn.h11
+        try:
+            head = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
+            if body is None:
+                await self._send(conn, head + (h.send(h11.EndOfMessage()) or b""))
+            elif not isinstance(body, FileRange) and len(body) <= PIECE:
+                # One write for head and body: one TLS record run, one syscall.
+                data = head + (h.send(h11.Data(data=cast(bytes, body))) or b"")
+                await self._send(conn, data + (h.send(h11.EndOfMessage()) or b""))
+            else:
+                await self._send(conn, head)
+                async for piece in _pieces(body, self.body_reads):
+                    # Passed through as they are: no copy of the piece.
+                    event = h11.Data(data=cast(bytes, piece))
+                    for part in h.send_with_data_passthrough(event) or ():
+                        await self._send(conn, part)
+                await self._send(conn, h.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:
+            raise TransportError(f"cannot send {method}: {exc}") from None
+        except TransportError as exc:
+            raise _Unanswered(exc) from None
+        return await self._receive_answer(conn, method)
+
+    async def _receive_answer(self, conn: _Conn, method: str) -> tuple[Answer, bool]:
+        h = conn.h11
+        got = False
+        status = 0
+        headers: dict[str, str] = {}
+        parts: list[bytes] = []
+        timeout = self._timeout
+        # One cancel scope for the whole answer, its deadline pushed on at
+        # every read: cheaper than a scope per read of a large body.
+        with trio.CancelScope() as scope:
+            try:
+                while True:
+                    event = h.next_event()
+                    if event is h11.NEED_DATA:
+                        scope.deadline = trio.current_time() + timeout
+                        data = await _receive(conn)
+                        if not data and not got:
+                            raise _Unanswered(TransportError("connection closed before an answer"))
+                        got = True
+                        h.receive_data(data)
+                    elif isinstance(event, h11.Data):
+                        parts.append(event.data)
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                        for name, value in event.headers:
+                            # Latin-1 keeps every byte; metadata is UTF-8 inside it.
+                            headers[name.decode("latin-1")] = value.decode("latin-1")
+                        length = _large_body_length(method, status, headers)
+                        if length is not None:
+                            body, keep = await _read_large_body(conn, event, length, scope, timeout)
+                            return Answer(status, headers, body), keep
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif not isinstance(event, h11.InformationalResponse):
+                        raise TransportError(f"unexpected {type(event).__name__}")
+            except h11.RemoteProtocolError as exc:
+                raise TransportError(f"bad answer: {exc}") from None
+        if scope.cancelled_caught:
+            raise TransportError("no answer in time")
+        keep = h.our_state is h11.DONE and h.their_state is h11.DONE
+        if keep:
+            h.start_next_cycle()
+        return Answer(status, headers, b"".join(parts)), keep
+
+    async def _send(self, conn: _Conn, data: bytes | bytearray | memoryview) -> None:
+        try:
+            with trio.fail_after(self._timeout):
+                await conn.stream.send_all(data)
+        except trio.TooSlowError:
+            raise TransportError("send timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransportError(f"send failed: {exc}") from None
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their request ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self.open_now -= 1
+            _close_now(conn)
+
+
+def _large_body_length(method: str, status: int, headers: dict[str, str]) -> int | None:
+    """The length of a large body framed by Content-Length alone (h11 has parsed
+    the head and checked the header), else None: h11 reads the body."""
+    if method == "HEAD" or status < 200 or status in (204, 304):
+        return None
+    if "transfer-encoding" in headers:
+        return None
+    value = headers.get("content-length", "")
+    if not value.isdigit() or int(value) < DIRECT_BODY:
+        return None
+    return int(value)
+
+
+async def _read_large_body(
+    conn: _Conn, response: h11.Response, length: int, scope: trio.CancelScope, stall: float
+) -> tuple[bytes, bool]:
+    """A large Content-Length body read straight into one buffer.
+
+    Through h11 every received piece is copied four times (its buffer, two
+    slices, the final join): for an 8 MiB GET that was most of the loop's
+    CPU.  h11 has read the head and knows what follows; the body is exactly
+    ``length`` bytes, read into place (``recv_into``, or ``SSLObject.read``
+    into the buffer).  A connection kept alive gets a fresh h11 state for
+    its next request.
+    """
+    leftover, _ = conn.h11.trailing_data
+    buf = bytearray(length)
+    view = memoryview(buf)
+    pos = min(len(leftover), length)
+    view[:pos] = leftover[:pos]
+    while pos < length:
+        scope.deadline = trio.current_time() + stall
+        try:
+            n = await _receive_into(conn, view[pos:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransportError(f"receive failed: {exc}") from None
+        if n == 0:
+            raise TransportError(f"bad answer: body ended at {pos} of {length} bytes")
+        pos += n
+    connection = headers_token(response, b"connection")
+    keep = response.http_version == b"1.1" and b"close" not in connection
+    keep = keep and len(leftover) <= length
+    if keep:
+        conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+    # Not copied into bytes: callers only read it (slices, writes, decryption).
+    return cast(bytes, buf), keep
+
+
+def headers_token(response: h11.Response, name: bytes) -> set[bytes]:
+    """The comma-separated tokens of header ``name``, lowercase."""
+    return {
+        token.strip().lower()
+        for key, value in response.headers
+        if key == name
+        for token in value.split(b",")
+    }
+
+
+async def _receive_into(conn: _Conn, view: memoryview) -> int:
+    stream = conn.stream
+    if isinstance(stream, TlsStream):
+        return await stream.receive_into(view)
+    n: int = await stream.socket.recv_into(view)
+    return n
+
+
+async def _receive(conn: _Conn) -> bytes:
+    try:
+        return await conn.stream.receive_some(_RECV)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise TransportError(f"receive failed: {exc}") from None
+
+
+def _close_now(conn: _Conn) -> None:
+    # Without a TLS close_notify or trio's aclose, which need a running loop
+    # (close() may come after it) and a round trip; the server sees a FIN.
+    sock = conn.socket()
+    if sock.fileno() >= 0:
+        os.close(sock.detach())
+
+
+async def _pieces(
+    body: Body, limiter: trio.CapacityLimiter
+) -> AsyncIterator[bytes | bytearray | memoryview]:
+    """A body in pieces of at most ``PIECE`` bytes; file ranges read in a thread."""
+    if not isinstance(body, FileRange):
+        view = memoryview(body)
+        for at in range(0, len(view), PIECE):
+            yield view[at : at + PIECE]
+        return
+    fd = os.open(body.path, os.O_RDONLY)
+    try:
+        for at in range(body.offset, body.offset + body.length, PIECE):
+            n = min(PIECE, body.offset + body.length - at)
+            data = await trio.to_thread.run_sync(os.pread, fd, n, at, limiter=limiter)
+            if len(data) != n:
+                raise TransportError(f"cache file shorter than the upload ({len(data)} < {n})")
+            yield data
+    finally:
+        os.close(fd)
