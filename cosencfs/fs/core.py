@@ -14,9 +14,11 @@ rename.py, commit.py ...), which it wires together here.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
@@ -325,16 +327,21 @@ class Filesystem:
         self._dirs[fh] = _DirHandle(d, entries)
         return fh
 
-    def readdir(self, fh: int, start: int) -> list[tuple[bytes, Entry, int]]:
-        """Entries from offset ``start``; offsets are stable for the handle's life."""
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Entry, int]]:
+        """Entries from offset ``start``; offsets are stable for the handle's life.
+
+        Lazy: the kernel takes a page of entries per call (about 25 with
+        attributes), so building every remaining entry each time made a
+        listing quadratic in the directory's size.
+        """
         try:
             dh = self._dirs[fh]
         except KeyError:
             raise FsError(errno.EBADF) from None
-        return [
+        return (
             (name.encode("utf-8"), self.entry(node), i + 1)
-            for i, (name, node) in enumerate(dh.entries[start:], start=start)
-        ]
+            for i, (name, node) in enumerate(itertools.islice(dh.entries, start, None), start=start)
+        )
 
     def readdir_looked_up(self, ino: int) -> None:
         """The kernel accepted an entry from readdir: one more lookup."""
