@@ -15,8 +15,8 @@ fields of its metadata, MAC'd as a whole under the tag key.
 - **writing** (:meth:`DirIndex.changed` after a commit): batched with
   write-back, a directory's index (once it has ``MIN_FILES`` entries, or
   already has an index) is rewritten once its files have been
-  quiet for ``QUIET`` seconds (at most ``MAX_DELAY`` after its first
-  change), and at ``sync``/unmount: one LIST of the directory (for the
+  quiet for ``QUIET`` seconds (at most ``MAX_DELAY``, or 10 ms per entry,
+  after its first change), and at ``sync``/unmount: one LIST of the directory (for the
   Last-Modified values COS gave) and one PUT per batch, plus a GET of the
   old index when entries this mount has no metadata of must be carried over.
   HEADs of a directory's entries together (readdir, stat-ahead) schedule a rewrite
@@ -53,8 +53,12 @@ MAX_INDEX_BYTES = 32 * 1024 * 1024
 MIN_FILES = 64
 #: A directory's index is rewritten once its files were quiet this long ...
 QUIET = 1.0
-#: ... or this long after its first change, whichever comes first.
+#: ... or this long after its first change (or ``DELAY_PER_ENTRY`` per entry
+#: if longer), whichever comes first: a rewrite costs work in proportion to
+#: the directory, so spacing rewrites in proportion too keeps the cost per
+#: new file constant while files keep coming.
 MAX_DELAY = 30.0
+DELAY_PER_ENTRY = 0.01
 #: Entries applied between two checkpoints (other tasks run in between).
 _STEP = 2000
 _FIELDS = (META_MODE, META_UID, META_GID, META_MTIME, META_RDEV)
@@ -184,7 +188,8 @@ class DirIndex:
         return len(self._pending)
 
     def _due(self, p: _Pending) -> float:
-        return min(p.last + QUIET, p.first + MAX_DELAY)
+        entries = len(p.node.dir.children) if p.node.dir is not None else 0
+        return min(p.last + QUIET, p.first + max(MAX_DELAY, entries * DELAY_PER_ENTRY))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
