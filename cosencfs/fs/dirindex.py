@@ -141,6 +141,10 @@ class DirIndex:
         except CosEncFsError as exc:
             log.info("directory index %r not read (%s); HEADs instead", info.key, exc)
             return
+        except Exception:
+            # (A bug here must cost HEADs, not the listing.)
+            log.exception("directory index %r not read; HEADs instead", info.key)
+            return
         self.stats.applied += applied
         self.stats.mismatched += mismatched
         log.debug("index of %r: %d applied, %d stale", prefix, applied, mismatched)
@@ -215,7 +219,11 @@ class DirIndex:
         try:
             async with self._lock:
                 await self.write(d)
-        except CosEncFsError as exc:
+        except Exception as exc:
+            # An index is an optimisation: whatever goes wrong, the mount
+            # goes on (HEADs instead), it must not take the nursery down.
+            if not isinstance(exc, CosEncFsError | OSError):
+                log.exception("unexpected error writing the directory index of %r", d.name)
             self.stats.write_failures += 1
             log.warning("directory index of %r not written (%s)", d.name, exc)
 
