@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.config import MIB, WORKLOADS
 from benchmarks.matrix import matrix
 from benchmarks.results import PeerStatus, Row, TargetResult
-from benchmarks.scale import scale_table
+from benchmarks.scale import scale_table, scale_targets
 from benchmarks.targets import evaluate
 
 #: Short names of COS operations for the table (the JSON has the full ones).
@@ -205,6 +205,9 @@ def render(data: dict[str, Any], *, markdown: bool = False) -> str:
     scale = scale_table(data.get("scale", []))
     if scale is not None:
         parts += ["", "Scale (cosencfs and peers, one directory of N files):", "", table(*scale)]
+    targets18 = scale_targets(data.get("scale", []))
+    if targets18 is not None:
+        parts += ["", "Scale targets:", "", table(*targets18)]
     parts += ["", "Filesystems:", *(bullet + line for line in peer_lines(peers))]
     if data.get("notes"):
         parts += ["", "Notes:", *(bullet + n for n in data["notes"])]

@@ -155,3 +155,55 @@ def scale_table(data: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
             f"{peak / MIB:.0f}" if peak else "",
         ])  # fmt: skip
     return SCALE_HEADERS, body
+
+
+#: Issue 18's targets: (label, files, round trip ms, workload, limit, unit).
+#: "s" rows are met at or below the limit, "files/s" at or above, "MiB" below.
+SCALE_TARGETS = [
+    ("cold ls -l of 10,000 files at 10 ms <= 1 s", 10_000, 10.0, "scale_ls_cold", 1.0, "s"),
+    ("warm ls -l of 10,000 files at 10 ms <= 0.3 s", 10_000, 10.0, "scale_ls_warm", 0.3, "s"),
+    ("cold ls -l of 100,000 files at 10 ms <= 10 s", 100_000, 10.0, "scale_ls_cold", 10.0, "s"),
+    ("daemon peak RSS with 100,000 files < 200 MiB", 100_000, None, "scale_create", 200.0, "MiB"),
+    ("creation until in the bucket at 0 ms >= 1000 files/s", None, 0.0, "scale_create", 1000.0,
+     "files/s"),
+]  # fmt: skip
+
+
+def _rtt(network: str) -> float | None:
+    try:
+        return float(network.split(" ms", 1)[0])
+    except ValueError:
+        return None
+
+
+def scale_targets(data: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+    """Issue 18's targets against the cosencfs scale rows of a result file."""
+    rows = [Row.from_dict(d) for d in data]
+    rows = [r for r in rows if r.peer == "cosencfs" and not r.error]
+    if not rows:
+        return None
+    body = []
+    for label, files, rtt, workload, limit, unit in SCALE_TARGETS:
+        got = [
+            r
+            for r in rows
+            if r.workload == workload
+            and (files is None or r.variant == str(files))
+            and (rtt is None or _rtt(r.network) == rtt)
+        ]
+        if not got:
+            body.append([label, "not run", "n/a"])
+            continue
+        for r in got:
+            if unit == "MiB":
+                peak = r.extra.get("peak_rss_all")
+                value = None if peak is None else peak / MIB
+                ok = value is not None and value < limit
+            elif unit == "files/s":
+                value, ok = r.rate, r.rate is not None and r.rate >= limit
+            else:
+                value, ok = r.seconds, r.seconds is not None and r.seconds <= limit
+            shown = "n/a" if value is None else f"{value:,.2f} {unit}"
+            body.append([label, f"{shown} ({r.network}, {int(r.variant):,} files)",
+                         "met" if ok else "NOT met"])  # fmt: skip
+    return ["target (issue 18)", "measured", "verdict"], body

@@ -10,12 +10,21 @@ and an upload produces a new clean copy under the new object's fresh key.
 
 A plaintext object (no envelope, refused unless the mount allows it) is kept
 under a throw-away key of its own, so the cache still holds only ciphertext.
+
+Copies keep no descriptor of their own: one is opened when a read or write
+of the copy needs it, and at most ``OPEN_IDLE`` idle ones stay open
+(:class:`_Descriptors`), so a burst of 100,000 new files does not hold
+100,000 descriptors (``EMFILE``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -53,6 +62,41 @@ class Source:
             self.chunk_key = ChunkKey(self.dk)
 
 
+#: Descriptors of idle copies kept open (the least recently used beyond go).
+OPEN_IDLE = 256
+_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class _Descriptors:
+    """The open descriptors of cache copies, shared by the event loop and worker threads.
+
+    A copy's descriptor is opened on use and counted in use while a read
+    or write runs (``ObjectContent._fd``); only descriptors of copies no
+    one is using are closed, least recently used first, so a descriptor
+    is never closed (and its number reused) under a pread or pwrite.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: Copies with an open descriptor, least recently used first.
+        self.open: OrderedDict[int, ObjectContent] = OrderedDict()
+
+    def trim(self) -> None:
+        """Close idle descriptors beyond ``OPEN_IDLE`` (the caller holds ``lock``)."""
+        if len(self.open) <= OPEN_IDLE:
+            return
+        for ident, v in list(self.open.items()):
+            if len(self.open) <= OPEN_IDLE:
+                break
+            if v.users == 0:
+                del self.open[ident]
+                os.close(v.fd)
+                v.fd = -1
+
+
+_DESCRIPTORS = _Descriptors()
+
+
 @dataclass(slots=True, eq=False)
 class Inflight:
     start: int
@@ -80,6 +124,7 @@ class ObjectContent:
         "present",
         "size",
         "source",
+        "users",
         "vid",
     )
 
@@ -103,8 +148,15 @@ class ObjectContent:
         #: for an upload (every byte is written by the producer).
         self.source = source
         self.present = Extents()
-        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if create else 0)
-        self.fd = os.open(path, flags, 0o600)
+        #: Open only while in use or among the recently used (``_DESCRIPTORS``); -1: closed.
+        self.fd = -1
+        #: Reads and writes running on ``fd`` now (it is not closed under them).
+        self.users = 0
+        if create:
+            flags = _FLAGS | os.O_CREAT | os.O_EXCL
+            os.close(os.open(path, flags, 0o600))
+        else:
+            os.close(os.open(path, _FLAGS))  # (an error now, not at the first read)
         #: Readers and uploads using it right now (not evictable).
         self.pins = 0
         #: Reasons to keep it beyond eviction (being produced for an upload).
@@ -157,7 +209,8 @@ class ObjectContent:
         """
         if self.discarded or not self.present.intersection(start, end):
             return 0
-        punch(self.fd, start, end - start)
+        with self._fd() as fd:
+            punch(fd, start, end - start)
         before = self.present.total
         self.present.remove(start, end)
         gone = before - self.present.total
@@ -169,15 +222,49 @@ class ObjectContent:
         self.last_access = trio.current_time()
 
     def close(self) -> None:
-        if not self.discarded:
-            self.discarded = True
-            os.close(self.fd)
+        with _DESCRIPTORS.lock:
+            if not self.discarded:
+                self.discarded = True
+                if self.fd >= 0 and self.users == 0:
+                    _DESCRIPTORS.open.pop(id(self), None)
+                    os.close(self.fd)
+                    self.fd = -1
+
+    def _closed(self) -> bool:
+        """(Read again after the yield: mypy would keep the earlier check.)"""
+        return self.discarded
+
+    @contextmanager
+    def _fd(self) -> Iterator[int]:
+        """The copy's descriptor, opened if need be, not closed while yielded."""
+        d = _DESCRIPTORS
+        with d.lock:
+            if self.discarded:
+                raise OSError(errno.EBADF, f"cache file {self.vid} was closed")
+            if self.fd < 0:
+                self.fd = os.open(self.path, _FLAGS)
+            d.open[id(self)] = self
+            d.open.move_to_end(id(self))
+            self.users += 1
+            d.trim()
+            fd = self.fd
+        try:
+            yield fd
+        finally:
+            with d.lock:
+                self.users -= 1
+                if self._closed() and self.users == 0 and self.fd >= 0:
+                    # Closed while in use: the descriptor goes with its last user.
+                    d.open.pop(id(self), None)
+                    os.close(self.fd)
+                    self.fd = -1
 
     # -- data (synchronous: callers decide whether to run them in a thread) ------
 
     def read_plain(self, offset: int, length: int) -> bytes:
         """Decrypt ``[offset, offset+length)``; the range must be present."""
-        cipher = os.pread(self.fd, length, offset)
+        with self._fd() as fd:
+            cipher = os.pread(fd, length, offset)
         if len(cipher) != length:
             raise OSError(f"cache file {self.vid} is short at {offset}+{length}")
         return decrypt(self.dk, offset, cipher)
@@ -195,18 +282,21 @@ class ObjectContent:
             piece = view[s - offset : e - offset]
             if self.plaintext_source:
                 piece = memoryview(encrypt(self.dk, s, piece))
-            pwrite_all(self.fd, piece, s)
+            with self._fd() as fd:
+                pwrite_all(fd, piece, s)
             self.mark(s, e)
 
     def produce(self, offset: int, plain: bytes | bytearray | memoryview) -> None:
         """Encrypt a range of a copy being produced for upload (each range once)."""
         if self.present.missing(offset, offset + len(plain)) != [(offset, offset + len(plain))]:
             raise ValueError(f"range {offset}+{len(plain)} of {self.vid} was produced before")
-        pwrite_all(self.fd, encrypt(self.dk, offset, plain), offset)
+        with self._fd() as fd:
+            pwrite_all(fd, encrypt(self.dk, offset, plain), offset)
         self.mark(offset, offset + len(plain))
 
     def fsync(self) -> None:
-        os.fdatasync(self.fd)
+        with self._fd() as fd:
+            os.fdatasync(fd)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -2,7 +2,8 @@
 
 Listings carry sizes and ETags but no metadata, so attributes come from, in
 order: what this mount wrote or saw, the journal's attribute cache
-(validated by ETag, size and Last-Modified), or one HEAD.  The first stat()
+(validated by ETag, size and Last-Modified), the directory's attribute
+index (cosencfs/fs/dirindex.py, validated the same way), or one HEAD.  The first stat()
 of an entry whose attributes are unknown HEADs the directory's other
 unknown entries too, in parallel, in the background (stat-ahead).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -31,6 +32,9 @@ class AttrLoader:
     def __init__(self, ctx: FsContext, ns: Namespace) -> None:
         self.ctx = ctx
         self.ns = ns
+        #: Called with the directory after its entries were HEADed together
+        #: (the directory index then covers them: cosencfs/fs/dirindex.py).
+        self.on_headed: Callable[[Inode], None] = lambda d: None
 
     @property
     def _trust_modes(self) -> bool:
@@ -114,6 +118,8 @@ class AttrLoader:
         async with open_nursery() as nursery:
             for n in todo:
                 nursery.start_soon(one, n)
+        for d in {id(n.parent): n.parent for n in todo if n.parent is not None}.values():
+            self.on_headed(d)
 
     @staticmethod
     def kind_certain(node: Inode) -> bool:
@@ -176,6 +182,19 @@ class AttrLoader:
         )
         if node.remote is not None:
             node.remote.metadata = dict(rec.meta)
+        node.attrs_known = True
+
+    def from_index(self, node: Inode, meta: Mapping[str, str], *, authentic: bool) -> None:
+        """Attributes from a directory index entry that matched the listing
+        (cosencfs/fs/dirindex.py): ``meta`` holds the fields a HEAD would apply."""
+        r = node.remote
+        lm = r.last_modified if r is not None else 0.0
+        size = r.size if r is not None else 0
+        devices = not self.ctx.options.devices or authentic
+        node.kind = kind_from_meta(meta, size, devices=devices)
+        node.attrs = attrs_from_meta(
+            meta, node.kind, self.ctx.options.defaults, lm, trust_modes=self._trust_modes
+        )
         node.attrs_known = True
 
     def dir_from_cache(self, node: Inode) -> None:

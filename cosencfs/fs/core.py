@@ -14,9 +14,11 @@ rename.py, commit.py ...), which it wires together here.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
@@ -30,6 +32,7 @@ from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import Kind
 from cosencfs.fs.commit import Committer
 from cosencfs.fs.context import FsContext, FsOptions
+from cosencfs.fs.dirindex import DirIndex
 from cosencfs.fs.dirops import DirOps
 from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.entry import Entry, StatFs, make_entry, make_statfs
@@ -72,7 +75,8 @@ class Filesystem:
         ctx = self.ctx = FsContext(store, codec, cache, options)
         self.ns = Namespace(ctx)
         self.attrs = AttrLoader(ctx, self.ns)
-        self.listings = Listings(ctx, self.ns, self.attrs)
+        self.dirindex = DirIndex(ctx, self.attrs)
+        self.listings = Listings(ctx, self.ns, self.attrs, self.dirindex)
         self.uploader = Uploader(
             store,
             cache.journal,
@@ -82,7 +86,7 @@ class Filesystem:
         self.records = DirtyRecords(ctx, self.uploader)
         self.committer = Committer(ctx, self.attrs, self.records, self.uploader)
         self.writeback = WriteBack(
-            self.committer.commit,
+            self._commit,
             delay=options.writeback_delay,
             max_dirty_age=options.max_dirty_age,
             workers=options.upload_workers,
@@ -99,6 +103,12 @@ class Filesystem:
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dh = 1
         cache.on_evict = self._evicted
+
+    async def _commit(self, node: Inode) -> None:
+        await self.committer.commit(node)
+        if not node.is_dir:
+            # Batched: the directory's index is rewritten once its files are quiet.
+            self.dirindex.changed(node.parent)
 
     @property
     def options(self) -> FsOptions:
@@ -120,6 +130,7 @@ class Filesystem:
         self.ctx.nursery = nursery
         await nursery.start(self.writeback.run)
         await nursery.start(self.ctx.deleter.run)
+        await nursery.start(self.dirindex.run)
 
     def dirty_inodes(self) -> list[Inode]:
         return [n for n in self.ctx.table.all() if n.dirty and not n.unlinked]
@@ -146,6 +157,7 @@ class Filesystem:
             await self.ctx.deleter.flush()
         except CosEncFsError as exc:
             failures.append(f"deletes: {exc}")
+        await self.dirindex.flush()
         if failures:
             raise SyncError(f"{len(failures)} files could not be uploaded (first: {failures[0]})")
 
@@ -315,16 +327,21 @@ class Filesystem:
         self._dirs[fh] = _DirHandle(d, entries)
         return fh
 
-    def readdir(self, fh: int, start: int) -> list[tuple[bytes, Entry, int]]:
-        """Entries from offset ``start``; offsets are stable for the handle's life."""
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Entry, int]]:
+        """Entries from offset ``start``; offsets are stable for the handle's life.
+
+        Lazy: the kernel takes a page of entries per call (about 25 with
+        attributes), so building every remaining entry each time made a
+        listing quadratic in the directory's size.
+        """
         try:
             dh = self._dirs[fh]
         except KeyError:
             raise FsError(errno.EBADF) from None
-        return [
+        return (
             (name.encode("utf-8"), self.entry(node), i + 1)
-            for i, (name, node) in enumerate(dh.entries[start:], start=start)
-        ]
+            for i, (name, node) in enumerate(itertools.islice(dh.entries, start, None), start=start)
+        )
 
     def readdir_looked_up(self, ino: int) -> None:
         """The kernel accepted an entry from readdir: one more lookup."""

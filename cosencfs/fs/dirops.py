@@ -22,6 +22,7 @@ from cosencfs.fs import xattrs
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.names import INDEX_NAME
 from cosencfs.fs.parts import Handler
 from cosencfs.fs.policy import MAX_SYMLINK_TARGET, check_symlink
 
@@ -82,6 +83,8 @@ class DirOps(Handler):
         key = self.ctx.key_of(node)
         if node.as_dir.has_marker or node.remote is not None:
             self.ctx.deleter.queue(key)
+        if node.as_dir.index_seen:
+            self.ctx.deleter.queue(key + INDEX_NAME)
         self.ctx.journal.delete_attrs(key)
         self.ns.detach(node)
         self.ns.touch_dir(d)

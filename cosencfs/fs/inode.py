@@ -83,6 +83,8 @@ class DirState:
     has_marker: bool = False
     #: When the entries' attributes were last fetched ahead of stat() calls.
     stat_ahead_at: float | None = None
+    #: A listing showed an attribute index, or this mount wrote one (rmdir deletes it).
+    index_seen: bool = False
 
 
 @dataclass(slots=True, eq=False)

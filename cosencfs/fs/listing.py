@@ -5,7 +5,9 @@ A directory's children come from one paged LIST (delimiter ``/``) reused for
 names made here and not uploaded yet stay, names removed here (or whose
 delete is queued) stay away, and an entry whose object changed in COS is
 refreshed.  Attributes of new entries come from the journal's attribute
-cache when it still matches (cosencfs/fs/attrload.py).
+cache when it still matches (cosencfs/fs/attrload.py), else from the
+directory's attribute index when the listing shows one (one GET,
+cosencfs/fs/dirindex.py), entry by entry where it matches the listing.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from cosencfs.errors import FsError, TransientError
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import Kind, attrs_from_meta
 from cosencfs.fs.context import FsContext
+from cosencfs.fs.dirindex import DirIndex
 from cosencfs.fs.inode import Inode, Remote
-from cosencfs.fs.names import valid_listed_name
+from cosencfs.fs.names import INDEX_NAME, valid_listed_name
 from cosencfs.fs.namespace import Namespace
 from cosencfs.store.base import ObjectInfo
 
@@ -32,10 +35,11 @@ STALE_RETRY = 5.0
 
 
 class Listings:
-    def __init__(self, ctx: FsContext, ns: Namespace, attrs: AttrLoader) -> None:
+    def __init__(self, ctx: FsContext, ns: Namespace, attrs: AttrLoader, index: DirIndex) -> None:
         self.ctx = ctx
         self.ns = ns
         self.attrs = attrs
+        self.index = index
 
     async def child(self, d: Inode, name: str) -> Inode | None:
         await self.ensure_listed(d)
@@ -63,12 +67,15 @@ class Listings:
             files: dict[str, ObjectInfo] = {}
             dirs: set[str] = set()
             marker: ObjectInfo | None = None
+            index: ObjectInfo | None = None
             try:
                 async for page in self.ctx.store.list_all(prefix, "/"):
                     for obj in page.objects:
                         name = obj.key[len(prefix) :]
                         if name == "":
                             marker = obj
+                        elif name == INDEX_NAME:
+                            index = obj
                         elif valid_listed_name(name):
                             files[name] = obj
                     for p in page.common_prefixes:
@@ -88,6 +95,11 @@ class Listings:
                 state.listed_at = trio.current_time() - self.ctx.options.dir_ttl + STALE_RETRY
                 return
             self._merge(d, files, dirs, marker, started)
+            if index is not None:
+                state.index_seen = True
+                # Before the listing counts as done: who waits for it (a
+                # readdirplus, the lookups of ls -l) gets the attributes too.
+                await self.index.load(d, index)
             state.listed_at = trio.current_time()
         finally:
             ev, state.listing = state.listing, None

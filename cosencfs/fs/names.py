@@ -11,8 +11,10 @@ from cosencfs.store.base import MAX_KEY_BYTES
 MAX_NAME_BYTES = 255
 #: Names the mount keeps for itself, in every directory: hidden from
 #: listings and lookups, refused (EPERM) as the name of anything created.
-#: ``.cosencfs-tags`` holds the companions of integrity tags (format.md, 12.7).
-RESERVED_NAMES = frozenset({".cosencfs-tags"})
+#: ``.cosencfs-tags`` holds the companions of integrity tags (format.md, 12.7),
+#: ``.cosencfs-index`` a directory's attribute index (format.md, 14).
+INDEX_NAME = ".cosencfs-index"
+RESERVED_NAMES = frozenset({".cosencfs-tags", INDEX_NAME})
 
 
 def decode_name(raw: bytes) -> str:

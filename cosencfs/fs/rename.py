@@ -23,6 +23,7 @@ from cosencfs.errors import FsError, StoreError
 from cosencfs.fs import xattrs
 from cosencfs.fs.attrs import DIR_CONTENT_TYPE, FILE_CONTENT_TYPE, attrs_to_meta
 from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.names import INDEX_NAME
 from cosencfs.fs.parts import Handler, Parts
 from cosencfs.fs.special import move_special
 from cosencfs.store.base import ObjectInfo
@@ -200,6 +201,8 @@ class Renamer(Handler):
                 deleter = self.ctx.deleter
                 objects.extend(o for o in page.objects if not deleter.gone_since(o.key, listed_at))
             keys = [o.key for o in objects]
+            # Attribute indexes are bound to their directory's prefix: deleted, not copied.
+            objects = [o for o in objects if not o.key.endswith("/" + INDEX_NAME)]
             for old in keys:
                 await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
             copied: dict[str, str] = {}

@@ -62,7 +62,7 @@ from cosencfs.errors import (
     StoreError,
     WrongKeyError,
 )
-from cosencfs.fs.names import MAX_NAME_BYTES, RESERVED_NAMES
+from cosencfs.fs.names import INDEX_NAME, MAX_NAME_BYTES, RESERVED_NAMES
 from cosencfs.fs.policy import (
     DEVICES,
     MAX_SYMLINK_TARGET,
@@ -193,6 +193,8 @@ class Fsck:
         if in_companion_area(rel):
             self.tags.listed_companion(info)
             return False
+        if rel == INDEX_NAME or rel.endswith("/" + INDEX_NAME):
+            return False  # a directory's attribute index (format.md 14): no file
         problem = name_problem(rel)
         if problem is not None:
             self._add(

@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks.matrix import matrix, median_rows, parse_networks
 from benchmarks.results import Row
-from benchmarks.scale import scale_table
+from benchmarks.scale import scale_table, scale_targets
 from benchmarks.server import Network
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +68,28 @@ def test_the_matrix_has_a_column_per_network_and_peer() -> None:
 
 def test_scale_table_of_no_scale_run_is_none() -> None:
     assert scale_table([]) is None
+    assert scale_targets([]) is None
+
+
+def test_scale_targets_are_marked_met_or_not() -> None:
+    def row(w: str, n: int, net: str, seconds: float, rate: float | None = None) -> dict[str, Any]:
+        r = Row(peer="cosencfs", workload=w, variant=str(n), network=net, seconds=seconds,
+                rate=rate, extra={"peak_rss_all": 150 * 1024 * 1024})  # fmt: skip
+        return r.as_dict()
+
+    data = [row("scale_ls_cold", 10_000, "10 ms http", 0.8),
+            row("scale_ls_warm", 10_000, "10 ms http", 0.5),
+            row("scale_create", 10_000, "0 ms http", 12.5, rate=800.0)]  # fmt: skip
+    out = scale_targets(data)
+    assert out is not None
+    verdicts = {label: verdict for label, _, verdict in out[1]}
+    assert verdicts == {
+        "cold ls -l of 10,000 files at 10 ms <= 1 s": "met",
+        "warm ls -l of 10,000 files at 10 ms <= 0.3 s": "NOT met",
+        "cold ls -l of 100,000 files at 10 ms <= 10 s": "n/a",
+        "daemon peak RSS with 100,000 files < 200 MiB": "n/a",
+        "creation until in the bucket at 0 ms >= 1000 files/s": "NOT met",
+    }
 
 
 @pytest.mark.mount

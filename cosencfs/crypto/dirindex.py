@@ -1,0 +1,140 @@
+"""The directory attribute index's encoding and MAC (docs/format.md, section 14).
+
+An index holds, per file of one directory, what a listing shows of its
+object (ETag, size, Last-Modified) and the cosfs attribute fields its
+metadata held, so a cold ``ls -l`` needs the listing and one GET instead of
+a HEAD per file.  It is a trust input, so the whole body is authenticated
+under the tag key ``K`` (section 12.1) of the master that wrote it, with the
+directory's key prefix bound: an index forged, truncated, extended, or
+copied to another directory fails as a whole.  It is not encrypted: it
+holds nothing a LIST and HEADs do not show to the same reader of the bucket.
+
+Layout (UTF-8 text, one record a line)::
+
+    cosencfs-dirindex 1
+    {"kid": <key id>, "dir": <directory prefix>, "n": <entries>}
+    [name, etag, size, last_modified, mode, uid, gid, mtime, rdev, state, atag]   (n lines)
+    mac <base64url(T)>
+
+    T = HMAC-SHA256(K, preamble("cosencfs directory index") || lp(prefix)
+                       || lp(kid) || u64(n) || SHA-256(every byte before "mac"))[:16]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from cosencfs.crypto.objecttags import TagKey
+from cosencfs.crypto.tagcodec import TAG_SIZE, _lp, _preamble, _u64, b64url_decode, b64url_encode
+from cosencfs.errors import IntegrityError
+
+MAGIC = b"cosencfs-dirindex 1\n"
+_LABEL = b"cosencfs directory index"
+_MAC_PREFIX = b"mac "
+#: The largest header line read (key id and prefix: an object key is <= 850 bytes).
+_HEADER_MAX = 4096
+
+
+class AttrState(Enum):
+    """What the writer found of the entry's attribute tag (format.md, 14.2)."""
+
+    #: The attribute tag verified: the fields are what a key of ours wrote.
+    AUTHENTIC = "a"
+    #: No tags at all (cosfs, the SDK): the fields are applied as a HEAD's would be.
+    UNTAGGED = "u"
+    #: The tag failed: the fields are left out, the defaults apply.
+    FAILED = "f"
+
+
+@dataclass(slots=True, frozen=True)
+class IndexEntry:
+    name: str
+    etag: str
+    size: int
+    last_modified: float
+    #: cosfs attribute fields (mode, uid, gid, mtime, rdev) as the metadata spelt them.
+    fields: tuple[str | None, str | None, str | None, str | None, str | None]
+    state: AttrState
+    #: The object's attribute tag (base64url), when it had one.
+    atag: str | None = None
+
+    def matches(self, etag: str, size: int, last_modified: float) -> bool:
+        return self.etag == etag and self.size == size and self.last_modified == last_modified
+
+    def _line(self) -> bytes:
+        row = [self.name, self.etag, self.size, self.last_modified, *self.fields]
+        row += [self.state.value, self.atag]
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _mac(tk: TagKey, prefix: str, kid: str, n: int, digest: bytes) -> bytes:
+    message = _preamble(_LABEL) + _lp(prefix.encode("utf-8")) + _lp(kid.encode("ascii"))
+    return tk._mac(message + _u64(n) + digest)
+
+
+def encode_index(tk: TagKey, *, kid: str, prefix: str, entries: list[IndexEntry]) -> bytes:
+    header = json.dumps({"kid": kid, "dir": prefix, "n": len(entries)}, ensure_ascii=False)
+    body = b"".join([MAGIC, header.encode("utf-8"), b"\n", *(e._line() for e in entries)])
+    tag = _mac(tk, prefix, kid, len(entries), hashlib.sha256(body).digest())
+    return body + _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
+
+
+def decode_index(keys: Mapping[str, TagKey], *, prefix: str, body: bytes) -> Iterator[IndexEntry]:
+    """The entries of an index of the directory ``prefix``, after its MAC verified.
+
+    Raises IntegrityError (before yielding anything) when the index is not
+    one a key of ours wrote for this directory, or is truncated or altered.
+    """
+    key = prefix + ".cosencfs-index"
+    if not body.startswith(MAGIC):
+        raise IntegrityError("not a directory index (magic)", key=key)
+    end = body.rfind(b"\n" + _MAC_PREFIX)
+    if end < 0 or not body.endswith(b"\n"):
+        raise IntegrityError("directory index without its MAC (truncated)", key=key)
+    signed, mac_line = body[: end + 1], body[end + 1 + len(_MAC_PREFIX) : -1]
+    nl = signed.find(b"\n", len(MAGIC))
+    if nl < 0 or nl - len(MAGIC) > _HEADER_MAX:
+        raise IntegrityError("directory index header malformed", key=key)
+    try:
+        header = json.loads(signed[len(MAGIC) : nl])
+        kid, bound, n = str(header["kid"]), str(header["dir"]), int(header["n"])
+        kid.encode("ascii")
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("directory index header malformed", key=key) from None
+    if bound != prefix:
+        raise IntegrityError("directory index of another directory", key=key)
+    tk = keys.get(kid)
+    if tk is None:
+        raise IntegrityError(f"directory index under master key id {kid} (not ours)", key=key)
+    tag = b64url_decode(mac_line.decode("ascii", "replace"))
+    expected = _mac(tk, prefix, kid, n, hashlib.sha256(signed).digest())
+    if tag is None or len(tag) != TAG_SIZE or not hmac.compare_digest(tag, expected):
+        raise IntegrityError("directory index MAC does not verify", key=key)
+    if signed.count(b"\n", nl + 1) != n:
+        raise IntegrityError("directory index entry count does not match", key=key)
+    return _entries(signed, nl + 1, key)
+
+
+def _entries(signed: bytes, pos: int, key: str) -> Iterator[IndexEntry]:
+    # One line at a time: a large index is never held twice in memory.
+    while pos < len(signed):
+        nl = signed.index(b"\n", pos)
+        line, pos = signed[pos:nl], nl + 1
+        try:
+            name, etag, size, lm, mode, uid, gid, mtime, rdev, state, atag = json.loads(line)
+            fields = (mode, uid, gid, mtime, rdev)
+            if not all(f is None or isinstance(f, str) for f in fields):
+                raise TypeError("fields")
+            entry = IndexEntry(
+                str(name), str(etag), int(size), float(lm), fields, AttrState(state), atag
+            )
+        except (ValueError, TypeError):
+            # Authentic yet unreadable (a newer writer's format?): the caller
+            # keeps what it applied so far and HEADs the rest.
+            raise IntegrityError("directory index entry malformed", key=key) from None
+        yield entry

@@ -1,0 +1,318 @@
+"""Directory attribute indexes: a cold ``ls -l`` with one GET instead of a HEAD per file.
+
+Each directory this mount writes files in gets an index object,
+``<dir prefix>.cosencfs-index`` (docs/format.md, section 14): per file, the
+ETag, size and Last-Modified its listing showed and the cosfs attribute
+fields of its metadata, MAC'd as a whole under the tag key.
+
+- **reading** (:meth:`DirIndex.load`, from a listing that showed the
+  index): entries are applied one by one, only to entries whose attributes
+  are unknown and whose listing shows exactly the entry's ETag, size and
+  Last-Modified; any other entry (the object rewritten by the SDK, cosfs,
+  another mount; deleted) is ignored and gets its HEAD as before.  An index
+  that is missing, larger than ``MAX_INDEX_BYTES``, forged or truncated is
+  ignored as a whole, with one log line;
+- **writing** (:meth:`DirIndex.changed` after a commit): batched with
+  write-back, a directory's index (once it has ``MIN_FILES`` entries, or
+  already has an index) is rewritten once its files have been
+  quiet for ``QUIET`` seconds (at most ``MAX_DELAY``, or 10 ms per entry,
+  after its first change), and at ``sync``/unmount: one LIST of the directory (for the
+  Last-Modified values COS gave) and one PUT per batch, plus a GET of the
+  old index when entries this mount has no metadata of must be carried over.
+  HEADs of a directory's entries together (readdir, stat-ahead) schedule a rewrite
+  too, so an index that went stale (other writers) or never covered the
+  older files of a directory is repaired by the next cold ``ls -l``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import trio
+import trio.lowlevel
+
+from cosencfs.crypto.dirindex import AttrState, IndexEntry, decode_index, encode_index
+from cosencfs.crypto.integrity import ATTR_TAG_FIELD, OBJECT_TAG_FIELD, TagKey
+from cosencfs.errors import CosEncFsError, CryptoError, IntegrityError
+from cosencfs.fs.attrload import AttrLoader
+from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID
+from cosencfs.fs.context import FsContext
+from cosencfs.fs.inode import Inode
+from cosencfs.fs.names import INDEX_NAME, valid_listed_name
+from cosencfs.store.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+#: An index larger than this is neither read nor written (about 200,000 entries).
+MAX_INDEX_BYTES = 32 * 1024 * 1024
+#: A directory gets its first index once it holds this many entries: below,
+#: the parallel HEADs of stat-ahead (16 at a time) cost a few round trips,
+#: less than the index's LIST and PUT after every batch of changes.
+MIN_FILES = 64
+#: A directory's index is rewritten once its files were quiet this long ...
+QUIET = 1.0
+#: ... or this long after its first change (or ``DELAY_PER_ENTRY`` per entry
+#: if longer), whichever comes first: a rewrite costs work in proportion to
+#: the directory, so spacing rewrites in proportion too keeps the cost per
+#: new file constant while files keep coming.
+MAX_DELAY = 30.0
+DELAY_PER_ENTRY = 0.01
+#: Entries applied between two checkpoints (other tasks run in between).
+_STEP = 2000
+_FIELDS = (META_MODE, META_UID, META_GID, META_MTIME, META_RDEV)
+_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass(slots=True)
+class IndexStats:
+    loaded: int = 0
+    applied: int = 0
+    mismatched: int = 0
+    refused: int = 0
+    written: int = 0
+    write_failures: int = 0
+
+
+def _removed(d: Inode) -> bool:
+    """(Read again after an await: mypy would take the earlier check as still holding.)"""
+    return d.unlinked
+
+
+@dataclass(slots=True)
+class _Pending:
+    node: Inode
+    first: float
+    last: float
+
+
+class DirIndex:
+    def __init__(self, ctx: FsContext, attrs: AttrLoader) -> None:
+        self.ctx = ctx
+        self.attrs = attrs
+        self.stats = IndexStats()
+        self._keys: dict[str, TagKey] = {}
+        for master in ctx.codec.masters:
+            try:
+                self._keys[master.key_id] = TagKey.from_master(master)
+            except CryptoError:
+                pass  # a public-only RSA key: no index, HEADs as before
+        self._kid = ctx.codec.key_id if ctx.codec.key_id in self._keys else None
+        #: False: read indexes, write none (tests: a mount of an older version).
+        self.writes = True
+        # A directory whose entries had to be HEADed gets an index that covers them.
+        attrs.on_headed = self.changed
+        self._pending: dict[int, _Pending] = {}
+        self._wake = trio.Event()
+        self._lock = trio.Lock()
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- reading ---------------------------------------------------------------
+
+    async def load(self, d: Inode, info: ObjectInfo) -> None:
+        """Apply the index ``info`` (seen in ``d``'s listing) to entries of unknown attributes."""
+        children = d.as_dir.children
+        if not self._keys or all(n.attrs_known or n.file is None for n in children.values()):
+            return
+        if info.size > MAX_INDEX_BYTES:
+            self._warn(info, f"larger than {MAX_INDEX_BYTES} bytes, not read")
+            return
+        prefix = self.ctx.key_of(d)
+        try:
+            body = await self.ctx.store.get(info.key, if_match=info.etag)
+            if len(body) > MAX_INDEX_BYTES:
+                raise IntegrityError("larger than its listing said", key=info.key)
+            entries = decode_index(self._keys, prefix=prefix, body=body)
+            self.stats.loaded += 1
+            applied = mismatched = 0
+            for i, e in enumerate(entries, 1):
+                node = children.get(e.name)
+                if node is not None and self._applies(node, e):
+                    applied += 1
+                elif node is not None and not node.attrs_known:
+                    mismatched += 1
+                if i % _STEP == 0:
+                    await trio.lowlevel.checkpoint()
+        except IntegrityError as exc:
+            self.stats.refused += 1
+            self._warn(info, f"{exc}; HEADs instead")
+            return
+        except CosEncFsError as exc:
+            log.info("directory index %r not read (%s); HEADs instead", info.key, exc)
+            return
+        except Exception:
+            # (A bug here must cost HEADs, not the listing.)
+            log.exception("directory index %r not read; HEADs instead", info.key)
+            return
+        self.stats.applied += applied
+        self.stats.mismatched += mismatched
+        log.debug("index of %r: %d applied, %d stale", prefix, applied, mismatched)
+
+    def _applies(self, node: Inode, e: IndexEntry) -> bool:
+        """Apply ``e`` to ``node`` if it describes the object the listing showed."""
+        r = node.remote
+        if node.attrs_known or node.file is None or node.dirty or r is None:
+            return False
+        if not e.matches(r.etag, r.size, r.last_modified):
+            return False
+        meta: dict[str, str] = {}
+        if e.state is AttrState.AUTHENTIC or (
+            e.state is AttrState.UNTAGGED and not self.ctx.tags.require
+        ):
+            meta = {k: v for k, v in zip(_FIELDS, e.fields, strict=True) if v is not None}
+        self.attrs.from_index(node, meta, authentic=e.state is AttrState.AUTHENTIC)
+        return True
+
+    def _warn(self, info: ObjectInfo, what: str) -> None:
+        if (info.key, info.etag) not in self._warned:
+            self._warned.add((info.key, info.etag))
+            log.warning("directory index %r: %s", info.key, what)
+
+    # -- writing ---------------------------------------------------------------
+
+    def changed(self, d: Inode | None) -> None:
+        """A file in ``d`` was committed, or its entries HEADed: rewrite ``d``'s
+        index in a while."""
+        if d is None or d.dir is None or self._kid is None or not self.writes:
+            return
+        if not d.dir.index_seen and len(d.dir.children) < MIN_FILES:
+            return
+        now = trio.current_time()
+        p = self._pending.get(d.ino)
+        if p is None:
+            self._pending[d.ino] = _Pending(d, now, now)
+            self._wake.set()
+        else:
+            p.last = now
+
+    @property
+    def pending(self) -> int:
+        """Directories whose index is due to be rewritten."""
+        return len(self._pending)
+
+    def _due(self, p: _Pending) -> float:
+        entries = len(p.node.dir.children) if p.node.dir is not None else 0
+        return min(p.last + QUIET, p.first + max(MAX_DELAY, entries * DELAY_PER_ENTRY))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            due = [p for p in self._pending.values() if self._due(p) <= now]
+            for p in due:
+                del self._pending[p.node.ino]
+            for p in due:
+                await self._write_logged(p.node)
+            self._wake = trio.Event()
+            wake_at = min((self._due(p) for p in self._pending.values()), default=math.inf)
+            with trio.move_on_at(wake_at):
+                await self._wake.wait()
+
+    async def flush(self) -> None:
+        """Write every pending index now (sync, unmount)."""
+        pending, self._pending = list(self._pending.values()), {}
+        for p in pending:
+            await self._write_logged(p.node)
+
+    async def _write_logged(self, d: Inode) -> None:
+        try:
+            async with self._lock:
+                await self.write(d)
+        except Exception as exc:
+            # An index is an optimisation: whatever goes wrong, the mount
+            # goes on (HEADs instead), it must not take the nursery down.
+            if not isinstance(exc, CosEncFsError | OSError):
+                log.exception("unexpected error writing the directory index of %r", d.name)
+            self.stats.write_failures += 1
+            log.warning("directory index of %r not written (%s)", d.name, exc)
+
+    async def write(self, d: Inode) -> None:
+        """Rewrite ``d``'s index from a fresh listing (entries are never guessed)."""
+        tk = None if self._kid is None else self._keys[self._kid]
+        if tk is None or self._kid is None or d.unlinked or d.dir is None:
+            return
+        prefix = self.ctx.key_of(d)
+        objects: dict[str, ObjectInfo] = {}
+        old: ObjectInfo | None = None
+        async for page in self.ctx.store.list_all(prefix, "/"):
+            for obj in page.objects:
+                name = obj.key[len(prefix) :]
+                if name == INDEX_NAME:
+                    old = obj
+                elif valid_listed_name(name):
+                    objects[name] = obj
+        entries: dict[str, IndexEntry] = {}
+        uncovered: set[str] = set()
+        children = d.as_dir.children
+        for name, obj in objects.items():
+            e = self._entry_of(name, children.get(name), obj)
+            if e is None:
+                uncovered.add(name)
+            else:
+                entries[name] = e
+        if uncovered and old is not None:
+            await self._carry_over(prefix, old, objects, uncovered, entries)
+        if not entries:
+            if old is not None:
+                await self.ctx.store.delete(old.key)
+            return
+        rows = [entries[name] for name in sorted(entries)]
+        body = encode_index(tk, kid=self._kid, prefix=prefix, entries=rows)
+        if len(body) > MAX_INDEX_BYTES:
+            log.warning("directory %r: index of %d bytes not written (bound)", prefix, len(body))
+            return
+        if _removed(d):
+            return  # removed while listed: an index now would bring the prefix back
+        # A delete of an earlier index (rmdir, then mkdir again) goes out first.
+        await self.ctx.deleter.settle(prefix + INDEX_NAME)
+        await self.ctx.store.put(prefix + INDEX_NAME, body, {}, content_type=_CONTENT_TYPE)
+        d.as_dir.index_seen = True
+        self.stats.written += 1
+
+    def _entry_of(self, name: str, node: Inode | None, obj: ObjectInfo) -> IndexEntry | None:
+        """An entry for ``obj`` from what this mount knows of it (its full metadata)."""
+        if node is None or node.file is None or node.dirty or node.unlinked:
+            return None
+        r = node.remote
+        if r is None or r.metadata is None or r.etag != obj.etag or r.size != obj.size:
+            return None
+        meta = r.metadata
+        key = self.ctx.key_of(node)
+        if self.ctx.tags.attrs_authentic(key, meta):
+            state = AttrState.AUTHENTIC
+        elif ATTR_TAG_FIELD not in meta and OBJECT_TAG_FIELD not in meta:
+            state = AttrState.UNTAGGED
+        else:
+            state = AttrState.FAILED
+        got = tuple(None if state is AttrState.FAILED else meta.get(f) for f in _FIELDS)
+        fields = (got[0], got[1], got[2], got[3], got[4])
+        atag = meta.get(ATTR_TAG_FIELD)
+        return IndexEntry(name, obj.etag, obj.size, obj.last_modified, fields, state, atag)
+
+    async def _carry_over(
+        self,
+        prefix: str,
+        old: ObjectInfo,
+        objects: dict[str, ObjectInfo],
+        uncovered: set[str],
+        entries: dict[str, IndexEntry],
+    ) -> None:
+        """Entries of the old index that still match the listing (objects this
+        mount has not HEADed: written by another mount, or loaded from the index)."""
+        if old.size > MAX_INDEX_BYTES:
+            return
+        try:
+            body = await self.ctx.store.get(old.key, if_match=old.etag)
+            for e in decode_index(self._keys, prefix=prefix, body=body):
+                obj = objects.get(e.name)
+                if (
+                    e.name in uncovered
+                    and obj is not None
+                    and e.matches(obj.etag, obj.size, obj.last_modified)
+                ):
+                    entries[e.name] = e
+        except IntegrityError as exc:
+            self._warn(old, f"{exc}; not carried over")
+        except CosEncFsError as exc:
+            log.info("directory index %r not carried over (%s)", old.key, exc)
