@@ -276,3 +276,13 @@ def sdk_config(port: int, *, timeout: int = 30) -> CosConfig:
         SecretKey=SECRET_KEY,
         Timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process umask set to ``mask`` for the block (tests of modes)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -72,7 +72,6 @@ database is in memory only: nothing is written into the repository.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import itertools
@@ -102,7 +101,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.testlib import Mount, MountFactory, start_server
+from tests.testlib import Mount, MountFactory, start_server, umask
 
 # -- budget ----------------------------------------------------------------------
 
@@ -1058,15 +1057,6 @@ def _seed() -> int:
     return int(value) if value else 0
 
 
-@contextlib.contextmanager
-def _umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def replay_command(seed: int, blob: str | None) -> str:
     env = [
         f"COSENCFS_MODEL_SEED={seed}",
@@ -1126,7 +1116,7 @@ def test_model_against_real_mount(tmp_path: Path, key_file: Path) -> None:
     machine = seeded_machine(machine, seed, "COSENCFS_MODEL_BLOB")
     conf = model_settings(EXAMPLES, STEPS)
     try:
-        with _umask(UMASK):
+        with umask(UMASK):
             run_state_machine_as_test(machine, settings=conf)
     except BaseException as exc:
         msg = f"replay with: {replay_command(seed, _blob_of(exc))}"

@@ -14,7 +14,6 @@ tree with every type round trip through a cold remount.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -30,7 +29,7 @@ from qcloud_cos.crypto import AESCTRCipher, AESProvider
 
 from cosencfs.server import LocalCosServer
 from tests.mount.test_tools import sh
-from tests.testlib import BUCKET, MountFactory, cd, have, sdk_config
+from tests.testlib import BUCKET, MountFactory, cd, have, sdk_config, umask
 
 pytestmark = pytest.mark.mount
 
@@ -393,15 +392,6 @@ def ext4(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-@contextlib.contextmanager
-def _umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def _fresh(root: Path) -> Path:
     base = root / "t"
     base.mkdir()
@@ -429,7 +419,7 @@ def _name(code: int) -> str:
 
 def test_edge_cases_answer_as_ext4(ext4: Path, mounts: MountFactory) -> None:
     m = mounts(extra=["-o", "allow_other"])
-    with _umask(0o022):
+    with umask(0o022):
         want = run_all(_fresh(ext4))
         got = run_all(_fresh(m.mountpoint))
     assert len(want) == len(got) >= 600
