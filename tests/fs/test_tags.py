@@ -211,3 +211,37 @@ def test_tagging_an_upload_copy_matches_the_body_tags(tmp_path: Path) -> None:
         tag_ciphertext(str(path), ck, 2 * MIB, len(body) + 1)
     with pytest.raises(ValueError, match="chunk boundary"):
         tag_ciphertext(str(path), ck, 100, MIB)
+
+
+async def test_streamed_file_and_a_flipped_chunk_never_stored(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    """A streamed (multipart) file's tags verify (its companion was stored beside
+    the completion, before the copy naming it); a chunk altered in COS fails each
+    time it is read: the fetch that brought it stored none of its bytes."""
+    fs1 = await make_fs()
+    data = os.urandom(20 * MIB + 777)
+    await write_file(fs1, ROOT_INO, "big", data)
+    meta = dict((await store.head("big")).metadata)
+    assert TAGS_REF_FIELD in meta
+    await verified(store, codec, "big")
+    body = bytearray(await store.get("big"))
+    bad = 100
+    body[bad * CHUNK_SIZE + 5] ^= 1
+    await store.put("big", bytes(body), meta)
+    fs2 = await make_fs()
+    entry = await fs2.lookup(ROOT_INO, b"big")
+    fh, _ = await fs2.open(entry.ino, os.O_RDONLY)
+    try:
+        assert await fs2.read(fh, 0, 4096) == data[:4096]
+        for failures in (1, 2):
+            with pytest.raises(IntegrityError, match="does not verify") as exc:
+                await fs2.read(fh, bad * CHUNK_SIZE, 4096)
+            assert exc.value.chunk == bad
+            integrity = fs2.stats()["integrity"]
+            assert isinstance(integrity, dict)
+            assert integrity["chunk_failures"] == failures
+        after = (bad + 1) * CHUNK_SIZE
+        assert await fs2.read(fh, after, 4096) == data[after : after + 4096]
+    finally:
+        await fs2.release(fh)
