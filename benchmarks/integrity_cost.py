@@ -1,6 +1,7 @@
 """What integrity tags cost a mount: time and requests, tagged against untagged.
 
-Two cosencfs mounts of one local COS server, one writing tagged objects (the
+Two cosencfs mounts of one local COS server (the benchmark suite's, with its
+latency model: ``--rtt-ms``, ``--https``), one writing tagged objects (the
 default) and one with the benchmark's own switch ``--x-bench-untagged``,
 measured interleaved (tagged, untagged, untagged, tagged, ...) so that drift
 on a shared machine hits both alike:
@@ -11,14 +12,18 @@ on a shared machine hits both alike:
   request), writing a large file (its companion: one PUT) and opening it
   cold (one GET), from the mount's own request counters (``cosencfs stats``).
 
-Each row is the median of ``--runs`` runs, with the spread (min-max);
-``python -m benchmarks.integrity_cost --runs 5`` is the figure quoted in
-docs/format.md, 12.11.
+Each row is the median of ``--runs`` runs, with the spread (min-max), per
+network; the daemon's CPU time (user + system) is shown beside the wall
+time, since on a shared machine it is the steadier of the two.
+``--profile DIR`` records every timed step with py-spy (benchmarks/profiling.py).
+``python -m benchmarks.integrity_cost --runs 5 --rtt-ms 0,10`` is the figure
+quoted in docs/format.md, 12.11.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,72 +33,49 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.system import clean_env, force_unmount, is_mounted
-from cosencfs.crypto.keyfiles import generate_aes_key_file
-from cosencfs.server import LocalCosServer
+from benchmarks.matrix import parse_networks
+from benchmarks.peers import CosencfsPeer
+from benchmarks.profiling import Profiler
+from benchmarks.server import LocalServer, Network
 
-BUCKET = "cost-1250000000"
-REGION = "ap-guangzhou"
-SECRET_ID = "AKIDintegritycost"
-SECRET_KEY = "integrity-cost-secret-0000"
 MIB = 1024 * 1024
 MODES = ("tagged", "untagged")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-class Bench:
-    def __init__(self, root: Path, server: LocalCosServer, key: Path) -> None:
-        self.root = root
-        self.server = server
-        self.key = key
-        self._n = 0
+def make_peer(root: Path, server: LocalServer, mode: str) -> CosencfsPeer:
+    """A cosencfs mount (the suite's own) of ``server``, tagged or not."""
+    peer = CosencfsPeer(root / mode, server.network)
+    peer.server = server
+    for d in (peer.mnt, peer.cache, peer.logs):
+        d.mkdir(parents=True, exist_ok=True)
+    peer.prepare()
+    if mode == "untagged":
+        peer.extra = ["--x-bench-untagged"]
+    return peer
 
-    @contextmanager
-    def mount(self, mode: str) -> Iterator[Path]:
-        self._n += 1
-        mnt = self.root / f"mnt{self._n}"
-        cache = self.root / f"cache{self._n}"
-        mnt.mkdir()
-        log = (self.root / f"mount{self._n}.log").open("wb")
-        cmd = [
-            sys.executable,
-            "-m",
-            "cosencfs",
-            "mount",
-            BUCKET,
-            str(mnt),
-            "--endpoint",
-            self.server.url,
-            "--region",
-            REGION,
-            "--key-file",
-            str(self.key),
-            "--cache-dir",
-            str(cache),
-            "--foreground",
-            *(["--x-bench-untagged"] if mode == "untagged" else []),
-        ]
-        env = clean_env({"COS_SECRET_ID": SECRET_ID, "COS_SECRET_KEY": SECRET_KEY})
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
-        log.close()
-        try:
-            deadline = time.monotonic() + 30
-            while not is_mounted(mnt):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mount failed: {self.root / f'mount{self._n}.log'}")
-                time.sleep(0.02)
-            yield mnt
-        finally:
-            subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            force_unmount(mnt)
-            shutil.rmtree(cache, ignore_errors=True)
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@contextlib.contextmanager
+def measured(
+    peer: CosencfsPeer, profiler: Profiler | None, name: str, out: dict[str, float], what: str
+) -> Iterator[None]:
+    """Wall time and the daemon's CPU time of the block, into ``out[what + "_s"/"_cpu"]``."""
+    pid = peer.pid
+    with profiler.record(pid, name) if profiler is not None else contextlib.nullcontext():
+        cpu = cpu_seconds(pid)
+        start = time.perf_counter()
+        yield
+        out[f"{what}_s"] = time.perf_counter() - start
+        out[f"{what}_cpu"] = cpu_seconds(pid) - cpu
 
 
 def requests_of(mnt: Path) -> dict[str, int]:
@@ -112,53 +94,119 @@ def spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     }
 
 
-def write_file(path: Path, block: bytes, size: int) -> float:
-    start = time.perf_counter()
+def write_file(path: Path, block: bytes, size: int) -> None:
     with path.open("wb") as f:
         for _ in range(size // len(block)):
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
-    return time.perf_counter() - start
 
 
-def read_file(path: Path) -> float:
-    start = time.perf_counter()
+def read_file(path: Path) -> None:
     with path.open("rb") as f:
         while f.read(MIB):
             pass
-    return time.perf_counter() - start
 
 
-def one_run(b: Bench, mode: str, size: int, block: bytes, i: int) -> dict[str, float]:
-    name = f"seq-{mode}-{i}"
-    with b.mount(mode) as mnt:
-        w = write_file(mnt / name, block, size)
-    with b.mount(mode) as mnt:
-        r = read_file(mnt / name)
-    return {"write_s": w, "read_s": r}
-
-
-def request_costs(b: Bench, small: int, large: int, block: bytes) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for mode in MODES:
-        with b.mount(mode) as mnt:
-            before = requests_of(mnt)
-            write_file(mnt / f"small-{mode}", block[:small], small)
-            mid = requests_of(mnt)
-            write_file(mnt / f"large-{mode}", block, large)
-            after = requests_of(mnt)
-        with b.mount(mode) as mnt:
-            opened = requests_of(mnt)
-            with (mnt / f"large-{mode}").open("rb") as f:
-                f.read(4096)
-            first = requests_of(mnt)
-        out[mode] = {
-            "small_write": spent(before, mid),
-            "large_write": spent(mid, after),
-            "large_first_open_read": spent(opened, first),
-        }
+def one_run(
+    peer: CosencfsPeer, size: int, block: bytes, name: str, profiler: Profiler | None
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    peer.mount(clear_cache=True)
+    try:
+        with measured(peer, profiler, f"write-{name}", out, "write"):
+            write_file(peer.mnt / name, block, size)
+    finally:
+        peer.unmount()
+    peer.mount(clear_cache=True)
+    try:
+        with measured(peer, profiler, f"read-{name}", out, "read"):
+            read_file(peer.mnt / name)
+    finally:
+        peer.unmount()
     return out
+
+
+def request_costs(
+    peer: CosencfsPeer, mode: str, small: int, large: int, block: bytes
+) -> dict[str, Any]:
+    # Names of their own: the two mounts share the bucket, and replacing an
+    # object costs requests that creating one does not.
+    peer.mount(clear_cache=True)
+    try:
+        before = requests_of(peer.mnt)
+        write_file(peer.mnt / f"small-{mode}", block[:small], small)
+        mid = requests_of(peer.mnt)
+        write_file(peer.mnt / f"large-{mode}", block, large)
+        after = requests_of(peer.mnt)
+    finally:
+        peer.unmount()
+    peer.mount(clear_cache=True)
+    try:
+        opened = requests_of(peer.mnt)
+        with (peer.mnt / f"large-{mode}").open("rb") as f:
+            f.read(4096)
+        first = requests_of(peer.mnt)
+    finally:
+        peer.unmount()
+    return {
+        "small_write": spent(before, mid),
+        "large_write": spent(mid, after),
+        "large_first_open_read": spent(opened, first),
+    }
+
+
+def run_network(
+    root: Path, net: Network, args: argparse.Namespace, block: bytes, profiler: Profiler | None
+) -> dict[str, Any]:
+    size = args.size_mib * MIB
+    slug = f"{net.rtt_ms:g}ms-{'https' if net.https else 'http'}"
+    work = root / slug
+    with LocalServer(work / "server", root / f"server-{slug}.log", net) as server:
+        peers = {m: make_peer(work, server, m) for m in MODES}
+        try:
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+            for i in range(args.runs):
+                for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                    name = f"{slug}-{mode}-{i}"
+                    runs[mode].append(one_run(peers[mode], size, block, name, profiler))
+            costs = {}
+            if not args.no_requests:
+                costs = {
+                    m: request_costs(p, m, args.small_kib * 1024, 24 * MIB, block)
+                    for m, p in peers.items()
+                }
+        finally:
+            for p in peers.values():
+                p.kill()
+    result: dict[str, Any] = {"network": net.label, "runs": runs, "requests": costs}
+    for what in ("write", "read"):
+        for unit in ("s", "cpu"):
+            vals = {m: [r[f"{what}_{unit}"] for r in runs[m]] for m in MODES}
+            med = {m: statistics.median(v) for m, v in vals.items()}
+            result[f"{what}_{unit}"] = {
+                "median": med,
+                "spread": {m: (min(v), max(v)) for m, v in vals.items()},
+                "ratio": med["tagged"] / med["untagged"] if med["untagged"] else None,
+            }
+    return result
+
+
+def report(result: dict[str, Any], size_mib: int, runs: int) -> None:
+    print(f"{result['network']}: {size_mib} MiB, median of {runs} interleaved runs (min-max)")
+    labels = {"write": "sequential write until in bucket", "read": "cold sequential read"}
+    for what, label in labels.items():
+        wall, cpu = result[f"{what}_s"], result[f"{what}_cpu"]
+        med, spread = wall["median"], wall["spread"]
+        print(
+            f"  {label}: tagged {med['tagged']:.2f} s ({spread['tagged'][0]:.2f}-"
+            f"{spread['tagged'][1]:.2f}), untagged {med['untagged']:.2f} s "
+            f"({spread['untagged'][0]:.2f}-{spread['untagged'][1]:.2f}), "
+            f"ratio {wall['ratio']:.3f}; daemon CPU tagged {cpu['median']['tagged']:.2f} s, "
+            f"untagged {cpu['median']['untagged']:.2f} s, ratio {cpu['ratio'] or 0:.3f}"
+        )
+    for mode, costs in result["requests"].items():
+        print(f"  requests, {mode}: {json.dumps(costs, sort_keys=True)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,44 +214,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--small-kib", type=int, default=1024)
+    p.add_argument(
+        "--rtt-ms",
+        default="0",
+        metavar="MS[,MS...]",
+        help="simulated round trip of the local server (as benchmarks.run); a list runs each",
+    )
+    p.add_argument("--https", action="store_true", help="over https (as benchmarks.run)")
+    p.add_argument("--no-requests", action="store_true", help="skip the request counts")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy every timed step into DIR")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args(argv)
-    size = args.size_mib * MIB
+    networks = parse_networks(args.rtt_ms, https=args.https, both=False)
     block = os.urandom(MIB)
+    profiler = None if args.profile is None else Profiler(args.profile, set())
     root = Path(tempfile.mkdtemp(prefix="cosencfs-integrity-cost-", dir="/var/tmp"))
+    results = []
     try:
-        key = root / "aes.key"
-        generate_aes_key_file(key)
-        with LocalCosServer(
-            root / "server", buckets=[BUCKET], secret_id=SECRET_ID, secret_key=SECRET_KEY
-        ) as server:
-            b = Bench(root, server, key)
-            runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
-            for i in range(args.runs):
-                order = MODES if i % 2 == 0 else MODES[::-1]
-                for mode in order:
-                    runs[mode].append(one_run(b, mode, size, block, i))
-            costs = request_costs(b, args.small_kib * 1024, 24 * MIB, block)
+        for net in networks:
+            result = run_network(root, net, args, block, profiler)
+            report(result, args.size_mib, args.runs)
+            results.append(result)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result: dict[str, Any] = {"size_mib": args.size_mib, "runs": args.runs, "requests": costs}
-    print(f"{args.size_mib} MiB, median of {args.runs} interleaved runs (min-max)")
-    for what in ("write_s", "read_s"):
-        med = {m: statistics.median(r[what] for r in runs[m]) for m in MODES}
-        spread = {m: (min(r[what] for r in runs[m]), max(r[what] for r in runs[m])) for m in MODES}
-        ratio = med["tagged"] / med["untagged"]
-        result[what] = {"median": med, "spread": spread, "ratio": ratio}
-        label = "sequential write until in bucket" if what == "write_s" else "cold sequential read"
-        print(
-            f"  {label}: tagged {med['tagged']:.2f} s ({spread['tagged'][0]:.2f}-"
-            f"{spread['tagged'][1]:.2f}), untagged {med['untagged']:.2f} s "
-            f"({spread['untagged'][0]:.2f}-{spread['untagged'][1]:.2f}), "
-            f"ratio {ratio:.3f}"
-        )
-    for mode in MODES:
-        print(f"  requests, {mode}: {json.dumps(costs[mode], sort_keys=True)}")
+    if profiler is not None and profiler.errors:
+        print("profile errors: " + "; ".join(profiler.errors), file=sys.stderr)
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, sort_keys=True))
+        data = {"size_mib": args.size_mib, "runs": args.runs, "load": os.getloadavg()}
+        args.json.write_text(json.dumps({**data, "networks": results}, indent=2, sort_keys=True))
     return 0
 
 

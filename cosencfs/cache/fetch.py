@@ -151,24 +151,17 @@ class Fetcher:
                 out.append(inf)
         return out
 
-    async def _verify(self, src: Source, start: int, data: bytes) -> None:
+    def _checker(self, src: Source, start: int) -> Callable[[bytes], None] | None:
+        """What checks a fetch at ``start`` of ``src`` against its tags (None: untagged)."""
         verified, ck = src.verified, src.chunk_key
-        if verified is None or ck is None:
+        if verified is None:
+            return None
+        if ck is None:
             raise CosEncFsError(f"{src.key!r}: verified source without its chunk key")
         if start % CHUNK_SIZE:
             raise CosEncFsError(f"{src.key!r}: fetch at {start} is not on a chunk boundary")
-        try:
-            if len(data) >= THREAD_THRESHOLD:
-                # No lock: the bytes are this task's own until stored.
-                await trio.to_thread.run_sync(
-                    verified.verify_range, ck, start // CHUNK_SIZE, data, limiter=self.io_limiter
-                )
-            else:
-                verified.verify_range(ck, start // CHUNK_SIZE, data)
-        except IntegrityError:
-            self.chunk_failures += 1
-            raise
-        self.chunks_verified += -(-len(data) // CHUNK_SIZE)
+        first = start // CHUNK_SIZE
+        return lambda data: verified.verify_range(ck, first, data)
 
     async def _background_fill(self, v: ObjectContent, inf: Inflight) -> None:
         try:
@@ -192,19 +185,39 @@ class Fetcher:
                     f"({start + len(data)} < {end} bytes)"
                 )
             self.fetched_bytes += len(data)
-            if src.verified is not None:
-                await self._verify(src, start, data)
+            check = self._checker(src, start)
             async with v.lock:
-                if v.discarded:
-                    return
-                if len(data) >= THREAD_THRESHOLD:
-                    # Under v's lock: nothing else stores into v meanwhile.
-                    await trio.to_thread.run_sync(
-                        v.store_fetched, start, data, limiter=self.io_limiter
-                    )
-                else:
-                    v.store_fetched(start, data)
+                try:
+                    if len(data) >= THREAD_THRESHOLD:
+                        # Under v's lock: nothing else stores into v meanwhile.
+                        # One worker-thread job checks the chunks, then stores
+                        # them: no second hand-off between the two.
+                        await trio.to_thread.run_sync(
+                            _check_and_store, v, check, start, data, limiter=self.io_limiter
+                        )
+                    else:
+                        _check_and_store(v, check, start, data)
+                except IntegrityError:
+                    self.chunk_failures += 1
+                    raise
+            if check is not None:
+                self.chunks_verified += -(-len(data) // CHUNK_SIZE)
         finally:
             v.inflight.remove(inf)
             inf.done.set()
         self.on_stored()
+
+
+def _check_and_store(
+    v: ObjectContent, check: Callable[[bytes], None] | None, start: int, data: bytes
+) -> None:
+    """Check fetched bytes against their chunk tags, then store them into ``v``.
+
+    The caller holds ``v.lock``.  Every chunk is checked before any byte is
+    stored: one that fails (IntegrityError) leaves nothing in the cache.  A
+    copy discarded meanwhile stores nothing, but still reports a failure.
+    """
+    if check is not None:
+        check(data)
+    if not v.discarded:
+        v.store_fetched(start, data)

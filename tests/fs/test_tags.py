@@ -14,20 +14,25 @@ from pathlib import Path
 
 import pytest
 
+from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
+    CHUNK_SIZE,
     CHUNKS_FIELD,
     OBJECT_TAG_FIELD,
     TAGS_REF_FIELD,
+    ChunkKey,
     TagKey,
     open_tags,
+    tag_body,
 )
 from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_rsa_key_files
 from cosencfs.errors import ConfigError, FsError, IntegrityError
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.fs.tagcheck import COMPANION_DIR, attr_set
+from cosencfs.fs.tagparts import tag_ciphertext
 from cosencfs.fs.tags import MountTags
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
@@ -186,3 +191,57 @@ async def test_file_unlinked_while_open_is_no_rollback(fsys: Filesystem, store: 
     # ... and the name holds version two.
     again = await fsys.lookup(ROOT_INO, b"f")
     assert await read_file(fsys, again.ino) == b"version two, in COS now"
+
+
+def test_tagging_an_upload_copy_matches_the_body_tags(tmp_path: Path) -> None:
+    """``tag_ciphertext`` reads the copy in pieces into one reused buffer: the
+    tags are still those of the whole body, for ranges of every shape, and a
+    copy shorter than the range fails instead of tagging what is missing."""
+    dk = DataKey.generate()
+    ck = ChunkKey(dk)
+    body = os.urandom(3 * MIB + 12_345)
+    path = tmp_path / "copy"
+    path.write_bytes(body)
+    want = tag_body(ck, body).tags
+    c = CHUNK_SIZE
+    for start, end in [(0, len(body)), (0, MIB), (MIB, len(body)), (5 * c, 7 * c), (c, c)]:
+        got = tag_ciphertext(str(path), ck, start, end)
+        assert got == list(want[start // c : -(-end // c)]), (start, end)
+    with pytest.raises(OSError, match="short"):
+        tag_ciphertext(str(path), ck, 2 * MIB, len(body) + 1)
+    with pytest.raises(ValueError, match="chunk boundary"):
+        tag_ciphertext(str(path), ck, 100, MIB)
+
+
+async def test_streamed_file_and_a_flipped_chunk_never_stored(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    """A streamed (multipart) file's tags verify (its companion was stored beside
+    the completion, before the copy naming it); a chunk altered in COS fails each
+    time it is read: the fetch that brought it stored none of its bytes."""
+    fs1 = await make_fs()
+    data = os.urandom(20 * MIB + 777)
+    await write_file(fs1, ROOT_INO, "big", data)
+    meta = dict((await store.head("big")).metadata)
+    assert TAGS_REF_FIELD in meta
+    await verified(store, codec, "big")
+    body = bytearray(await store.get("big"))
+    bad = 100
+    body[bad * CHUNK_SIZE + 5] ^= 1
+    await store.put("big", bytes(body), meta)
+    fs2 = await make_fs()
+    entry = await fs2.lookup(ROOT_INO, b"big")
+    fh, _ = await fs2.open(entry.ino, os.O_RDONLY)
+    try:
+        assert await fs2.read(fh, 0, 4096) == data[:4096]
+        for failures in (1, 2):
+            with pytest.raises(IntegrityError, match="does not verify") as exc:
+                await fs2.read(fh, bad * CHUNK_SIZE, 4096)
+            assert exc.value.chunk == bad
+            integrity = fs2.stats()["integrity"]
+            assert isinstance(integrity, dict)
+            assert integrity["chunk_failures"] == failures
+        after = (bad + 1) * CHUNK_SIZE
+        assert await fs2.read(fh, after, 4096) == data[after : after + 4096]
+    finally:
+        await fs2.release(fh)
