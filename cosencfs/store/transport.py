@@ -23,13 +23,14 @@ replaces connections the server has closed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import cast
 
 import h11
@@ -236,81 +237,95 @@ class Transport:
         headers: list[tuple[bytes, bytes]],
         body: Body | None,
     ) -> tuple[Answer, bool]:
+        # One cancel scope for the whole exchange, its deadline pushed on at
+        # every send and read ("each must progress within timeout"): a scope
+        # per call cost more CPU than a small request's own send.
+        sent = False
+        with trio.CancelScope(deadline=trio.current_time() + self._timeout) as scope:
+            try:
+                await self._send_request(conn, scope, method, target, headers, body)
+            except h11.LocalProtocolError as exc:
+                raise TransportError(f"cannot send {method}: {exc}") from None
+            except TransportError as exc:
+                raise _Unanswered(exc) from None
+            sent = True
+            return await self._receive_answer(conn, scope, method)
+        # Only reached when the deadline cancelled the exchange.
+        if not sent:
+            raise _Unanswered(TransportError("send timed out"))
+        raise TransportError("no answer in time")
+
+    async def _send_request(
+        self,
+        conn: _Conn,
+        scope: trio.CancelScope,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body | None,
+    ) -> None:
         h = conn.h11
-        try:
-            head = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
-            if body is None:
-                await self._send(conn, head + (h.send(h11.EndOfMessage()) or b""))
-            elif not isinstance(body, FileRange) and len(body) <= PIECE:
-                # One write for head and body: one TLS record run, one syscall.
-                data = head + (h.send(h11.Data(data=cast(bytes, body))) or b"")
-                await self._send(conn, data + (h.send(h11.EndOfMessage()) or b""))
-            else:
-                await self._send(conn, head)
-                async for piece in _pieces(body, self.body_reads):
+        head = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        if body is None:
+            await _send(conn, head + (h.send(h11.EndOfMessage()) or b""))
+        elif not isinstance(body, FileRange) and len(body) <= PIECE:
+            # One write for head and body: one TLS record run, one syscall.
+            data = head + (h.send(h11.Data(data=cast(bytes, body))) or b"")
+            await _send(conn, data + (h.send(h11.EndOfMessage()) or b""))
+        else:
+            await _send(conn, head)
+            # aclosing: a send that fails mid-body closes the cache file now,
+            # not when the generator is collected.
+            async with contextlib.aclosing(_pieces(body, self.body_reads)) as pieces:
+                async for piece in pieces:
+                    scope.deadline = trio.current_time() + self._timeout
                     # Passed through as they are: no copy of the piece.
                     event = h11.Data(data=cast(bytes, piece))
                     for part in h.send_with_data_passthrough(event) or ():
-                        await self._send(conn, part)
-                await self._send(conn, h.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as exc:
-            raise TransportError(f"cannot send {method}: {exc}") from None
-        except TransportError as exc:
-            raise _Unanswered(exc) from None
-        return await self._receive_answer(conn, method)
+                        await _send(conn, part)
+            await _send(conn, h.send(h11.EndOfMessage()) or b"")
 
-    async def _receive_answer(self, conn: _Conn, method: str) -> tuple[Answer, bool]:
+    async def _receive_answer(
+        self, conn: _Conn, scope: trio.CancelScope, method: str
+    ) -> tuple[Answer, bool]:
         h = conn.h11
         got = False
         status = 0
         headers: dict[str, str] = {}
         parts: list[bytes] = []
         timeout = self._timeout
-        # One cancel scope for the whole answer, its deadline pushed on at
-        # every read: cheaper than a scope per read of a large body.
-        with trio.CancelScope() as scope:
-            try:
-                while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
+        try:
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    if got:
                         scope.deadline = trio.current_time() + timeout
-                        data = await _receive(conn)
-                        if not data and not got:
-                            raise _Unanswered(TransportError("connection closed before an answer"))
-                        got = True
-                        h.receive_data(data)
-                    elif isinstance(event, h11.Data):
-                        parts.append(event.data)
-                    elif isinstance(event, h11.Response):
-                        status = event.status_code
-                        for name, value in event.headers:
-                            # Latin-1 keeps every byte; metadata is UTF-8 inside it.
-                            headers[name.decode("latin-1")] = value.decode("latin-1")
-                        length = _large_body_length(method, status, headers)
-                        if length is not None:
-                            body, keep = await _read_large_body(conn, event, length, scope, timeout)
-                            return Answer(status, headers, body), keep
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif not isinstance(event, h11.InformationalResponse):
-                        raise TransportError(f"unexpected {type(event).__name__}")
-            except h11.RemoteProtocolError as exc:
-                raise TransportError(f"bad answer: {exc}") from None
-        if scope.cancelled_caught:
-            raise TransportError("no answer in time")
+                    data = await _receive(conn)
+                    if not data and not got:
+                        raise _Unanswered(TransportError("connection closed before an answer"))
+                    got = True
+                    h.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    parts.append(event.data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    for name, value in event.headers:
+                        # Latin-1 keeps every byte; metadata is UTF-8 inside it.
+                        headers[name.decode("latin-1")] = value.decode("latin-1")
+                    length = _large_body_length(method, status, headers)
+                    if length is not None:
+                        body, keep = await _read_large_body(conn, event, length, scope, timeout)
+                        return Answer(status, headers, body), keep
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif not isinstance(event, h11.InformationalResponse):
+                    raise TransportError(f"unexpected {type(event).__name__}")
+        except h11.RemoteProtocolError as exc:
+            raise TransportError(f"bad answer: {exc}") from None
         keep = h.our_state is h11.DONE and h.their_state is h11.DONE
         if keep:
             h.start_next_cycle()
         return Answer(status, headers, b"".join(parts)), keep
-
-    async def _send(self, conn: _Conn, data: bytes | bytearray | memoryview) -> None:
-        try:
-            with trio.fail_after(self._timeout):
-                await conn.stream.send_all(data)
-        except trio.TooSlowError:
-            raise TransportError("send timed out") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise TransportError(f"send failed: {exc}") from None
 
     def close(self) -> None:
         """Close the idle connections; those in use close when their request ends."""
@@ -387,6 +402,13 @@ async def _receive_into(conn: _Conn, view: memoryview) -> int:
     return n
 
 
+async def _send(conn: _Conn, data: bytes | bytearray | memoryview) -> None:
+    try:
+        await conn.stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise TransportError(f"send failed: {exc}") from None
+
+
 async def _receive(conn: _Conn) -> bytes:
     try:
         return await conn.stream.receive_some(_RECV)
@@ -404,7 +426,7 @@ def _close_now(conn: _Conn) -> None:
 
 async def _pieces(
     body: Body, limiter: trio.CapacityLimiter
-) -> AsyncIterator[bytes | bytearray | memoryview]:
+) -> AsyncGenerator[bytes | bytearray | memoryview, None]:
     """A body in pieces of at most ``PIECE`` bytes; file ranges read in a thread."""
     if not isinstance(body, FileRange):
         view = memoryview(body)

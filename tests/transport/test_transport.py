@@ -369,3 +369,30 @@ def transport_retry() -> RetryPolicy:
 
 def test_certificate_errors_are_transport_errors() -> None:
     assert issubclass(CertificateError, TransportError)
+
+
+async def test_a_body_the_server_never_reads_times_out() -> None:
+    """Sending must progress within the timeout too: a server that accepts and
+    never reads fills the socket buffers, and the PUT fails instead of hanging."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    held: list[trio.SocketStream] = []
+
+    async def accept_and_ignore() -> None:
+        while True:
+            held.append(await listener.accept())
+
+    t = Transport(Endpoint("http", "127.0.0.1", port), connections=1, timeout=0.3)
+    put = ("PUT", b"/k", [(b"Host", b"x"), (b"Content-Length", str(64 * MIB).encode())])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_ignore)
+        try:
+            with trio.fail_after(10), pytest.raises(TransportError, match="send timed out"):
+                await t.request(*put, bytes(64 * MIB))
+        finally:
+            t.close()
+            nursery.cancel_scope.cancel()
+    for stream in held:
+        await stream.aclose()
+    await listener.aclose()
+    assert t.open_now == 0

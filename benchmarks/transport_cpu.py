@@ -1,0 +1,121 @@
+"""CPU per request of cosencfs's COS client, over http and https.
+
+The local server runs in its own process (``benchmarks.server``); this
+process measures its own CPU (``time.process_time``: every thread) around
+batches of requests through ``CosStore``, the path every mount request takes
+(signing, retries, counters, transport).  Only store methods that every
+revision since the first transport has (``put``, ``head``, ``get``) are used,
+so the same script measures an older checkout too::
+
+    python -m benchmarks.transport_cpu                       # this checkout
+    PYTHONPATH=/path/to/old/checkout python benchmarks/transport_cpu.py
+
+Medians of ``--repeat`` batches, interleaved across request kinds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+if __package__ in (None, ""):
+    # Run as a file (an older checkout first on PYTHONPATH): find benchmarks.
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.server import BUCKET, REGION, SECRET_ID, SECRET_KEY, LocalServer, Network
+from cosencfs.store.cos import CosSettings, CosStore
+
+SMALL = 4096
+LARGE = 8 * 1024 * 1024
+
+
+def _store(server: LocalServer) -> CosStore:
+    kw: dict[str, object] = {}
+    if server.ca is not None:
+        if "ca_file" in CosSettings.__dataclass_fields__:
+            kw["ca_file"] = str(server.ca)
+        else:  # revisions before the transport: requests and ssl read these
+            os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(server.ca)
+    return CosStore(
+        CosSettings(
+            bucket=BUCKET,
+            region=REGION,
+            endpoint=server.url,
+            secret_id=SECRET_ID,
+            secret_key=SECRET_KEY,
+            **kw,  # type: ignore[arg-type]
+        )
+    )
+
+
+async def _batch(n: int, width: int, one: Callable[[int], Awaitable[object]]) -> float:
+    """CPU seconds per request for ``n`` requests, ``width`` at a time."""
+    start = time.process_time()
+    for at in range(0, n, width):
+        async with trio.open_nursery() as nursery:
+            for i in range(at, min(n, at + width)):
+                nursery.start_soon(one, i)
+    return (time.process_time() - start) / n
+
+
+async def _measure(server: LocalServer, n: int, repeat: int) -> dict[str, float]:
+    store = _store(server)
+    small = b"s" * SMALL
+    large = b"L" * LARGE
+    await store.put("cpu/small", small, {})
+    await store.put("cpu/large", large, {})
+    kinds: dict[str, Callable[[], Awaitable[float]]] = {
+        "HEAD, one at a time": lambda: _batch(n, 1, lambda i: store.head("cpu/small")),
+        "HEAD, 16 in parallel": lambda: _batch(n, 16, lambda i: store.head("cpu/small")),
+        "GET 4 KiB range": lambda: _batch(
+            n, 1, lambda i: store.get("cpu/large", (i * SMALL) % LARGE, (i * SMALL) % LARGE + SMALL)
+        ),
+        "PUT 4 KiB": lambda: _batch(n, 1, lambda i: store.put(f"cpu/p{i % 8}", small, {})),
+        "GET 8 MiB": lambda: _batch(max(4, n // 50), 1, lambda i: store.get("cpu/large")),
+        "PUT 8 MiB": lambda: _batch(max(4, n // 50), 1, lambda i: store.put("cpu/l2", large, {})),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
+    for run in kinds.values():  # warm the connections and code paths
+        await run()
+    for _ in range(repeat):
+        for kind, run in kinds.items():
+            samples[kind].append(await run())
+    store.close()
+    return {k: statistics.median(v) * 1000 for k, v in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=400, help="small requests per batch")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", help="write the results here too")
+    args = p.parse_args(argv)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="cosencfs-cpu-") as tmp:
+        for https in (False, True):
+            network = Network(0.0, https)
+            root = Path(tmp) / ("https" if https else "http")
+            with LocalServer(root / "srv", root / "server.log", network) as server:
+                results[network.label] = trio.run(_measure, server, args.requests, args.repeat)
+    labels = list(results)
+    print("| request | " + " | ".join(f"ms CPU, {lab}" for lab in labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    for kind in results[labels[0]]:
+        cells = " | ".join(f"{results[lab][kind]:.3f}" for lab in labels)
+        print(f"| {kind} | {cells} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

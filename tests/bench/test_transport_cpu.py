@@ -1,0 +1,41 @@
+"""``benchmarks.transport_cpu`` runs and reports every request kind over http and https.
+
+No timing assertion: the numbers are for docs/performance.md; this checks
+that the script works with the current store (the same script measures
+older checkouts through PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(120)
+def test_every_request_kind_is_measured_over_http_and_https(tmp_path: Path) -> None:
+    out = tmp_path / "cpu.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.transport_cpu", "--requests", "8", "--repeat", "1",
+         "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results) == {"0 ms http", "0 ms https"}
+    for row in results.values():
+        assert set(row) == {
+            "HEAD, one at a time",
+            "HEAD, 16 in parallel",
+            "GET 4 KiB range",
+            "PUT 4 KiB",
+            "GET 8 MiB",
+            "PUT 8 MiB",
+        }
+        assert all(ms > 0 for ms in row.values())
+    assert "| HEAD, one at a time |" in done.stdout
