@@ -83,15 +83,21 @@ class _Descriptors:
 
     def trim(self) -> None:
         """Close idle descriptors beyond ``OPEN_IDLE`` (the caller holds ``lock``)."""
-        if len(self.open) <= OPEN_IDLE:
+        excess = len(self.open) - OPEN_IDLE
+        if excess <= 0:
             return
-        for ident, v in list(self.open.items()):
-            if len(self.open) <= OPEN_IDLE:
-                break
+        # Called on every use: only as far into the LRU order as it takes to
+        # find ``excess`` idle ones (not a copy of all of them each time).
+        idle = []
+        for ident, v in self.open.items():
             if v.users == 0:
-                del self.open[ident]
-                os.close(v.fd)
-                v.fd = -1
+                idle.append(ident)
+                if len(idle) == excess:
+                    break
+        for ident in idle:
+            v = self.open.pop(ident)
+            os.close(v.fd)
+            v.fd = -1
 
 
 _DESCRIPTORS = _Descriptors()

@@ -37,7 +37,12 @@ class FsOptions:
     writeback_delay: float = 1.0
     #: Upload a file still open for writing once it has been dirty this long.
     max_dirty_age: float = 60.0
-    upload_workers: int = 8
+    #: At most this many uploads at once; None: as many as the upload window
+    #: finds useful (cosencfs/fs/window.py), up to ``connections``.
+    upload_workers: int | None = None
+    #: The store's connection pool (``network.concurrency``): the upload
+    #: window's bound.
+    connections: int = 16
     head_concurrency: int = 32
     #: Files up to this size go up in one PUT; larger ones in parallel parts.
     single_put_max: int = 16 * MIB

@@ -47,6 +47,7 @@ from cosencfs.fs.rename import Renamer
 from cosencfs.fs.special import Specials
 from cosencfs.fs.stats import collect_stats
 from cosencfs.fs.upload import Uploader
+from cosencfs.fs.window import UploadWindow
 from cosencfs.fs.writeback import WriteBack
 from cosencfs.fs.writes import Writer
 from cosencfs.store.base import ObjectStore
@@ -77,11 +78,13 @@ class Filesystem:
         self.attrs = AttrLoader(ctx, self.ns)
         self.dirindex = DirIndex(ctx, self.attrs)
         self.listings = Listings(ctx, self.ns, self.attrs, self.dirindex)
+        self.window = UploadWindow(min(options.upload_workers or 64, options.connections))
         self.uploader = Uploader(
             store,
             cache.journal,
             single_put_max=options.single_put_max,
             part_concurrency=options.part_concurrency,
+            window=self.window,
         )
         self.records = DirtyRecords(ctx, self.uploader)
         self.committer = Committer(ctx, self.attrs, self.records, self.uploader)
@@ -89,7 +92,7 @@ class Filesystem:
             self._commit,
             delay=options.writeback_delay,
             max_dirty_age=options.max_dirty_age,
-            workers=options.upload_workers,
+            limiter=self.window.limiter,
         )
         self.reader = Reader(ctx, self.attrs)
         self.writer = Writer(ctx, self.attrs, self.records, self.writeback, self.uploader)
@@ -145,7 +148,7 @@ class Filesystem:
 
         async def one(node: Inode) -> None:
             try:
-                await self.writeback.flush(node)
+                await self.writeback.flush(node, bounded=True)
             except Exception as exc:
                 failures.append(f"{self.ctx.key_of(node)}: {exc}")
                 log.warning("upload of %r failed: %s", node.name, exc)

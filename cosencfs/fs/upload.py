@@ -7,7 +7,8 @@ offsets that are multiples of 1 MiB (so of 16), and each part's ciphertext is
 simply the copy's bytes at that offset — the counter follows from the offset,
 so parts are independent, unlike the SDK's shared-stream multipart.  Each
 finished part is journaled, so an upload interrupted by a failure or a crash
-resumes from its missing parts.
+resumes from its missing parts.  The latency of each single PUT goes to the
+upload window (cosencfs/fs/window.py), which sizes how many run at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio
 from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.journal import Journal
 from cosencfs.errors import CosEncFsError, NotFoundError, StoreError
+from cosencfs.fs.window import UploadWindow
 from cosencfs.store.base import MAX_PART_BYTES, MAX_PARTS, FileRange, ObjectStore
 from cosencfs.util import open_nursery
 
@@ -53,11 +55,13 @@ class Uploader:
         *,
         single_put_max: int,
         part_concurrency: int,
+        window: UploadWindow,
     ) -> None:
         self.store = store
         self.journal = journal
         self.single_put_max = single_put_max
         self.part_limiter = trio.CapacityLimiter(part_concurrency)
+        self.window = window
 
     async def upload(
         self,
@@ -79,9 +83,14 @@ class Uploader:
         if v.size <= self.single_put_max:
             if resume is not None:
                 await self.abort(key, resume[0])
-            return await self.store.put(
-                key, FileRange(v.path, 0, v.size), metadata, content_type=content_type
-            )
+            self.window.started()
+            started = trio.current_time()
+            try:
+                return await self.store.put(
+                    key, FileRange(v.path, 0, v.size), metadata, content_type=content_type
+                )
+            finally:
+                self.window.observe(trio.current_time() - started)
         layout = parts_of(v.size)
         etags: dict[int, str] = {}
         upload_id = None

@@ -2,7 +2,12 @@
 
 ``WriteBack`` keeps a deadline per dirty inode (pushed back by every change,
 so a file written, renamed and touched in quick succession goes up once, at
-its final name) and runs uploads on a bounded number of workers.  Failed
+its final name) and runs uploads through the upload window's limiter
+(cosencfs/fs/window.py: as many at once as latency, not bandwidth, asks
+for, never more than the connection pool).  ``cosencfs sync`` and unmount
+start every dirty file at once, through the same limiter; ``fsync`` of one
+file starts it at once too, past the limiter: neither waits for the
+write-back delay.  Failed
 background uploads are retried with growing delays; the data stays in the
 cache and the journal meanwhile.  How a file goes up is the commit's
 business (cosencfs/fs/commit.py).
@@ -48,7 +53,7 @@ class WriteBack:
         *,
         delay: float,
         max_dirty_age: float,
-        workers: int,
+        limiter: trio.CapacityLimiter,
     ) -> None:
         self._commit = commit
         self.delay = delay
@@ -60,7 +65,7 @@ class WriteBack:
         self._seq = 0
         self._wake_at = math.inf
         self._wake = trio.Event()
-        self._limiter = trio.CapacityLimiter(workers)
+        self._limiter = limiter
         self._running: dict[int, trio.Event] = {}
         # When the oldest change not yet in COS was made, per inode: kept across
         # failed uploads and fsyncs, so the age an operator sees is the data's.
@@ -108,10 +113,15 @@ class WriteBack:
         self._dirty_since.pop(node.ino, None)
         self.stats.failing.pop(node.ino, None)
 
-    async def flush(self, node: Inode) -> None:
-        """Upload ``node`` now and wait for it (fsync)."""
+    async def flush(self, node: Inode, *, bounded: bool = False) -> None:
+        """Upload ``node`` now and wait for it (fsync; ``bounded``: one of a
+        sync's many, which share the window's limiter with the background)."""
         self._due.pop(node.ino, None)
-        await self._upload(node)
+        if bounded:
+            async with self._limiter:
+                await self._upload(node)
+        else:
+            await self._upload(node)
         self.stats.failing.pop(node.ino, None)
 
     async def _upload(self, node: Inode) -> None:

@@ -77,6 +77,7 @@ def fs_options(settings: MountSettings) -> FsOptions:
         prefix=settings.prefix,
         devices=settings.devices_live(),
         defaults=defaults,
+        connections=settings.concurrency,
         **given,
     )
 
