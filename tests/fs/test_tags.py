@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.crypto.envelope import EnvelopeCodec
@@ -245,3 +246,23 @@ async def test_streamed_file_and_a_flipped_chunk_never_stored(
         assert await fs2.read(fh, after, 4096) == data[after : after + 4096]
     finally:
         await fs2.release(fh)
+
+
+async def test_small_copies_are_tagged_without_a_thread_hop(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of at most one chunk is tagged on the loop; larger ones in a worker thread."""
+    hops: list[object] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counting(fn: object, *args: object, **kw: object) -> object:
+        hops.append(fn)
+        return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    await write_file(fsys, ROOT_INO, "small", os.urandom(4096))
+    await verified(store, codec, "small")
+    assert tag_ciphertext not in hops
+    await write_file(fsys, ROOT_INO, "bigger", os.urandom(200_000))
+    await verified(store, codec, "bigger")
+    assert tag_ciphertext in hops
