@@ -142,12 +142,12 @@ async def test_sequential_window_doubles_to_its_bound_in_parallel_gets(rig_for: 
     gets = rig.store.gets
     # Every byte once, nothing past the end.
     assert rig.fetcher.fetched_bytes == len(data)
-    # The window doubled 1, 2, 4, 8 MiB and stopped there: its top-ups are
-    # GETs of an eighth of it (1 MiB, the minimum), never one large GET.
-    assert max(e - s for s, e in gets) <= MIB, sorted({e - s for s, e in gets})
+    # The window doubled 1, 2, 4, 8 MiB and stopped there: its top-ups (half
+    # a window) are GETs of a quarter of it, never one large GET ...
+    assert max(e - s for s, e in gets) <= 2 * MIB, sorted({e - s for s, e in gets})
     assert max(e for _, e in gets) == len(data)
     # ... several of them in flight at once: their round trips overlap.
-    assert rig.store.most_running >= 4
+    assert rig.store.most_running >= 2
     # The reader waits at most once per GET, not once per read (192 reads).
     assert rig.fetcher.misses <= len(gets) < len(data) // READ // 4
     await rig.fs.release(fh)
