@@ -279,6 +279,11 @@ class Fetcher:
         try:
             # No await before the store's request takes its connection.
             task_status.started()
+            if inf.scope is not None and inf.scope.cancel_called:
+                # Cancelled before it began: no request at all.
+                v.inflight.remove(inf)
+                inf.done.set()
+                return
             with inf.scope or trio.CancelScope():
                 await self._fill(v, inf)
         except (CosEncFsError, OSError) as exc:

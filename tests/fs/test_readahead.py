@@ -43,6 +43,9 @@ class Watched(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
+        #: GETs asked for (a CosStore counts them before taking a connection),
+        #: and those sent, by range.
+        self.asked = 0
         self.gets: list[tuple[int, int]] = []
         self.running = 0
         self.most_running = 0
@@ -56,6 +59,7 @@ class Watched(MemoryStore):
     async def get(
         self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
     ) -> bytes:
+        self.asked += 1
         async with self.connections:
             stop = end if end is not None else -1
             self.gets.append((start, stop))
@@ -180,6 +184,29 @@ async def test_reader_moving_away_cancels_the_window_it_left(rig_for: RigFactory
     # The reader comes back: what was cancelled is fetched when read, and right.
     mid = 6 * MIB
     assert await rig.fs.read(fh, mid, READ) == data[mid : mid + READ]
+    await rig.fs.release(fh)
+
+
+async def test_window_cancelled_before_its_gets_began_sends_none(rig_for: RigFactory) -> None:
+    """Reads served from the cache return without yielding, so the top-ups
+    they ask for have not started when the reader jumps: cancelled then,
+    they never reach the store (not even as a request counted and dropped)."""
+    data = os.urandom(16 * MIB)
+    rig = await rig_for({"f": data}, readahead_max=8 * MIB)
+    store = rig.store
+    store.hold = lambda start, end: start >= MIB
+    fh = await rig.open("f")
+    for off in range(0, MIB, READ):
+        assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
+    far = 12 * MIB
+    store.hold = lambda start, end: MIB <= start < far
+    assert await rig.fs.read(fh, far, READ) == data[far : far + READ]
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held == 0
+    assert rig.fetcher.ahead_cancelled > 0
+    assert store.asked == len(store.gets)
+    store.gate.set()
+    await rig.settle()
     await rig.fs.release(fh)
 
 
