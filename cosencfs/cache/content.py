@@ -108,6 +108,12 @@ class Inflight:
     start: int
     end: int
     done: trio.Event = field(default_factory=trio.Event)
+    #: The read-ahead that fetches this speculatively, and may cancel it when
+    #: its reader moves away; None once a reader waits for it, another
+    #: read-ahead shares it, or its bytes have arrived (cosencfs/cache/fetch.py).
+    owner: object | None = None
+    #: Cancels the fetch (only while ``owner`` is set).
+    scope: trio.CancelScope | None = None
 
 
 class ObjectContent:

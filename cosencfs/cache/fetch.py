@@ -11,6 +11,15 @@ An object with verified integrity tags (``Source.verified``) is fetched in
 whole 64 KiB chunks, and each chunk's ciphertext is checked against its tag
 before any of it is stored: no byte of a chunk that fails reaches the cache
 or a reader (IntegrityError, counted in ``chunk_failures``).
+
+Fetches started ahead of a reader (:meth:`Fetcher.prefetch`) are
+speculative: each belongs to the read-ahead that asked for it
+(``Inflight.owner``) and runs in a cancel scope of its own, so when that
+reader moves away its GETs still waiting or in flight are cancelled
+(:meth:`Fetcher.cancel_ahead`) instead of downloading bytes nobody reads.
+A fetch stops being speculative, and is never cancelled this way, once a
+reader waits for it, another read-ahead asks for the same bytes, or its
+bytes have arrived.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ class Fetcher:
         self.fetched_bytes = 0
         self.chunks_verified = 0
         self.chunk_failures = 0
+        #: Bytes of speculative fetches cancelled because their reader moved away.
+        self.ahead_cancelled = 0
         #: Called after fetched bytes are stored (the cache may be over its limit now).
         self.on_stored: Callable[[], object] = lambda: None
 
@@ -96,6 +107,7 @@ class Fetcher:
                             continue
                         if inf.start > pos:
                             todo.append((pos, inf.start))
+                        inf.owner = None  # a reader needs it now: not speculative any more
                         waits.append(inf.done)
                         pos = max(pos, inf.end)
                     if pos < e:
@@ -110,24 +122,102 @@ class Fetcher:
         finally:
             v.pins -= 1
 
-    def prefetch(self, nursery: trio.Nursery, v: ObjectContent, start: int, end: int) -> None:
-        """Start fetching ``[start, end)`` in the background (readahead)."""
+    def prefetch(
+        self,
+        nursery: trio.Nursery,
+        v: ObjectContent,
+        start: int,
+        end: int,
+        *,
+        owner: object | None = None,
+        piece: int = FETCH_CHUNK,
+        first: int | None = None,
+    ) -> int:
+        """Start fetching ``[start, end)`` in the background; the bytes asked for.
+
+        GETs of at most ``piece`` bytes run in parallel, the one holding
+        ``first`` (where the reader is) started first.  With an ``owner``
+        they are speculative: :meth:`cancel_ahead` with the same owner
+        cancels them.
+        """
         end = min(end, v.limit)
         if end <= start:
-            return
-        for s, e in v.present.missing(start, end):
-            for inf in self._begin(v, s, e, only_new=True):
+            return 0
+        asked = 0
+        gaps = v.present.missing(start, end)
+        if first is not None:
+            n = sum(1 for _, e in gaps if e <= first)
+            gaps = gaps[n:] + gaps[:n]
+        todo: list[Inflight] = []
+        for s, e in gaps:
+            for inf in self._begin(v, s, e, only_new=True, owner=owner, piece=piece, first=first):
+                inf.owner = owner
+                inf.scope = trio.CancelScope()
+                asked += inf.end - inf.start
                 v.pins += 1
-                nursery.start_soon(self._background_fill, v, inf)
+                todo.append(inf)
+        if todo:
+            nursery.start_soon(self._feed, nursery, v, todo)
+        return asked
+
+    async def _feed(self, nursery: trio.Nursery, v: ObjectContent, todo: list[Inflight]) -> None:
+        """Start the fetches of ``todo`` in its order.
+
+        Each starts once the one before has asked the store for a connection
+        (trio runs tasks started together in any order): with more pieces
+        than connections, the first ones go first.
+        """
+        spawned = 0
+        try:
+            for inf in todo:
+                spawned += 1
+                await nursery.start(self._background_fill, v, inf)
+        finally:
+            for inf in todo[spawned:]:
+                # Never started (the mount is stopping): nobody must wait for it.
+                if inf in v.inflight:
+                    v.inflight.remove(inf)
+                inf.done.set()
+                v.pins -= 1
+
+    def cancel_ahead(self, v: ObjectContent, owner: object, keep: tuple[int, int]) -> int:
+        """Cancel ``owner``'s speculative fetches of ``v`` outside ``keep``; the bytes.
+
+        Runs in the event loop with no await: a fetch a reader starts waiting
+        for is no longer ``owner``'s, so it is never cancelled under it.
+        """
+        cancelled = 0
+        for inf in v.inflight:
+            if inf.owner is not owner or inf.scope is None:
+                continue
+            if inf.start < keep[1] and keep[0] < inf.end:
+                continue
+            inf.owner = None
+            inf.scope.cancel()
+            cancelled += inf.end - inf.start
+        self.ahead_cancelled += cancelled
+        return cancelled
 
     def _begin(
-        self, v: ObjectContent, start: int, end: int, *, only_new: bool = False
+        self,
+        v: ObjectContent,
+        start: int,
+        end: int,
+        *,
+        only_new: bool = False,
+        owner: object | None = None,
+        piece: int = FETCH_CHUNK,
+        first: int | None = None,
     ) -> list[Inflight]:
-        """Register the fetches that cover ``[start, end)``, split into chunks.
+        """Register the fetches that cover ``[start, end)``, split into pieces.
 
         Registration happens before any await, so a concurrent reader sees them
-        and waits instead of fetching the same bytes again.
+        and waits instead of fetching the same bytes again.  With ``only_new``
+        ranges already in flight are skipped; one another read-ahead (not
+        ``owner``) started is shared from then on, so neither cancels it.
         """
+        # Whole integrity chunks per piece, so each GET can be verified alone.
+        piece = max(CHUNK_SIZE, min(piece, FETCH_CHUNK) // CHUNK_SIZE * CHUNK_SIZE)
         out: list[Inflight] = []
         limit = v.limit
         ranges: list[tuple[int, int]] = []
@@ -142,10 +232,20 @@ class Fetcher:
             # Aligned to the cipher block; clipped to the object's bytes.
             ranges.append((align_down(start), min(align_up(min(end, limit)), limit)))
         for s, e in ranges:
-            for pos in range(s, e, FETCH_CHUNK):
-                seg = (pos, min(e, pos + FETCH_CHUNK))
-                if only_new and any(i.start < seg[1] and seg[0] < i.end for i in v.inflight):
-                    continue
+            segs = [(pos, min(e, pos + piece)) for pos in range(s, e, piece)]
+            if first is not None:
+                # The reader waits for the piece holding its range: that one
+                # goes first, then the pieces after it, then those before.
+                n = sum(1 for _, se in segs if se <= first)
+                segs = segs[n:] + segs[:n]
+            for seg in segs:
+                if only_new:
+                    overlap = [i for i in v.inflight if i.start < seg[1] and seg[0] < i.end]
+                    for i in overlap:
+                        if i.owner is not owner:
+                            i.owner = None
+                    if overlap:
+                        continue
                 inf = Inflight(*seg)
                 v.inflight.append(inf)
                 out.append(inf)
@@ -163,9 +263,22 @@ class Fetcher:
         first = start // CHUNK_SIZE
         return lambda data: verified.verify_range(ck, first, data)
 
-    async def _background_fill(self, v: ObjectContent, inf: Inflight) -> None:
+    async def _background_fill(
+        self,
+        v: ObjectContent,
+        inf: Inflight,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         try:
-            await self._fill(v, inf)
+            # No await before the store's request takes its connection.
+            task_status.started()
+            if inf.scope is not None and inf.scope.cancel_called:
+                # Cancelled before it began: no request at all.
+                v.inflight.remove(inf)
+                inf.done.set()
+                return
+            with inf.scope or trio.CancelScope():
+                await self._fill(v, inf)
         except (CosEncFsError, OSError) as exc:
             # A foreground read of these bytes will try again and report it.
             log.debug("readahead of %s failed: %s", v.vid, exc)
@@ -179,6 +292,9 @@ class Fetcher:
             if src is None:
                 raise CosEncFsError(f"cache copy {v.vid} has no source to fetch from")
             data = await self.store.get(src.key, start, end, if_match=src.etag or None)
+            # Arrived: storing it is cheaper than fetching it again, so no
+            # reader moving away cancels it from here on.
+            inf.owner = None
             if len(data) != end - start:
                 raise DamagedObjectError(
                     f"object {src.key!r} is shorter than expected "

@@ -12,8 +12,13 @@ from cosencfs.fs.inode import Inode
 
 @dataclass(slots=True)
 class Readahead:
-    """Sequential-read detection of one handle: a window that grows while reads
-    follow each other (1 MiB → 32 MiB by default) and drops to zero on a jump."""
+    """Sequential-read detection of one handle: a window that doubles while reads
+    follow each other (1 MiB → 32 MiB by default) and drops to zero on a jump.
+
+    A jump *away* from the window (not a read arriving a little out of order,
+    nor a skip forward into what was already asked for) sets ``moved_away``:
+    the reader cancels what it fetched ahead there (cosencfs/fs/reads.py).
+    """
 
     seq_end: int = 0
     window: int = 0
@@ -23,6 +28,8 @@ class Readahead:
     jumps: int = 0
     #: The whole object was asked for (random access on a file that fits the cache).
     whole: bool = False
+    #: The last read left the window: its fetches ahead are not needed any more.
+    moved_away: bool = False
 
     def advance(
         self, offset: int, size: int, limit: int, *, smallest: int, largest: int, fetching: bool
@@ -30,14 +37,21 @@ class Readahead:
         """A read of ``[offset, offset+size)``: the range to prefetch now, if any.
 
         ``limit`` is where the fetchable bytes end; ``fetching`` False (no
-        background tasks yet) only follows the reads.
+        background tasks yet) only follows the reads.  A read within
+        ``smallest`` (or twice its size) of the window is near: what was
+        asked for ahead stays asked for.
         """
+        self.moved_away = False
         if offset == self.seq_end:
             self.window = min(max(self.window * 2, smallest), largest)
         else:
             self.jumps += 1
             self.window = 0
-            self.ahead_until = 0
+            near = max(smallest, 2 * size)
+            reach = max(self.ahead_until, self.seq_end)
+            if not self.seq_end - near <= offset < reach + near:
+                self.moved_away = True
+                self.ahead_until = 0
         end = offset + size
         self.seq_end = end
         if not self.window or not fetching:

@@ -344,7 +344,9 @@ async def test_sequential_read_uses_few_large_gets(make_fs: FsFactory, store: Co
     before = store.counters.snapshot()
     assert await read_file(fs2, ino) == data
     spent = store.counters.snapshot().minus(before)
-    assert spent.requests["GetObject"] <= 12
+    # The window's top-ups are two GETs each (issue 17: their round trips
+    # overlap), 8 MiB each once the window is 32 MiB: 14 for 24 MiB.
+    assert spent.requests["GetObject"] <= 16
     assert spent.bytes_down <= len(data) * 1.1
 
 

@@ -1,0 +1,267 @@
+"""Read-ahead at the Filesystem level, on the in-memory store with latency.
+
+A sequential reader's window doubles up to ``readahead_max`` and is fetched
+in several GETs at once; a reader that moves away from its window cancels
+the GETs still running there, so the bytes fetched and never read stay
+within one window; reads arriving a little out of order cancel nothing.
+Random access to a file that fits the cache fetches it whole, the part
+holding the reader's range first, and the reader is served once that part
+is in, not after the whole object.
+
+The store (``Watched``) records every GET and can hold GETs of chosen ranges
+until released (or cancelled), and limit how many run at once (as the
+transport's connections do): the tests count requests and bytes, never time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from cosencfs.cache.manager import CacheManager
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.reads import RANDOM_AFTER
+from cosencfs.store.memory import MemoryStore
+from tests.fs.test_filesystem import write_file
+from tests.testlib import fs_options
+
+ROOT = 1
+KIB = 1024
+MIB = 1 << 20
+READ = 128 * KIB
+LATENCY_MS = 20
+
+
+class Watched(MemoryStore):
+    """A MemoryStore whose GETs are recorded, and held while ``hold`` says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: GETs asked for (a CosStore counts them before taking a connection),
+        #: and those sent, by range.
+        self.asked = 0
+        self.gets: list[tuple[int, int]] = []
+        self.running = 0
+        self.most_running = 0
+        #: GETs waiting at the gate now, and those cancelled there.
+        self.held = 0
+        self.cancelled = 0
+        self.hold: Callable[[int, int], bool] = lambda start, end: False
+        self.gate = trio.Event()
+        self.connections = trio.CapacityLimiter(1000)
+
+    async def get(
+        self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None
+    ) -> bytes:
+        self.asked += 1
+        async with self.connections:
+            stop = end if end is not None else -1
+            self.gets.append((start, stop))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            try:
+                if self.hold(start, stop):
+                    self.held += 1
+                    try:
+                        await self.gate.wait()
+                    except trio.Cancelled:
+                        self.cancelled += 1
+                        raise
+                    finally:
+                        self.held -= 1
+                return await super().get(key, start, end, if_match=if_match)
+            finally:
+                self.running -= 1
+
+
+class Rig:
+    def __init__(self, fs: Filesystem, store: Watched) -> None:
+        self.fs = fs
+        self.store = store
+        self.fetcher = fs.ctx.cache.fetcher
+
+    async def open(self, name: str) -> int:
+        ino = (await self.fs.lookup(ROOT, name.encode())).ino
+        fh, _ = await self.fs.open(ino, os.O_RDONLY)
+        return fh
+
+    async def settle(self) -> None:
+        """Wait until no fetch is in flight."""
+        with trio.fail_after(30):  # a guard against a hang, not a measurement
+            for v in list(self.fs.ctx.cache.versions.values()):
+                while v.inflight:
+                    await v.inflight[0].done.wait()
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def rig_for(tmp_path: Path, codec: EnvelopeCodec) -> AsyncIterator[RigFactory]:
+    store = Watched()
+    caches: list[CacheManager] = []
+    async with trio.open_nursery() as nursery:
+
+        async def make(files: dict[str, bytes], **kw: object) -> Rig:
+            writer_cache = CacheManager(tmp_path / "writer", store, limit_bytes=1 << 30)
+            caches.append(writer_cache)
+            writer = Filesystem(store, codec, writer_cache, fs_options())
+            await writer.start(nursery)
+            for name, data in files.items():
+                await write_file(writer, ROOT, name, data)
+            # The reader is a fresh mount (cold cache) of a store 20 ms away.
+            cache = CacheManager(tmp_path / "reader", store, limit_bytes=1 << 30)
+            caches.append(cache)
+            fs = Filesystem(store, codec, cache, fs_options(**kw))
+            await fs.start(nursery)
+            store.faults.latency_ms = LATENCY_MS
+            store.gets.clear()
+            store.most_running = 0
+            return Rig(fs, store)
+
+        try:
+            yield make
+        finally:
+            store.gate.set()
+            nursery.cancel_scope.cancel()
+    for c in caches:
+        c.close()
+
+
+async def test_sequential_window_doubles_to_its_bound_in_parallel_gets(rig_for: RigFactory) -> None:
+    data = os.urandom(24 * MIB)
+    rig = await rig_for({"seq": data}, readahead_max=8 * MIB)
+    fh = await rig.open("seq")
+    got = bytearray()
+    for off in range(0, len(data), READ):
+        got += await rig.fs.read(fh, off, READ)
+    assert bytes(got) == data
+    await rig.settle()
+    gets = rig.store.gets
+    # Every byte once, nothing past the end.
+    assert rig.fetcher.fetched_bytes == len(data)
+    # The window doubled 1, 2, 4, 8 MiB and stopped there: its top-ups (half
+    # a window) are GETs of a quarter of it, never one large GET ...
+    assert max(e - s for s, e in gets) <= 2 * MIB, sorted({e - s for s, e in gets})
+    assert max(e for _, e in gets) == len(data)
+    # ... several of them in flight at once: their round trips overlap.
+    assert rig.store.most_running >= 2
+    # The reader waits at most once per GET, not once per read (192 reads).
+    assert rig.fetcher.misses <= len(gets) < len(data) // READ // 4
+    await rig.fs.release(fh)
+
+
+async def test_reader_moving_away_cancels_the_window_it_left(rig_for: RigFactory) -> None:
+    data = os.urandom(24 * MIB)
+    rig = await rig_for({"f": data}, readahead_max=8 * MIB)
+    store = rig.store
+    # What the window asks for beyond the first megabyte never arrives on its own.
+    store.hold = lambda start, end: MIB <= start < 16 * MIB
+    fh = await rig.open("f")
+    for off in range(0, MIB, READ):
+        assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
+    await trio.testing.wait_all_tasks_blocked()  # the window's GETs have started
+    asked = max(e for _, e in store.gets)
+    assert asked >= 8 * MIB  # the window grew to 8 MiB ahead
+    assert store.held >= 4  # its top-ups are waiting
+    # A read elsewhere: the reader left its window.
+    far = 20 * MIB
+    assert await rig.fs.read(fh, far, READ) == data[far : far + READ]
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held == 0  # none of the old window's GETs is still running
+    assert rig.fetcher.ahead_cancelled >= asked - 2 * MIB
+    store.gate.set()
+    await rig.settle()
+    # Fetched and never read: at most one window (what had arrived before the jump).
+    read = MIB + READ
+    assert rig.fetcher.fetched_bytes - read <= MIB, rig.fetcher.fetched_bytes
+    # The reader comes back: what was cancelled is fetched when read, and right.
+    mid = 6 * MIB
+    assert await rig.fs.read(fh, mid, READ) == data[mid : mid + READ]
+    await rig.fs.release(fh)
+
+
+async def test_window_cancelled_before_its_gets_began_sends_none(rig_for: RigFactory) -> None:
+    """Reads served from the cache return without yielding, so the top-ups
+    they ask for have not started when the reader jumps: cancelled then,
+    they never reach the store (not even as a request counted and dropped)."""
+    data = os.urandom(16 * MIB)
+    rig = await rig_for({"f": data}, readahead_max=8 * MIB)
+    store = rig.store
+    store.hold = lambda start, end: start >= MIB
+    fh = await rig.open("f")
+    for off in range(0, MIB, READ):
+        assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
+    far = 12 * MIB
+    store.hold = lambda start, end: MIB <= start < far
+    assert await rig.fs.read(fh, far, READ) == data[far : far + READ]
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held == 0
+    assert rig.fetcher.ahead_cancelled > 0
+    assert store.asked == len(store.gets)
+    store.gate.set()
+    await rig.settle()
+    await rig.fs.release(fh)
+
+
+async def test_reads_slightly_out_of_order_keep_the_window(rig_for: RigFactory) -> None:
+    data = os.urandom(16 * MIB)
+    rig = await rig_for({"f": data}, readahead_max=8 * MIB)
+    store = rig.store
+    store.hold = lambda start, end: start >= MIB
+    fh = await rig.open("f")
+    for off in range(0, MIB, READ):
+        assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
+    await trio.testing.wait_all_tasks_blocked()  # the window's GETs have started
+    waiting = store.held
+    assert waiting >= 4
+    # The kernel's reads may arrive a little out of order; a skip forward
+    # into the window is still on the way.
+    back = MIB - 3 * READ
+    assert await rig.fs.read(fh, back, READ) == data[back : back + READ]
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held == waiting
+    assert rig.fetcher.ahead_cancelled == 0
+    store.gate.set()
+    skip = 3 * MIB
+    assert await rig.fs.read(fh, skip, READ) == data[skip : skip + READ]
+    assert rig.fetcher.ahead_cancelled == 0
+    await rig.settle()
+    await rig.fs.release(fh)
+
+
+async def test_random_reader_is_served_when_its_part_of_the_whole_fetch_is_in(
+    rig_for: RigFactory,
+) -> None:
+    """Two connections, and every part of the whole-object fetch but the
+    reader's held: the part holding the reader's range goes first, so the
+    reader is served though the rest of the object never arrives."""
+    data = os.urandom(24 * MIB)
+    rig = await rig_for({"db": data})
+    store = rig.store
+    store.connections = trio.CapacityLimiter(2)
+    fh = await rig.open("db")
+    offsets = [5 * MIB, 13 * MIB, 9 * MIB, 22 * MIB + 4 * KIB]
+    assert len(offsets) == RANDOM_AFTER
+    for off in offsets[:-1]:
+        assert await rig.fs.read(fh, off, 4 * KIB) == data[off : off + 4 * KIB]
+    last = offsets[-1]
+    # Held: the whole fetch's large GETs, except the one holding ``last``.
+    store.hold = lambda start, end: end - start > MIB and not start <= last < end
+    with trio.fail_after(30):  # without the order, this read waits forever
+        assert await rig.fs.read(fh, last, 4 * KIB) == data[last : last + 4 * KIB]
+    big = [(s, e) for s, e in store.gets if e - s > MIB]
+    assert big
+    assert big[0][0] <= last < big[0][1]
+    assert store.held >= 1  # the rest of the object is still on its way
+    store.gate.set()
+    await rig.settle()
+    # The whole object once, plus the chunks of the reads before it.
+    assert rig.fetcher.fetched_bytes <= len(data) + RANDOM_AFTER * 64 * KIB
+    await rig.fs.release(fh)
