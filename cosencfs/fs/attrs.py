@@ -150,6 +150,18 @@ def attrs_from_meta(
     who can write to the bucket can set them (docs/security.md).
     """
     perm = defaults.dir_mode if kind is Kind.DIR else defaults.file_mode
+    if not meta:
+        # Every entry of a listing starts here (until the index or a HEAD
+        # says more): the defaults without parsing anything.
+        lm_ns = int(last_modified * NS)
+        return Attrs(
+            kind.type_bits | (0o777 if kind is Kind.SYMLINK else perm),
+            defaults.uid,
+            defaults.gid,
+            lm_ns,
+            lm_ns,
+            lm_ns,
+        )
     mode = _int_field(meta, META_MODE)
     if mode is not None:
         perm = permission_bits(mode, trust_modes=trust_modes)
