@@ -120,6 +120,7 @@ class ObjectContent:
     """The cache file of one object (or of one being produced for upload)."""
 
     __slots__ = (
+        "_lock",
         "account",
         "ahead",
         "busy",
@@ -129,7 +130,6 @@ class ObjectContent:
         "holds",
         "inflight",
         "last_access",
-        "lock",
         "owner",
         "path",
         "pins",
@@ -173,7 +173,7 @@ class ObjectContent:
         self.pins = 0
         #: Reasons to keep it beyond eviction (being produced for an upload).
         self.holds = 0
-        self.lock = trio.Lock()
+        self._lock: trio.Lock | None = None
         self.inflight: list[Inflight] = []
         self.last_access = trio.current_time()
         self.discarded = False
@@ -185,6 +185,15 @@ class ObjectContent:
         self.busy: list[tuple[int, int]] = []
         #: Read-ahead fetched for a sequential reader and not read yet: kept.
         self.ahead: tuple[int, int] | None = None
+
+    @property
+    def lock(self) -> trio.Lock:
+        """Serializes fetches into the copy; made on first use (no await
+        between the check and the assignment): a trio lock is ~240 bytes and
+        most copies (every new file's, once uploaded) are never fetched into."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
 
     def __repr__(self) -> str:
         return f"ObjectContent({self.vid}, size={self.size}, present={self.present.total})"

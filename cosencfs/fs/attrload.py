@@ -1,9 +1,10 @@
 """Loading attributes: what COS says about an inode, with as few HEADs as possible.
 
 Listings carry sizes and ETags but no metadata, so attributes come from, in
-order: what this mount wrote or saw, the journal's attribute cache
-(validated by ETag, size and Last-Modified), the directory's attribute
-index (cosencfs/fs/dirindex.py, validated the same way), or one HEAD.  The first stat()
+order: what this mount wrote or saw, the directory's attribute index
+(cosencfs/fs/dirindex.py, validated by ETag, size and Last-Modified: one GET
+for the whole directory), the journal's attribute cache (validated the same
+way, one lookup per entry), or one HEAD.  The first stat()
 of an entry whose attributes are unknown HEADs the directory's other
 unknown entries too, in parallel, in the background (stat-ahead).
 """

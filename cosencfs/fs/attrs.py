@@ -43,6 +43,8 @@ class Kind(Enum):
     CHAR_DEVICE = "chr"
     BLOCK_DEVICE = "blk"
 
+    # (Asked per entry of every listing and stat: identity tests against
+    # module globals, not hashing members or looking them up on the class.)
     @property
     def type_bits(self) -> int:
         return _TYPE_BITS[self]
@@ -50,11 +52,11 @@ class Kind(Enum):
     @property
     def special(self) -> bool:
         """A fifo, socket or device node: no content, the kernel serves opens."""
-        return self in _SPECIAL
+        return self is _FIFO or self is _SOCKET or self is _CHR or self is _BLK
 
     @property
     def device(self) -> bool:
-        return self is Kind.CHAR_DEVICE or self is Kind.BLOCK_DEVICE
+        return self is _CHR or self is _BLK
 
     @staticmethod
     def of_mode(mode: int) -> Kind:
@@ -72,7 +74,7 @@ _TYPE_BITS = {
     Kind.BLOCK_DEVICE: stat.S_IFBLK,
 }
 _KIND_OF_BITS = {bits: kind for kind, bits in _TYPE_BITS.items()}
-_SPECIAL = frozenset({Kind.FIFO, Kind.SOCKET, Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE})
+_FIFO, _SOCKET, _CHR, _BLK = Kind.FIFO, Kind.SOCKET, Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE
 
 
 @dataclass(slots=True, frozen=True)
@@ -150,6 +152,18 @@ def attrs_from_meta(
     who can write to the bucket can set them (docs/security.md).
     """
     perm = defaults.dir_mode if kind is Kind.DIR else defaults.file_mode
+    if not meta:
+        # Every entry of a listing starts here (until the index or a HEAD
+        # says more): the defaults without parsing anything.
+        lm_ns = int(last_modified * NS)
+        return Attrs(
+            kind.type_bits | (0o777 if kind is Kind.SYMLINK else perm),
+            defaults.uid,
+            defaults.gid,
+            lm_ns,
+            lm_ns,
+            lm_ns,
+        )
     mode = _int_field(meta, META_MODE)
     if mode is not None:
         perm = permission_bits(mode, trust_modes=trust_modes)

@@ -164,7 +164,9 @@ class Committer:
         size = staged.size
         # The tags just computed verify what is fetched back if the copy is evicted.
         verified = self.ctx.tags.own(key, size, meta, tags)
-        source = Source(key, etag, head.object_dk, size, dict(meta), verified)
+        # One metadata dict for the copy and the inode (nothing changes either
+        # in place): ~550 bytes per uploaded file held once, not twice.
+        source = Source(key, etag, head.object_dk, size, meta, verified)
         cache.adopt(staged, source)
         head.staged = None
         if head.direct is staged:

@@ -105,6 +105,8 @@ class Filesystem:
         self.specials = Specials(parts)
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dh = 1
+        #: getxattr calls answered (``stats`` "fuse"): ``ls -l`` must not cost one per file.
+        self.getxattrs = 0
         cache.on_evict = self._evicted
 
     async def _commit(self, node: Inode) -> None:
@@ -378,6 +380,7 @@ class Filesystem:
     # -- extended attributes: user.* and the control channel (fs/xattrs.py) --------
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        self.getxattrs += 1
         return await xattrs.getxattr(self, ino, name)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:

@@ -13,9 +13,14 @@ BLOCK = 512
 BLKSIZE = 128 * 1024
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Entry:
-    """Attributes as the kernel wants them."""
+    """Attributes as the kernel wants them.
+
+    Not frozen: one is made per readdir entry, lookup and getattr, and a
+    frozen dataclass's ``__init__`` costs ~6 times as much (a
+    ``object.__setattr__`` per field). Nobody changes one after it is made.
+    """
 
     ino: int
     mode: int

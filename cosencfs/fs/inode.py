@@ -60,11 +60,21 @@ class FileState:
     #: The newest layer of content not yet in COS (writes go here).
     head: DirtyLayer | None = None
     symlink_target: str | None = None
-    #: Stable id of the file's dirty record in the journal.
-    fid: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: What the journal record says (fs/dirtyrecord.py), to skip writing the
     #: same record twice; None when there is no record.
     journaled: object | None = None
+    _fid: str | None = field(default=None, repr=False)
+
+    @property
+    def fid(self) -> str:
+        """Stable id of the file's dirty record in the journal.
+
+        Made on first use: most files (every entry of a listing) never get a
+        record, and a uuid per listed file was CPU and memory for nothing.
+        """
+        if self._fid is None:
+            self._fid = uuid.uuid4().hex
+        return self._fid
 
     @property
     def current_size(self) -> int:
@@ -110,18 +120,28 @@ class Inode:
     #: trio time of the last local change of name or content committed to COS;
     #: a listing that started before it is older than what we know.
     touched_at: float = -1e18
-    #: One commit at a time; unlink, rename and commit exclude each other.
-    upload_lock: trio.Lock = field(default_factory=trio.Lock)
     #: Exactly one of them, by kind (a directory never becomes a file: a
     #: listing replaces the inode instead; a file may become a symlink).
     file: FileState | None = field(default=None, init=False)
     dir: DirState | None = field(default=None, init=False)
+    _upload_lock: trio.Lock | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind is Kind.DIR:
             self.dir = DirState()
         else:
             self.file = FileState()
+
+    @property
+    def upload_lock(self) -> trio.Lock:
+        """One commit at a time; unlink, rename and commit exclude each other.
+
+        Made on first use (no await between the check and the assignment):
+        a trio lock is ~240 bytes, and most inodes (a listing's) never take it.
+        """
+        if self._upload_lock is None:
+            self._upload_lock = trio.Lock()
+        return self._upload_lock
 
     @property
     def is_dir(self) -> bool:

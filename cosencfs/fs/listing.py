@@ -4,10 +4,11 @@ A directory's children come from one paged LIST (delimiter ``/``) reused for
 ``dir_ttl`` seconds, merged with local changes not yet in COS (``_merge``):
 names made here and not uploaded yet stay, names removed here (or whose
 delete is queued) stay away, and an entry whose object changed in COS is
-refreshed.  Attributes of new entries come from the journal's attribute
-cache when it still matches (cosencfs/fs/attrload.py), else from the
-directory's attribute index when the listing shows one (one GET,
-cosencfs/fs/dirindex.py), entry by entry where it matches the listing.
+refreshed.  Attributes of new entries come from the directory's attribute
+index when the listing shows one (one GET, cosencfs/fs/dirindex.py), entry
+by entry where it matches the listing, else from the journal's attribute
+cache when it still matches (cosencfs/fs/attrload.py; one lookup per entry,
+so it comes second).
 """
 
 from __future__ import annotations
@@ -94,12 +95,20 @@ class Listings:
                 log.warning("listing %r failed (%s); using the cached listing", prefix, exc)
                 state.listed_at = trio.current_time() - self.ctx.options.dir_ttl + STALE_RETRY
                 return
-            self._merge(d, files, dirs, marker, started)
+            fresh = self._merge(d, files, dirs, marker, started)
             if index is not None:
                 state.index_seen = True
                 # Before the listing counts as done: who waits for it (a
                 # readdirplus, the lookups of ls -l) gets the attributes too.
                 await self.index.load(d, index)
+            # The journal's attribute cache for what the index did not cover:
+            # one lookup per entry, so after the index's one GET, not before.
+            for node, info in fresh:
+                r = node.remote
+                if node.attrs_known or node.unlinked or r is None:
+                    continue
+                if r.etag == info.etag and r.size == info.size:
+                    self.attrs.from_cache(node, info)
             state.listed_at = trio.current_time()
         finally:
             ev, state.listing = state.listing, None
@@ -136,8 +145,10 @@ class Listings:
         dirs: set[str],
         marker: ObjectInfo | None,
         started: float,
-    ) -> None:
+    ) -> list[tuple[Inode, ObjectInfo]]:
+        """Apply a listing; returns the new file entries, attributes still unknown."""
         state = d.as_dir
+        fresh: list[tuple[Inode, ObjectInfo]] = []
         if marker is not None:
             if state.has_marker and d.remote is not None and not self._same(d.remote, marker):
                 d.attrs_known = False
@@ -173,13 +184,13 @@ class Listings:
             seen.add(name)
             child = state.children.get(name)
             if child is None:
-                self._new_child(d, name, Kind.FILE, info)
+                fresh.append((self._new_child(d, name, Kind.FILE, info), info))
             elif child.touched_at >= started:
                 continue
             elif child.dir is not None:
                 if not self._pending(child) and not child.dir.has_marker:
                     self.ns.replace(d, child)
-                    self._new_child(d, name, Kind.FILE, info)
+                    fresh.append((self._new_child(d, name, Kind.FILE, info), info))
             elif not child.dirty and child.remote is not None:
                 self._refresh(child, info)
         for name, child in list(state.children.items()):
@@ -187,6 +198,7 @@ class Listings:
                 continue
             log.debug("%r vanished from COS", name)
             self.ns.replace(d, child)
+        return fresh
 
     @staticmethod
     def _same(remote: Remote, info: ObjectInfo) -> bool:
@@ -205,7 +217,7 @@ class Listings:
             if node.file is not None:  # a directory's marker has a size of its own
                 node.file.size = info.size
             node.remote = Remote(info.etag, info.size, info.last_modified)
-            self.attrs.from_cache(node, info)
+            # (Its attributes: the index, then the journal; ensure_listed.)
         elif kind is Kind.DIR:
             self.attrs.dir_from_cache(node)
         return node

@@ -60,5 +60,6 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "read_bytes": fs.reader.read_bytes,
             "writes": fs.writer.writes,
             "write_bytes": fs.writer.write_bytes,
+            "getxattrs": fs.getxattrs,
         },
     }

@@ -11,9 +11,13 @@ Rules (docs/semantics.md, "Extended attributes"):
   marker PUT for a directory (a prefix directory without a marker gets
   one).  Beyond the metadata budget: ENOSPC.
 - The mount's root has no object of its own: ENOTSUP to set or remove.
-- ``security.*``, ``trusted.*``, ``system.*``: absent (ENODATA) and ENOTSUP
-  to set or remove: the mount enforces no labels and no ACLs, so storing
-  them would promise what it does not do.
+- ``security.*``, ``trusted.*``, ``system.*``: ENOTSUP to get, set or
+  remove, as a Linux filesystem without a handler for the prefix answers:
+  the mount enforces no labels and no ACLs, so storing them would promise
+  what it does not do.  ENOTSUP on get (not ENODATA) also lets ``ls -l``
+  stop asking: coreutils remembers "unsupported" per device for
+  ``security.selinux`` and ``system.posix_acl_access``, but asks again for
+  every file after ENODATA, and FUSE passes each ask to the daemon.
 - ``user.cosencfs.*`` is the control channel (cosencfs/fs/control.py):
   ``format`` on any file, ``pid`` and ``stats`` on the root, setting
   ``sync`` on the root, ``accept-untagged`` on a file.  Never listed (tools
@@ -164,7 +168,9 @@ def _fits(ctx: FsContext, node: Inode, xs: dict[bytes, bytes]) -> bool:
 async def getxattr(fs: Filesystem, ino: int, name: bytes) -> bytes:
     if name.startswith(RESERVED):
         return await _control_get(fs, ino, name)
-    if not name.startswith(USER) or ino == ROOT_INO:
+    if not name.startswith(USER):
+        raise FsError(errno.ENOTSUP, "only user.* extended attributes are stored")
+    if ino == ROOT_INO:
         raise FsError(errno.ENODATA)
     node = fs.ns.inode(ino)
     await fs.attrs.ensure(node)

@@ -57,7 +57,9 @@ async def test_set_get_list_remove_on_file_and_directory(
         assert await _errno(fs.removexattr(ino, b"user.b")) == errno.ENODATA
         assert await _errno(fs.setxattr(ino, b"security.x", b"1")) == errno.ENOTSUP
         assert await _errno(fs.setxattr(ino, b"trusted.x", b"1")) == errno.ENOTSUP
-        assert await _errno(fs.getxattr(ino, b"system.posix_acl_access")) == errno.ENODATA
+        assert await _errno(fs.getxattr(ino, b"system.posix_acl_access")) == errno.ENOTSUP
+        assert await _errno(fs.getxattr(ino, b"security.selinux")) == errno.ENOTSUP
+        assert await _errno(fs.removexattr(ino, b"trusted.x")) == errno.ENOTSUP
         assert await _errno(fs.setxattr(ino, b"user.cosencfs.x", b"1")) == errno.EPERM
     await fs.sync_all()
     # Names and values are not in the metadata in the clear.
