@@ -6,6 +6,7 @@ request is held until the operation it raced has done its part.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 
 from cosencfs.store.cos import CosStore
-from tests.fs.test_filesystem import ROOT, names
+from tests.fs.test_filesystem import ROOT, names, write_file
 from tests.testlib import FsFactory
 
 
@@ -86,3 +87,28 @@ async def test_a_directory_listed_again_keeps_its_chmod_not_yet_uploaded(
     fresh = await make_fs()
     entry = await fresh.getattr((await fresh.lookup(ROOT, b"b")).ino)
     assert oct(entry.mode) == oct(0o40640)
+
+
+async def test_a_file_unlinked_open_reads_its_object_after_its_directory_is_renamed(
+    make_fs: FsFactory,
+) -> None:
+    """A file unlinked while open keeps its object (its delete waits for the last
+    close) at the name it had; renaming its old directory afterwards must not
+    send its reads and writes to the directory's new name, where there is no
+    such object (its integrity tags bind the old name: they failed, EIO)."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    d = (await fs.mkdir(ROOT, b"b", 0o755, 0, 0)).ino
+    body = bytes(range(256)) * 64
+    ino = await write_file(fs, d, "f", body)
+    fh, _ = await fs.open(ino, os.O_RDWR)
+    await fs.unlink(d, b"f")
+    await fs.rename(ROOT, b"b", ROOT, b"c", 0)
+    assert await fs.write(fh, 1, b"X") == 1
+    got = b""
+    while chunk := await fs.read(fh, len(got), 4096):
+        got += chunk
+    assert got == body[:1] + b"X" + body[2:]
+    await fs.flush(fh)
+    await fs.release(fh)
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in fs.ctx.store.list_all("") for o in page.objects] == ["c/"]
