@@ -205,6 +205,19 @@ class Renamer(Handler):
             objects = [o for o in objects if not o.key.endswith("/" + INDEX_NAME)]
             for old in keys:
                 await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
+            # A node not in COS yet goes up under the new prefix later: no
+            # delete queued there before (a file unlinked, a directory removed
+            # a moment ago) may remove its upload.
+            listed = set(keys)
+            for node in moved:
+                old = self.ctx.key_of(node)
+                if old in listed:
+                    continue
+                held = await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
+                if held is not None and node.file is not None and node.remote is None:
+                    # An unlinked open file's object is there: this one answers
+                    # for it until its upload replaces it, as a rename onto it.
+                    node.remote = held
             copied: dict[str, str] = {}
             metas: dict[str, dict[str, str]] = {}
             self.ctx.journal.delete_attrs_prefix(new_prefix)

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from cosencfs.store.cos import CosStore
-from tests.fs.test_filesystem import ROOT, names, write_file
+from tests.fs.test_filesystem import ROOT, names, read_file, write_file
 from tests.testlib import FsFactory
 
 
@@ -112,3 +112,30 @@ async def test_a_file_unlinked_open_reads_its_object_after_its_directory_is_rena
     await fs.release(fh)
     await fs.ctx.deleter.flush()
     assert [o.key async for page in fs.ctx.store.list_all("") for o in page.objects] == ["c/"]
+
+
+async def test_a_directory_renamed_over_a_removed_one_keeps_its_new_files(
+    make_fs: FsFactory,
+) -> None:
+    """A directory renamed onto a name whose files' deletes are still queued
+    (``c/x`` unlinked, ``c`` removed a moment before): a file of the moved
+    directory not uploaded yet goes up to ``c/x`` later, and the old queued
+    delete of ``c/x`` must not remove it (the rename settles the new key of
+    every node it moves, not only those of the objects it copies)."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    fs.ctx.deleter.delay = 3600.0  # queued deletes go when flushed
+    c = (await fs.mkdir(ROOT, b"c", 0o755, 0, 0)).ino
+    await write_file(fs, c, "x", b"old")
+    a = (await fs.mkdir(ROOT, b"a", 0o755, 0, 0)).ino
+    ino = await write_file(fs, a, "x", b"new", sync=False)
+    await fs.unlink(c, b"x")
+    await fs.rmdir(ROOT, b"c")
+    await fs.rename(ROOT, b"a", ROOT, b"c", 0)
+    node = fs.ctx.table.get(ino)
+    assert node is not None
+    await fs.writeback.flush(node)
+    await fs.ctx.deleter.flush()
+    fresh = await make_fs()
+    d = (await fresh.lookup(ROOT, b"c")).ino
+    assert await names(fresh, d) == ["x"]
+    assert await read_file(fresh, (await fresh.lookup(d, b"x")).ino) == b"new"
