@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from cosencfs.fs import dirindex
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import ROOT, names, read_file, write_file
 from tests.testlib import FsFactory
@@ -139,3 +140,43 @@ async def test_a_directory_renamed_over_a_removed_one_keeps_its_new_files(
     d = (await fresh.lookup(ROOT, b"c")).ino
     assert await names(fresh, d) == ["x"]
     assert await read_file(fresh, (await fresh.lookup(d, b"x")).ino) == b"new"
+
+
+async def test_rmdir_during_the_first_index_write_does_not_bring_the_directory_back(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory's first attribute index (cosencfs/fs/dirindex.py) being
+    written while the directory is emptied and removed: rmdir did not know of
+    the index (not seen yet) and did not delete it, and the PUT landing after
+    it left ``d/.cosencfs-index``, a prefix that brought ``d`` back.  The index
+    is written under the directory's upload lock, which rmdir takes too.  The
+    index PUT is held until the rmdir is done, or for a second when it waits."""
+    monkeypatch.setattr(dirindex, "MIN_FILES", 1)
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+    await write_file(fs, d, "a", b"a")  # fsync: committed, the index is due
+    removed = trio.Event()
+    real_put = store.put
+
+    async def put(key: str, *args: Any, **kw: Any) -> str:
+        if key == "d/.cosencfs-index":
+            with trio.move_on_after(1.0):
+                await removed.wait()
+        return await real_put(key, *args, **kw)
+
+    monkeypatch.setattr(store, "put", put)
+
+    async def remove() -> None:
+        await fs.unlink(d, b"a")
+        await fs.rmdir(ROOT, b"d")
+        await fs.ctx.deleter.flush()
+        removed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.dirindex.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(remove)
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in store.list_all("") for o in page.objects] == []
+    fresh = await make_fs()
+    assert await names(fresh, ROOT) == []
