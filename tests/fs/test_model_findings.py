@@ -180,3 +180,27 @@ async def test_rmdir_during_the_first_index_write_does_not_bring_the_directory_b
     assert [o.key async for page in store.list_all("") for o in page.objects] == []
     fresh = await make_fs()
     assert await names(fresh, ROOT) == []
+
+
+async def test_the_last_close_of_an_unlinked_file_deletes_only_its_own_object(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    """``x`` unlinked while open (its delete held), a new ``x`` created (it takes
+    the held delete over), uploaded, and unlinked while open in turn: the first
+    file's last close must not delete the second one's object, which its
+    descriptor still reads."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    first = await write_file(fs, ROOT, "x", b"one")
+    fh1, _ = await fs.open(first, os.O_RDONLY)
+    await fs.unlink(ROOT, b"x")
+    second = await write_file(fs, ROOT, "x", b"two")
+    etag = (await store.head("x")).etag
+    fh2, _ = await fs.open(second, os.O_RDONLY)
+    await fs.unlink(ROOT, b"x")
+    await fs.release(fh1)
+    await fs.ctx.deleter.flush()
+    assert (await store.head("x")).etag == etag  # still there for fh2
+    assert await fs.read(fh2, 0, 100) == b"two"
+    await fs.release(fh2)
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in store.list_all("") for o in page.objects] == []
