@@ -104,7 +104,7 @@ class Renamer(Handler):
                 await self.writer.materialize(src)
                 # Its xattrs' field is bound to old_key: open it while it is there.
                 await xattrs.ensure_loaded(self.ctx, src)
-            await self.ctx.deleter.settle(new_key)
+            held = await self.ctx.deleter.settle(new_key)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
                 self.records.record(src)
@@ -127,6 +127,11 @@ class Renamer(Handler):
                 # of src before its upload must delete it).
                 xattrs.loaded(self.ctx, src)  # (src's own: none in COS; not dst's)
                 src.remote = dst.remote
+            if src.remote is None and held is not None:
+                # An unlinked open file's object is at the new key, its delete
+                # handed over: src answers for it until its upload replaces it.
+                xattrs.loaded(self.ctx, src)
+                src.remote = held
             self._move_local(src, d_new, new_name, dst)
             if src.dirty:
                 self.records.record(src)

@@ -204,3 +204,24 @@ async def test_the_last_close_of_an_unlinked_file_deletes_only_its_own_object(
     await fs.release(fh2)
     await fs.ctx.deleter.flush()
     assert [o.key async for page in store.list_all("") for o in page.objects] == []
+
+
+async def test_a_file_renamed_over_a_held_delete_answers_for_the_old_object(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    """``e`` unlinked while open (its delete held), then a file not uploaded yet
+    renamed onto ``e``: the rename takes the held delete over (as a create at the
+    name does), so unlinking the renamed file before its upload deletes the old
+    object; it stayed in COS, and ``e`` came back (model test hunt, seed
+    2647017771)."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    first = await write_file(fs, ROOT, "e", b"one")
+    fh, _ = await fs.open(first, os.O_RDONLY)
+    await fs.unlink(ROOT, b"e")
+    await write_file(fs, ROOT, "a", b"two", sync=False)
+    await fs.rename(ROOT, b"a", ROOT, b"e", 0)
+    await fs.unlink(ROOT, b"e")
+    await fs.release(fh)
+    await fs.sync_all()
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in store.list_all("") for o in page.objects] == []
