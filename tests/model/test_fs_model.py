@@ -552,6 +552,7 @@ class FsMachine(RuleBasedStateMachine):
                 # Its delete waits for the last close: a lost journal may bring it back.
                 assert isinstance(f, RefFile)
                 self.tree.ghosts.setdefault(path, []).extend(f.in_cos)
+                self.tree.ghost_modes.setdefault(path, set()).update(f.cos_modes)
             return
         end = len(f.data)
 
@@ -572,6 +573,7 @@ class FsMachine(RuleBasedStateMachine):
             # Held open still: its delete waits for the last close, and a lost
             # journal may bring it back.
             self.tree.ghosts.setdefault(path, []).extend(f.in_cos)
+            self.tree.ghost_modes.setdefault(path, set()).update(f.cos_modes)
         f.write(end, TAIL)  # a descriptor still held on it reads the tail too
 
     def do_rename(self, data: st.DataObject) -> None:
@@ -856,15 +858,24 @@ class FsMachine(RuleBasedStateMachine):
                 node = self.tree.nodes[path] = RefFile(data, got[1], [], [], {got[1]}, {got[1]})
             assert isinstance(node, RefFile)
             node.data = data
-            self.adopt_mode(which, path, node, keep_cache, got[1])
+            # A file unlinked while open may be back with its own mode (its
+            # held delete was lost with the cache, or handed to this one).
+            ghost = self.tree.ghost_modes.get(path, set()) if not keep_cache else set()
+            self.adopt_mode(which, path, node, keep_cache, got[1], ghost)
         if not keep_cache:
             self.leftovers |= set(self.tree.ghosts)
         self.tree.settle()  # recovery uploaded what the journal held before going live
 
     def adopt_mode(
-        self, which: str, path: str, node: RefFile | RefDir, keep_cache: bool, mode: int
+        self,
+        which: str,
+        path: str,
+        node: RefFile | RefDir,
+        keep_cache: bool,
+        mode: int,
+        also: frozenset[int] | set[int] = frozenset(),
     ) -> None:
-        modes = node.crash_modes if keep_cache else node.cos_modes
+        modes = (node.crash_modes if keep_cache else node.cos_modes) | also
         if mode not in modes:
             self.fail(f"after {which}: {path!r} mode {mode:o}, allowed {sorted(map(oct, modes))}")
         node.mode = mode
