@@ -114,10 +114,16 @@ class Renamer(Handler):
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
             elif src.remote is not None:
-                if src.kind.special:
-                    await move_special(self.ctx, src, old_key, new_key)  # one PUT, re-tagged
-                else:
-                    await self._copy_file(src, old_key, new_key)
+                try:
+                    if src.kind.special:
+                        await move_special(self.ctx, src, old_key, new_key)  # one PUT, re-tagged
+                    else:
+                        await self._copy_file(src, old_key, new_key)
+                except BaseException:
+                    if held is not None:
+                        # The rename failed: the unlinked file's delete is held again.
+                        self.ctx.deleter.hold(new_key, held)
+                    raise
                 if dst is not None and dst.remote is not None and src.remote is not None:
                     # dst's object was replaced by the copy: its companion goes.
                     self.ctx.tags.drop_companion(dst.remote.metadata, keep=src.remote.metadata)

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from cosencfs.errors import TransientError
 from cosencfs.fs import dirindex
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import ROOT, names, read_file, write_file
@@ -225,3 +226,27 @@ async def test_a_file_renamed_over_a_held_delete_answers_for_the_old_object(
     await fs.sync_all()
     await fs.ctx.deleter.flush()
     assert [o.key async for page in store.list_all("") for o in page.objects] == []
+
+
+async def test_a_failed_rename_over_a_held_delete_holds_it_again(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename onto the name of a file unlinked while open takes its held
+    delete over before copying; when the copy fails, the delete is held again,
+    so the old object still goes at the last close."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    first = await write_file(fs, ROOT, "e", b"one")
+    fh, _ = await fs.open(first, os.O_RDONLY)
+    await fs.unlink(ROOT, b"e")
+    await write_file(fs, ROOT, "a", b"two")
+
+    async def copy(*args: Any, **kw: Any) -> str:
+        raise TransientError("copy refused (test)")
+
+    monkeypatch.setattr(store, "copy", copy)
+    with pytest.raises(TransientError):
+        await fs.rename(ROOT, b"a", ROOT, b"e", 0)
+    monkeypatch.undo()
+    await fs.release(fh)
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in store.list_all("") for o in page.objects] == ["a"]
