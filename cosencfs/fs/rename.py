@@ -214,30 +214,37 @@ class Renamer(Handler):
             keys = [o.key for o in objects]
             # Attribute indexes are bound to their directory's prefix: deleted, not copied.
             objects = [o for o in objects if not o.key.endswith("/" + INDEX_NAME)]
-            for old in keys:
-                await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
-            # A node not in COS yet goes up under the new prefix later: no
-            # delete queued there before (a file unlinked, a directory removed
-            # a moment ago) may remove its upload.
+            # No delete queued at a new key before (a file unlinked, a
+            # directory removed a moment ago) may remove a copy, or the later
+            # upload of a node not in COS yet.  A held one (a file unlinked
+            # while open) is taken over: its object is replaced by the copy,
+            # or answered for by the node that will go up there.
             listed = set(keys)
-            for node in moved:
-                old = self.ctx.key_of(node)
-                if old in listed:
-                    continue
-                held = await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
-                if held is not None and node.file is not None and node.remote is None:
-                    # An unlinked open file's object is there: this one answers
-                    # for it until its upload replaces it, as a rename onto it.
-                    node.remote = held
+            unlisted = {
+                new_prefix + key[len(old_prefix) :]: node
+                for node in moved
+                if (key := self.ctx.key_of(node)) not in listed
+            }
+            news = [new_prefix + old[len(old_prefix) :] for old in keys] + list(unlisted)
+            held: dict[str, Remote] = {}
             copied: dict[str, str] = {}
             metas: dict[str, dict[str, str]] = {}
-            self.ctx.journal.delete_attrs_prefix(new_prefix)
             try:
+                for new in news:
+                    if (remote := await self.ctx.deleter.settle(new)) is not None:
+                        held[new] = remote
+                self.ctx.journal.delete_attrs_prefix(new_prefix)
                 await self._copy_many(objects, old_prefix, new_prefix, copied, metas)
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._undo_copies(list(copied))
+                if copied:
+                    with trio.CancelScope(shield=True):
+                        await self._undo_copies(list(copied))
+                for new, remote in held.items():
+                    self.ctx.deleter.hold(new, remote)  # the rename failed: held again
                 raise
+            for new, node in unlisted.items():
+                if new in held and node.file is not None and node.remote is None:
+                    node.remote = held[new]
             if dst is not None and dst.as_dir.has_marker and self.ctx.key_of(dst) not in copied:
                 # (When the source had a marker, the copy just replaced this one.)
                 self.ctx.deleter.queue(self.ctx.key_of(dst))

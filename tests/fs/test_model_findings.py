@@ -250,3 +250,30 @@ async def test_a_failed_rename_over_a_held_delete_holds_it_again(
     await fs.release(fh)
     await fs.ctx.deleter.flush()
     assert [o.key async for page in store.list_all("") for o in page.objects] == ["a"]
+
+
+async def test_a_failed_directory_rename_over_a_held_delete_holds_it_again(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a directory renamed onto a removed one whose file ``c/x`` is
+    unlinked but open: the rename takes the held delete of ``c/x`` over, and
+    holds it again when its copies fail."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    c = (await fs.mkdir(ROOT, b"c", 0o755, 0, 0)).ino
+    first = await write_file(fs, c, "x", b"one")
+    fh, _ = await fs.open(first, os.O_RDONLY)
+    await fs.unlink(c, b"x")
+    await fs.rmdir(ROOT, b"c")
+    a = (await fs.mkdir(ROOT, b"a", 0o755, 0, 0)).ino
+    await write_file(fs, a, "x", b"two")
+
+    async def copy(*args: Any, **kw: Any) -> str:
+        raise TransientError("copy refused (test)")
+
+    monkeypatch.setattr(store, "copy", copy)
+    with pytest.raises(TransientError):
+        await fs.rename(ROOT, b"a", ROOT, b"c", 0)
+    monkeypatch.undo()
+    await fs.release(fh)
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in store.list_all("") for o in page.objects] == ["a/", "a/x"]
