@@ -127,11 +127,11 @@ class Renamer(Handler):
                 if dst is not None and dst.remote is not None and src.remote is not None:
                     # dst's object was replaced by the copy: its companion goes.
                     self.ctx.tags.drop_companion(dst.remote.metadata, keep=src.remote.metadata)
-            elif dst is not None and dst.remote is not None:
+            if src.remote is None and dst is not None and dst.remote is not None:
                 # The new key still holds dst's object until src's upload
                 # replaces it: src now answers for it (an unlink or a rename
                 # of src before its upload must delete it).
-                xattrs.loaded(self.ctx, src)  # (src's own: none in COS; not dst's)
+                xattrs.loaded(self.ctx, src)  # (src's own first: not dst's)
                 src.remote = dst.remote
             if src.remote is None and held is not None:
                 # An unlinked open file's object is at the new key, its delete

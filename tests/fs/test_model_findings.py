@@ -277,3 +277,24 @@ async def test_a_failed_directory_rename_over_a_held_delete_holds_it_again(
     await fs.release(fh)
     await fs.ctx.deleter.flush()
     assert [o.key async for page in store.list_all("") for o in page.objects] == ["a/", "a/x"]
+
+
+async def test_a_changed_file_renamed_over_another_answers_for_its_object(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    """A file with changes not uploaded yet whose old object is in COS, renamed
+    onto another file: its old object goes, and the replaced file's object stays
+    at the name until the renamed file's upload replaces it, so the renamed file
+    answers for it; unlinked before its upload, it deletes it (the model test,
+    seed 2: the replaced file came back)."""
+    fs = await make_fs(writeback_delay=3600.0, max_dirty_age=3600.0)
+    await write_file(fs, ROOT, "e", b"old")
+    ino = await write_file(fs, ROOT, "a", b"aaa")
+    fh, _ = await fs.open(ino, os.O_WRONLY)
+    await fs.write(fh, 1, b"b")
+    await fs.flush(fh)
+    await fs.release(fh)
+    await fs.rename(ROOT, b"a", ROOT, b"e", 0)
+    await fs.unlink(ROOT, b"e")
+    await fs.ctx.deleter.flush()
+    assert [o.key async for page in store.list_all("") for o in page.objects] == []
