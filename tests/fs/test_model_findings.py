@@ -1,7 +1,9 @@
-"""Regressions found by the Filesystem model test (tests/model/test_fs_model.py).
+"""Regressions found by the Filesystem model test (tests/model/test_fs_model.py),
+or by reading the code while hunting with it (docs/reliability.md says which).
 
-Each test stages the interleaving the model test hit, deterministically: a
-request is held until the operation it raced has done its part.
+Each replays its sequence deterministically; where two tasks race, a request
+is held until the operation it raced has done its part (or, when the fix makes
+that operation wait for the request, for a second).
 """
 
 from __future__ import annotations
