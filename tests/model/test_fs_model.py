@@ -647,7 +647,8 @@ class FsMachine(RuleBasedStateMachine):
         )
         if n != len(buf):
             self.fail(f"short write: {n} of {len(buf)}")
-        h.file.write(len(h.file.data) if h.append else offset, buf)
+        if buf:  # writing nothing changes nothing, not even the size (POSIX)
+            h.file.write(len(h.file.data) if h.append else offset, buf)
         h.wrote = h.wrote or bool(buf)
 
     def do_hread(self, data: st.DataObject) -> None:
