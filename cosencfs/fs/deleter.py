@@ -97,10 +97,18 @@ class Deleter:
         self._state[key] = DeleteState.HELD
         self._held[key] = remote
 
-    def release(self, key: str) -> None:
-        if self._state.get(key) is DeleteState.HELD:
-            self._held.pop(key, None)
-            self.queue(key)
+    def release(self, key: str, remote: Remote | None = None) -> None:
+        """The last close of the file that held the delete of ``key`` (its
+        object ``remote``): send it, unless the delete held there now is for
+        another object (a file created at the name took this one's over,
+        uploaded, and was unlinked while open in turn: its readers keep it)."""
+        if self._state.get(key) is not DeleteState.HELD:
+            return
+        held = self._held.get(key)
+        if remote is not None and held is not None and held.etag != remote.etag:
+            return
+        self._held.pop(key, None)
+        self.queue(key)
 
     async def settle(self, key: str) -> Remote | None:
         """``key`` is about to be written: no older delete may remove it.

@@ -217,7 +217,9 @@ class DirIndex:
 
     async def _write_logged(self, d: Inode) -> None:
         try:
-            async with self._lock:
+            # The directory's upload lock, as rmdir and rename take it: its
+            # prefix stays the one listed, and rmdir sees the index it deletes.
+            async with self._lock, d.upload_lock:
                 await self.write(d)
         except Exception as exc:
             # An index is an optimisation: whatever goes wrong, the mount

@@ -77,16 +77,26 @@ class DirOps(Handler):
             raise FsError(errno.ENOENT)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
-        await self.listings.ensure_listed(node)
-        if node.as_dir.children:
-            raise FsError(errno.ENOTEMPTY)
-        key = self.ctx.key_of(node)
-        if node.as_dir.has_marker or node.remote is not None:
-            self.ctx.deleter.queue(key)
-        if node.as_dir.index_seen:
-            self.ctx.deleter.queue(key + INDEX_NAME)
-        self.ctx.journal.delete_attrs(key)
-        self.ns.detach(node)
+        # As unlink does a file's: a marker upload (a chmod going up) that
+        # started lands before the delete is queued, one that has not started
+        # finds the directory gone; else its PUT could land after the delete
+        # and bring the removed directory back.
+        async with node.upload_lock:
+            if node.unlinked:
+                raise FsError(errno.ENOENT)
+            await self.listings.ensure_listed(node)
+            # (No await from here on: the checks hold for the change.)
+            if node.unlinked:
+                raise FsError(errno.ENOENT)
+            if node.as_dir.children:
+                raise FsError(errno.ENOTEMPTY)
+            key = self.ctx.key_of(node)
+            if node.as_dir.has_marker or node.remote is not None:
+                self.ctx.deleter.queue(key)
+            if node.as_dir.index_seen:
+                self.ctx.deleter.queue(key + INDEX_NAME)
+            self.ctx.journal.delete_attrs(key)
+            self.ns.detach(node)
         self.ns.touch_dir(d)
 
     async def unlink(self, d: Inode, name: str) -> None:

@@ -108,7 +108,7 @@ class Files(Handler):
             self.writeback.schedule(node)
         if f.pending_delete is not None:
             key, f.pending_delete = f.pending_delete, None
-            self.ctx.deleter.release(key)
+            self.ctx.deleter.release(key, node.remote)
         if node.unlinked:
             self.ns.drop_content(node)
         self.ns.maybe_drop(node)

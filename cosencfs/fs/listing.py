@@ -150,7 +150,9 @@ class Listings:
         state = d.as_dir
         fresh: list[tuple[Inode, ObjectInfo]] = []
         if marker is not None:
-            if state.has_marker and d.remote is not None and not self._same(d.remote, marker):
+            changed = d.remote is not None and not self._same(d.remote, marker)
+            # A chmod here not uploaded yet: the marker's mode is the old one.
+            if state.has_marker and changed and not d.meta_dirty:
                 d.attrs_known = False
             state.has_marker = True
             if d.remote is None or not self._same(d.remote, marker):

@@ -45,6 +45,10 @@ async def remote_source(ctx: FsContext, node: Inode) -> Source | None:
     if r is None or r.size == 0 or r.metadata is None:
         return None
     key = ctx.key_of(node)
+    if node.unlinked and node.file is not None and node.file.pending_delete is not None:
+        # Unlinked while open: its object stays at the name it had until the
+        # last close, whatever became of that name's directory since.
+        key = node.file.pending_delete
     written = r.metadata.get(META_SIZE)
     if written is not None and written != str(r.size):
         # CTR has no integrity check: a truncated or extended body would

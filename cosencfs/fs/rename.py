@@ -104,7 +104,7 @@ class Renamer(Handler):
                 await self.writer.materialize(src)
                 # Its xattrs' field is bound to old_key: open it while it is there.
                 await xattrs.ensure_loaded(self.ctx, src)
-            await self.ctx.deleter.settle(new_key)
+            held = await self.ctx.deleter.settle(new_key)
             if src.remote is not None and src.data_dirty:
                 # New content goes up under the new name anyway; drop the old object.
                 self.records.record(src)
@@ -114,19 +114,30 @@ class Renamer(Handler):
                 self.ctx.journal.delete_attrs(old_key)
                 src.remote = None
             elif src.remote is not None:
-                if src.kind.special:
-                    await move_special(self.ctx, src, old_key, new_key)  # one PUT, re-tagged
-                else:
-                    await self._copy_file(src, old_key, new_key)
+                try:
+                    if src.kind.special:
+                        await move_special(self.ctx, src, old_key, new_key)  # one PUT, re-tagged
+                    else:
+                        await self._copy_file(src, old_key, new_key)
+                except BaseException:
+                    if held is not None:
+                        # The rename failed: the unlinked file's delete is held again.
+                        self.ctx.deleter.hold(new_key, held)
+                    raise
                 if dst is not None and dst.remote is not None and src.remote is not None:
                     # dst's object was replaced by the copy: its companion goes.
                     self.ctx.tags.drop_companion(dst.remote.metadata, keep=src.remote.metadata)
-            elif dst is not None and dst.remote is not None:
+            if src.remote is None and dst is not None and dst.remote is not None:
                 # The new key still holds dst's object until src's upload
                 # replaces it: src now answers for it (an unlink or a rename
                 # of src before its upload must delete it).
-                xattrs.loaded(self.ctx, src)  # (src's own: none in COS; not dst's)
+                xattrs.loaded(self.ctx, src)  # (src's own first: not dst's)
                 src.remote = dst.remote
+            if src.remote is None and held is not None:
+                # An unlinked open file's object is at the new key, its delete
+                # handed over: src answers for it until its upload replaces it.
+                xattrs.loaded(self.ctx, src)
+                src.remote = held
             self._move_local(src, d_new, new_name, dst)
             if src.dirty:
                 self.records.record(src)
@@ -203,17 +214,37 @@ class Renamer(Handler):
             keys = [o.key for o in objects]
             # Attribute indexes are bound to their directory's prefix: deleted, not copied.
             objects = [o for o in objects if not o.key.endswith("/" + INDEX_NAME)]
-            for old in keys:
-                await self.ctx.deleter.settle(new_prefix + old[len(old_prefix) :])
+            # No delete queued at a new key before (a file unlinked, a
+            # directory removed a moment ago) may remove a copy, or the later
+            # upload of a node not in COS yet.  A held one (a file unlinked
+            # while open) is taken over: its object is replaced by the copy,
+            # or answered for by the node that will go up there.
+            listed = set(keys)
+            unlisted = {
+                new_prefix + key[len(old_prefix) :]: node
+                for node in moved
+                if (key := self.ctx.key_of(node)) not in listed
+            }
+            news = [new_prefix + old[len(old_prefix) :] for old in keys] + list(unlisted)
+            held: dict[str, Remote] = {}
             copied: dict[str, str] = {}
             metas: dict[str, dict[str, str]] = {}
-            self.ctx.journal.delete_attrs_prefix(new_prefix)
             try:
+                for new in news:
+                    if (remote := await self.ctx.deleter.settle(new)) is not None:
+                        held[new] = remote
+                self.ctx.journal.delete_attrs_prefix(new_prefix)
                 await self._copy_many(objects, old_prefix, new_prefix, copied, metas)
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._undo_copies(list(copied))
+                if copied:
+                    with trio.CancelScope(shield=True):
+                        await self._undo_copies(list(copied))
+                for new, remote in held.items():
+                    self.ctx.deleter.hold(new, remote)  # the rename failed: held again
                 raise
+            for new, node in unlisted.items():
+                if new in held and node.file is not None and node.remote is None:
+                    node.remote = held[new]
             if dst is not None and dst.as_dir.has_marker and self.ctx.key_of(dst) not in copied:
                 # (When the source had a marker, the copy just replaced this one.)
                 self.ctx.deleter.queue(self.ctx.key_of(dst))

@@ -117,6 +117,8 @@ class Tree:
         #: Files unlinked while a handle kept them open, by path: their delete waits
         #: for the last close, so a crash that loses the journal may bring them back.
         self.ghosts: dict[str, list[bytes | None]] = {}
+        #: ... and their modes (such a file comes back with its own).
+        self.ghost_modes: dict[str, set[int]] = {}
 
     # -- lookups -----------------------------------------------------------------
 
@@ -235,3 +237,4 @@ class Tree:
         for node in self.nodes.values():
             node.committed()
         self.ghosts.clear()
+        self.ghost_modes.clear()
