@@ -19,6 +19,7 @@ from cosencfs.crypto.integrity import CHUNK_SIZE
 from cosencfs.crypto.master import AesMasterKey
 from cosencfs.errors import CryptoError, FsError, WrongKeyError
 from cosencfs.fs.core import Filesystem
+from cosencfs.fs.inode import Inode
 from cosencfs.store.base import ListPage
 from cosencfs.store.cos import CosStore
 from tests.testlib import FsFactory
@@ -661,6 +662,35 @@ async def test_a_file_created_over_a_held_delete_answers_for_the_old_object(
         assert await read_file(fs3, (await fs3.lookup(ROOT, b"g")).ino) == b"new"
 
 
+async def chmod_with_marker_put_held(
+    make_fs: FsFactory,
+    store: CosStore,
+    monkeypatch: pytest.MonkeyPatch,
+    name: bytes,
+    mode: int,
+    until: trio.Event,
+) -> tuple[Filesystem, Inode]:
+    """A synced directory ``name`` with a chmod to ``mode`` still to upload, its
+    marker's PUT held until ``until`` is set (or for a second), and its inode."""
+    fs = await make_fs()
+    await fs.mkdir(ROOT, name, 0o750, 0, 0)
+    await fs.sync_all()
+    ino = (await fs.lookup(ROOT, name)).ino
+    await fs.setattr(ino, mode=mode)
+    node = fs.ctx.table.get(ino)
+    assert node is not None
+    real_put, marker = store.put, name.decode() + "/"
+
+    async def put(key: str, *args: Any, **kw: Any) -> str:
+        if key == marker:
+            with trio.move_on_after(1.0):
+                await until.wait()
+        return await real_put(key, *args, **kw)
+
+    monkeypatch.setattr(store, "put", put)
+    return fs, node
+
+
 async def test_a_directory_chmod_committed_during_its_rename_is_kept(
     make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -669,21 +699,9 @@ async def test_a_directory_chmod_committed_during_its_rename_is_kept(
     it moves, directories too), so the new name carries the new mode instead of
     the old marker's (the model test's seed 4).  The marker's PUT is held until
     the rename has copied the marker, or for a second when the rename waits."""
-    fs = await make_fs()
-    await fs.mkdir(ROOT, b"a", 0o750, 0, 0)
-    await fs.sync_all()
-    ino = (await fs.lookup(ROOT, b"a")).ino
-    await fs.setattr(ino, mode=0o40664)
-    node = fs.ctx.table.get(ino)
-    assert node is not None
     copied = trio.Event()
-    real_put, real_copy = store.put, store.copy
-
-    async def put(key: str, *args: Any, **kw: Any) -> str:
-        if key == "a/":
-            with trio.move_on_after(1.0):
-                await copied.wait()
-        return await real_put(key, *args, **kw)
+    fs, node = await chmod_with_marker_put_held(make_fs, store, monkeypatch, b"a", 0o40664, copied)
+    real_copy = store.copy
 
     async def copy(src: str, *args: Any, **kw: Any) -> str:
         etag = await real_copy(src, *args, **kw)
@@ -691,7 +709,6 @@ async def test_a_directory_chmod_committed_during_its_rename_is_kept(
             copied.set()
         return etag
 
-    monkeypatch.setattr(store, "put", put)
     monkeypatch.setattr(store, "copy", copy)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.writeback.flush, node)

@@ -17,8 +17,15 @@ import trio.testing
 
 from cosencfs.errors import TransientError
 from cosencfs.fs import dirindex
+from cosencfs.fs.core import Filesystem
 from cosencfs.store.cos import CosStore
-from tests.fs.test_filesystem import ROOT, names, read_file, write_file
+from tests.fs.test_filesystem import (
+    ROOT,
+    chmod_with_marker_put_held,
+    names,
+    read_file,
+    write_file,
+)
 from tests.testlib import FsFactory
 
 
@@ -32,21 +39,9 @@ async def test_rmdir_during_its_marker_upload_does_not_bring_the_directory_back(
     the PUT landed after the delete and the removed directory was back for the
     next mount (a resurrected name).  The PUT is held until the marker's
     delete is done, or for a second when rmdir waits."""
-    fs = await make_fs()
-    await fs.mkdir(ROOT, b"b", 0o750, 0, 0)
-    await fs.sync_all()
-    ino = (await fs.lookup(ROOT, b"b")).ino
-    await fs.setattr(ino, mode=0o40700)
-    node = fs.ctx.table.get(ino)
-    assert node is not None
     deleted = trio.Event()
-    real_put, real_delete_many = store.put, store.delete_many
-
-    async def put(key: str, *args: Any, **kw: Any) -> str:
-        if key == "b/":
-            with trio.move_on_after(1.0):
-                await deleted.wait()
-        return await real_put(key, *args, **kw)
+    fs, node = await chmod_with_marker_put_held(make_fs, store, monkeypatch, b"b", 0o40700, deleted)
+    real_delete_many = store.delete_many
 
     async def delete_many(keys: Any) -> Any:
         failures = await real_delete_many(keys)
@@ -54,7 +49,6 @@ async def test_rmdir_during_its_marker_upload_does_not_bring_the_directory_back(
             deleted.set()
         return failures
 
-    monkeypatch.setattr(store, "put", put)
     monkeypatch.setattr(store, "delete_many", delete_many)
 
     async def rmdir_and_delete() -> None:
@@ -230,6 +224,29 @@ async def test_a_file_renamed_over_a_held_delete_answers_for_the_old_object(
     assert [o.key async for page in store.list_all("") for o in page.objects] == []
 
 
+async def _rename_refused_then_close(
+    fs: Filesystem,
+    store: CosStore,
+    monkeypatch: pytest.MonkeyPatch,
+    old: bytes,
+    new: bytes,
+    fh: int,
+) -> list[str]:
+    """Rename ``old`` onto ``new`` with every copy refused, then close ``fh``
+    (the unlinked file) and send the deletes: the keys left in the bucket."""
+
+    async def copy(*args: Any, **kw: Any) -> str:
+        raise TransientError("copy refused (test)")
+
+    monkeypatch.setattr(store, "copy", copy)
+    with pytest.raises(TransientError):
+        await fs.rename(ROOT, old, ROOT, new, 0)
+    monkeypatch.undo()
+    await fs.release(fh)
+    await fs.ctx.deleter.flush()
+    return [o.key async for page in store.list_all("") for o in page.objects]
+
+
 async def test_a_failed_rename_over_a_held_delete_holds_it_again(
     make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,17 +258,8 @@ async def test_a_failed_rename_over_a_held_delete_holds_it_again(
     fh, _ = await fs.open(first, os.O_RDONLY)
     await fs.unlink(ROOT, b"e")
     await write_file(fs, ROOT, "a", b"two")
-
-    async def copy(*args: Any, **kw: Any) -> str:
-        raise TransientError("copy refused (test)")
-
-    monkeypatch.setattr(store, "copy", copy)
-    with pytest.raises(TransientError):
-        await fs.rename(ROOT, b"a", ROOT, b"e", 0)
-    monkeypatch.undo()
-    await fs.release(fh)
-    await fs.ctx.deleter.flush()
-    assert [o.key async for page in store.list_all("") for o in page.objects] == ["a"]
+    keys = await _rename_refused_then_close(fs, store, monkeypatch, b"a", b"e", fh)
+    assert keys == ["a"]
 
 
 async def test_a_failed_directory_rename_over_a_held_delete_holds_it_again(
@@ -268,17 +276,8 @@ async def test_a_failed_directory_rename_over_a_held_delete_holds_it_again(
     await fs.rmdir(ROOT, b"c")
     a = (await fs.mkdir(ROOT, b"a", 0o755, 0, 0)).ino
     await write_file(fs, a, "x", b"two")
-
-    async def copy(*args: Any, **kw: Any) -> str:
-        raise TransientError("copy refused (test)")
-
-    monkeypatch.setattr(store, "copy", copy)
-    with pytest.raises(TransientError):
-        await fs.rename(ROOT, b"a", ROOT, b"c", 0)
-    monkeypatch.undo()
-    await fs.release(fh)
-    await fs.ctx.deleter.flush()
-    assert [o.key async for page in store.list_all("") for o in page.objects] == ["a/", "a/x"]
+    keys = await _rename_refused_then_close(fs, store, monkeypatch, b"a", b"c", fh)
+    assert keys == ["a/", "a/x"]
 
 
 async def test_a_changed_file_renamed_over_another_answers_for_its_object(

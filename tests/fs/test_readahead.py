@@ -157,15 +157,24 @@ async def test_sequential_window_doubles_to_its_bound_in_parallel_gets(rig_for: 
     await rig.fs.release(fh)
 
 
-async def test_reader_moving_away_cancels_the_window_it_left(rig_for: RigFactory) -> None:
-    data = os.urandom(24 * MIB)
+async def _first_mib_read(
+    rig_for: RigFactory, size: int, hold: Callable[[int, int], bool]
+) -> tuple[Rig, bytes, int]:
+    """A file of ``size`` random bytes, its GETs of ranges ``hold`` names held,
+    opened and read sequentially up to 1 MiB: the rig, the data, the handle."""
+    data = os.urandom(size)
     rig = await rig_for({"f": data}, readahead_max=8 * MIB)
-    store = rig.store
-    # What the window asks for beyond the first megabyte never arrives on its own.
-    store.hold = lambda start, end: MIB <= start < 16 * MIB
+    rig.store.hold = hold
     fh = await rig.open("f")
     for off in range(0, MIB, READ):
         assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
+    return rig, data, fh
+
+
+async def test_reader_moving_away_cancels_the_window_it_left(rig_for: RigFactory) -> None:
+    # What the window asks for beyond the first megabyte never arrives on its own.
+    rig, data, fh = await _first_mib_read(rig_for, 24 * MIB, lambda s, e: MIB <= s < 16 * MIB)
+    store = rig.store
     await trio.testing.wait_all_tasks_blocked()  # the window's GETs have started
     asked = max(e for _, e in store.gets)
     assert asked >= 8 * MIB  # the window grew to 8 MiB ahead
@@ -191,13 +200,8 @@ async def test_window_cancelled_before_its_gets_began_sends_none(rig_for: RigFac
     """Reads served from the cache return without yielding, so the top-ups
     they ask for have not started when the reader jumps: cancelled then,
     they never reach the store (not even as a request counted and dropped)."""
-    data = os.urandom(16 * MIB)
-    rig = await rig_for({"f": data}, readahead_max=8 * MIB)
+    rig, data, fh = await _first_mib_read(rig_for, 16 * MIB, lambda s, e: s >= MIB)
     store = rig.store
-    store.hold = lambda start, end: start >= MIB
-    fh = await rig.open("f")
-    for off in range(0, MIB, READ):
-        assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
     far = 12 * MIB
     store.hold = lambda start, end: MIB <= start < far
     assert await rig.fs.read(fh, far, READ) == data[far : far + READ]
@@ -211,13 +215,8 @@ async def test_window_cancelled_before_its_gets_began_sends_none(rig_for: RigFac
 
 
 async def test_reads_slightly_out_of_order_keep_the_window(rig_for: RigFactory) -> None:
-    data = os.urandom(16 * MIB)
-    rig = await rig_for({"f": data}, readahead_max=8 * MIB)
+    rig, data, fh = await _first_mib_read(rig_for, 16 * MIB, lambda s, e: s >= MIB)
     store = rig.store
-    store.hold = lambda start, end: start >= MIB
-    fh = await rig.open("f")
-    for off in range(0, MIB, READ):
-        assert await rig.fs.read(fh, off, READ) == data[off : off + READ]
     await trio.testing.wait_all_tasks_blocked()  # the window's GETs have started
     waiting = store.held
     assert waiting >= 4
