@@ -16,7 +16,9 @@ from benchmarks.config import MIB, WORKLOADS
 from benchmarks.matrix import matrix
 from benchmarks.results import PeerStatus, Row, TargetResult
 from benchmarks.scale import scale_table, scale_targets
+from benchmarks.server import Network
 from benchmarks.targets import evaluate
+from benchmarks.tlscost import tls_table
 
 #: Short names of COS operations for the table (the JSON has the full ones).
 OP_ABBREV = {
@@ -201,6 +203,15 @@ def render(data: dict[str, Any], *, markdown: bool = False) -> str:
             "Medians [spread = (max - min) / median of the runs]:",
             "",
             table(headers, body),
+        ]
+    nets = [Network(n["rtt_ms"], n["https"]) for n in config.get("networks", [])]
+    tls = tls_table(rows, names, nets)
+    if tls is not None:
+        parts += [
+            "",
+            "https against http (time over https / time over http; issue 16: cosencfs <= 1.10):",
+            "",
+            table(*tls),
         ]
     scale = scale_table(data.get("scale", []))
     if scale is not None:

@@ -19,6 +19,7 @@ from benchmarks.matrix import matrix, median_rows, parse_networks
 from benchmarks.results import Row
 from benchmarks.scale import scale_table, scale_targets
 from benchmarks.server import Network
+from benchmarks.tlscost import tls_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,3 +120,30 @@ def test_scale_runs_every_step_on_cosencfs(tmp_path: Path) -> None:
     assert table is not None
     assert table[1][0][:3] == ["1 ms http", "30", "cosencfs"]
     assert "Scale" in done.stdout
+
+
+def test_https_rows_are_compared_with_the_same_rows_over_http() -> None:
+    def row(peer: str, workload: str, network: str, *, rate: float | None = None,
+            seconds: float = 1.0) -> Row:  # fmt: skip
+        return Row(peer=peer, workload=workload, seconds=seconds, rate=rate, network=network)
+
+    rows = [
+        row("cosencfs", "seq_read", "0 ms http", rate=300.0),
+        row("cosencfs", "seq_read", "0 ms https", rate=250.0),  # 1.20x slower
+        row("cosencfs", "small_create", "0 ms http", seconds=2.0),
+        row("cosencfs", "small_create", "0 ms https", seconds=2.1),  # 1.05x
+        row("s3fs", "seq_read", "0 ms http", rate=400.0),
+        row("s3fs", "seq_read", "0 ms https", rate=400.0),
+        row("cosencfs", "seq_read", "10 ms http", rate=200.0),  # no https run at 10 ms
+    ]
+    nets = [Network(0, False), Network(0, True), Network(10, False)]
+    table = tls_table(rows, ["cosencfs", "s3fs"], nets)
+    assert table is not None
+    headers, body = table
+    assert headers == ["rtt", "workload", "cosencfs https/http", "s3fs https/http",
+                       "cosencfs <= 1.10"]  # fmt: skip
+    assert body == [
+        ["0 ms", "seq_read", "1.20", "1.00", "**not met**"],
+        ["0 ms", "small_create", "1.05", "", "met"],
+    ]
+    assert tls_table(rows, ["cosencfs"], [Network(0, False), Network(10, False)]) is None
