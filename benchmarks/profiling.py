@@ -83,6 +83,10 @@ class Profiler:
 #: What the frame on top of a stack is doing, by function or file (first match).
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("trio loop waiting in epoll (idle)", ("EpollIOManager.get_events", "_epoll_wait")),
+    # A worker's own frame on top is its wait for the next job (a lock
+    # acquire with a timeout, or the GIL right after it): py-spy's
+    # --nonblocking sampling counts some of it as busy. Not a hand-off cost.
+    ("worker threads waiting for a job (idle)", ("WorkerThread._work",)),
     ("cache file I/O (pwrite/pread of ciphertext)", ("_pwrite_all", "open_body", "read_small_body",
                                                      "read_plain", "FileRangeReader",
                                                      "store_cipher")),

@@ -147,3 +147,12 @@ def test_https_rows_are_compared_with_the_same_rows_over_http() -> None:
         ["0 ms", "small_create", "1.05", "", "met"],
     ]
     assert tls_table(rows, ["cosencfs"], [Network(0, False), Network(10, False)]) is None
+
+
+def test_a_worker_threads_wait_for_a_job_is_idle_not_a_hand_off() -> None:
+    from benchmarks.profiling import category
+
+    assert category("WorkerThread._work (trio/_core/_thread_cache.py)").endswith("(idle)")
+    assert category("ThreadCache.start_thread_soon (trio/_core/_thread_cache.py)").startswith(
+        "thread hand-off"
+    )
