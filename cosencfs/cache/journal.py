@@ -207,6 +207,24 @@ class Journal:
         )
 
     @_disk_errors
+    def seal_dirty(self, fid: str, vid: str) -> bool:
+        """Mark the newest layer of ``fid``'s record sealed; False if the record is not
+        of layer ``vid`` (then write the whole record with ``put_dirty``).
+
+        The record a commit writes when it seals a head already journaled at
+        close differs from that one only in this flag (``DirtyRecords.record``
+        decides when): one small UPDATE, the JSON edited by SQLite, instead of
+        the whole record encoded again (~90 of the ~150 us of a record, per
+        small file created).
+        """
+        cur = self._db.execute(
+            "UPDATE dirty SET layers=json_set(layers, '$[0].sealed', json('true')), updated=?"
+            " WHERE fid=? AND vid=? AND format=? AND json_array_length(layers) >= 1",
+            (time.time(), fid, vid, FORMAT_LAYERS),
+        )
+        return cur.rowcount == 1
+
+    @_disk_errors
     def set_upload(self, fid: str, upload_id: str | None, parts: Mapping[int, str]) -> None:
         self._db.execute(
             "UPDATE dirty SET upload_id=?, parts=? WHERE fid=?",

@@ -10,7 +10,7 @@ sealing and at each streamed part, and removed once the object is committed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cosencfs.cache.dirtylog import LayerState
 from cosencfs.cache.records import DirtyRecord, LayerRecord, SourceRecord
@@ -59,6 +59,19 @@ class DirtyRecords:
         if f.journaled == signature:
             return
         prev = f.journaled
+        if (
+            signature.sealed
+            and isinstance(prev, Journaled)
+            and prev == replace(signature, sealed=False)
+            and signature.keyed
+            and self.ctx.journal.seal_dirty(f.fid, head.vid)
+        ):
+            # Sealing a head journaled at close with its object key already
+            # drawn (a direct copy): all the record holds is the same but the
+            # head's sealed flag (the signature covers the rest), so only
+            # that changes.  Lower layers are frozen (never OPEN) either way.
+            f.journaled = signature
+            return
         if isinstance(prev, Journaled) and self.ctx.nursery is not None:
             prev_vid, _, prev_size = prev.layers[0][:3]
             # Only a multipart upload records an upload id: look only then.

@@ -233,3 +233,39 @@ def test_pending_deletes(journal: Journal) -> None:
     assert journal.pending_deletes() == ["x", "y"]
     journal.remove_deletes(["x"])
     assert journal.pending_deletes() == ["y"]
+
+
+def test_seal_dirty_flips_only_the_newest_layers_flag(journal: Journal) -> None:
+    rec = layered("f1")
+    rec.layers[0].sealed = False
+    journal.put_dirty(rec)
+    journal.set_upload("f1", "upload-1", {1: "etag-a"})
+    assert not journal.seal_dirty("f1", new_vid())  # another layer: nothing changes
+    assert not journal.seal_dirty("nope", rec.vid)
+    got = journal.get_dirty("f1")
+    assert got is not None
+    assert not got.layers[0].sealed
+    assert journal.seal_dirty("f1", rec.vid)
+    got = journal.get_dirty("f1")
+    assert got is not None
+    rec.layers[0].sealed = True
+    rec.upload_id, rec.parts = "upload-1", {1: "etag-a"}
+    assert got == rec  # all else as it was, the lower layer included
+
+
+def test_seal_dirty_leaves_format_1_rows_alone(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_V1_SCHEMA)
+        db.execute(
+            "INSERT INTO dirty VALUES ('f1', 'k', ?, 5, '[[0,5]]', '{}', '{}', '', NULL,"
+            " NULL, NULL, 1.0)",
+            (new_vid(),),
+        )
+    j = Journal(path)
+    try:
+        (row,) = j._db.execute("SELECT vid, layers FROM dirty").fetchall()
+        assert not j.seal_dirty("f1", row[0])
+        assert j._db.execute("SELECT layers FROM dirty").fetchone() == (row[1],)
+    finally:
+        j.close()
