@@ -10,10 +10,13 @@ between the upload and the journal (tests/fs/test_recovery_window.py).
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from cosencfs.cache.journal import Journal
 from cosencfs.fs.inode import ROOT_INO
@@ -70,6 +73,26 @@ async def test_a_new_file_is_journaled_once_and_sealed_in_place(
     assert fast.object_envelope is not None
     assert fast == full
     assert journal.dirty_count() == 0
+
+
+async def test_records_of_committed_files_leave_the_journal_when_idle(
+    make_fs: FsFactory,
+) -> None:
+    fs = await make_fs()
+    fh, _e = await fs.create(ROOT_INO, b"f", 0o644, os.O_WRONLY, 0, 0)
+    await fs.write(fh, 0, b"x" * 100)
+    await fs.flush(fh)
+    await fs.release(fh)
+    await fs.sync_all()
+    # Deferred to the journal's next write, or FORGET_DELAY later if none comes.
+    with trio.fail_after(30):
+        while _on_disk(fs.ctx.journal.path):  # noqa: ASYNC110 - written by a timer
+            await trio.sleep(0.01)
+
+
+def _on_disk(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {r[0] for r in db.execute("SELECT fid FROM dirty")}
 
 
 async def test_closing_journals_one_full_record(make_fs: FsFactory) -> None:
