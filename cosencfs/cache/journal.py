@@ -295,7 +295,10 @@ class Journal:
         return None
 
     def dirty_count(self) -> int:
-        self.flush_deferred()
+        try:
+            self.flush_deferred()
+        except OSError:
+            pass  # (statistics: a full disk must not fail them; the count may be high)
         return int(self._db.execute("SELECT COUNT(*) FROM dirty").fetchone()[0])
 
     def _iter_dirty(self, fid: str | None = None) -> Iterator[DirtyRecord]:
