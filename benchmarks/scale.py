@@ -89,9 +89,9 @@ def run_scale(ctx: Ctx, networks: list[Network], peers: list[str], sizes: list[i
     for net in networks:
         for n in sizes:
             for name in peers:
-                if name in ("passthrough", "cosencfs-base"):
+                if name == "passthrough":
                     continue
-                if name != "cosencfs" and n > PEER_MAX_FILES:
+                if name not in ("cosencfs", "cosencfs-base") and n > PEER_MAX_FILES:
                     log(f"scale {n}: {name} skipped (peers stop at {PEER_MAX_FILES})")
                     continue
                 slug = f"scale-{n}-{net.rtt_ms:g}ms-{'https' if net.https else 'http'}"

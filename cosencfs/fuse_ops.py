@@ -38,6 +38,7 @@ from cosencfs.errors import (
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.entry import Entry
 from cosencfs.fs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
+from cosencfs.fs.stats import FUSE_REQUESTS
 from cosencfs.mount.logsetup import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,11 @@ def _report(op: str, exc: BaseException) -> None:
 def translate(
     fn: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        FUSE_REQUESTS[name] += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -213,6 +217,7 @@ class FuseOperations(pyfuse3.Operations):
         return to_attrs(await self.fs.lookup(parent_inode, bytes(name)))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        FUSE_REQUESTS["forget"] += 1
         try:
             self.fs.forget([(int(i), n) for i, n in inode_list])
         except Exception:

@@ -28,6 +28,7 @@ from cosencfs.cache.fetch import Fetcher
 from cosencfs.cache.journal import Journal
 from cosencfs.cache.layers import Layers
 from cosencfs.cache.layout import new_vid, prepare_cache_dir
+from cosencfs.cache.spare import SpareFiles
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.errors import CacheIntegrityError, ConfigError, CosEncFsError, KeyReuseError
 from cosencfs.store.base import ObjectStore
@@ -73,6 +74,8 @@ class CacheManager:
         self.io_limiter = trio.CapacityLimiter(4)
         self.fetcher = Fetcher(store, self.io_limiter)
         self.layers = Layers(self.data_dir, self)
+        #: Empty files made ahead by a worker thread (creating one on the loop is slow).
+        self.spares = SpareFiles(self.data_dir)
         self._last_evict = -1e9
         #: Clean bytes at which the next eviction runs without waiting (below).
         self._evict_mark = 0
@@ -82,6 +85,7 @@ class CacheManager:
         self._usage = [0]
 
     def close(self) -> None:
+        self.spares.close()
         for v in list(self.versions.values()):
             v.close()
         self.layers.close()
@@ -100,8 +104,9 @@ class CacheManager:
         return str(self.file_path(vid))
 
     def _new(self, dk: DataKey, size: int, source: Source | None) -> ObjectContent:
-        vid = new_vid()
-        v = ObjectContent(vid, self._path(vid), dk, size, source)
+        spare = self.spares.take()
+        vid = new_vid() if spare is None else spare
+        v = ObjectContent(vid, self._path(vid), dk, size, source, create=spare is None)
         v.account = self._usage
         self.versions[vid] = v
         return v
@@ -280,6 +285,8 @@ class CacheManager:
         removed = 0
         for entry in os.scandir(self.data_dir):
             vid = entry.name.removesuffix(".log")
+            if vid in self.spares:
+                continue
             if vid not in keep and vid not in self.versions and vid not in self.layers:
                 os.unlink(entry.path)
                 removed += 1

@@ -10,7 +10,10 @@ sealing and at each streamed part, and removed once the object is committed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+
+import trio
 
 from cosencfs.cache.dirtylog import LayerState
 from cosencfs.cache.records import DirtyRecord, LayerRecord, SourceRecord
@@ -20,8 +23,14 @@ from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.upload import Uploader
 
+log = logging.getLogger(__name__)
+
 #: Below this, uploads are single PUTs (the default single_put_max is larger).
 MULTIPART_MIN = 1024 * 1024
+
+#: Seconds after a record's delete (``forget``) by which it is in the journal
+#: even if nothing else writes there (cosencfs/cache/journal.py, ``delete_dirty``).
+FORGET_DELAY = 0.2
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,6 +49,7 @@ class DirtyRecords:
     def __init__(self, ctx: FsContext, uploader: Uploader) -> None:
         self.ctx = ctx
         self.uploader = uploader
+        self._flush_due = False
 
     def record(self, node: Inode) -> None:
         """Journal what ``node`` holds that COS does not (close, truncate, seal)."""
@@ -59,6 +69,19 @@ class DirtyRecords:
         if f.journaled == signature:
             return
         prev = f.journaled
+        if (
+            signature.sealed
+            and isinstance(prev, Journaled)
+            and prev == replace(signature, sealed=False)
+            and signature.keyed
+            and self.ctx.journal.seal_dirty(f.fid, head.vid)
+        ):
+            # Sealing a head journaled at close with its object key already
+            # drawn (a direct copy): all the record holds is the same but the
+            # head's sealed flag (the signature covers the rest), so only
+            # that changes.  Lower layers are frozen (never OPEN) either way.
+            f.journaled = signature
+            return
         if isinstance(prev, Journaled) and self.ctx.nursery is not None:
             prev_vid, _, prev_size = prev.layers[0][:3]
             # Only a multipart upload records an upload id: look only then.
@@ -117,5 +140,23 @@ class DirtyRecords:
         f = node.file
         if f is None:
             return  # a directory: never journaled
-        self.ctx.journal.delete_dirty(f.fid)
+        journal = self.ctx.journal
+        journal.delete_dirty(f.fid)  # with the journal's next write (one transaction less)
         f.journaled = None
+        if self.ctx.nursery is None:
+            journal.flush_deferred()
+        elif not self._flush_due:
+            # Checked and set with no await between: one flusher at a time.
+            self._flush_due = True
+            self.ctx.spawn(self._flush_later)
+
+    async def _flush_later(self) -> None:
+        """Write deferred deletes a moment later if no other journal write did."""
+        try:
+            await trio.sleep(FORGET_DELAY)
+        finally:
+            self._flush_due = False
+        try:
+            self.ctx.journal.flush_deferred()
+        except OSError as exc:  # a full disk: the next write, or recovery, deletes them
+            log.warning("cache journal: records of committed files not deleted yet (%s)", exc)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cosencfs.fs.core import Filesystem
+
+
+#: FUSE requests answered, by operation (counted by the operations layer,
+#: cosencfs/fuse_ops.py). Event loop only.
+FUSE_REQUESTS: Counter[str] = Counter()
 
 
 def collect_stats(fs: Filesystem) -> dict[str, object]:
@@ -61,5 +67,6 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "writes": fs.writer.writes,
             "write_bytes": fs.writer.write_bytes,
             "getxattrs": fs.getxattrs,
+            "requests": dict(FUSE_REQUESTS),
         },
     }

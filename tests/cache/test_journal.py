@@ -233,3 +233,80 @@ def test_pending_deletes(journal: Journal) -> None:
     assert journal.pending_deletes() == ["x", "y"]
     journal.remove_deletes(["x"])
     assert journal.pending_deletes() == ["y"]
+
+
+def test_seal_dirty_flips_only_the_newest_layers_flag(journal: Journal) -> None:
+    rec = layered("f1")
+    rec.layers[0].sealed = False
+    journal.put_dirty(rec)
+    journal.set_upload("f1", "upload-1", {1: "etag-a"})
+    assert not journal.seal_dirty("f1", new_vid())  # another layer: nothing changes
+    assert not journal.seal_dirty("nope", rec.vid)
+    got = journal.get_dirty("f1")
+    assert got is not None
+    assert not got.layers[0].sealed
+    assert journal.seal_dirty("f1", rec.vid)
+    got = journal.get_dirty("f1")
+    assert got is not None
+    rec.layers[0].sealed = True
+    rec.upload_id, rec.parts = "upload-1", {1: "etag-a"}
+    assert got == rec  # all else as it was, the lower layer included
+
+
+def test_seal_dirty_leaves_format_1_rows_alone(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_V1_SCHEMA)
+        db.execute(
+            "INSERT INTO dirty VALUES ('f1', 'k', ?, 5, '[[0,5]]', '{}', '{}', '', NULL,"
+            " NULL, NULL, 1.0)",
+            (new_vid(),),
+        )
+    j = Journal(path)
+    try:
+        (row,) = j._db.execute("SELECT vid, layers FROM dirty").fetchall()
+        assert not j.seal_dirty("f1", row[0])
+        assert j._db.execute("SELECT layers FROM dirty").fetchone() == (row[1],)
+    finally:
+        j.close()
+
+
+def _on_disk(path: Path) -> set[str]:
+    """The fids of the dirty records another connection sees (what a crash leaves)."""
+    with sqlite3.connect(path) as db:
+        return {r[0] for r in db.execute("SELECT fid FROM dirty")}
+
+
+def test_record_deletes_go_with_the_next_write_in_order(journal: Journal) -> None:
+    path = journal.path
+    journal.put_dirty(layered("f1"))
+    journal.put_dirty(layered("f2"))
+    journal.delete_dirty("f1")
+    assert _on_disk(path) == {"f1", "f2"}  # deferred: no transaction of its own
+    journal.delete_dirty("f2")
+    journal.put_dirty(layered("f2"))  # written again after its delete: it stays
+    assert _on_disk(path) == {"f2"}
+    journal.delete_dirty("f2")
+    journal.add_delete("some/key")  # any write carries the deletes before it
+    assert _on_disk(path) == set()
+    journal.put_dirty(layered("f3"))
+    journal.delete_dirty("f3")
+    # Reads of the dirty table see them (they are written first).
+    assert journal.dirty_count() == 0
+    assert _on_disk(path) == set()
+    journal.put_dirty(layered("f4"))
+    journal.delete_dirty("f4")
+    assert journal.get_dirty("f4") is None
+    journal.put_dirty(layered("f5"))
+    journal.delete_dirty("f5")
+    journal.put_attrs("k", "e", 1, None, {})
+    journal.flush_attrs()
+    assert _on_disk(path) == set()
+
+
+def test_deferred_deletes_are_written_at_close(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal.db")
+    j.put_dirty(layered("f1"))
+    j.delete_dirty("f1")
+    j.close()
+    assert _on_disk(tmp_path / "journal.db") == set()
