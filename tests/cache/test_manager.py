@@ -4,9 +4,7 @@ the orphan sweep, the directory lock."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 
@@ -15,17 +13,7 @@ from cosencfs.cache.layout import new_vid
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.ctr import DataKey, encrypt
 from cosencfs.errors import CacheIntegrityError, ConfigError
-from cosencfs.store.base import ObjectStore
-
-#: Nothing here fetches: the store is never called.
-NO_STORE = cast(ObjectStore, object())
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[CacheManager]:
-    cm = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1 << 30)
-    yield cm
-    cm.close()
+from tests.cache.conftest import NO_STORE
 
 
 def source(key: str, etag: str = "e1", size: int = 1000) -> Source:

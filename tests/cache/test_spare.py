@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 import trio
@@ -15,16 +13,7 @@ import trio
 from cosencfs.cache import spare
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.store.base import ObjectStore
-
-NO_STORE = cast(ObjectStore, object())
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[CacheManager]:
-    cm = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1 << 30)
-    yield cm
-    cm.close()
+from tests.cache.conftest import NO_STORE
 
 
 async def _until_ready(s: spare.SpareFiles) -> None:
