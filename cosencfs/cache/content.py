@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from cosencfs.cache.direct import DIRECT
+from cosencfs.cache.direct import pwrite_all as pwrite_all  # noqa: PLC0414 - dirtylog imports it here
 from cosencfs.cache.extents import Extents
 from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.integrity import ChunkKey, VerifiedContent
@@ -114,6 +116,9 @@ class Inflight:
     owner: object | None = None
     #: Cancels the fetch (only while ``owner`` is set).
     scope: trio.CancelScope | None = None
+    #: For a sequential reader: decrypted as it is stored and held in memory
+    #: for the reader (cosencfs/cache/plainhold.py), written past the page cache.
+    serve: bool = False
 
 
 class ObjectContent:
@@ -133,6 +138,7 @@ class ObjectContent:
         "owner",
         "path",
         "pins",
+        "plain",
         "present",
         "size",
         "source",
@@ -185,6 +191,8 @@ class ObjectContent:
         self.busy: list[tuple[int, int]] = []
         #: Read-ahead fetched for a sequential reader and not read yet: kept.
         self.ahead: tuple[int, int] | None = None
+        #: Decrypted read-ahead not read yet, by start (cosencfs/cache/plainhold.py).
+        self.plain: dict[int, bytes] | None = None
 
     @property
     def lock(self) -> trio.Lock:
@@ -243,6 +251,7 @@ class ObjectContent:
         self.last_access = trio.current_time()
 
     def close(self) -> None:
+        self.plain = None
         with _DESCRIPTORS.lock:
             if not self.discarded:
                 self.discarded = True
@@ -290,12 +299,16 @@ class ObjectContent:
             raise OSError(f"cache file {self.vid} is short at {offset}+{length}")
         return decrypt(self.dk, offset, cipher)
 
-    def store_fetched(self, offset: int, data: bytes | memoryview) -> None:
+    def store_fetched(
+        self, offset: int, data: bytes | bytearray | memoryview, *, direct: bool = False
+    ) -> None:
         """Put bytes fetched from the source where they are still missing.
 
         An encrypted object's bytes are stored as they come; a plaintext
         object's are encrypted under the copy's own key first.  Either way a
         range is stored once: present bytes are never written again.
+        ``direct``: past the page cache (:data:`DIRECT`), for bytes whose
+        reader is served from memory and will not read the file soon.
         """
         end = offset + len(data)
         view = memoryview(data)
@@ -304,7 +317,10 @@ class ObjectContent:
             if self.plaintext_source:
                 piece = memoryview(encrypt(self.dk, s, piece))
             with self._fd() as fd:
-                pwrite_all(fd, piece, s)
+                if direct:
+                    DIRECT.write(fd, piece, s)
+                else:
+                    pwrite_all(fd, piece, s)
             self.mark(s, e)
 
     def produce(self, offset: int, plain: bytes | bytearray | memoryview) -> None:
@@ -318,11 +334,3 @@ class ObjectContent:
     def fsync(self) -> None:
         with self._fd() as fd:
             os.fdatasync(fd)
-
-
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n

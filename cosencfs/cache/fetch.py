@@ -20,6 +20,12 @@ reader moves away its GETs still waiting or in flight are cancelled
 A fetch stops being speculative, and is never cancelled this way, once a
 reader waits for it, another read-ahead asks for the same bytes, or its
 bytes have arrived.
+
+A sequential reader's window (``prefetch(serve=True)``) costs one
+worker-thread job per piece: its chunks are checked, then it is written
+into the cache file past the page cache and decrypted, and the plaintext
+waits in memory for the reader (:class:`~cosencfs.cache.plainhold.PlainHold`),
+who takes it without reading the file again, without another thread hop.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from collections.abc import Callable
 import trio
 
 from cosencfs.cache.content import THREAD_THRESHOLD, Inflight, ObjectContent, Source
+from cosencfs.cache.plainhold import PlainHold, cells
+from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.integrity import CHUNK_SIZE
 from cosencfs.errors import CosEncFsError, DamagedObjectError, IntegrityError
 from cosencfs.store.base import ObjectStore
@@ -61,6 +69,10 @@ class Fetcher:
         self.chunk_failures = 0
         #: Bytes of speculative fetches cancelled because their reader moved away.
         self.ahead_cancelled = 0
+        #: Jobs handed to worker threads (storing fetched pieces, reading the cache file).
+        self.thread_jobs = 0
+        #: Decrypted read-ahead waiting for its readers.
+        self.hold = PlainHold()
         #: Called after fetched bytes are stored (the cache may be over its limit now).
         self.on_stored: Callable[[], object] = lambda: None
 
@@ -69,6 +81,12 @@ class Fetcher:
         end = min(offset + length, v.size)
         if end <= offset:
             return b""
+        held = self.hold.take(v, offset, end)
+        if held is not None:
+            # Read ahead, decrypted when it was stored: no second read of it.
+            self.hits += 1
+            v.touch()
+            return held
         # Busy before the first await: eviction leaves these bytes alone until read.
         span = (offset, end)
         v.busy.append(span)
@@ -78,8 +96,13 @@ class Fetcher:
             else:
                 self.misses += 1
                 await self.ensure(v, offset, end)
+                held = self.hold.take(v, offset, end)
+                if held is not None:
+                    v.touch()
+                    return held
             v.touch()
             if end - offset >= THREAD_THRESHOLD:
+                self.thread_jobs += 1
                 return await trio.to_thread.run_sync(
                     v.read_plain, offset, end - offset, limiter=self.io_limiter
                 )
@@ -132,13 +155,15 @@ class Fetcher:
         owner: object | None = None,
         piece: int = FETCH_CHUNK,
         first: int | None = None,
+        serve: bool = False,
     ) -> int:
         """Start fetching ``[start, end)`` in the background; the bytes asked for.
 
         GETs of at most ``piece`` bytes run in parallel, the one holding
         ``first`` (where the reader is) started first.  With an ``owner``
         they are speculative: :meth:`cancel_ahead` with the same owner
-        cancels them.
+        cancels them.  ``serve``: a sequential reader reads them next, from
+        memory (:class:`PlainHold`).
         """
         end = min(end, v.limit)
         if end <= start:
@@ -153,6 +178,7 @@ class Fetcher:
             for inf in self._begin(v, s, e, only_new=True, owner=owner, piece=piece, first=first):
                 inf.owner = owner
                 inf.scope = trio.CancelScope()
+                inf.serve = serve and not v.plaintext_source
                 asked += inf.end - inf.start
                 v.pins += 1
                 todo.append(inf)
@@ -196,6 +222,8 @@ class Fetcher:
             inf.scope.cancel()
             cancelled += inf.end - inf.start
         self.ahead_cancelled += cancelled
+        # What arrived ahead of it and was decrypted: the reader left it.
+        self.hold.forget(v, keep)
         return cancelled
 
     def _begin(
@@ -306,18 +334,23 @@ class Fetcher:
                 try:
                     if len(data) >= THREAD_THRESHOLD:
                         # Under v's lock: nothing else stores into v meanwhile.
-                        # One worker-thread job checks the chunks, then stores
-                        # them: no second hand-off between the two.
-                        await trio.to_thread.run_sync(
-                            _check_and_store, v, check, start, data, limiter=self.io_limiter
-                        )
+                        # One worker-thread job checks the chunks, stores them
+                        # and (for a sequential reader) decrypts them.
+                        self.thread_jobs += 1
+                        blocks = await trio.to_thread.run_sync(
+                            _check_and_store, v, check, start, data, inf.serve,
+                            limiter=self.io_limiter,
+                        )  # fmt: skip
                     else:
-                        _check_and_store(v, check, start, data)
+                        blocks = _check_and_store(v, check, start, data, inf.serve)
                 except IntegrityError:
                     self.chunk_failures += 1
                     raise
             if check is not None:
                 self.chunks_verified += -(-len(data) // CHUNK_SIZE)
+            if blocks:
+                # Before ``done``: a reader waiting for these bytes finds them here.
+                self.hold.put(v, blocks)
         finally:
             v.inflight.remove(inf)
             inf.done.set()
@@ -325,15 +358,27 @@ class Fetcher:
 
 
 def _check_and_store(
-    v: ObjectContent, check: Callable[[bytes], None] | None, start: int, data: bytes
-) -> None:
+    v: ObjectContent,
+    check: Callable[[bytes], None] | None,
+    start: int,
+    data: bytes,
+    serve: bool,
+) -> list[tuple[int, bytes]] | None:
     """Check fetched bytes against their chunk tags, then store them into ``v``.
 
     The caller holds ``v.lock``.  Every chunk is checked before any byte is
-    stored: one that fails (IntegrityError) leaves nothing in the cache.  A
-    copy discarded meanwhile stores nothing, but still reports a failure.
+    stored or decrypted: one that fails (IntegrityError) leaves nothing in
+    the cache and nothing for a reader.  A copy discarded meanwhile stores
+    nothing, but still reports a failure.  ``serve``: written past the page
+    cache, and returned decrypted, in blocks for :class:`PlainHold`.
     """
     if check is not None:
         check(data)
-    if not v.discarded:
-        v.store_fetched(start, data)
+    if v.discarded:
+        return None
+    v.store_fetched(start, data, direct=serve)
+    if not serve:
+        return None
+    view = memoryview(data)
+    stop = min(start + len(data), v.limit)  # (whole chunks may run past it)
+    return [(s, decrypt(v.dk, s, view[s - start : e - start])) for s, e in cells(start, stop)]

@@ -72,6 +72,9 @@ class Reader:
         self.attrs = attrs
         #: Requests served (average sizes tell how well the kernel batches).
         self.reads = self.read_bytes = 0
+        # Decrypted read-ahead held for readers: room for two full windows.
+        hold = ctx.cache.fetcher.hold
+        hold.budget = max(hold.budget, 2 * ctx.options.readahead_max)
 
     def check_open(self, node: Inode) -> None:
         """Raise RefusedError if ``node``'s object must not be served (``open``).
@@ -117,8 +120,9 @@ class Reader:
         if head is not None:
             bottom = head.bottom
             if bottom.source is not None:
-                # Bytes not rewritten come from the object: read ahead there.
-                self._readahead(h, cache.clean_for(bottom.source), offset, size)
+                # Bytes not rewritten come from the object: read ahead there
+                # (into the cache file only: the layers are read from there).
+                self._readahead(h, cache.clean_for(bottom.source), offset, size, serve=False)
             data = await assemble.read_plain(cache, head, offset, offset + size)
             self.read_bytes += len(data)
             return data
@@ -127,7 +131,7 @@ class Reader:
             return b""
         v.pins += 1
         try:
-            self._readahead(h, v, offset, size)
+            self._readahead(h, v, offset, size, serve=True)
             data = await cache.fetcher.read(v, offset, size)
             self.read_bytes += len(data)
             return data
@@ -144,7 +148,9 @@ class Reader:
             and not v.present.contains(0, v.limit)
         )
 
-    def _readahead(self, h: Handle, v: ObjectContent, offset: int, size: int) -> None:
+    def _readahead(
+        self, h: Handle, v: ObjectContent, offset: int, size: int, *, serve: bool
+    ) -> None:
         opts = self.ctx.options
         nursery = self.ctx.nursery
         fetcher = self.ctx.cache.fetcher
@@ -166,7 +172,9 @@ class Reader:
             # GETs in parallel, a quarter of the window each, so the
             # window's round trips overlap from the first megabytes on.
             piece = max(opts.readahead_min, ra.window // PIECES)
-            fetcher.prefetch(nursery, v, *span, owner=ra, piece=piece)
+            # ``serve``: the reader takes them from memory, decrypted as they
+            # were stored (cosencfs/cache/plainhold.py).
+            fetcher.prefetch(nursery, v, *span, owner=ra, piece=piece, serve=serve)
         elif nursery is not None and self._wants_whole(h, v):
             # Random access to a file that fits the cache: one pass of large
             # parallel GETs beats a round trip per read; readers wait only for

@@ -264,3 +264,80 @@ async def test_random_reader_is_served_when_its_part_of_the_whole_fetch_is_in(
     # The whole object once, plus the chunks of the reads before it.
     assert rig.fetcher.fetched_bytes <= len(data) + RANDOM_AFTER * 64 * KIB
     await rig.fs.release(fh)
+
+
+async def _read_all(rig: Rig, fh: int, size: int, step: int = MIB) -> bytes:
+    got = bytearray()
+    for off in range(0, size, step):
+        got += await rig.fs.read(fh, off, step)
+    return bytes(got)
+
+
+async def test_sequential_reader_is_served_from_memory_in_one_job_per_piece(
+    rig_for: RigFactory,
+) -> None:
+    """Each piece of the window is checked, stored and decrypted in one
+    worker-thread job; the reader (1 MiB reads, as the kernel asks) takes the
+    plaintext from memory: no read of the cache file, no thread hop of its
+    own, and nothing held once it has read everything."""
+    data = os.urandom(24 * MIB + 5000)
+    rig = await rig_for({"seq": data}, readahead_max=8 * MIB)
+    fetcher = rig.fetcher
+    fh = await rig.open("seq")
+    assert await _read_all(rig, fh, len(data)) == data
+    await rig.settle()
+    gets = len(rig.store.gets)
+    # One job per GET at most (the first, foreground 1 MiB is read from the
+    # file); before, every 1 MiB read was a job of its own too (25 more).
+    assert fetcher.thread_jobs <= gets + 1, (fetcher.thread_jobs, gets)
+    # Everything after the first GET came from memory ...
+    assert fetcher.hold.served >= len(data) - 2 * MIB
+    # ... and nothing is left there.
+    assert fetcher.hold.held == 0
+    assert fetcher.hold.dropped == 0
+    await rig.fs.release(fh)
+    # The cache file holds the same bytes (written past the page cache where
+    # the filesystem allows): a second reader reads them with no GET.
+    before = len(rig.store.gets)
+    fetcher.hold.budget = 0  # nothing from memory this time
+    fh = await rig.open("seq")
+    assert await _read_all(rig, fh, len(data), 3 * MIB + 4096) == data
+    assert len(rig.store.gets) == before
+    await rig.fs.release(fh)
+
+
+async def test_memory_held_for_readers_stays_within_its_budget(rig_for: RigFactory) -> None:
+    data = os.urandom(16 * MIB)
+    rig = await rig_for({"seq": data}, readahead_max=8 * MIB)
+    hold = rig.fetcher.hold
+    hold.budget = 2 * MIB  # less than a window: some pieces are let go unread
+    fh = await rig.open("seq")
+    got = bytearray()
+    for off in range(0, len(data), READ):
+        got += await rig.fs.read(fh, off, READ)
+        assert hold.held <= hold.budget
+    assert bytes(got) == data  # what was let go is read from the cache file
+    await rig.settle()
+    assert hold.held <= hold.budget
+    assert hold.dropped > 0
+    await rig.fs.release(fh)
+
+
+async def test_reader_moving_away_lets_go_of_what_was_decrypted_ahead(
+    rig_for: RigFactory,
+) -> None:
+    data = os.urandom(24 * MIB)
+    rig = await rig_for({"seq": data}, readahead_max=8 * MIB)
+    hold = rig.fetcher.hold
+    fh = await rig.open("seq")
+    for off in range(0, 2 * MIB, MIB):
+        assert await rig.fs.read(fh, off, MIB) == data[off : off + MIB]
+    await rig.settle()
+    assert hold.held > 0  # the window, decrypted, waiting for the reader
+    far = 20 * MIB
+    assert await rig.fs.read(fh, far, READ) == data[far : far + READ]
+    # Only what holds the reader's new range (if anything) may stay.
+    v = next(iter(rig.fs.ctx.cache.versions.values()))
+    assert all(s <= far < s + len(b) for s, b in (v.plain or {}).items())
+    await rig.settle()
+    await rig.fs.release(fh)

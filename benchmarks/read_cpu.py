@@ -1,0 +1,145 @@
+"""The daemon's CPU per cold sequential read, this tree against other revisions.
+
+One local COS server (the suite's, with its latency model), one 256 MiB file
+written through this tree's mount (and with ``--untagged`` a second one
+written with the benchmark-only ``--x-bench-untagged``), then ``--runs``
+rounds, interleaved: every mount (this tree, each ``--baseline REV``) reads
+every file cold — empty cache directory, ``drop_caches``, then ``--settle``
+seconds before ``dd bs=1M``.  Each row gives the median wall time and the
+daemon's CPU time (user + system, all threads, from ``/proc/PID/stat``):
+on a shared machine the CPU time is the steadier measure.
+
+Why ``--settle``: on the benchmark VM, memory freed by ``drop_caches`` is
+handed back to the host after about two seconds (virtio-balloon free page
+reporting), and the first write into such a page then costs a fault in the
+host.  Writing into the page cache right after the drop is cheap, a few
+seconds later it is not: waiting makes every run pay alike (the suite's
+quiet wait usually takes that long too).
+
+``python -m benchmarks.read_cpu --runs 5 --baseline main --untagged``
+is the figure in docs/performance.md ("Cold sequential read: one job per
+piece").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.integrity_cost import cpu_seconds, write_file
+from benchmarks.peers import BaselinePeer, CosencfsPeer
+from benchmarks.server import LocalServer, Network
+from benchmarks.system import drop_caches
+
+MIB = 1 << 20
+
+
+def mounts(root: Path, server: LocalServer, revs: list[str]) -> list[CosencfsPeer]:
+    """This tree's mount, then one per revision, all of ``server`` with one key."""
+    out: list[CosencfsPeer] = []
+    for rev in ["", *revs]:
+        if rev:
+            base = BaselinePeer(root / f"base-{rev}", server.network)
+            base.rev = rev
+            base.name = f"cosencfs@{rev}"
+            peer: CosencfsPeer = base
+        else:
+            peer = CosencfsPeer(root, server.network)
+        peer.server = server
+        for d in (peer.mnt, peer.cache, peer.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        if out:
+            shutil.copy(out[0].key_file, peer.key_file)
+        peer.prepare()
+        out.append(peer)
+    return out
+
+
+def write(peer: CosencfsPeer, name: str, size: int, extra: list[str]) -> None:
+    peer.extra = extra
+    peer.mount(clear_cache=True)
+    try:
+        write_file(peer.mnt / name, os.urandom(MIB), size)
+    finally:
+        peer.unmount()
+        peer.extra = []
+
+
+def read_cold(peer: CosencfsPeer, name: str, settle: float) -> tuple[float, float]:
+    """Wall and daemon CPU seconds of ``dd`` reading ``name`` after a cold mount."""
+    peer.mount(clear_cache=True)
+    try:
+        drop_caches()
+        time.sleep(settle)
+        pid = peer.pid
+        cpu = cpu_seconds(pid)
+        start = time.perf_counter()
+        subprocess.run(
+            ["dd", f"if={peer.mnt / name}", "of=/dev/null", "bs=1M"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        return time.perf_counter() - start, cpu_seconds(pid) - cpu
+    finally:
+        peer.unmount()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size-mib", type=int, default=256)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--rtt-ms", type=float, default=0.0)
+    p.add_argument("--baseline", action="append", default=[], metavar="REV")
+    p.add_argument("--untagged", action="store_true", help="an untagged file too")
+    p.add_argument("--settle", type=float, default=5.0, metavar="SECONDS")
+    args = p.parse_args(argv)
+    size = args.size_mib * MIB
+    root = Path(tempfile.mkdtemp(prefix="cosencfs-read-cpu-", dir="/var/tmp"))
+    network = Network(rtt_ms=args.rtt_ms)
+    files = {"tagged": ("big", []), "untagged": ("big-untagged", ["--x-bench-untagged"])}
+    if not args.untagged:
+        del files["untagged"]
+    results: dict[str, list[tuple[float, float]]] = {}
+    try:
+        with LocalServer(root / "server", root / "server.log", network) as server:
+            peers = mounts(root, server, args.baseline)
+            try:
+                for name, extra in files.values():
+                    write(peers[0], name, size, extra)
+                for i in range(args.runs):
+                    order = [(pr, f) for pr in peers for f in files.items()]
+                    for peer, (kind, (name, _)) in order if i % 2 == 0 else order[::-1]:
+                        wall, cpu = read_cold(peer, name, args.settle)
+                        label = f"{peer.name} {kind}"
+                        results.setdefault(label, []).append((wall, cpu))
+                        print(
+                            f"run {i} {label}: {wall:.2f} s, {args.size_mib / wall:.0f} MiB/s, "
+                            f"daemon CPU {cpu:.2f} s (load {os.getloadavg()[0]:.1f})",
+                            flush=True,
+                        )
+            finally:
+                for peer in peers:
+                    peer.kill()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{args.size_mib} MiB, {network.label}, median of {args.runs} interleaved runs:")
+    for label, runs in results.items():
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        cpus = ", ".join(f"{c:.2f}" for _, c in runs)
+        print(
+            f"  {label}: {args.size_mib / wall:.0f} MiB/s ({wall:.2f} s), "
+            f"daemon CPU {cpu:.2f} s [{cpus}]"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

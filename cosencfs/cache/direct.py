@@ -1,0 +1,108 @@
+"""O_DIRECT writes of cache-file ranges: no page cache, no copy into it.
+
+Read-ahead served from memory (cosencfs/cache/plainhold.py) is not read
+from the cache file soon.  Written through the page cache it cost a copy
+into freshly allocated pages, the largest single cost of a cold sequential
+read on the benchmark machine (docs/performance.md), and held the bytes in
+memory a second time.  The aligned middle of a range goes through a
+page-aligned buffer and a second descriptor of the same file, reopened
+through ``/proc/self/fd`` (the same inode, whatever became of the path);
+the unaligned edges are written as before.  Where the filesystem refuses
+O_DIRECT, or ``/proc`` is missing, the writer turns itself off and every
+range is written through the page cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (through the page cache)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+#: O_DIRECT writes start and end on multiples of this (and so does their memory).
+DIRECT_ALIGN = 4096
+#: The page-aligned buffer an O_DIRECT write goes through (fetched bytes are not aligned).
+DIRECT_BUFFER = 2 * 1024 * 1024
+
+
+class DirectWriter:
+    """Writes ranges of cache files with O_DIRECT where the filesystem allows it.
+
+    Called from worker threads (the caller holds its copy's lock): the pool
+    of aligned buffers has a lock of its own.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        #: Bytes written with O_DIRECT since start (the tests count them).
+        self.written = 0
+        self._lock = threading.Lock()
+        self._pool: list[tuple[mmap.mmap, memoryview]] = []
+
+    def write(self, fd: int, data: memoryview, offset: int) -> None:
+        end = offset + len(data)
+        a = -(-offset // DIRECT_ALIGN) * DIRECT_ALIGN
+        b = end - end % DIRECT_ALIGN
+        dfd = self._open(fd) if self.enabled and b - a >= DIRECT_ALIGN else -1
+        if dfd < 0:
+            pwrite_all(fd, data, offset)
+            return
+        try:
+            if a > offset:
+                pwrite_all(fd, data[: a - offset], offset)
+            done = self._aligned(dfd, data[a - offset : b - offset], a)
+            # What O_DIRECT did not take (refused, or short), and the tail.
+            pwrite_all(fd, data[done - offset :], done)
+        finally:
+            os.close(dfd)
+
+    def _aligned(self, dfd: int, data: memoryview, offset: int) -> int:
+        """Write ``data`` at ``offset`` (both aligned) with O_DIRECT; where it stopped."""
+        pos, end = offset, offset + len(data)
+        with self._lock:
+            buf = self._pool.pop() if self._pool else None
+        if buf is None:
+            m = mmap.mmap(-1, DIRECT_BUFFER)
+            buf = (m, memoryview(m))
+        view = buf[1]
+        try:
+            while pos < end:
+                n = min(DIRECT_BUFFER, end - pos)
+                view[:n] = data[pos - offset : pos - offset + n]
+                try:
+                    wrote = os.pwrite(dfd, view[:n], pos)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self.enabled = False  # alignment this filesystem does not take
+                    return pos
+                with self._lock:
+                    self.written += wrote
+                pos += wrote
+                if wrote != n:
+                    return pos
+            return pos
+        finally:
+            with self._lock:
+                self._pool.append(buf)
+
+    def _open(self, fd: int) -> int:
+        try:
+            return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError:
+            self.enabled = False
+            return -1
+
+
+#: The one O_DIRECT writer of the process (its buffers are shared by every copy).
+DIRECT = DirectWriter()
