@@ -4,8 +4,8 @@ A directory of 100,000 files written by one mount keeps 100,000 inodes,
 with what each uploaded file left behind: its metadata, its clean copy.
 This pins the bytes held per file after the uploads (tracemalloc, the
 filesystem layer only) under a bound that the code before the cut
-(idle upload locks, metadata dicts held twice as str dicts, eager chunk
-keys) did not meet.  benchmarks/memory_per_file.py prints the breakdown.
+(idle upload locks, metadata held as dicts of str, chunk keys derived
+at once) did not meet.  benchmarks/memory_per_file.py prints the breakdown.
 """
 
 from __future__ import annotations
