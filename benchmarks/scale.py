@@ -63,7 +63,7 @@ def scale_one(ctx: Ctx, peer: Peer, n: int) -> list[Row]:
                 sync=True)  # fmt: skip
     c.row.rate, c.row.unit = n / c.seconds, "files/s"
     rows.append(c.row)
-    peak = _peak(peer, 0)
+    peak = created = _peak(peer, 0)
     peer.unmount()
     cold_remount(peer, clear_cache=True)
     for kind in ("cold", "warm"):
@@ -77,9 +77,12 @@ def scale_one(ctx: Ctx, peer: Peer, n: int) -> list[Row]:
                 committed=lambda s: s.files <= gone.files, what=f"{n} objects deleted")  # fmt: skip
     r.row.rate, r.row.unit = n / r.seconds, "files/s"
     rows.append(r.row)
-    peak = _peak(peer, peak)
+    listed = _peak(peer, 0)
+    peak = max(peak, listed)
     for row in rows:
         row.extra["peak_rss_all"] = peak
+        # Each daemon's own (kB): the one that created the files, the remounted one.
+        row.extra["peak_rss_create"], row.extra["peak_rss_list"] = created, listed
     return rows
 
 

@@ -23,7 +23,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -32,6 +32,7 @@ import trio
 from cosencfs.cache.direct import DIRECT
 from cosencfs.cache.direct import pwrite_all as pwrite_all  # noqa: PLC0414 - dirtylog imports it here
 from cosencfs.cache.extents import Extents
+from cosencfs.cache.metamap import pack
 from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
 from cosencfs.crypto.integrity import ChunkKey, VerifiedContent
 
@@ -52,16 +53,28 @@ class Source:
     dk: DataKey | None
     #: Bytes at or beyond ``limit`` are zeros (the file was truncated below it).
     limit: int
-    #: The object's envelope metadata, to recover the key after a restart.
-    envelope: dict[str, str] = field(default_factory=dict)
+    #: The object's envelope metadata, to recover the key after a restart
+    #: (held packed, read-only: cosencfs/cache/metamap.py).
+    envelope: Mapping[str, str] = field(default_factory=dict)
     #: The object's verified chunk tags (None: untagged, or not checked):
     #: every fetched chunk is checked against them before it is stored.
     verified: VerifiedContent | None = None
-    chunk_key: ChunkKey | None = None
+    _chunk_key: ChunkKey | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.verified is not None and self.chunk_key is None and self.dk is not None:
-            self.chunk_key = ChunkKey(self.dk)
+        self.envelope = pack(self.envelope)
+
+    @property
+    def chunk_key(self) -> ChunkKey | None:
+        """The key of the chunk tags, derived on the first fetch that checks them.
+
+        Not at creation: every new file's clean copy has a source, and a
+        derived key (an HMAC context, part of it native) per file uploaded
+        was ~0.5 KB held for copies that are never fetched into.
+        """
+        if self._chunk_key is None and self.verified is not None and self.dk is not None:
+            self._chunk_key = ChunkKey(self.dk)
+        return self._chunk_key
 
 
 #: Descriptors of idle copies kept open (the least recently used beyond go).

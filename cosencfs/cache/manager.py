@@ -131,9 +131,7 @@ class CacheManager:
             if v.source is not None and v.source.verified is None and source.verified is not None:
                 # Checked since (recovery makes sources before it can verify):
                 # every chunk fetched from now on is checked.
-                v.source = dataclasses.replace(
-                    v.source, verified=source.verified, chunk_key=source.chunk_key
-                )
+                v.source = dataclasses.replace(v.source, verified=source.verified)
             return v
         # A plaintext object is kept under a throw-away key of its own.
         dk = source.dk if source.dk is not None else DataKey.generate()

@@ -27,6 +27,7 @@ import trio
 from cosencfs.cache import assemble
 from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
+from cosencfs.cache.metamap import pack
 from cosencfs.crypto.ctr import DataKey
 from cosencfs.fs import xattrs
 from cosencfs.fs.attrload import AttrLoader
@@ -164,15 +165,16 @@ class Committer:
         size = staged.size
         # The tags just computed verify what is fetched back if the copy is evicted.
         verified = self.ctx.tags.own(key, size, meta, tags)
-        # One metadata dict for the copy and the inode (nothing changes either
-        # in place): ~550 bytes per uploaded file held once, not twice.
-        source = Source(key, etag, head.object_dk, size, meta, verified)
+        # One packed metadata for the copy and the inode (read-only): held
+        # once, not twice (cosencfs/cache/metamap.py).
+        packed = pack(meta)
+        source = Source(key, etag, head.object_dk, size, packed, verified)
         cache.adopt(staged, source)
         head.staged = None
         if head.direct is staged:
             head.direct = None  # the clean copy now, not the layer's to discard
         f = node.as_file
-        node.remote = Remote(etag, size, time.time(), meta)
+        node.remote = Remote(etag, size, time.time(), packed)
         f.size = size
         node.touched_at = node.validated_at = trio.current_time()
         self.ctx.journal.put_attrs(key, etag, size, None, meta)
