@@ -42,9 +42,8 @@ from cosencfs.crypto.ctr import (
     NONCE_SIZE,
     TAG_SIZE,
     DataKey,
+    RecordSealer,
     RecordTagError,
-    open_record,
-    seal_record,
 )
 from cosencfs.errors import CacheIntegrityError
 
@@ -62,6 +61,9 @@ _AAD_LABEL = b"cosencfs-log-v1\0"
 class RecordKind(Enum):
     DATA = 1
     TRUNCATE = 2
+
+
+_DATA = RecordKind.DATA.value
 
 
 class LayerState(Enum):
@@ -87,6 +89,8 @@ class DirtyLayer:
     """One version of a file's content not yet in COS, as a log of records."""
 
     __slots__ = (
+        "_aad_prefix",
+        "_sealer",
         "below",
         "burned",
         "cache_key",
@@ -130,6 +134,9 @@ class DirtyLayer:
         self.vid = vid
         self.path = path
         self.cache_key = cache_key
+        self._aad_prefix = _AAD_LABEL + vid.encode("ascii")
+        #: The cache key's AES-GCM context, made on the first record sealed or read.
+        self._sealer: RecordSealer | None = None
         self.size = size
         self.limit = limit
         self.below = below
@@ -244,31 +251,51 @@ class DirtyLayer:
 
     # -- records (synchronous: callers decide on a worker thread) ------------------
 
-    def _aad(self, header: bytes) -> bytes:
-        return _AAD_LABEL + self.vid.encode("ascii") + header
+    def _aad(self, header: bytes | memoryview) -> bytes:
+        return self._aad_prefix + header
 
-    def encode_write(self, offset: int, data: bytes | memoryview) -> tuple[bytes, list[RecordRef]]:
+    @property
+    def sealer(self) -> RecordSealer:
+        """The cache key's AES-GCM context (made once: a layer seals and reads many records)."""
+        sealer = self._sealer
+        if sealer is None:
+            sealer = self._sealer = RecordSealer(self.cache_key)
+        return sealer
+
+    def encode_write(
+        self, offset: int, data: bytes | memoryview
+    ) -> tuple[bytearray, list[RecordRef]]:
         """Seal ``data`` into records to append at ``log_size``; nothing is written yet.
 
+        Each record is laid out and sealed in place in one buffer the size of
+        the whole append (no copies of the plaintext or the sealed bytes).
         Pure computation: safe in a worker thread while the caller holds
         ``lock`` (so ``log_size`` cannot move).
         """
         view = memoryview(data)
-        out = bytearray()
+        n = len(view)
+        out = bytearray(n + -(-n // RECORD_MAX) * OVERHEAD)
+        buf = memoryview(out)
+        sealer = self.sealer
         refs = []
         pos = self.log_size
-        for i in range(0, len(view), RECORD_MAX):
-            piece = view[i : i + RECORD_MAX]
-            header = _HEADER.pack(_MAGIC, RecordKind.DATA.value, offset + i, len(piece))
-            sealed = seal_record(self.cache_key, piece, self._aad(header))
-            refs.append(RecordRef(pos + len(out), offset + i, len(piece)))
-            out += header
-            out += sealed
-        return bytes(out), refs
+        at = 0
+        for i in range(0, n, RECORD_MAX):
+            length = min(RECORD_MAX, n - i)
+            header = _HEADER.pack(_MAGIC, _DATA, offset + i, length)
+            buf[at : at + HEADER_SIZE] = header
+            end = at + OVERHEAD + length
+            sealer.seal_into(buf[at + HEADER_SIZE : end], view[i : i + length], self._aad(header))
+            refs.append(RecordRef(pos + at, offset + i, length))
+            at = end
+        return out, refs
 
     def encode_truncate(self, size: int) -> bytes:
         header = _HEADER.pack(_MAGIC, RecordKind.TRUNCATE.value, size, 0)
-        return header + seal_record(self.cache_key, b"", self._aad(header))
+        out = bytearray(OVERHEAD)
+        out[:HEADER_SIZE] = header
+        self.sealer.seal_into(memoryview(out)[HEADER_SIZE:], b"", self._aad(header))
+        return bytes(out)
 
     def append_write(self, offset: int, data: bytes | memoryview) -> tuple[list[RecordRef], int]:
         """Seal ``data`` into records and append them; ``apply_write`` makes them visible.
@@ -280,14 +307,14 @@ class DirtyLayer:
         self.append(blob)
         return refs, len(blob)
 
-    def append(self, blob: bytes) -> None:
+    def append(self, blob: bytes | bytearray) -> None:
         """Write encoded records at the end of the log (the caller holds ``lock``)."""
         if self.fd == -2:
             raise CacheIntegrityError(f"cache log {self.vid} was closed")
         if self.fd < 0:
             flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_CREAT | os.O_EXCL
             self.fd = os.open(self.path, flags, 0o600)
-        pwrite_all(self.fd, blob, self.log_size)
+        pwrite_all(self.fd, memoryview(blob), self.log_size)
 
     def apply_write(self, refs: list[RecordRef], blob_len: int) -> None:
         """Make appended records visible: in the event loop, no await in between."""
@@ -319,7 +346,7 @@ class DirtyLayer:
         ):
             raise CacheIntegrityError(f"cache log {self.vid}: unexpected record at {ref.pos}")
         try:
-            return open_record(self.cache_key, raw[HEADER_SIZE:], self._aad(header))
+            return self.sealer.open(memoryview(raw)[HEADER_SIZE:], self._aad(header))
         except RecordTagError:
             raise CacheIntegrityError(
                 f"cache log {self.vid}: record at {ref.pos} does not verify "
@@ -346,7 +373,7 @@ class DirtyLayer:
             elif kind == RecordKind.TRUNCATE.value:
                 body = os.pread(self.fd, NONCE_SIZE + TAG_SIZE, pos + HEADER_SIZE)
                 try:
-                    open_record(self.cache_key, body, self._aad(header))
+                    self.sealer.open(body, self._aad(header))
                 except RecordTagError:
                     raise CacheIntegrityError(
                         f"cache log {self.vid}: record at {pos} does not verify"
@@ -358,6 +385,7 @@ class DirtyLayer:
         self.log_size = log_end
 
     def close(self) -> None:
+        self._sealer = None
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = -2  # closed: a later append must not make the file again

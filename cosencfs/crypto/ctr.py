@@ -38,6 +38,7 @@ __all__ = [
     "NONCE_SIZE",
     "TAG_SIZE",
     "DataKey",
+    "RecordSealer",
     "RecordTagError",
     "counter_block",
     "decrypt",
@@ -186,6 +187,41 @@ def open_record(key: bytes, record: Buffer, aad: bytes) -> bytes:
         return AESGCM(key).decrypt(bytes(view[:NONCE_SIZE]), bytes(view[NONCE_SIZE:]), aad)
     except InvalidTag:
         raise RecordTagError("record does not verify") from None
+
+
+class RecordSealer:
+    """:func:`seal_record` / :func:`open_record` under one key, its AES-GCM context made once.
+
+    For a dirty layer's many small records: each seals into a buffer the
+    caller lays out (no copy of the plaintext or of the sealed bytes), under
+    a fresh random nonce, recorded by the ledger as :func:`seal_record` does.
+    """
+
+    __slots__ = ("_aead", "_key")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._aead = AESGCM(key)
+
+    def seal_into(self, out: memoryview, plain: Buffer, aad: bytes) -> None:
+        """Write ``nonce || ciphertext || tag`` of ``plain`` into ``out`` (exactly that long)."""
+        if len(out) != NONCE_SIZE + len(plain) + TAG_SIZE:
+            raise ValueError("record buffer of the wrong size")
+        nonce = os.urandom(NONCE_SIZE)
+        if _LEDGER is not None:
+            _LEDGER.record(self._key, _gcm_first_counter(nonce), 0, plain)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plain, aad, out[NONCE_SIZE:])
+
+    def open(self, record: Buffer, aad: bytes) -> bytes:
+        """As :func:`open_record` under this sealer's key."""
+        view = memoryview(record)
+        if len(view) < NONCE_SIZE + TAG_SIZE:
+            raise RecordTagError("record too short")
+        try:
+            return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise RecordTagError("record does not verify") from None
 
 
 def sdk_wrap_pad(master: bytes, length: int) -> bytes:

@@ -99,7 +99,12 @@ class WriteBack:
         if due is None:
             due = self._due[node.ino] = _Due(node, now + wait, now)
         else:
-            due.deadline = min(now + wait, due.first_dirty + self.max_dirty_age)
+            deadline = min(now + wait, due.first_dirty + self.max_dirty_age)
+            if deadline == due.deadline:
+                # Already in the heap (or re-pushed when its running upload
+                # ends): a file written over and over at its maximum age.
+                return
+            due.deadline = deadline
         self._push(node.ino, due.deadline)
 
     def _push(self, ino: int, deadline: float) -> None:

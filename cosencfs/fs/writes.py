@@ -106,18 +106,30 @@ class Writer:
         if not h.writable:
             raise FsError(errno.EBADF)
         node = h.node
+        f = node.as_file
         while True:
-            head = await self.writable_head(node, None if h.append else offset)
-            async with head.lock:
+            head = f.head
+            if head is None or not head.accepts(0 if h.append else offset):
+                head = await self.writable_head(node, None if h.append else offset)
+            lock = head.lock
+            try:
+                # Free (the common case): taken without a trip through trio's
+                # scheduler, which a small write would otherwise pay for twice.
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
                 if h.append:
                     offset = head.size
-                if node.as_file.head is not head or not head.accepts(offset):
+                if f.head is not head or not head.accepts(offset):
                     continue  # sealed meanwhile (a commit, a streamed part): new head
                 if offset + len(data) > MAX_FILE_SIZE:
                     raise FsError(errno.EFBIG)
                 await self._write_locked(head, offset, data)
                 self._stream(node, head)
                 break
+            finally:
+                lock.release()
         h.wrote = True
         self.writes += 1
         self.write_bytes += len(data)

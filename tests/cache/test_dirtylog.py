@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cosencfs.cache.dirtylog import HEADER_SIZE, RECORD_MAX, DirtyLayer, new_cache_key
+from cosencfs.cache.dirtylog import HEADER_SIZE, OVERHEAD, RECORD_MAX, DirtyLayer, new_cache_key
 from cosencfs.cache.layout import new_vid
 from cosencfs.errors import CacheIntegrityError
 
@@ -186,3 +187,47 @@ async def test_short_log_and_closed_layer_are_refused(tmp_path: Path) -> None:
             again.replay(layer.log_size + 10)  # the journal says more than the file has
     finally:
         again.close()
+
+
+async def test_a_layer_makes_its_aes_gcm_context_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small writes do not pay for a key schedule each: one AES-GCM context per layer."""
+    made = 0
+    real = AESGCM
+
+    def counting(key: bytes) -> AESGCM:
+        nonlocal made
+        made += 1
+        return real(key)
+
+    monkeypatch.setattr("cosencfs.crypto.ctr.AESGCM", counting)
+    layer = new_layer(tmp_path)
+    try:
+        for i in range(50):
+            write(layer, i * 4096, os.urandom(4096))
+        write(layer, 0, os.urandom(2 * RECORD_MAX + 7))  # three records in one append
+        truncate(layer, 3 * RECORD_MAX)
+        assert len(contents(layer)) > 0  # every live record read back and verified
+    finally:
+        layer.close()
+    assert made == 1
+
+
+async def test_records_of_one_append_lie_back_to_back(tmp_path: Path) -> None:
+    layer = new_layer(tmp_path)
+    data = os.urandom(2 * RECORD_MAX + 7)
+    try:
+        refs, n = layer.append_write(100, data)
+        assert n == len(data) + 3 * OVERHEAD
+        assert [(r.pos, r.offset, r.length) for r in refs] == [
+            (0, 100, RECORD_MAX),
+            (RECORD_MAX + OVERHEAD, 100 + RECORD_MAX, RECORD_MAX),
+            (2 * (RECORD_MAX + OVERHEAD), 100 + 2 * RECORD_MAX, 7),
+        ]
+        layer.apply_write(refs, n)
+        assert len(file_bytes(layer.path) or b"") == n
+        got = b"".join(layer.read_record(r) for r in refs)
+        assert got == data
+    finally:
+        layer.close()

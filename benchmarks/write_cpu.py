@@ -1,0 +1,211 @@
+"""Daemon CPU per small in-place write, and of the upload after (issue 17 target 5).
+
+One local COS server (``--rtt-ms``, ``--https`` as benchmarks.run) and a
+cosencfs mount of it (the suite's own, as benchmarks.create_cpu). Each run
+mounts with an empty cache, writes a ``--file-mib`` MiB file with fsync and
+waits until it is in the bucket (not measured), then from this process does
+``--writes`` pwrites of 4 KiB at seeded random offsets through one
+descriptor (what the ``rand_write`` workload does) and reports the daemon's
+CPU for them per write (user + system from ``/proc/PID/stat``: all threads,
+and the loop thread alone, which answers the FUSE requests); then fsync and
+the wait until the new version is in the bucket, whose CPU (the upload copy
+produced and sent) is reported separately, per run.
+
+``--baseline REV`` measures that revision too, interleaved (this tree, base,
+base, this tree, ...) so drift hits both alike; the ratios this tree / base
+of each pair are reported with the medians. ``--profile DIR`` records the
+writes of each run of this tree with py-spy.
+
+    python -m benchmarks.write_cpu --writes 2000 --runs 3 --baseline main
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.create_cpu import _diff, _fuse, _stats, loop_cpu, make_peer
+from benchmarks.datasets import random_offsets
+from benchmarks.integrity_cost import cpu_seconds
+from benchmarks.matrix import parse_networks
+from benchmarks.peers import CosencfsPeer
+from benchmarks.profiling import Profiler
+from benchmarks.server import LocalServer, Network
+from benchmarks.system import BenchError
+
+WAIT = 600.0
+MIB = 1024 * 1024
+BLOCK = 4096
+_MEDIANS = ("daemon_us_per_write", "loop_us_per_write", "upload_ms", "writes_per_s")
+
+
+def _wait_newer(peer: CosencfsPeer, size: int, than: int) -> None:
+    server = peer.server
+    if server is None:
+        raise BenchError("no server")
+    deadline = time.monotonic() + WAIT
+    while server.newest(size) <= than:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{peer.name}: the {size}-byte file not in the bucket after {WAIT} s")
+        time.sleep(0.02)
+
+
+def one_run(
+    peer: CosencfsPeer, size: int, n: int, seed: int, tag: str, profiler: Profiler | None
+) -> dict[str, Any]:
+    """Write a ``size``-byte file, then ``n`` random 4 KiB pwrites + fsync; CPU of each part."""
+    server = peer.server
+    if server is None:
+        raise BenchError("no server")
+    offsets = random_offsets(size, n, seed=seed)
+    blocks = os.urandom(n * BLOCK)
+    peer.mount(clear_cache=True)
+    try:
+        path = peer.mnt / f"{tag}.bin"
+        before = server.newest(size)
+        with open(path, "wb") as f:
+            for pos in range(0, size, MIB):
+                f.write(os.urandom(min(MIB, size - pos)))
+            f.flush()
+            os.fsync(f.fileno())
+        _wait_newer(peer, size, before)
+        peer.sync()
+        time.sleep(0.5)  # let the set-up's upload and the mount's start-up settle
+        base = server.newest(size)
+        stats0 = _stats(peer)
+        cpu0, loop0 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            start = time.perf_counter()
+            with profiler.record(peer.pid, tag) if profiler else contextlib.nullcontext():
+                for i, off in enumerate(offsets):
+                    if os.pwrite(fd, blocks[i * BLOCK : (i + 1) * BLOCK], off) != BLOCK:
+                        raise BenchError(f"short pwrite at {off}")
+            wall = time.perf_counter() - start
+            cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
+            stats1 = _stats(peer)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _wait_newer(peer, size, base)
+        cpu2 = cpu_seconds(peer.pid)
+        stats2 = _stats(peer)
+    finally:
+        peer.unmount()
+    fuse = _diff(_fuse(stats0), _fuse(stats1))
+    cos = _diff(stats1["store"]["requests"], stats2["store"]["requests"])
+    return {
+        "daemon_us_per_write": (cpu1 - cpu0) * 1e6 / n,
+        "loop_us_per_write": (loop1 - loop0) * 1e6 / n,
+        "upload_ms": (cpu2 - cpu1) * 1000,
+        "writes_per_s": n / wall,
+        "fuse": {k: v for k, v in fuse.items() if v},
+        "cos_upload": {k: v for k, v in cos.items() if v},
+        "load": os.getloadavg()[0],
+    }
+
+
+def run_network(
+    root: Path, network: Network, args: argparse.Namespace, profiler: Profiler | None
+) -> dict[str, Any]:
+    revs: list[str | None] = [None] if args.baseline is None else [None, args.baseline]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    size = args.file_mib * MIB
+    with LocalServer(root / "srv", root / "server.log", network) as server:
+        peers = [make_peer(root, server, rev) for rev in revs]
+        try:
+            for r in range(args.runs):
+                order = peers if r % 2 == 0 else peers[::-1]
+                for peer in order:
+                    prof = profiler if peer.name == "cosencfs" else None
+                    tag = f"{peer.name}-{r}"
+                    res = one_run(peer, size, args.writes, args.seed + r, tag, prof)
+                    runs.setdefault(peer.name, []).append(res)
+                    print(f"  {network.label} {peer.name} run {r}: {_line(res)}", flush=True)
+        finally:
+            for peer in peers:
+                peer.kill()
+    medians = {
+        name: {k: statistics.median(x[k] for x in rs) for k in _MEDIANS}
+        for name, rs in runs.items()
+    }
+    out: dict[str, Any] = {"network": network.label, "runs": runs, "median": medians}
+    if len(runs) == 2:
+        mine, base = runs["cosencfs"], runs["cosencfs-base"]
+        out["ratio"] = {
+            k: statistics.median(a[k] / b[k] for a, b in zip(mine, base, strict=True) if b[k])
+            for k in _MEDIANS
+        }
+    return out
+
+
+def _line(res: dict[str, Any]) -> str:
+    return (
+        f"daemon {res['daemon_us_per_write']:.1f} us/write (loop thread "
+        f"{res['loop_us_per_write']:.1f}), {res['writes_per_s']:.0f} writes/s, upload "
+        f"{res['upload_ms']:.0f} ms CPU, FUSE {json.dumps(res['fuse'])}, "
+        f"COS after fsync {json.dumps(res['cos_upload'])}, load {res['load']:.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--file-mib", type=int, default=64, help="file size in MiB")
+    p.add_argument("--writes", type=int, default=2000, help="random 4 KiB pwrites per run")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=43)
+    p.add_argument("--rtt-ms", default="0", metavar="MS[,MS...]")
+    p.add_argument("--https", action="store_true")
+    p.add_argument("--baseline", metavar="REV", help="measure this git revision too")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each run into DIR")
+    p.add_argument("--json", type=Path, help="write the results here too")
+    p.add_argument(
+        "--workdir-base",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the cache, the server's root and the mount go (as benchmarks.run)",
+    )
+    args = p.parse_args(argv)
+    networks = parse_networks(args.rtt_ms, https=args.https, both=False)
+    profiler = None if args.profile is None else Profiler(args.profile, set())
+    root = Path(tempfile.mkdtemp(prefix="cosencfs-write-cpu-", dir=args.workdir_base))
+    results = []
+    try:
+        for net in networks:
+            result = run_network(root, net, args, profiler)
+            for name, med in result["median"].items():
+                print(
+                    f"{net.label} {name} median of {args.runs}: daemon "
+                    f"{med['daemon_us_per_write']:.1f} us/write (loop thread "
+                    f"{med['loop_us_per_write']:.1f}), upload {med['upload_ms']:.0f} ms CPU, "
+                    f"{med['writes_per_s']:.0f} writes/s"
+                )
+            if "ratio" in result:
+                ratio = result["ratio"]
+                print(
+                    f"{net.label} this tree / base, median of pairs: daemon per write "
+                    f"{ratio['daemon_us_per_write']:.3f}, loop thread "
+                    f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}"
+                )
+            results.append(result)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if profiler is not None and profiler.errors:
+        print("profile errors: " + "; ".join(profiler.errors), file=sys.stderr)
+    if args.json is not None:
+        data = {"file_mib": args.file_mib, "writes": args.writes, "runs": args.runs}
+        args.json.write_text(json.dumps({**data, "networks": results}, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
