@@ -25,21 +25,24 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.create_cpu import _diff, _fuse, _stats, loop_cpu, make_peer
+from benchmarks.cpurun import (
+    add_common_args,
+    counts_diff,
+    fuse_requests,
+    loop_cpu,
+    mount_stats,
+    run_all,
+    run_network,
+)
 from benchmarks.datasets import random_offsets
 from benchmarks.integrity_cost import cpu_seconds
-from benchmarks.matrix import parse_networks
 from benchmarks.peers import CosencfsPeer
 from benchmarks.profiling import Profiler
-from benchmarks.server import LocalServer, Network
+from benchmarks.server import Network
 from benchmarks.system import BenchError
 
 WAIT = 600.0
@@ -81,7 +84,7 @@ def one_run(
         peer.sync()
         time.sleep(0.5)  # let the set-up's upload and the mount's start-up settle
         base = server.newest(size)
-        stats0 = _stats(peer)
+        stats0 = mount_stats(peer)
         cpu0, loop0 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
         fd = os.open(path, os.O_RDWR)
         try:
@@ -92,17 +95,17 @@ def one_run(
                         raise BenchError(f"short pwrite at {off}")
             wall = time.perf_counter() - start
             cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
-            stats1 = _stats(peer)
+            stats1 = mount_stats(peer)
             os.fsync(fd)
         finally:
             os.close(fd)
         _wait_newer(peer, size, base)
         cpu2 = cpu_seconds(peer.pid)
-        stats2 = _stats(peer)
+        stats2 = mount_stats(peer)
     finally:
         peer.unmount()
-    fuse = _diff(_fuse(stats0), _fuse(stats1))
-    cos = _diff(stats1["store"]["requests"], stats2["store"]["requests"])
+    fuse = counts_diff(fuse_requests(stats0), fuse_requests(stats1))
+    cos = counts_diff(stats1["store"]["requests"], stats2["store"]["requests"])
     return {
         "daemon_us_per_write": (cpu1 - cpu0) * 1e6 / n,
         "loop_us_per_write": (loop1 - loop0) * 1e6 / n,
@@ -112,40 +115,6 @@ def one_run(
         "cos_upload": {k: v for k, v in cos.items() if v},
         "load": os.getloadavg()[0],
     }
-
-
-def run_network(
-    root: Path, network: Network, args: argparse.Namespace, profiler: Profiler | None
-) -> dict[str, Any]:
-    revs: list[str | None] = [None] if args.baseline is None else [None, args.baseline]
-    runs: dict[str, list[dict[str, Any]]] = {}
-    size = args.file_mib * MIB
-    with LocalServer(root / "srv", root / "server.log", network) as server:
-        peers = [make_peer(root, server, rev) for rev in revs]
-        try:
-            for r in range(args.runs):
-                order = peers if r % 2 == 0 else peers[::-1]
-                for peer in order:
-                    prof = profiler if peer.name == "cosencfs" else None
-                    tag = f"{peer.name}-{r}"
-                    res = one_run(peer, size, args.writes, args.seed + r, tag, prof)
-                    runs.setdefault(peer.name, []).append(res)
-                    print(f"  {network.label} {peer.name} run {r}: {_line(res)}", flush=True)
-        finally:
-            for peer in peers:
-                peer.kill()
-    medians = {
-        name: {k: statistics.median(x[k] for x in rs) for k in _MEDIANS}
-        for name, rs in runs.items()
-    }
-    out: dict[str, Any] = {"network": network.label, "runs": runs, "median": medians}
-    if len(runs) == 2:
-        mine, base = runs["cosencfs"], runs["cosencfs-base"]
-        out["ratio"] = {
-            k: statistics.median(a[k] / b[k] for a, b in zip(mine, base, strict=True) if b[k])
-            for k in _MEDIANS
-        }
-    return out
 
 
 def _line(res: dict[str, Any]) -> str:
@@ -161,50 +130,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--file-mib", type=int, default=64, help="file size in MiB")
     p.add_argument("--writes", type=int, default=2000, help="random 4 KiB pwrites per run")
-    p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seed", type=int, default=43)
-    p.add_argument("--rtt-ms", default="0", metavar="MS[,MS...]")
-    p.add_argument("--https", action="store_true")
-    p.add_argument("--baseline", metavar="REV", help="measure this git revision too")
-    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each run into DIR")
-    p.add_argument("--json", type=Path, help="write the results here too")
-    p.add_argument(
-        "--workdir-base",
-        type=Path,
-        default=Path("/var/tmp"),
-        help="where the cache, the server's root and the mount go (as benchmarks.run)",
-    )
+    add_common_args(p)
     args = p.parse_args(argv)
-    networks = parse_networks(args.rtt_ms, https=args.https, both=False)
-    profiler = None if args.profile is None else Profiler(args.profile, set())
-    root = Path(tempfile.mkdtemp(prefix="cosencfs-write-cpu-", dir=args.workdir_base))
-    results = []
-    try:
-        for net in networks:
-            result = run_network(root, net, args, profiler)
-            for name, med in result["median"].items():
-                print(
-                    f"{net.label} {name} median of {args.runs}: daemon "
-                    f"{med['daemon_us_per_write']:.1f} us/write (loop thread "
-                    f"{med['loop_us_per_write']:.1f}), upload {med['upload_ms']:.0f} ms CPU, "
-                    f"{med['writes_per_s']:.0f} writes/s"
-                )
-            if "ratio" in result:
-                ratio = result["ratio"]
-                print(
-                    f"{net.label} this tree / base, median of pairs: daemon per write "
-                    f"{ratio['daemon_us_per_write']:.3f}, loop thread "
-                    f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}"
-                )
-            results.append(result)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    if profiler is not None and profiler.errors:
-        print("profile errors: " + "; ".join(profiler.errors), file=sys.stderr)
-    if args.json is not None:
-        data = {"file_mib": args.file_mib, "writes": args.writes, "runs": args.runs}
-        args.json.write_text(json.dumps({**data, "networks": results}, indent=2, sort_keys=True))
-    return 0
+    size = args.file_mib * MIB
+
+    def one(peer: CosencfsPeer, r: int, tag: str, prof: Profiler | None) -> dict[str, Any]:
+        return one_run(peer, size, args.writes, args.seed + r, tag, prof)
+
+    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
+        return run_network(root, net, args, profiler, one, _line, _MEDIANS)
+
+    def report(net: Network, result: dict[str, Any]) -> None:
+        for name, med in result["median"].items():
+            print(
+                f"{net.label} {name} median of {args.runs}: daemon "
+                f"{med['daemon_us_per_write']:.1f} us/write (loop thread "
+                f"{med['loop_us_per_write']:.1f}), upload {med['upload_ms']:.0f} ms CPU, "
+                f"{med['writes_per_s']:.0f} writes/s"
+            )
+        if "ratio" in result:
+            ratio = result["ratio"]
+            print(
+                f"{net.label} this tree / base, median of pairs: daemon per write "
+                f"{ratio['daemon_us_per_write']:.3f}, loop thread "
+                f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}"
+            )
+
+    header = {"file_mib": args.file_mib, "writes": args.writes}
+    return run_all(args, "cosencfs-write-cpu-", per_network, report, header)
 
 
 if __name__ == "__main__":

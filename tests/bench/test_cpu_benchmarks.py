@@ -1,0 +1,62 @@
+"""``benchmarks.create_cpu`` and ``benchmarks.write_cpu`` run through a real mount.
+
+No timing assertion (the CPU figures are for docs/performance.md): these check
+that the scripts work, that the mount's FUSE request counters are read, and
+the request targets of issues 17/18 (<= 1.05 COS requests per small file; a
+rewritten file goes up again after its fsync).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here"),
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
+]
+
+
+def _one_run(tmp_path: Path, module: str, *args: str) -> tuple[dict[str, Any], str]:
+    """The script's one run of this tree (``--runs 1``), and what it printed."""
+    out = tmp_path / "cpu.json"
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--runs", "1", "--json", str(out),
+         "--workdir-base", str(tmp_path)],
+        cwd=REPO, capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    (net,) = json.loads(out.read_text())["networks"]
+    (run,) = net["runs"]["cosencfs"]
+    return run, done.stdout.decode()
+
+
+def test_create_cpu_reports_cpu_and_requests_per_file(tmp_path: Path) -> None:
+    run, printed = _one_run(tmp_path, "benchmarks.create_cpu", "--files", "40")
+    assert run["daemon_ms_per_file"] > 0
+    assert run["server_ms_per_file"] > 0
+    # Every file is created, written once and closed: the counters saw it.
+    for op in ("create", "write", "flush", "release"):
+        assert run["fuse"][op] == 40, run["fuse"]
+    assert run["cos"]["PutObject"] >= 40
+    assert run["cos_per_file"] <= 1.05 + 3 / 40  # the directory's index and listing pages
+    assert "ms/file" in printed
+
+
+def test_write_cpu_reports_cpu_per_write_and_of_the_upload(tmp_path: Path) -> None:
+    run, printed = _one_run(tmp_path, "benchmarks.write_cpu", "--file-mib", "4", "--writes", "50")
+    assert run["daemon_us_per_write"] >= 0
+    assert run["upload_ms"] >= 0
+    assert run["fuse"]["write"] == 50, run["fuse"]
+    # The rewritten file went up again after the fsync.
+    assert sum(run["cos_upload"].values()) >= 1, run["cos_upload"]
+    assert "us/write" in printed
