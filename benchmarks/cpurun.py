@@ -4,7 +4,8 @@
 (per small in-place write) each mount cosencfs on one local server per
 network and run their step in alternation with a ``--baseline`` revision
 (this tree, base, base, this tree, ...), so that drift on a shared machine
-hits both alike.
+hits both alike. ``benchmarks.integrity_cost`` shares the per-network loop
+and its output (``run_all``).
 """
 
 from __future__ import annotations
@@ -76,11 +77,15 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="REV", help="measure this git revision too")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each run into DIR")
     p.add_argument("--json", type=Path, help="write the results here too")
+    add_workdir_base(p)
+
+
+def add_workdir_base(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workdir-base",
         type=Path,
         default=Path("/var/tmp"),
-        help="where the cache, the server's root and the mount go (as benchmarks.run)",
+        help="where the caches, the server's root and the mounts go (as benchmarks.run)",
     )
 
 

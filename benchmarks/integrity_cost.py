@@ -26,17 +26,15 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.matrix import parse_networks
+from benchmarks.cpurun import add_workdir_base, run_all
 from benchmarks.peers import CosencfsPeer
 from benchmarks.profiling import Profiler
 from benchmarks.server import LocalServer, Network
@@ -224,25 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-requests", action="store_true", help="skip the request counts")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy every timed step into DIR")
     p.add_argument("--json", type=Path, help="write the results here too")
+    add_workdir_base(p)
     args = p.parse_args(argv)
-    networks = parse_networks(args.rtt_ms, https=args.https, both=False)
     block = os.urandom(MIB)
-    profiler = None if args.profile is None else Profiler(args.profile, set())
-    root = Path(tempfile.mkdtemp(prefix="cosencfs-integrity-cost-", dir="/var/tmp"))
-    results = []
-    try:
-        for net in networks:
-            result = run_network(root, net, args, block, profiler)
-            report(result, args.size_mib, args.runs)
-            results.append(result)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    if profiler is not None and profiler.errors:
-        print("profile errors: " + "; ".join(profiler.errors), file=sys.stderr)
-    if args.json is not None:
-        data = {"size_mib": args.size_mib, "runs": args.runs, "load": os.getloadavg()}
-        args.json.write_text(json.dumps({**data, "networks": results}, indent=2, sort_keys=True))
-    return 0
+
+    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
+        return run_network(root, net, args, block, profiler)
+
+    def show(_net: Network, result: dict[str, Any]) -> None:
+        report(result, args.size_mib, args.runs)
+
+    header = {"size_mib": args.size_mib, "load": os.getloadavg()}
+    return run_all(args, "cosencfs-integrity-cost-", per_network, show, header)
 
 
 if __name__ == "__main__":
