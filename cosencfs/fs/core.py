@@ -368,10 +368,10 @@ class Filesystem:
         if node.is_dir:
             raise FsError(errno.ENODATA)
         await self.attrs.ensure(node)
-        r = node.remote
-        if r is None or r.metadata is None or node.data_dirty:
+        meta = None if node.remote is None else node.remote.metadata
+        if meta is None or node.data_dirty:
             return ObjectFormat.COSENCFS.value
-        return classify(r.metadata).value
+        return classify(meta).value
 
     def stats(self) -> dict[str, object]:
         """What ``cosencfs stats`` shows."""

@@ -165,20 +165,23 @@ class DirOps(Handler):
             return f.symlink_target
         await self.attrs.ensure(node)
         r = node.remote
-        if node.kind is not Kind.SYMLINK or r is None or r.metadata is None:
+        # One copy of the metadata for every check below (each read of
+        # ``Remote.metadata`` unpacks a new dict), and one view across the GET.
+        meta = None if r is None else r.metadata
+        if node.kind is not Kind.SYMLINK or r is None or meta is None:
             raise FsError(errno.EINVAL)
         key = self.ctx.key_of(node)
         # Size and envelope first: a refused target costs no request.
-        check_symlink(self.ctx.options, key, r.metadata, r.size)
+        check_symlink(self.ctx.options, key, meta, r.size)
         # A ranged GET that cannot bring more than a target and one byte, even
         # if the object grew since its size was seen: memory stays bounded.
         body = await self.ctx.store.get(key, 0, MAX_SYMLINK_TARGET + 1, if_match=r.etag)
-        check_symlink(self.ctx.options, key, r.metadata, len(body))
-        verified = await self.ctx.tags.verify(key, len(body), r.metadata)
-        if classify(r.metadata) is ObjectFormat.PLAIN:
+        check_symlink(self.ctx.options, key, meta, len(body))
+        verified = await self.ctx.tags.verify(key, len(body), meta)
+        if classify(meta) is ObjectFormat.PLAIN:
             plain = body  # made by cosfs or the console: targets in the clear
         else:
-            dk = self.ctx.codec.open(r.metadata, key=key)
+            dk = self.ctx.codec.open(meta, key=key)
             if verified is not None:
                 verified.verify_range(ChunkKey(dk), 0, body)
             plain = decrypt(dk, 0, body)

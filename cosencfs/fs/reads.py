@@ -42,28 +42,31 @@ async def remote_source(ctx: FsContext, node: Inode) -> Source | None:
     (IntegrityError when they fail or the object must not be untagged).
     """
     r = node.remote
-    if r is None or r.size == 0 or r.metadata is None:
+    # One copy for every check below (each read of ``Remote.metadata`` unpacks
+    # a new dict), and one view of it across the awaits.
+    meta = None if r is None else r.metadata
+    if r is None or r.size == 0 or meta is None:
         return None
     key = ctx.key_of(node)
     if node.unlinked and node.file is not None and node.file.pending_delete is not None:
         # Unlinked while open: its object stays at the name it had until the
         # last close, whatever became of that name's directory since.
         key = node.file.pending_delete
-    written = r.metadata.get(META_SIZE)
+    written = meta.get(META_SIZE)
     if written is not None and written != str(r.size):
         # CTR has no integrity check: a truncated or extended body would
         # decrypt "fine". The size recorded at upload catches it.
         raise DamagedObjectError(f"object {key!r} is {r.size} bytes but was written with {written}")
-    check_servable(ctx.options, key, r.metadata, r.size)
-    if classify(r.metadata) is ObjectFormat.PLAIN:
-        await ctx.tags.verify(key, r.size, r.metadata, current=not node.unlinked)
+    check_servable(ctx.options, key, meta, r.size)
+    if classify(meta) is ObjectFormat.PLAIN:
+        await ctx.tags.verify(key, r.size, meta, current=not node.unlinked)
         log.info("%r has no encryption envelope; reading it as plaintext", key)
         return Source(key, r.etag, None, r.size, {})
-    dk = ctx.codec.open(r.metadata, key=key)
+    dk = ctx.codec.open(meta, key=key)
     # An unlinked file still open reads its own object, older than what the
     # name may hold now: no rollback to speak of.
-    verified = await ctx.tags.verify(key, r.size, r.metadata, current=not node.unlinked)
-    return Source(key, r.etag, dk, r.size, dict(r.metadata), verified)
+    verified = await ctx.tags.verify(key, r.size, meta, current=not node.unlinked)
+    return Source(key, r.etag, dk, r.size, meta, verified)
 
 
 class Reader:
@@ -84,9 +87,10 @@ class Reader:
         first read (``remote_source``).
         """
         r = node.remote
-        if node.is_dir or node.data_dirty or r is None or r.metadata is None:
+        meta = None if r is None else r.metadata  # (a copy per read of it: read once)
+        if node.is_dir or node.data_dirty or r is None or meta is None:
             return
-        check_servable(self.ctx.options, self.ctx.key_of(node), r.metadata, r.size)
+        check_servable(self.ctx.options, self.ctx.key_of(node), meta, r.size)
 
     async def clean_copy(self, node: Inode) -> ObjectContent | None:
         """The clean copy reads of an unchanged file come from (made on first use)."""
