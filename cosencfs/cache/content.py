@@ -132,6 +132,9 @@ class Inflight:
     #: For a sequential reader: decrypted as it is stored and held in memory
     #: for the reader (cosencfs/cache/plainhold.py), written past the page cache.
     serve: bool = False
+    #: Written past the page cache: read back rarely, or a little at a time
+    #: (a whole-object fetch for a random reader; ``serve`` implies it).
+    direct: bool = False
 
 
 class ObjectContent:

@@ -159,6 +159,7 @@ class Fetcher:
         piece: int = FETCH_CHUNK,
         first: int | None = None,
         serve: bool = False,
+        direct: bool = False,
     ) -> int:
         """Start fetching ``[start, end)`` in the background; the bytes asked for.
 
@@ -166,7 +167,10 @@ class Fetcher:
         ``first`` (where the reader is) started first.  With an ``owner``
         they are speculative: :meth:`cancel_ahead` with the same owner
         cancels them.  ``serve``: a sequential reader reads them next, from
-        memory (:class:`PlainHold`).
+        memory (:class:`PlainHold`).  ``direct``: written past the page
+        cache (``serve`` implies it): for bytes read back rarely or a little
+        at a time, where filling the page cache would cost more CPU than
+        fetching them did (docs/performance.md).
         """
         end = min(end, v.limit)
         if end <= start:
@@ -182,6 +186,7 @@ class Fetcher:
                 inf.owner = owner
                 inf.scope = trio.CancelScope()
                 inf.serve = serve and not v.plaintext_source
+                inf.direct = direct or inf.serve
                 asked += inf.end - inf.start
                 v.pins += 1
                 todo.append(inf)
@@ -344,11 +349,13 @@ class Fetcher:
                     # claimed ranges and (for a sequential reader) decrypts.
                     self.thread_jobs += 1
                     stored, blocks = await trio.to_thread.run_sync(
-                        _check_and_store, v, check, start, data, claims, inf.serve,
+                        _check_and_store, v, check, start, data, claims, inf.serve, inf.direct,
                         limiter=self.io_limiter,
                     )  # fmt: skip
                 else:
-                    stored, blocks = _check_and_store(v, check, start, data, claims, inf.serve)
+                    stored, blocks = _check_and_store(
+                        v, check, start, data, claims, inf.serve, inf.direct
+                    )
                 if stored and not v.discarded:
                     # Present only once written, and marked in the event loop:
                     # ``present`` is never changed by two threads at once.
@@ -401,6 +408,7 @@ def _check_and_store(
     data: bytes,
     claims: list[tuple[int, int]],
     serve: bool,
+    direct: bool,
 ) -> tuple[bool, list[tuple[int, bytes]] | None]:
     """Check fetched bytes against their chunk tags, then write the ``claims`` of them.
 
@@ -410,8 +418,9 @@ def _check_and_store(
     checked before any byte is written or decrypted: one that fails
     (IntegrityError) leaves nothing in the cache and nothing for a reader.
     A copy discarded meanwhile stores nothing, but still reports a failure.
-    Returns whether the claims were written, and for ``serve`` (written past
-    the page cache) the bytes decrypted, in blocks for :class:`PlainHold`.
+    ``direct``: written past the page cache.  Returns whether the claims
+    were written, and for ``serve`` the bytes decrypted, in blocks for
+    :class:`PlainHold`.
     """
     if check is not None:
         check(data)
@@ -419,7 +428,7 @@ def _check_and_store(
         return False, None
     view = memoryview(data)
     for s, e in claims:
-        v.write_fetched(s, view[s - start : e - start], direct=serve)
+        v.write_fetched(s, view[s - start : e - start], direct=direct)
     if not serve:
         return True, None
     stop = min(start + len(data), v.limit)  # (whole chunks may run past it)

@@ -25,7 +25,7 @@ from cosencfs.fs.policy import check_servable
 log = logging.getLogger(__name__)
 
 #: Reads off the sequential path before a handle counts as random access.
-RANDOM_AFTER = 4
+RANDOM_AFTER = 2
 #: Random access fetches the whole object when it takes at most this share of the cache.
 WHOLE_SHARE = 0.5
 #: A sequential window is fetched in GETs of a quarter of it (at least
@@ -184,6 +184,9 @@ class Reader:
             # parallel GETs beats a round trip per read; readers wait only for
             # the part that holds their range, which goes first.
             ra.whole = True
-            fetcher.prefetch(nursery, v, 0, v.limit, first=offset)
+            # Past the page cache: filling it with the whole object cost more
+            # CPU than fetching it (cold pages of a VM); the reads that follow
+            # are small, and O_DIRECT-written ranges read back just as well.
+            fetcher.prefetch(nursery, v, 0, v.limit, first=offset, direct=True)
         # Fetched ahead and not read yet: kept by eviction (one window per copy).
         v.ahead = (offset + size, ra.ahead_until) if ra.window and ra.ahead_until else None
