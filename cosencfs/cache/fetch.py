@@ -214,11 +214,14 @@ class Fetcher:
                 inf.done.set()
                 v.pins -= 1
 
-    def cancel_ahead(self, v: ObjectContent, owner: object, keep: tuple[int, int]) -> int:
+    def cancel_ahead(
+        self, v: ObjectContent, owner: object, keep: tuple[int, int], *, forget: bool = True
+    ) -> int:
         """Cancel ``owner``'s speculative fetches of ``v`` outside ``keep``; the bytes.
 
         Runs in the event loop with no await: a fetch a reader starts waiting
         for is no longer ``owner``'s, so it is never cancelled under it.
+        ``forget``: the decrypted read-ahead of ``v`` outside ``keep`` goes too.
         """
         cancelled = 0
         for inf in v.inflight:
@@ -230,8 +233,9 @@ class Fetcher:
             inf.scope.cancel()
             cancelled += inf.end - inf.start
         self.ahead_cancelled += cancelled
-        # What arrived ahead of it and was decrypted: the reader left it.
-        self.hold.forget(v, keep)
+        if forget:
+            # What arrived ahead of it and was decrypted: the reader left it.
+            self.hold.forget(v, keep)
         return cancelled
 
     def _begin(
