@@ -26,6 +26,8 @@ worker-thread job per piece: its chunks are checked, then it is written
 into the cache file past the page cache and decrypted, and the plaintext
 waits in memory for the reader (:class:`~cosencfs.cache.plainhold.PlainHold`),
 who takes it without reading the file again, without another thread hop.
+Jobs of several pieces of one copy run at once: each writes only the
+ranges claimed for it in the event loop (``_claim``), marked present there.
 """
 
 from __future__ import annotations
