@@ -18,7 +18,9 @@ quiet wait usually takes that long too).
 
 ``python -m benchmarks.read_cpu --runs 5 --baseline main --untagged``
 is the figure in docs/performance.md ("Cold sequential read: one job per
-piece").
+piece").  ``--random 1000`` adds a row per file: that many random 4 KiB
+``pread``s of the cold file (the suite's rand_read row: the whole-object
+fetch), wall and daemon CPU alike.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.datasets import random_offsets
 from benchmarks.integrity_cost import cpu_seconds, write_file
 from benchmarks.peers import BaselinePeer, CosencfsPeer
 from benchmarks.server import LocalServer, Network
@@ -71,8 +74,11 @@ def write(peer: CosencfsPeer, name: str, size: int, extra: list[str]) -> None:
         peer.extra = []
 
 
-def read_cold(peer: CosencfsPeer, name: str, settle: float) -> tuple[float, float]:
-    """Wall and daemon CPU seconds of ``dd`` reading ``name`` after a cold mount."""
+def read_cold(
+    peer: CosencfsPeer, name: str, settle: float, offsets: list[int] | None = None
+) -> tuple[float, float]:
+    """Wall and daemon CPU seconds of ``dd`` reading ``name`` after a cold mount
+    (``offsets``: 4 KiB ``pread``s there instead)."""
     peer.mount(clear_cache=True)
     try:
         drop_caches()
@@ -80,12 +86,20 @@ def read_cold(peer: CosencfsPeer, name: str, settle: float) -> tuple[float, floa
         pid = peer.pid
         cpu = cpu_seconds(pid)
         start = time.perf_counter()
-        subprocess.run(
-            ["dd", f"if={peer.mnt / name}", "of=/dev/null", "bs=1M"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+        if offsets is None:
+            subprocess.run(
+                ["dd", f"if={peer.mnt / name}", "of=/dev/null", "bs=1M"],
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        else:
+            fd = os.open(peer.mnt / name, os.O_RDONLY)
+            try:
+                for off in offsets:
+                    os.pread(fd, 4096, off)
+            finally:
+                os.close(fd)
         return time.perf_counter() - start, cpu_seconds(pid) - cpu
     finally:
         peer.unmount()
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="append", default=[], metavar="REV")
     p.add_argument("--untagged", action="store_true", help="an untagged file too")
     p.add_argument("--settle", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--random", type=int, default=0, metavar="N", help="N random 4 KiB reads too")
     args = p.parse_args(argv)
     size = args.size_mib * MIB
     root = Path(tempfile.mkdtemp(prefix="cosencfs-read-cpu-", dir="/var/tmp"))
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.untagged:
         del files["untagged"]
     results: dict[str, list[tuple[float, float]]] = {}
+    modes = [False, True] if args.random else [False]
+    offsets = random_offsets(size, args.random)
     try:
         with LocalServer(root / "server", root / "server.log", network) as server:
             peers = mounts(root, server, args.baseline)
@@ -114,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
                 for name, extra in files.values():
                     write(peers[0], name, size, extra)
                 for i in range(args.runs):
-                    order = [(pr, f) for pr in peers for f in files.items()]
-                    for peer, (kind, (name, _)) in order if i % 2 == 0 else order[::-1]:
-                        wall, cpu = read_cold(peer, name, args.settle)
-                        label = f"{peer.name} {kind}"
+                    order = [(pr, f, r) for pr in peers for f in files.items() for r in modes]
+                    for peer, (kind, (name, _)), rnd in order if i % 2 == 0 else order[::-1]:
+                        wall, cpu = read_cold(peer, name, args.settle, offsets if rnd else None)
+                        label = f"{peer.name} {kind}" + (f" {args.random} random" if rnd else "")
                         results.setdefault(label, []).append((wall, cpu))
+                        rate = (
+                            f"{args.random / wall:.0f} ops/s" if rnd
+                            else f"{args.size_mib / wall:.0f} MiB/s"
+                        )  # fmt: skip
                         print(
-                            f"run {i} {label}: {wall:.2f} s, {args.size_mib / wall:.0f} MiB/s, "
+                            f"run {i} {label}: {wall:.2f} s, {rate}, "
                             f"daemon CPU {cpu:.2f} s (load {os.getloadavg()[0]:.1f})",
                             flush=True,
                         )
@@ -134,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         wall = statistics.median(w for w, _ in runs)
         cpu = statistics.median(c for _, c in runs)
         cpus = ", ".join(f"{c:.2f}" for _, c in runs)
-        print(
-            f"  {label}: {args.size_mib / wall:.0f} MiB/s ({wall:.2f} s), "
-            f"daemon CPU {cpu:.2f} s [{cpus}]"
-        )
+        rate = (
+            f"{args.random / wall:.0f} ops/s" if "random" in label
+            else f"{args.size_mib / wall:.0f} MiB/s"
+        )  # fmt: skip
+        print(f"  {label}: {rate} ({wall:.2f} s), daemon CPU {cpu:.2f} s [{cpus}]")
     return 0
 
 

@@ -132,13 +132,15 @@ class Inflight:
     #: For a sequential reader: decrypted as it is stored and held in memory
     #: for the reader (cosencfs/cache/plainhold.py), written past the page cache.
     serve: bool = False
+    #: Written past the page cache: read back rarely, or a little at a time
+    #: (a whole-object fetch for a random reader; ``serve`` implies it).
+    direct: bool = False
 
 
 class ObjectContent:
     """The cache file of one object (or of one being produced for upload)."""
 
     __slots__ = (
-        "_lock",
         "account",
         "ahead",
         "busy",
@@ -192,7 +194,6 @@ class ObjectContent:
         self.pins = 0
         #: Reasons to keep it beyond eviction (being produced for an upload).
         self.holds = 0
-        self._lock: trio.Lock | None = None
         self.inflight: list[Inflight] = []
         self.last_access = trio.current_time()
         self.discarded = False
@@ -206,15 +207,6 @@ class ObjectContent:
         self.ahead: tuple[int, int] | None = None
         #: Decrypted read-ahead not read yet, by start (cosencfs/cache/plainhold.py).
         self.plain: dict[int, bytes] | None = None
-
-    @property
-    def lock(self) -> trio.Lock:
-        """Serializes fetches into the copy; made on first use (no await
-        between the check and the assignment): a trio lock is ~240 bytes and
-        most copies (every new file's, once uploaded) are never fetched into."""
-        if self._lock is None:
-            self._lock = trio.Lock()
-        return self._lock
 
     def __repr__(self) -> str:
         return f"ObjectContent({self.vid}, size={self.size}, present={self.present.total})"
@@ -326,15 +318,23 @@ class ObjectContent:
         end = offset + len(data)
         view = memoryview(data)
         for s, e in self.present.missing(offset, min(end, self.size)):
-            piece = view[s - offset : e - offset]
-            if self.plaintext_source:
-                piece = memoryview(encrypt(self.dk, s, piece))
-            with self._fd() as fd:
-                if direct:
-                    DIRECT.write(fd, piece, s)
-                else:
-                    pwrite_all(fd, piece, s)
+            self.write_fetched(s, view[s - offset : e - offset], direct=direct)
             self.mark(s, e)
+
+    def write_fetched(self, offset: int, data: memoryview, *, direct: bool = False) -> None:
+        """Write fetched bytes of a missing range, without marking them present.
+
+        For callers that decided the range (missing, and no other writer's)
+        in the event loop and mark it there afterwards, so writes of disjoint
+        ranges run in parallel threads that never touch ``present``.
+        """
+        if self.plaintext_source:
+            data = memoryview(encrypt(self.dk, offset, data))
+        with self._fd() as fd:
+            if direct:
+                DIRECT.write(fd, data, offset)
+            else:
+                pwrite_all(fd, data, offset)
 
     def produce(self, offset: int, plain: bytes | bytearray | memoryview) -> None:
         """Encrypt a range of a copy being produced for upload (each range once)."""

@@ -26,6 +26,8 @@ worker-thread job per piece: its chunks are checked, then it is written
 into the cache file past the page cache and decrypted, and the plaintext
 waits in memory for the reader (:class:`~cosencfs.cache.plainhold.PlainHold`),
 who takes it without reading the file again, without another thread hop.
+Jobs of several pieces of one copy run at once: each writes only the
+ranges claimed for it in the event loop (``_claim``), marked present there.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from collections.abc import Callable
 import trio
 
 from cosencfs.cache.content import THREAD_THRESHOLD, Inflight, ObjectContent, Source
+from cosencfs.cache.extents import Extents
 from cosencfs.cache.plainhold import PlainHold, cells
 from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.integrity import CHUNK_SIZE
@@ -73,6 +76,8 @@ class Fetcher:
         self.thread_jobs = 0
         #: Decrypted read-ahead waiting for its readers.
         self.hold = PlainHold()
+        #: Ranges being written by a fill right now, by copy (``_claim``).
+        self._storing: dict[ObjectContent, Extents] = {}
         #: Called after fetched bytes are stored (the cache may be over its limit now).
         self.on_stored: Callable[[], object] = lambda: None
 
@@ -156,6 +161,7 @@ class Fetcher:
         piece: int = FETCH_CHUNK,
         first: int | None = None,
         serve: bool = False,
+        direct: bool = False,
     ) -> int:
         """Start fetching ``[start, end)`` in the background; the bytes asked for.
 
@@ -163,7 +169,10 @@ class Fetcher:
         ``first`` (where the reader is) started first.  With an ``owner``
         they are speculative: :meth:`cancel_ahead` with the same owner
         cancels them.  ``serve``: a sequential reader reads them next, from
-        memory (:class:`PlainHold`).
+        memory (:class:`PlainHold`).  ``direct``: written past the page
+        cache (``serve`` implies it): for bytes read back rarely or a little
+        at a time, where filling the page cache would cost more CPU than
+        fetching them did (docs/performance.md).
         """
         end = min(end, v.limit)
         if end <= start:
@@ -179,6 +188,7 @@ class Fetcher:
                 inf.owner = owner
                 inf.scope = trio.CancelScope()
                 inf.serve = serve and not v.plaintext_source
+                inf.direct = direct or inf.serve
                 asked += inf.end - inf.start
                 v.pins += 1
                 todo.append(inf)
@@ -206,11 +216,14 @@ class Fetcher:
                 inf.done.set()
                 v.pins -= 1
 
-    def cancel_ahead(self, v: ObjectContent, owner: object, keep: tuple[int, int]) -> int:
+    def cancel_ahead(
+        self, v: ObjectContent, owner: object, keep: tuple[int, int], *, forget: bool = True
+    ) -> int:
         """Cancel ``owner``'s speculative fetches of ``v`` outside ``keep``; the bytes.
 
         Runs in the event loop with no await: a fetch a reader starts waiting
         for is no longer ``owner``'s, so it is never cancelled under it.
+        ``forget``: the decrypted read-ahead of ``v`` outside ``keep`` goes too.
         """
         cancelled = 0
         for inf in v.inflight:
@@ -222,8 +235,9 @@ class Fetcher:
             inf.scope.cancel()
             cancelled += inf.end - inf.start
         self.ahead_cancelled += cancelled
-        # What arrived ahead of it and was decrypted: the reader left it.
-        self.hold.forget(v, keep)
+        if forget:
+            # What arrived ahead of it and was decrypted: the reader left it.
+            self.hold.forget(v, keep)
         return cancelled
 
     def _begin(
@@ -330,22 +344,34 @@ class Fetcher:
                 )
             self.fetched_bytes += len(data)
             check = self._checker(src, start)
-            async with v.lock:
-                try:
-                    if len(data) >= THREAD_THRESHOLD:
-                        # Under v's lock: nothing else stores into v meanwhile.
-                        # One worker-thread job checks the chunks, stores them
-                        # and (for a sequential reader) decrypts them.
-                        self.thread_jobs += 1
-                        blocks = await trio.to_thread.run_sync(
-                            _check_and_store, v, check, start, data, inf.serve,
-                            limiter=self.io_limiter,
-                        )  # fmt: skip
-                    else:
-                        blocks = _check_and_store(v, check, start, data, inf.serve)
-                except IntegrityError:
-                    self.chunk_failures += 1
-                    raise
+            # Claimed before the job, with no await in between: the ranges
+            # this fill writes, missing and no other fill's.  Fills of one
+            # copy so run in parallel worker threads (HMAC, AES and pwrite
+            # release the GIL) and never write a range twice.
+            claims = self._claim(v, start, min(end, v.size))
+            try:
+                if len(data) >= THREAD_THRESHOLD:
+                    # One worker-thread job checks the chunks, writes the
+                    # claimed ranges and (for a sequential reader) decrypts.
+                    self.thread_jobs += 1
+                    stored, blocks = await trio.to_thread.run_sync(
+                        _check_and_store, v, check, start, data, claims, inf.serve, inf.direct,
+                        limiter=self.io_limiter,
+                    )  # fmt: skip
+                else:
+                    stored, blocks = _check_and_store(
+                        v, check, start, data, claims, inf.serve, inf.direct
+                    )
+                if stored and not v.discarded:
+                    # Present only once written, and marked in the event loop:
+                    # ``present`` is never changed by two threads at once.
+                    for s, e in claims:
+                        v.mark(s, e)
+            except IntegrityError:
+                self.chunk_failures += 1
+                raise
+            finally:
+                self._unclaim(v, claims)
             if check is not None:
                 self.chunks_verified += -(-len(data) // CHUNK_SIZE)
             if blocks:
@@ -356,29 +382,60 @@ class Fetcher:
             inf.done.set()
         self.on_stored()
 
+    def _claim(self, v: ObjectContent, start: int, end: int) -> list[tuple[int, int]]:
+        """The ranges of ``[start, end)`` missing in ``v`` and no other fill's; now this one's.
+
+        Runs in the event loop; the caller marks them present or unclaims them.
+        """
+        claimed = self._storing.get(v)
+        if claimed is None:
+            claimed = self._storing[v] = Extents()
+        out: list[tuple[int, int]] = []
+        for s, e in v.present.missing(start, end):
+            out.extend(claimed.missing(s, e))
+        for s, e in out:
+            claimed.add(s, e)
+        return out
+
+    def _unclaim(self, v: ObjectContent, claims: list[tuple[int, int]]) -> None:
+        claimed = self._storing.get(v)
+        if claimed is None:
+            return
+        for s, e in claims:
+            claimed.remove(s, e)
+        if not claimed:
+            del self._storing[v]
+
 
 def _check_and_store(
     v: ObjectContent,
     check: Callable[[bytes], None] | None,
     start: int,
     data: bytes,
+    claims: list[tuple[int, int]],
     serve: bool,
-) -> list[tuple[int, bytes]] | None:
-    """Check fetched bytes against their chunk tags, then store them into ``v``.
+    direct: bool,
+) -> tuple[bool, list[tuple[int, bytes]] | None]:
+    """Check fetched bytes against their chunk tags, then write the ``claims`` of them.
 
-    The caller holds ``v.lock``.  Every chunk is checked before any byte is
-    stored or decrypted: one that fails (IntegrityError) leaves nothing in
-    the cache and nothing for a reader.  A copy discarded meanwhile stores
-    nothing, but still reports a failure.  ``serve``: written past the page
-    cache, and returned decrypted, in blocks for :class:`PlainHold`.
+    Runs in a worker thread (or inline for small pieces) holding no lock:
+    the claimed ranges are this job's alone (``Fetcher._claim``), and it
+    reads nothing of ``v`` but its key and descriptor.  Every chunk is
+    checked before any byte is written or decrypted: one that fails
+    (IntegrityError) leaves nothing in the cache and nothing for a reader.
+    A copy discarded meanwhile stores nothing, but still reports a failure.
+    ``direct``: written past the page cache.  Returns whether the claims
+    were written, and for ``serve`` the bytes decrypted, in blocks for
+    :class:`PlainHold`.
     """
     if check is not None:
         check(data)
     if v.discarded:
-        return None
-    v.store_fetched(start, data, direct=serve)
-    if not serve:
-        return None
+        return False, None
     view = memoryview(data)
+    for s, e in claims:
+        v.write_fetched(s, view[s - start : e - start], direct=direct)
+    if not serve:
+        return True, None
     stop = min(start + len(data), v.limit)  # (whole chunks may run past it)
-    return [(s, decrypt(v.dk, s, view[s - start : e - start])) for s, e in cells(start, stop)]
+    return True, [(s, decrypt(v.dk, s, view[s - start : e - start])) for s, e in cells(start, stop)]

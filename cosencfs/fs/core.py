@@ -312,6 +312,7 @@ class Filesystem:
         await self.files.flush(fh)
 
     async def release(self, fh: int) -> None:
+        self.reader.release(fh)  # (its read-ahead's GETs still running: cancelled)
         await self.files.release(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -25,7 +25,7 @@ from cosencfs.fs.policy import check_servable
 log = logging.getLogger(__name__)
 
 #: Reads off the sequential path before a handle counts as random access.
-RANDOM_AFTER = 4
+RANDOM_AFTER = 2
 #: Random access fetches the whole object when it takes at most this share of the cache.
 WHOLE_SHARE = 0.5
 #: A sequential window is fetched in GETs of a quarter of it (at least
@@ -78,6 +78,9 @@ class Reader:
         # Decrypted read-ahead held for readers: room for two full windows.
         hold = ctx.cache.fetcher.hold
         hold.budget = max(hold.budget, 2 * ctx.options.readahead_max)
+        #: The copy each open handle's read-ahead fetched into, by handle
+        #: number: closing the handle cancels what is still speculative there.
+        self._ahead: dict[int, tuple[Handle, ObjectContent]] = {}
 
     def check_open(self, node: Inode) -> None:
         """Raise RefusedError if ``node``'s object must not be served (``open``).
@@ -91,6 +94,21 @@ class Reader:
         if node.is_dir or node.data_dirty or r is None or meta is None:
             return
         check_servable(self.ctx.options, self.ctx.key_of(node), meta, r.size)
+
+    def release(self, fh: int) -> None:
+        """Handle ``fh`` is being closed: its read-ahead's GETs not yet arrived,
+        and those of its whole-object fetch, are cancelled (a reader that
+        stops early does not leave a window, or the rest of the object,
+        downloading for nobody).  Fetches another reader waits for or shares
+        are not its own any more, so they go on."""
+        entry = self._ahead.pop(fh, None)
+        if entry is None:
+            return
+        h, v = entry
+        fetcher = self.ctx.cache.fetcher
+        # Its decrypted read-ahead too, unless another handle may be reading it.
+        alone = h.node.as_file.open_count <= 1
+        fetcher.cancel_ahead(v, h.readahead, (0, 0), forget=alone)
 
     async def clean_copy(self, node: Inode) -> ObjectContent | None:
         """The clean copy reads of an unchanged file come from (made on first use)."""
@@ -167,10 +185,11 @@ class Reader:
             largest=opts.readahead_max,
             fetching=nursery is not None,
         )
-        if ra.moved_away:
+        if ra.moved_away and not ra.whole:
             # The reader left its window: the GETs still running there would
             # only fill the cache with bytes nobody reads (what already
             # arrived stays).  Its own range is kept: it waits for that.
+            # (A whole-object fetch is for readers that jump: it stays.)
             fetcher.cancel_ahead(v, ra, (offset, offset + size))
         if span is not None and nursery is not None:
             # GETs in parallel, a quarter of the window each, so the
@@ -179,11 +198,17 @@ class Reader:
             # ``serve``: the reader takes them from memory, decrypted as they
             # were stored (cosencfs/cache/plainhold.py).
             fetcher.prefetch(nursery, v, *span, owner=ra, piece=piece, serve=serve)
+            self._ahead[h.fh] = (h, v)
         elif nursery is not None and self._wants_whole(h, v):
             # Random access to a file that fits the cache: one pass of large
             # parallel GETs beats a round trip per read; readers wait only for
             # the part that holds their range, which goes first.
             ra.whole = True
-            fetcher.prefetch(nursery, v, 0, v.limit, first=offset)
+            # Past the page cache: filling it with the whole object cost more
+            # CPU than fetching it (cold pages of a VM); the reads that follow
+            # are small, and O_DIRECT-written ranges read back just as well.
+            # Owned by the handle: closed, it cancels what has not arrived.
+            fetcher.prefetch(nursery, v, 0, v.limit, owner=ra, first=offset, direct=True)
+            self._ahead[h.fh] = (h, v)
         # Fetched ahead and not read yet: kept by eviction (one window per copy).
         v.ahead = (offset + size, ra.ahead_until) if ra.window and ra.ahead_until else None

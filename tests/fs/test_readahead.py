@@ -16,13 +16,17 @@ transport's connections do): the tests count requests and bytes, never time.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from cosencfs.cache import fetch
+from cosencfs.cache.direct import DIRECT
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.core import Filesystem
@@ -246,7 +250,8 @@ async def test_random_reader_is_served_when_its_part_of_the_whole_fetch_is_in(
     store = rig.store
     store.connections = trio.CapacityLimiter(2)
     fh = await rig.open("db")
-    offsets = [5 * MIB, 13 * MIB, 9 * MIB, 22 * MIB + 4 * KIB]
+    # The last read is the one after which the handle counts as random.
+    offsets = [*[5 * MIB, 13 * MIB, 9 * MIB][: RANDOM_AFTER - 1], 22 * MIB + 4 * KIB]
     assert len(offsets) == RANDOM_AFTER
     for off in offsets[:-1]:
         assert await rig.fs.read(fh, off, 4 * KIB) == data[off : off + 4 * KIB]
@@ -340,4 +345,140 @@ async def test_reader_moving_away_lets_go_of_what_was_decrypted_ahead(
     v = next(iter(rig.fs.ctx.cache.versions.values()))
     assert all(s <= far < s + len(b) for s, b in (v.plain or {}).items())
     await rig.settle()
+    await rig.fs.release(fh)
+
+
+async def test_whole_object_fetch_keeps_every_connection_busy(rig_for: RigFactory) -> None:
+    """Random access fetches the object whole in as many GETs at once as
+    there are connections, its pieces past the page cache where the
+    filesystem allows, and every byte once."""
+    data = os.urandom(48 * MIB)
+    rig = await rig_for({"db": data})
+    store = rig.store
+    store.connections = trio.CapacityLimiter(4)
+    fh = await rig.open("db")
+    offsets = [7 * MIB, 31 * MIB, 2 * MIB][:RANDOM_AFTER]
+    for off in offsets[:-1]:
+        assert await rig.fs.read(fh, off, 4 * KIB) == data[off : off + 4 * KIB]
+    store.hold = lambda start, end: end - start > MIB  # the whole fetch's pieces
+    direct_before = DIRECT.written
+    async with trio.open_nursery() as nursery:
+        last = offsets[-1]
+        nursery.start_soon(rig.fs.read, fh, last, 4 * KIB)
+        await trio.testing.wait_all_tasks_blocked()
+        # Every connection carries one of its GETs (48 MiB: seven pieces).
+        assert store.running == 4
+        assert store.held >= 3
+        store.gate.set()
+    await rig.settle()
+    assert rig.fetcher.fetched_bytes <= len(data) + RANDOM_AFTER * 64 * KIB
+    if DIRECT.enabled:
+        assert DIRECT.written - direct_before >= len(data) - RANDOM_AFTER * 64 * KIB - MIB
+    for off in (0, 17 * MIB + 5, len(data) - 4 * KIB):
+        assert await rig.fs.read(fh, off, 4 * KIB) == data[off : off + 4 * KIB]
+    await rig.fs.release(fh)
+
+
+async def test_closing_cancels_the_window_still_on_its_way(rig_for: RigFactory) -> None:
+    rig, _, fh = await _first_mib_read(rig_for, 24 * MIB, lambda s, e: s >= MIB)
+    store = rig.store
+    await trio.testing.wait_all_tasks_blocked()  # the window's GETs have started
+    assert store.held >= 2
+    await rig.fs.release(fh)
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held == 0
+    assert store.cancelled >= 2
+    store.gate.set()
+    await rig.settle()
+    # Only what the reader read (and its first GET) came down.
+    assert rig.fetcher.fetched_bytes <= MIB + READ
+    assert rig.fetcher.hold.held == 0
+
+
+async def test_closing_cancels_the_rest_of_a_whole_object_fetch(rig_for: RigFactory) -> None:
+    data = os.urandom(32 * MIB)
+    rig = await rig_for({"db": data})
+    store = rig.store
+    fh = await rig.open("db")
+    offsets = [3 * MIB, 21 * MIB + 100, 12 * MIB][:RANDOM_AFTER]
+    last = offsets[-1]
+    # The whole fetch's pieces except the reader's own never arrive on their own.
+    store.hold = lambda start, end: end - start > MIB and not start <= last < end
+    for off in offsets:
+        assert await rig.fs.read(fh, off, 4 * KIB) == data[off : off + 4 * KIB]
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held >= 2
+    # A second handle reads the same file: the whole fetch is not its own.
+    await rig.fs.release(fh)
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.held == 0
+    store.gate.set()
+    await rig.settle()
+    # The reads' chunks and the piece holding the last read: not the object.
+    assert rig.fetcher.fetched_bytes <= RANDOM_AFTER * 64 * KIB + 8 * MIB
+
+
+async def test_a_reader_waiting_keeps_the_whole_fetch_going_after_another_closes(
+    rig_for: RigFactory,
+) -> None:
+    """What a reader waits for is not speculative: another handle closing
+    does not cancel it."""
+    data = os.urandom(32 * MIB)
+    rig = await rig_for({"db": data})
+    store = rig.store
+    fh = await rig.open("db")
+    other = await rig.open("db")
+    offsets = [3 * MIB, 21 * MIB + 100, 12 * MIB][:RANDOM_AFTER]
+    store.hold = lambda start, end: end - start > MIB
+    for off in offsets[:-1]:
+        assert await rig.fs.read(fh, off, 4 * KIB) == data[off : off + 4 * KIB]
+    got: list[bytes] = []
+    far = 30 * MIB  # (not in the piece the first reader waits for)
+
+    async def read_far() -> None:
+        got.append(await rig.fs.read(other, far, 4 * KIB))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.fs.read, fh, offsets[-1], 4 * KIB)  # starts the whole fetch
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(read_far)  # waits for the whole fetch's piece there
+        await trio.testing.wait_all_tasks_blocked()
+        held = store.held
+        await rig.fs.release(fh)
+        await trio.testing.wait_all_tasks_blocked()
+        # The pieces both readers wait for go on; the others were cancelled.
+        assert 2 <= store.held < held
+        store.gate.set()
+    assert got == [data[far : far + 4 * KIB]]
+    await rig.settle()
+    await rig.fs.release(other)
+
+
+async def test_pieces_of_one_copy_are_checked_and_stored_in_parallel_jobs(
+    rig_for: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces of one window that arrive together are checked, stored and
+    decrypted by worker-thread jobs at once: the first two jobs meet at a
+    barrier (run one after the other, the first would wait there alone and
+    the barrier break)."""
+    rig, data, fh = await _first_mib_read(rig_for, 24 * MIB, lambda s, e: s >= MIB)
+    store = rig.store
+    await trio.testing.wait_all_tasks_blocked()  # the window's GETs have started
+    assert store.held >= 2
+    barrier = threading.Barrier(2, timeout=30)  # (the timeout: a guard against a hang)
+    met: list[int] = []
+    real = fetch._check_and_store
+
+    def meeting(*args: Any) -> Any:
+        # (Small pieces are checked inline, in the event loop: not those.)
+        if len(met) < 2 and threading.current_thread() is not threading.main_thread():
+            met.append(barrier.wait())
+        return real(*args)
+
+    monkeypatch.setattr(fetch, "_check_and_store", meeting)
+    store.gate.set()
+    await rig.settle()
+    assert sorted(met) == [0, 1]
+    assert not barrier.broken
+    assert await _read_all(rig, fh, len(data)) == data
     await rig.fs.release(fh)
