@@ -336,12 +336,28 @@ class ObjectContent:
                     pwrite_all(fd, piece, s)
             self.mark(s, e)
 
-    def produce(self, offset: int, plain: bytes | bytearray | memoryview) -> None:
-        """Encrypt a range of a copy being produced for upload (each range once)."""
+    def produce(
+        self,
+        offset: int,
+        plain: bytes | bytearray | memoryview,
+        *,
+        hold: memoryview | None = None,
+    ) -> None:
+        """Encrypt a range of a copy being produced for upload (each range once).
+
+        ``hold``: the ciphertext is also kept there (a streamed part's buffer,
+        cosencfs/fs/partjob.py, which its PUT sends) and written past the
+        page cache, which nobody reads it from soon.
+        """
         if self.present.missing(offset, offset + len(plain)) != [(offset, offset + len(plain))]:
             raise ValueError(f"range {offset}+{len(plain)} of {self.vid} was produced before")
+        cipher = encrypt(self.dk, offset, plain)
         with self._fd() as fd:
-            pwrite_all(fd, encrypt(self.dk, offset, plain), offset)
+            if hold is None:
+                pwrite_all(fd, cipher, offset)
+            else:
+                hold[:] = cipher
+                DIRECT.write(fd, hold, offset)
         self.mark(offset, offset + len(plain))
 
     def fsync(self) -> None:
