@@ -41,8 +41,13 @@ class PartBuffers:
         self.limit = limit
         #: Buffers held by streams now (in use or kept for their next part).
         self.held = 0
-        #: Parts that found the budget spent and went from the file.
+        #: Parts that found the budget spent.
         self.misses = 0
+        #: Parts sent, by where their bytes came from: the buffer their writes
+        #: filled, the copy read back into a buffer, or the copy (no buffer).
+        self.sent_held = 0
+        self.sent_loaded = 0
+        self.sent_file = 0
 
     def acquire(self) -> bool:
         if self.held >= self.limit:

@@ -61,7 +61,7 @@ def direct_job(
     hands out its part buffers here, and the job fills them.
     """
     stream = layer.stream
-    if not isinstance(stream, StreamUpload):
+    if not isinstance(stream, StreamUpload) or stream.staged is not copy:
         return functools.partial(copy.produce, offset, data)
     pieces = stream.holds(offset, len(data))
 
@@ -174,8 +174,10 @@ class StreamUpload:
                 self._buffers.give(held.buf)  # not every byte of it went through the buffer
                 held = None
             buf = self._buffers.take() if held is None else held.buf
+            counts = self.ctx.part_buffers
             if buf is None:
                 etag = await self._part_from_file(upload_id, n, start, end, dk)
+                counts.sent_file += 1
             else:
                 try:
                     ck = self._chunk_key(dk)
@@ -204,6 +206,10 @@ class StreamUpload:
                         etag = await self.store.upload_part(self.key, upload_id, n, body)
                     finally:
                         body.release()
+                    if held is None:
+                        counts.sent_loaded += 1
+                    else:
+                        counts.sent_held += 1
                 finally:
                     self._buffers.give(buf)
         self.etags[n] = etag
