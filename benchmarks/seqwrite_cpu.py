@@ -7,7 +7,8 @@ of random bytes in 1 MiB writes (what ``dd bs=1M conv=fsync`` of the
 ``seq_write`` row does), fsyncs (which returns once the object is in the
 bucket), and reports the daemon's CPU for all of it (user + system from
 ``/proc/PID/stat``: all threads, and the loop thread alone, which answers the
-FUSE requests), per MiB, with the FUSE and COS requests it took.
+FUSE requests), per MiB, with the FUSE and COS requests it took and the
+daemon's peak RSS during the write (VmHWM, reset first).
 
 ``--untagged`` writes with the benchmark-only ``--x-bench-untagged`` (no
 chunk tags: what the tags cost). ``--baseline REV`` measures that revision
@@ -44,7 +45,14 @@ from benchmarks.server import Network
 from benchmarks.system import BenchError
 
 MIB = 1024 * 1024
-_MEDIANS = ("daemon_s", "loop_s", "daemon_ms_per_mib", "mib_per_s")
+_MEDIANS = ("daemon_s", "loop_s", "daemon_ms_per_mib", "mib_per_s", "peak_rss_mib")
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM for {pid}")
 
 
 def one_run(
@@ -59,6 +67,8 @@ def one_run(
         path = peer.mnt / f"{tag}.bin"
         before = server.newest(size)
         stats0 = mount_stats(peer)
+        # Peak RSS of the write alone (VmHWM reset; what big_write_rss reads).
+        Path(f"/proc/{peer.pid}/clear_refs").write_text("5")
         cpu0, loop0 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
         start = time.perf_counter()
         with profiler.record(peer.pid, tag) if profiler else contextlib.nullcontext():
@@ -74,6 +84,7 @@ def one_run(
         wall = time.perf_counter() - start
         cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
         stats1 = mount_stats(peer)
+        peak = _vm_hwm_mib(peer.pid)
         if server.newest(size) <= before:
             raise BenchError(f"{peer.name}: fsync returned before the object was in the bucket")
     finally:
@@ -89,6 +100,7 @@ def one_run(
         "fuse": {k: v for k, v in fuse.items() if v},
         "cos": {k: v for k, v in cos.items() if v},
         "cos_total": sum(cos.values()),
+        "peak_rss_mib": peak,
         "load": os.getloadavg()[0],
     }
 
@@ -98,7 +110,7 @@ def _line(res: dict[str, Any]) -> str:
         f"daemon {res['daemon_s']:.2f} s CPU ({res['daemon_ms_per_mib']:.2f} ms/MiB; loop thread "
         f"{res['loop_s']:.2f} s), {res['mib_per_s']:.0f} MiB/s, FUSE writes "
         f"{res['fuse'].get('write', 0)}, COS {res['cos_total']} {json.dumps(res['cos'])}, "
-        f"load {res['load']:.1f}"
+        f"peak RSS {res['peak_rss_mib']:.0f} MiB, load {res['load']:.1f}"
     )
 
 
@@ -124,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{net.label} {name} median of {args.runs}, {args.size_mib} MiB: daemon "
                 f"{med['daemon_s']:.3f} s CPU ({med['daemon_ms_per_mib']:.2f} ms/MiB; loop "
-                f"thread {med['loop_s']:.3f} s), {med['mib_per_s']:.0f} MiB/s"
+                f"thread {med['loop_s']:.3f} s), {med['mib_per_s']:.0f} MiB/s, peak RSS "
+                f"{med['peak_rss_mib']:.0f} MiB"
             )
         if "ratio" in result:
             ratio = result["ratio"]

@@ -41,7 +41,7 @@ class PartBuffers:
         self.limit = limit
         #: Buffers held by streams now (in use or kept for their next part).
         self.held = 0
-        #: Parts that found the budget spent.
+        #: Buffers asked for (by a part's writes or its PUT) while the budget was spent.
         self.misses = 0
         #: Parts sent, by where their bytes came from: the buffer their writes
         #: filled, the copy read back into a buffer, or the copy (no buffer).
