@@ -33,7 +33,7 @@ from cosencfs.cache.direct import DIRECT
 from cosencfs.cache.direct import pwrite_all as pwrite_all  # noqa: PLC0414 - dirtylog imports it here
 from cosencfs.cache.extents import Extents
 from cosencfs.cache.metamap import pack
-from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
+from cosencfs.crypto.ctr import DataKey, decrypt, encrypt, encrypt_into
 from cosencfs.crypto.integrity import ChunkKey, VerifiedContent
 
 #: Transcoding and zero-filling work in chunks this big (memory bound).
@@ -351,12 +351,12 @@ class ObjectContent:
         """
         if self.present.missing(offset, offset + len(plain)) != [(offset, offset + len(plain))]:
             raise ValueError(f"range {offset}+{len(plain)} of {self.vid} was produced before")
-        cipher = encrypt(self.dk, offset, plain)
+        if hold is not None:
+            encrypt_into(self.dk, offset, plain, hold)
         with self._fd() as fd:
             if hold is None:
-                pwrite_all(fd, cipher, offset)
+                pwrite_all(fd, encrypt(self.dk, offset, plain), offset)
             else:
-                hold[:] = cipher
                 DIRECT.write(fd, hold, offset)
         self.mark(offset, offset + len(plain))
 
