@@ -20,15 +20,11 @@ back when it ends.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 
 from cosencfs.crypto.integrity import CHUNK_SIZE, ChunkKey, ChunkTagger
 
 log = logging.getLogger(__name__)
-
-#: A part's buffer: anonymous memory (tests pass a bytearray).
-PartBuffer = mmap.mmap | bytearray
 
 #: Part buffers held by all streamed uploads of a mount at once (8 MiB each).
 PART_BUFFERS = 4
@@ -72,27 +68,24 @@ class StreamBuffers:
     def __init__(self, budget: PartBuffers, size: int) -> None:
         self.budget = budget
         self.size = size
-        self._free: list[PartBuffer] = []
+        self._free: list[bytearray] = []
         self._out = 0
         self._closed = False
 
-    def take(self) -> PartBuffer | None:
+    def take(self) -> bytearray | None:
         """A buffer for one part, or None (the budget is spent: send from the file)."""
         if self._closed:
             return None
         if self._free:
             buf = self._free.pop()
         elif self.budget.acquire():
-            # Anonymous memory: page-aligned, and zeroed by the kernel page by
-            # page as the first write reaches it (no pass over 8 MiB here, on
-            # the event loop).
-            buf = mmap.mmap(-1, self.size)
+            buf = bytearray(self.size)
         else:
             return None
         self._out += 1
         return buf
 
-    def give(self, buf: PartBuffer) -> None:
+    def give(self, buf: bytearray) -> None:
         """Back after its PUT ended (sent, failed or cancelled: nothing refers to it)."""
         self._out -= 1
         if self._closed:
@@ -109,7 +102,7 @@ class StreamBuffers:
         self._free.clear()
 
 
-def load_part(path: str, ck: ChunkKey | None, start: int, end: int, buf: PartBuffer) -> list[bytes]:
+def load_part(path: str, ck: ChunkKey | None, start: int, end: int, buf: bytearray) -> list[bytes]:
     """Read ``[start, end)`` of an upload copy into ``buf``; the chunk tags of those bytes.
 
     Runs in a worker thread; it holds no lock: the range was produced from
@@ -140,7 +133,7 @@ def load_part(path: str, ck: ChunkKey | None, start: int, end: int, buf: PartBuf
     return [] if tagger is None else tagger.finish()
 
 
-def tag_part(ck: ChunkKey, start: int, buf: PartBuffer, n: int) -> list[bytes]:
+def tag_part(ck: ChunkKey, start: int, buf: bytearray, n: int) -> list[bytes]:
     """The chunk tags of the first ``n`` bytes of ``buf``, a part at ``start`` held in memory.
 
     Runs in a worker thread; it holds no lock: the part is sealed, nothing

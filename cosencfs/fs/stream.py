@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class _Held:
     """A part whose writes keep their ciphertext in ``buf``: its first ``filled`` bytes."""
 
-    buf: partjob.PartBuffer
+    buf: bytearray
     filled: int = 0
 
 
