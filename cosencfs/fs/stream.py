@@ -10,7 +10,10 @@ The object's data key is drawn when the stream starts.  Each part is
 writer holds the layer's lock, so no write can change those bytes any more
 (a write below the mark starts a new layer instead, and the stream is
 abandoned, its upload aborted).  A part is produced once, from frozen bytes,
-under the object key into the layer's upload copy, and sent from there.
+under the object key into the layer's upload copy.  Once the stream exists,
+each part's writes also leave its ciphertext in a part buffer
+(:func:`direct_job`, cosencfs/fs/partjob.py), from which the part is tagged
+and sent: one pass over each byte, no read back.
 
 The object's metadata is fixed when a multipart upload starts, before the
 final size and mtime are known; when the upload completes, a server-side copy
