@@ -33,7 +33,7 @@ from cosencfs.cache.direct import DIRECT
 from cosencfs.cache.direct import pwrite_all as pwrite_all  # noqa: PLC0414 - dirtylog imports it here
 from cosencfs.cache.extents import Extents
 from cosencfs.cache.metamap import pack
-from cosencfs.crypto.ctr import DataKey, decrypt, encrypt
+from cosencfs.crypto.ctr import DataKey, decrypt, encrypt, encrypt_into
 from cosencfs.crypto.integrity import ChunkKey, VerifiedContent
 
 #: Transcoding and zero-filling work in chunks this big (memory bound).
@@ -336,12 +336,28 @@ class ObjectContent:
             else:
                 pwrite_all(fd, data, offset)
 
-    def produce(self, offset: int, plain: bytes | bytearray | memoryview) -> None:
-        """Encrypt a range of a copy being produced for upload (each range once)."""
+    def produce(
+        self,
+        offset: int,
+        plain: bytes | bytearray | memoryview,
+        *,
+        hold: memoryview | None = None,
+    ) -> None:
+        """Encrypt a range of a copy being produced for upload (each range once).
+
+        ``hold``: the ciphertext is also kept there (a streamed part's buffer,
+        cosencfs/fs/partjob.py, which its PUT sends) and written past the
+        page cache, which nobody reads it from soon.
+        """
         if self.present.missing(offset, offset + len(plain)) != [(offset, offset + len(plain))]:
             raise ValueError(f"range {offset}+{len(plain)} of {self.vid} was produced before")
+        if hold is not None:
+            encrypt_into(self.dk, offset, plain, hold)
         with self._fd() as fd:
-            pwrite_all(fd, encrypt(self.dk, offset, plain), offset)
+            if hold is None:
+                pwrite_all(fd, encrypt(self.dk, offset, plain), offset)
+            else:
+                DIRECT.write(fd, hold, offset)
         self.mark(offset, offset + len(plain))
 
     def fsync(self) -> None:

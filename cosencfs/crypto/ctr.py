@@ -145,6 +145,15 @@ def encrypt(dk: DataKey, offset: int, plain: Buffer) -> bytes:
     return _keystream_at(dk, offset).update(plain)
 
 
+def encrypt_into(dk: DataKey, offset: int, plain: Buffer, out: memoryview) -> None:
+    """:func:`encrypt` into ``out`` (exactly ``len(plain)`` bytes), the same promise."""
+    if len(out) != len(plain):
+        raise ValueError(f"output of {len(out)} bytes for {len(plain)} of plaintext")
+    if _LEDGER is not None:
+        _LEDGER.record(dk.key, counter_block(dk.iv, offset), offset % BLOCK_SIZE, plain)
+    _keystream_at(dk, offset).update_into(plain, out)
+
+
 def decrypt(dk: DataKey, offset: int, cipher: Buffer) -> bytes:
     """Decrypt ``cipher`` found at byte ``offset`` of an object body.
 

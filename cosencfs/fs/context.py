@@ -14,6 +14,7 @@ from cosencfs.fs.attrs import Attrs, Defaults, Kind
 from cosencfs.fs.deleter import Deleter
 from cosencfs.fs.inode import Inode, InodeTable
 from cosencfs.fs.names import check_key, normalize_prefix
+from cosencfs.fs.partjob import PartBuffers
 from cosencfs.fs.tags import MountTags
 from cosencfs.store.base import ObjectStore
 
@@ -94,6 +95,8 @@ class FsContext:
         #: Forget the kernel's cached attributes of an inode, and wait until done.
         self.invalidate_attrs: Callable[[int], Awaitable[None]] = _nothing
         self.head_limiter = trio.CapacityLimiter(options.head_concurrency)
+        #: Memory for streamed parts on their way up (cosencfs/fs/partjob.py).
+        self.part_buffers = PartBuffers()
         self.deleter = Deleter(store, cache.journal)
         self.tags = MountTags(
             store,

@@ -10,7 +10,10 @@ The object's data key is drawn when the stream starts.  Each part is
 writer holds the layer's lock, so no write can change those bytes any more
 (a write below the mark starts a new layer instead, and the stream is
 abandoned, its upload aborted).  A part is produced once, from frozen bytes,
-under the object key into the layer's upload copy, and sent from there.
+under the object key into the layer's upload copy.  Once the stream exists,
+each part's writes also leave its ciphertext in a part buffer
+(:func:`direct_job`, cosencfs/fs/partjob.py), from which the part is tagged
+and sent: one pass over each byte, no read back.
 
 The object's metadata is fixed when a multipart upload starts, before the
 final size and mtime are known; when the upload completes, a server-side copy
@@ -22,21 +25,57 @@ integrity tags, and their companion is stored before that copy.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import trio
 
 from cosencfs.cache import assemble
+from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.crypto.ctr import DataKey
+from cosencfs.crypto.integrity import ChunkKey
 from cosencfs.errors import CosEncFsError, StoreError
+from cosencfs.fs import partjob
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.upload import MIN_PART, parts_of
 from cosencfs.store.base import FileRange
 from cosencfs.util import open_nursery
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A part whose writes keep their ciphertext in ``buf``: its first ``filled`` bytes."""
+
+    buf: bytearray
+    filled: int = 0
+
+
+def direct_job(
+    layer: DirtyLayer, copy: ObjectContent, offset: int, data: bytes | memoryview
+) -> Callable[[], None]:
+    """The job that writes an append into the layer's direct copy (run where the caller likes).
+
+    Made in the event loop, with the layer's lock held: a streamed upload
+    hands out its part buffers here, and the job fills them.
+    """
+    stream = layer.stream
+    if not isinstance(stream, StreamUpload) or stream.staged is not copy:
+        return functools.partial(copy.produce, offset, data)
+    pieces = stream.holds(offset, len(data))
+
+    def job() -> None:
+        # Worker thread or event loop; the caller holds layer.lock, and each
+        # hold is this write's own range of a part not yet sealed.
+        view = memoryview(data)
+        for at, n, hold in pieces:
+            copy.produce(at, view[at - offset : at - offset + n], hold=hold)
+
+    return job
 
 
 class StreamUpload:
@@ -78,6 +117,10 @@ class StreamUpload:
         self._sent_parts = 0  # parts handed to uploads, in order
         self._running: dict[int, trio.Event] = {}
         self._nursery = nursery
+        self._buffers = partjob.StreamBuffers(ctx.part_buffers, MIN_PART)
+        #: Parts whose writes keep their ciphertext in a buffer, by part number.
+        self._holds: dict[int, _Held] = {}
+        self._ck: tuple[DataKey, ChunkKey | None] | None = None
         nursery.start_soon(self._start)
 
     async def _start(self) -> None:
@@ -128,6 +171,57 @@ class StreamUpload:
         dk = self.layer.object_dk
         if dk is None:
             raise CosEncFsError(f"streamed upload of {self.key!r} without a data key")
+        async with self.limiter:
+            held = self._holds.pop(n, None)
+            if held is not None and held.filled != end - start:
+                self._buffers.give(held.buf)  # not every byte of it went through the buffer
+                held = None
+            buf = self._buffers.take() if held is None else held.buf
+            counts = self.ctx.part_buffers
+            if buf is None:
+                etag = await self._part_from_file(upload_id, n, start, end, dk)
+                counts.sent_file += 1
+            else:
+                try:
+                    ck = self._chunk_key(dk)
+                    if held is None:
+                        # One job: the part read once from the copy and tagged
+                        # while in the CPU's cache (cosencfs/fs/partjob.py).
+                        tags = await trio.to_thread.run_sync(
+                            partjob.load_part,
+                            self.staged.path,
+                            ck,
+                            start,
+                            end,
+                            buf,
+                            limiter=self.ctx.cache.io_limiter,
+                        )
+                    elif ck is not None:
+                        # Its writes left the ciphertext here: only the MAC is left.
+                        tags = await trio.to_thread.run_sync(
+                            partjob.tag_part, ck, start, buf, end - start
+                        )
+                    else:
+                        tags = []
+                    self.part_tags[n] = tags
+                    body = memoryview(buf)[: end - start]
+                    try:
+                        etag = await self.store.upload_part(self.key, upload_id, n, body)
+                    finally:
+                        body.release()
+                    if held is None:
+                        counts.sent_loaded += 1
+                    else:
+                        counts.sent_held += 1
+                finally:
+                    self._buffers.give(buf)
+        self.etags[n] = etag
+        self.journal.set_upload(self.fid, upload_id, self.etags)
+
+    async def _part_from_file(
+        self, upload_id: str, n: int, start: int, end: int, dk: DataKey
+    ) -> str:
+        """No part buffer free: tags from the copy beside the PUT, which reads the copy too."""
 
         async def tag() -> None:
             # Beside the part's upload, not before it: the tags are needed
@@ -139,12 +233,58 @@ class StreamUpload:
 
         async with open_nursery() as nursery:
             nursery.start_soon(tag)
-            async with self.limiter:
-                etag = await self.store.upload_part(
-                    self.key, upload_id, n, FileRange(self.staged.path, start, end - start)
-                )
-        self.etags[n] = etag
-        self.journal.set_upload(self.fid, upload_id, self.etags)
+            etag = await self.store.upload_part(
+                self.key, upload_id, n, FileRange(self.staged.path, start, end - start)
+            )
+        return etag
+
+    def holds(self, offset: int, n: int) -> list[tuple[int, int, memoryview | None]]:
+        """Where a write of ``n`` bytes at ``offset`` keeps its ciphertext, part by part.
+
+        ``(offset, length, hold)`` pieces: ``hold`` is the part buffer's range
+        for those bytes, or None (through the page cache; the part is then
+        read back from the copy when it is sent).  A part is held only if
+        every byte of it goes through its buffer, from its first one on.
+        Called by the writer in the event loop with the layer's lock held,
+        before the write's job runs: no part is sealed (sent) while its
+        buffer is being filled.
+        """
+        out: list[tuple[int, int, memoryview | None]] = []
+        pos, end = offset, offset + n
+        while pos < end:
+            part = pos // MIN_PART + 1
+            first = (part - 1) * MIN_PART
+            stop = min(end, first + MIN_PART)
+            out.append((pos, stop - pos, self._hold(part, pos - first, stop - pos)))
+            pos = stop
+        return out
+
+    def _hold(self, part: int, at: int, n: int) -> memoryview | None:
+        held = self._holds.get(part)
+        if self.abandoned or (held is None and at != 0):
+            return None
+        if held is not None and held.filled != at:
+            del self._holds[part]  # not an append to what it holds: from the copy
+            self._buffers.give(held.buf)
+            return None
+        if held is None:
+            buf = self._buffers.take()
+            if buf is None:
+                return None
+            held = self._holds[part] = _Held(buf)
+        held.filled = at + n
+        return memoryview(held.buf)[at : at + n]
+
+    def _drop_holds(self) -> None:
+        for held in self._holds.values():
+            self._buffers.give(held.buf)
+        self._holds.clear()
+
+    def _chunk_key(self, dk: DataKey) -> ChunkKey | None:
+        """The object's chunk-tag key, derived once per stream (None: not tagging)."""
+        if self._ck is None or self._ck[0] is not dk:
+            self._ck = (dk, self.ctx.tags.chunk_key(dk))
+        return self._ck[1]
 
     async def _send(self, n: int) -> None:
         start = (n - 1) * MIN_PART
@@ -173,9 +313,14 @@ class StreamUpload:
             return None
         upload_id = self.upload_id
         missing = [(n, s, e) for n, s, e in layout if n not in self.etags]
-        async with trio.open_nursery() as nursery:
-            for n, s, e in missing:
-                nursery.start_soon(self._part, upload_id, n, s, e)
+        try:
+            async with trio.open_nursery() as nursery:
+                for n, s, e in missing:
+                    nursery.start_soon(self._part, upload_id, n, s, e)
+        finally:
+            # Every part is sent: the buffers go back to the mount's budget.
+            self._drop_holds()
+            self._buffers.close()
         parts = sorted((n, self.etags[n]) for n, _, _ in layout)
         tags = [t for n, _, _ in layout for t in self.part_tags[n]]
         final = await self.ctx.tags.seal(self.key, size, metadata, tags)
@@ -199,6 +344,8 @@ class StreamUpload:
         if self.abandoned:
             return
         self.abandoned = True
+        self._drop_holds()
+        self._buffers.close()
         if self.upload_id is not None:
             # Out of the journal at once: this stream aborts it, nobody else.
             self.journal.set_upload(self.fid, None, {})
@@ -206,6 +353,8 @@ class StreamUpload:
 
     async def abandon_now(self) -> None:
         self.abandoned = True
+        self._drop_holds()
+        self._buffers.close()
         await self._abort()
 
     async def _abort(self) -> None:

@@ -126,6 +126,10 @@ class MountTags(TagChecker):
             return tag_ciphertext(path, ck, start, end)
         return await trio.to_thread.run_sync(tag_ciphertext, path, ck, start, end, limiter=limiter)
 
+    def chunk_key(self, dk: DataKey) -> ChunkKey | None:
+        """The chunk-tag key of the object under ``dk``; None when not tagging."""
+        return None if self.writer is None else ChunkKey(dk)
+
     async def tag_object(self, key: str, etag: str, dk: DataKey, size: int) -> list[bytes]:
         """Chunk tags of the object's body as COS holds it now (recovery only)."""
         tagger = ChunkTagger(ChunkKey(dk))

@@ -28,7 +28,7 @@ from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.handles import Handle
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.reads import remote_source
-from cosencfs.fs.stream import StreamUpload
+from cosencfs.fs.stream import StreamUpload, direct_job
 from cosencfs.fs.upload import Uploader
 from cosencfs.fs.writeback import WriteBack
 from cosencfs.store.base import MAX_FILE_SIZE
@@ -150,13 +150,13 @@ class Writer:
                 direct = head.direct = cache.upload_copy(head, 0)
                 head.direct_envelope = dict(head.envelope)
             direct.size = offset + len(data)
+            # A streamed upload keeps the ciphertext for its part's PUT.
+            job = direct_job(head, direct, offset, data)
             if threaded:
                 # Worker thread; this task holds head.lock all the while.
-                await trio.to_thread.run_sync(
-                    direct.produce, offset, data, limiter=cache.io_limiter
-                )
+                await trio.to_thread.run_sync(job, limiter=cache.io_limiter)
             else:
-                direct.produce(offset, data)
+                job()
             head.direct_end = head.size = offset + len(data)
             return
         # Anything but an append front to back: the direct key is burned,

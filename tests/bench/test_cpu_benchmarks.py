@@ -1,4 +1,4 @@
-"""``benchmarks.create_cpu`` and ``benchmarks.write_cpu`` run through a real mount.
+"""``benchmarks.create_cpu``, ``write_cpu`` and ``seqwrite_cpu`` run through a real mount.
 
 No timing assertion (the CPU figures are for docs/performance.md): these check
 that the scripts work, that the mount's FUSE request counters are read, and
@@ -60,3 +60,16 @@ def test_write_cpu_reports_cpu_per_write_and_of_the_upload(tmp_path: Path) -> No
     # The rewritten file went up again after the fsync.
     assert sum(run["cos_upload"].values()) >= 1, run["cos_upload"]
     assert "us/write" in printed
+
+
+def test_seqwrite_cpu_reports_cpu_per_mib_and_the_requests(tmp_path: Path) -> None:
+    run, printed = _one_run(tmp_path, "benchmarks.seqwrite_cpu", "--size-mib", "40")
+    assert run["daemon_s"] > 0
+    assert run["loop_s"] >= 0
+    assert run["fuse"]["write"] == 40, run["fuse"]
+    # Streamed while written: one initiate, a PUT per 8 MiB part, complete, the
+    # copy that puts the final metadata, the companion of the chunk tags.
+    assert run["cos"]["UploadPart"] == 5, run["cos"]
+    assert run["cos"]["InitiateMultipartUpload"] == run["cos"]["CompleteMultipartUpload"] == 1
+    assert run["cos"]["CopyObject"] == 1
+    assert "ms/MiB" in printed

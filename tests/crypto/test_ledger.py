@@ -137,3 +137,18 @@ def test_only_the_ctr_module_builds_keystream_ciphers() -> None:
             if name in _KEYSTREAM_NAMES:
                 offenders.append(f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')} {name}")
     assert offenders == []
+
+
+def test_encrypt_into_is_recorded_and_matches_encrypt(private_ledger: Path) -> None:
+    """``encrypt_into`` (a streamed part's buffer, cosencfs/fs/partjob.py) gives
+    ``encrypt``'s bytes and is on the ledger like it."""
+    dk = DataKey.generate()
+    plain = os.urandom(1000)
+    out = bytearray(1003)
+    ctr.encrypt_into(dk, 4100, plain, memoryview(out)[3:])
+    assert bytes(out[3:]) == encrypt(dk, 4100, plain)  # same bytes again: allowed
+    assert ledger.check(private_ledger).violations == []
+    ctr.encrypt_into(dk, 4100 + 28, b"C" * 16, memoryview(bytearray(16)))
+    assert len(ledger.check(private_ledger).violations) >= 1
+    with pytest.raises(ValueError, match="output of"):
+        ctr.encrypt_into(dk, 0, plain, memoryview(out))

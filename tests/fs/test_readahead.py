@@ -467,12 +467,20 @@ async def test_pieces_of_one_copy_are_checked_and_stored_in_parallel_jobs(
     assert store.held >= 2
     barrier = threading.Barrier(2, timeout=30)  # (the timeout: a guard against a hang)
     met: list[int] = []
+    entered = [0]
+    entry = threading.Lock()
     real = fetch._check_and_store
 
     def meeting(*args: Any) -> Any:
         # (Small pieces are checked inline, in the event loop: not those.)
-        if len(met) < 2 and threading.current_thread() is not threading.main_thread():
-            met.append(barrier.wait())
+        # Exactly the first two worker-thread jobs meet: the count is taken
+        # under a lock, since up to four jobs may enter at once.
+        if threading.current_thread() is not threading.main_thread():
+            with entry:
+                entered[0] += 1
+                mine = entered[0] <= 2
+            if mine:
+                met.append(barrier.wait())
         return real(*args)
 
     monkeypatch.setattr(fetch, "_check_and_store", meeting)

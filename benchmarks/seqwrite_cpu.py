@@ -1,0 +1,155 @@
+"""Daemon CPU per sequential write of a large file until it is in the bucket (issues 17, 14).
+
+One local COS server (``--rtt-ms``, ``--https`` as benchmarks.run) and a
+cosencfs mount of it (the suite's own, as benchmarks.write_cpu). Each run
+mounts with an empty cache and, from this process, writes ``--size-mib`` MiB
+of random bytes in 1 MiB writes (what ``dd bs=1M conv=fsync`` of the
+``seq_write`` row does), fsyncs (which returns once the object is in the
+bucket), and reports the daemon's CPU for all of it (user + system from
+``/proc/PID/stat``: all threads, and the loop thread alone, which answers the
+FUSE requests), per MiB, with the FUSE and COS requests it took and the
+daemon's peak RSS during the write (VmHWM, reset first).
+
+``--untagged`` writes with the benchmark-only ``--x-bench-untagged`` (no
+chunk tags: what the tags cost). ``--baseline REV`` measures that revision
+too, interleaved (this tree, base, base, this tree, ...) so drift hits both
+alike; the ratios this tree / base of each pair are reported with the
+medians. ``--profile DIR`` records each run of this tree with py-spy.
+
+    python -m benchmarks.seqwrite_cpu --runs 5 --baseline main
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cpurun import (
+    add_common_args,
+    counts_diff,
+    fuse_requests,
+    loop_cpu,
+    mount_stats,
+    run_all,
+    run_network,
+)
+from benchmarks.integrity_cost import cpu_seconds
+from benchmarks.peers import CosencfsPeer
+from benchmarks.profiling import Profiler
+from benchmarks.server import Network
+from benchmarks.system import BenchError
+
+MIB = 1024 * 1024
+_MEDIANS = ("daemon_s", "loop_s", "daemon_ms_per_mib", "mib_per_s", "peak_rss_mib")
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM for {pid}")
+
+
+def one_run(
+    peer: CosencfsPeer, size: int, block: bytes, tag: str, profiler: Profiler | None
+) -> dict[str, Any]:
+    """Write ``size`` bytes front to back and fsync; the daemon's CPU and requests for it."""
+    server = peer.server
+    if server is None:
+        raise BenchError("no server")
+    peer.mount(clear_cache=True)
+    try:
+        path = peer.mnt / f"{tag}.bin"
+        before = server.newest(size)
+        stats0 = mount_stats(peer)
+        # Peak RSS of the write alone (VmHWM reset; what big_write_rss reads).
+        Path(f"/proc/{peer.pid}/clear_refs").write_text("5")
+        cpu0, loop0 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
+        start = time.perf_counter()
+        with profiler.record(peer.pid, tag) if profiler else contextlib.nullcontext():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for pos in range(0, size, len(block)):
+                    n = min(len(block), size - pos)
+                    if os.write(fd, block[:n]) != n:
+                        raise BenchError(f"short write at {pos}")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        wall = time.perf_counter() - start
+        cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
+        stats1 = mount_stats(peer)
+        peak = _vm_hwm_mib(peer.pid)
+        if server.newest(size) <= before:
+            raise BenchError(f"{peer.name}: fsync returned before the object was in the bucket")
+    finally:
+        peer.unmount()
+    fuse = counts_diff(fuse_requests(stats0), fuse_requests(stats1))
+    cos = counts_diff(stats0["store"]["requests"], stats1["store"]["requests"])
+    mib = size / MIB
+    return {
+        "daemon_s": cpu1 - cpu0,
+        "loop_s": loop1 - loop0,
+        "daemon_ms_per_mib": (cpu1 - cpu0) * 1000 / mib,
+        "mib_per_s": mib / wall,
+        "fuse": {k: v for k, v in fuse.items() if v},
+        "cos": {k: v for k, v in cos.items() if v},
+        "cos_total": sum(cos.values()),
+        "peak_rss_mib": peak,
+        "load": os.getloadavg()[0],
+    }
+
+
+def _line(res: dict[str, Any]) -> str:
+    return (
+        f"daemon {res['daemon_s']:.2f} s CPU ({res['daemon_ms_per_mib']:.2f} ms/MiB; loop thread "
+        f"{res['loop_s']:.2f} s), {res['mib_per_s']:.0f} MiB/s, FUSE writes "
+        f"{res['fuse'].get('write', 0)}, COS {res['cos_total']} {json.dumps(res['cos'])}, "
+        f"peak RSS {res['peak_rss_mib']:.0f} MiB, load {res['load']:.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size-mib", type=int, default=256, help="file size in MiB")
+    p.add_argument("--untagged", action="store_true", help="write untagged (--x-bench-untagged)")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    size = args.size_mib * MIB
+    block = os.urandom(MIB)
+
+    def one(peer: CosencfsPeer, r: int, tag: str, prof: Profiler | None) -> dict[str, Any]:
+        if args.untagged:
+            peer.extra = ["--x-bench-untagged"]
+        return one_run(peer, size, block, tag, prof)
+
+    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
+        return run_network(root, net, args, profiler, one, _line, _MEDIANS)
+
+    def report(net: Network, result: dict[str, Any]) -> None:
+        for name, med in result["median"].items():
+            print(
+                f"{net.label} {name} median of {args.runs}, {args.size_mib} MiB: daemon "
+                f"{med['daemon_s']:.3f} s CPU ({med['daemon_ms_per_mib']:.2f} ms/MiB; loop "
+                f"thread {med['loop_s']:.3f} s), {med['mib_per_s']:.0f} MiB/s, peak RSS "
+                f"{med['peak_rss_mib']:.0f} MiB"
+            )
+        if "ratio" in result:
+            ratio = result["ratio"]
+            print(
+                f"{net.label} this tree / base, median of pairs: daemon CPU "
+                f"{ratio['daemon_s']:.3f}, loop thread {ratio['loop_s']:.3f}, "
+                f"throughput {ratio['mib_per_s']:.3f}"
+            )
+
+    header = {"size_mib": args.size_mib, "untagged": args.untagged, "load": os.getloadavg()}
+    return run_all(args, "cosencfs-seqwrite-cpu-", per_network, report, header)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Streamed parts sent from memory (cosencfs/fs/partjob.py, cosencfs/fs/stream.py).
+
+Counted, not timed: which parts went from the buffer their writes filled,
+from the copy read back into a buffer, or from the copy; every part's chunk
+tags checked against the bytes COS holds; the mount-wide buffer budget
+given back when a stream ends or is abandoned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.integrity import (
+    CHUNK_SIZE,
+    TAGS_REF_FIELD,
+    ChunkKey,
+    TagKey,
+    open_tags,
+)
+from cosencfs.fs import partjob
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.tagcheck import COMPANION_DIR
+from cosencfs.fs.tagparts import tag_ciphertext
+from cosencfs.fs.upload import MIN_PART
+from cosencfs.store.cos import CosStore
+from tests.fs.test_filesystem import decrypt_object
+
+ROOT = 1
+MIB = 1024 * 1024
+
+
+async def _write(fs: Filesystem, name: str, data: bytes, step: int) -> None:
+    fh, _ = await fs.create(ROOT, name.encode(), 0o600, os.O_WRONLY, 0, 0)
+    for off in range(0, len(data), step):
+        assert await fs.write(fh, off, data[off : off + step]) == len(data[off : off + step])
+    await fs.fsync(fh, False)
+    await fs.release(fh)
+
+
+async def _stored_and_tagged(store: CosStore, codec: EnvelopeCodec, key: str, data: bytes) -> None:
+    """COS holds ``data`` under ``key``, and every chunk tag is that of the bytes COS holds."""
+    info = await store.head(key)
+    meta = dict(info.metadata)
+    body = await store.get(key)
+    assert decrypt_object(codec, meta, body) == data
+    tk = TagKey.for_object(meta, codec.masters, key=key)
+    companion = await store.get(f"{COMPANION_DIR}/{meta[TAGS_REF_FIELD]}")
+    content = open_tags(tk, key=key, size=info.size, metadata=meta, companion=companion)
+    assert len(content.chunk_tags) == -(-len(data) // CHUNK_SIZE)
+    content.verify_range(ChunkKey(codec.open(meta)), 0, body)
+
+
+@pytest.mark.parametrize("step", [MIB, 100_003], ids=["aligned", "unaligned"])
+async def test_parts_go_from_the_buffers_their_writes_filled(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, step: int
+) -> None:
+    """Once the stream exists, each part's writes leave its ciphertext in a
+    buffer (writes across a part boundary split), and the part is tagged and
+    sent from there; the parts written before it began are read back once.
+    Requests as before: one initiate, one PUT per part, complete, copy."""
+    counts = fsys.ctx.part_buffers
+    counts.limit = 16  # never spent here: the counts below do not depend on timing
+    data = os.urandom(40 * MIB + 12345)
+    before = store.counters.snapshot()
+    await _write(fsys, "big", data, step)
+    spent = store.counters.snapshot().minus(before).requests
+    parts = -(-len(data) // MIN_PART)
+    assert spent["UploadPart"] == parts
+    assert spent["InitiateMultipartUpload"] == spent["CompleteMultipartUpload"] == 1
+    assert spent["CopyObject"] == 1
+    # The stream starts with the write that takes the file past 16 MiB (one
+    # PUT's worth): parts 1-3 had bytes before it, parts 4-6 are held whole.
+    assert (counts.sent_held, counts.sent_loaded, counts.sent_file) == (3, 3, 0)
+    assert counts.misses == 0
+    assert counts.held == 0  # every buffer back once the stream ended
+    await _stored_and_tagged(store, codec, "big", data)
+
+
+async def test_a_spent_budget_sends_parts_from_the_copy(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    counts = fsys.ctx.part_buffers
+    counts.limit = 0
+    data = os.urandom(30 * MIB + 5)
+    await _write(fsys, "big", data, MIB)
+    assert (counts.sent_held, counts.sent_loaded, counts.sent_file) == (0, 0, 4)
+    assert counts.misses >= 4
+    assert counts.held == 0
+    await _stored_and_tagged(store, codec, "big", data)
+
+
+async def test_one_buffer_is_shared_and_memory_stays_within_the_budget(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    """With one buffer, parts take turns with it (or go from the copy); the
+    budget is never exceeded, whatever the order the parts went up in."""
+    counts = fsys.ctx.part_buffers
+    counts.limit = 1
+    most = 0
+    acquire = counts.acquire
+
+    def watched() -> bool:
+        nonlocal most
+        ok = acquire()
+        most = max(most, counts.held)
+        return ok
+
+    counts.acquire = watched  # type: ignore[method-assign]
+    data = os.urandom(50 * MIB + 77)
+    await _write(fsys, "big", data, 256 * 1024)
+    assert most == 1
+    assert counts.sent_held + counts.sent_loaded + counts.sent_file == 7
+    assert counts.sent_held + counts.sent_loaded >= 1
+    assert counts.held == 0
+    await _stored_and_tagged(store, codec, "big", data)
+
+
+async def test_an_abandoned_stream_gives_its_buffers_back(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    """A write below the sealed mark burns the key and abandons the stream:
+    its held parts are dropped and the budget is whole again."""
+    counts = fsys.ctx.part_buffers
+    counts.limit = 16
+    data = bytearray(os.urandom(40 * MIB))
+    fh, _ = await fsys.create(ROOT, b"s.bin", 0o644, os.O_RDWR, 0, 0)
+    for off in range(0, len(data), MIB):
+        await fsys.write(fh, off, bytes(data[off : off + MIB]))
+    for _ in range(500):  # parts go up in the background while the file is open
+        if counts.sent_held >= 1:
+            break
+        await trio.sleep(0.01)
+    assert counts.held >= 1
+    await fsys.write(fh, 100, b"REWRITTEN")
+    data[100:109] = b"REWRITTEN"
+    await fsys.fsync(fh, False)
+    await fsys.release(fh)
+    for _ in range(500):  # a part of the abandoned stream may still be on its way
+        if counts.held == 0:
+            break
+        await trio.sleep(0.01)
+    assert counts.held == 0
+    assert store.counters.snapshot().requests.get("AbortMultipartUpload") == 1
+    await _stored_and_tagged(store, codec, "s.bin", bytes(data))
+
+
+def test_load_part_and_tag_part_agree_with_tagging_the_copy(tmp_path: Path) -> None:
+    from cosencfs.crypto.ctr import DataKey
+
+    ck = ChunkKey(DataKey.generate())
+    body = os.urandom(3 * MIN_PART + 1000)
+    path = tmp_path / "copy"
+    path.write_bytes(body)
+    buf = bytearray(MIN_PART)
+    for start in range(0, len(body), MIN_PART):
+        end = min(len(body), start + MIN_PART)
+        want = tag_ciphertext(str(path), ck, start, end)
+        assert partjob.load_part(str(path), ck, start, end, buf) == want
+        assert bytes(buf[: end - start]) == body[start:end]
+        assert partjob.tag_part(ck, start, buf, end - start) == want
+    assert partjob.load_part(str(path), None, 0, MIN_PART, buf) == []
+    with pytest.raises(OSError, match="short"):
+        partjob.load_part(str(path), ck, 3 * MIN_PART, 4 * MIN_PART, buf)
+    with pytest.raises(ValueError, match="chunk boundary"):
+        partjob.load_part(str(path), ck, 100, MIN_PART, buf)
+    with pytest.raises(ValueError, match="does not fit"):
+        partjob.load_part(str(path), ck, 0, MIN_PART + CHUNK_SIZE, buf)
+
+
+def test_stream_buffers_reuse_and_give_back() -> None:
+    budget = partjob.PartBuffers(limit=2)
+    a = partjob.StreamBuffers(budget, 64)
+    b = partjob.StreamBuffers(budget, 64)
+    x = a.take()
+    assert x is not None
+    a.give(x)
+    assert a.take() is x  # reused, not drawn again
+    y = b.take()
+    assert y is not None
+    assert budget.held == 2
+    assert b.take() is None
+    assert budget.misses == 1
+    a.give(x)
+    a.close()
+    assert budget.held == 1
+    assert a.take() is None  # closed: no buffer any more
+    b.close()
+    assert budget.held == 1  # y is still out: back when given
+    b.give(y)
+    assert budget.held == 0
