@@ -68,6 +68,12 @@ class TlsStream:
         self._tls.write(data)
         await self._flush()
 
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The TLS records of ``data``, for the caller to send itself (``bodysend``
+        does, in a worker thread, while the connection's task awaits it)."""
+        self._tls.write(data)
+        return self._out.read()
+
     async def receive_into(self, view: memoryview) -> int:
         """Decrypt into ``view`` every record complete so far (up to its size);
         0 at the end of the stream."""

@@ -14,6 +14,9 @@ replaces connections the server has closed.
   answer arrives (the server closed it meanwhile) is sent once more on a
   fresh connection; ``on_resend`` reports it (COS bills every attempt).
 - Every connect, send and receive must progress within ``timeout`` seconds.
+- A body of ``THREAD_BODY`` bytes or more goes out in one worker-thread job
+  (``bodysend``: TLS encryption and blocking-style sends off the loop, one
+  trip through the scheduler instead of one per partial send).
 - https verifies the server's certificate and name, always: against
   ``ca_file`` when given, else the system's trust store (which honours
   ``SSL_CERT_FILE``).  TLS is the standard library's ``ssl`` over the trio
@@ -23,14 +26,14 @@ replaces connections the server has closed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import select
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import cast
 
 import h11
@@ -39,6 +42,7 @@ import trio
 from cosencfs.errors import ConfigError
 from cosencfs.store.base import Body, FileRange
 from cosencfs.store.bodies import read_small_body
+from cosencfs.store.bodysend import send_off_loop
 from cosencfs.store.tlsstream import TlsStream
 from cosencfs.store.wire import Answer, Endpoint, error_from
 
@@ -48,9 +52,10 @@ log = logging.getLogger(__name__)
 #: most proxies drop idle connections after some tens of seconds).
 MAX_IDLE = 15.0
 
-#: Bodies are sent and file ranges read in pieces of this size: memory stays
-#: bounded by the requests in flight, and each piece must go out in ``timeout``.
-PIECE = 1 << 20
+#: Bodies of at least this many bytes (and cache-file ranges of that size)
+#: are sent by one worker-thread job (``bodysend``); smaller ones by one send
+#: from the loop, where a thread hop would cost more than the send.
+THREAD_BODY = 256 * 1024
 
 #: Bodies of at least this many bytes (by Content-Length) are read into one
 #: buffer rather than through h11's (``_read_large_body``).
@@ -130,8 +135,9 @@ class Transport:
         self._tls = client_tls_context(ca_file) if endpoint.scheme == "https" else None
         #: One token per request in flight, hence per open connection.
         self.limiter = trio.CapacityLimiter(connections)
-        #: Reads of cache-file ranges of bodies larger than one piece.
-        self.body_reads = trio.CapacityLimiter(4)
+        #: Bodies sent by a thread job, and the send calls they took (tests count them).
+        self.body_jobs = 0
+        self.body_sends = 0
         self._idle: list[_Conn] = []
         #: Connections made, and open now (tests see the pool through these).
         self.opened = 0
@@ -153,7 +159,7 @@ class Transport:
     ) -> Answer:
         """Send one request; a 3xx-5xx answer raises ``HttpStatusError``,
         no answer ``TransportError``."""
-        if isinstance(body, FileRange) and body.length <= PIECE:
+        if isinstance(body, FileRange) and body.length < THREAD_BODY:
             # A page-cache read of this size takes less than a thread hop.
             body = read_small_body(body)
         async with self.limiter:
@@ -268,22 +274,25 @@ class Transport:
         head = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
         if body is None:
             await _send(conn, head + (h.send(h11.EndOfMessage()) or b""))
-        elif not isinstance(body, FileRange) and len(body) <= PIECE:
+        elif not isinstance(body, FileRange) and len(body) < THREAD_BODY:
             # One write for head and body: one TLS record run, one syscall.
             data = head + (h.send(h11.Data(data=cast(bytes, body))) or b"")
             await _send(conn, data + (h.send(h11.EndOfMessage()) or b""))
         else:
-            await _send(conn, head)
-            # aclosing: a send that fails mid-body closes the cache file now,
-            # not when the generator is collected.
-            async with contextlib.aclosing(_pieces(body, self.body_reads)) as pieces:
-                async for piece in pieces:
-                    scope.deadline = trio.current_time() + self._timeout
-                    # Passed through as they are: no copy of the piece.
-                    event = h11.Data(data=cast(bytes, piece))
-                    for part in h.send_with_data_passthrough(event) or ():
-                        await _send(conn, part)
-            await _send(conn, h.send(h11.EndOfMessage()) or b"")
+            stream = conn.stream
+            tls = stream if isinstance(stream, TlsStream) else None
+            self.body_jobs += 1
+            # The thread times out every send that makes no progress itself;
+            # the exchange's deadline would cut a long body that progresses.
+            scope.deadline = math.inf
+            try:
+                sends = await send_off_loop(conn.socket(), h, tls, head, body, self._timeout)
+            except TimeoutError:
+                raise TransportError("send timed out") from None
+            except OSError as exc:
+                raise TransportError(f"send failed: {exc}") from None
+            self.body_sends += sends
+            scope.deadline = trio.current_time() + self._timeout
 
     async def _receive_answer(
         self, conn: _Conn, scope: trio.CancelScope, method: str
@@ -422,24 +431,3 @@ def _close_now(conn: _Conn) -> None:
     sock = conn.socket()
     if sock.fileno() >= 0:
         os.close(sock.detach())
-
-
-async def _pieces(
-    body: Body, limiter: trio.CapacityLimiter
-) -> AsyncGenerator[bytes | bytearray | memoryview, None]:
-    """A body in pieces of at most ``PIECE`` bytes; file ranges read in a thread."""
-    if not isinstance(body, FileRange):
-        view = memoryview(body)
-        for at in range(0, len(view), PIECE):
-            yield view[at : at + PIECE]
-        return
-    fd = os.open(body.path, os.O_RDONLY)
-    try:
-        for at in range(body.offset, body.offset + body.length, PIECE):
-            n = min(PIECE, body.offset + body.length - at)
-            data = await trio.to_thread.run_sync(os.pread, fd, n, at, limiter=limiter)
-            if len(data) != n:
-                raise TransportError(f"cache file shorter than the upload ({len(data)} < {n})")
-            yield data
-    finally:
-        os.close(fd)
