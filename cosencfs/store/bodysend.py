@@ -181,10 +181,30 @@ class _Job:
             offset += n
 
     def _writable(self) -> None:
-        poller = select.poll()
-        poller.register(self.fd, select.POLLOUT)
-        if not poller.poll(self.timeout * 1000):
-            raise TimeoutError("send timed out")
+        wait_for(self.fd, select.POLLOUT, self.timeout)
+
+
+def wait_for(fd: int, event: int, stall: float) -> None:
+    """Block until ``fd`` is ready for ``event`` (``TimeoutError`` after ``stall`` seconds)."""
+    poller = select.poll()
+    poller.register(fd, event)
+    if not poller.poll(stall * 1000):
+        raise TimeoutError("send timed out" if event == select.POLLOUT else "receive timed out")
+
+
+def send_all(fd: int, data: bytes, stall: float) -> int:
+    """Write all of ``data`` to the non-blocking ``fd``; the number of writes."""
+    view = memoryview(data)
+    writes = 0
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            wait_for(fd, select.POLLOUT, stall)
+            continue
+        writes += 1
+        view = view[n:]
+    return writes
 
 
 def _steps(body: Body) -> Iterator[memoryview]:

@@ -1,8 +1,10 @@
 """Every COS request: HTTP/1.1 by h11 over trio socket streams, TLS by ``tlsstream``.
 
 One pool of keep-alive connections to the endpoint, used from the event loop:
-no worker thread per request, no thread hand-off (two of them, and GIL
-contention among the workers, cost more than a HEAD or a 4 KiB GET).  h11
+no thread hand-off for small requests (two of them, and GIL contention among
+workers, cost more than a HEAD or a 4 KiB GET); a large body goes out or
+comes in by one worker-thread job (``bodysend``, ``bodyrecv``: TLS and the
+partial sends and reads off the loop, one scheduler trip per body).  h11
 does all of HTTP/1.1 (framing by Content-Length, chunked or close, keep-alive
 rules); this module only moves bytes, bounds the pool, times out and
 replaces connections the server has closed.
@@ -14,9 +16,6 @@ replaces connections the server has closed.
   answer arrives (the server closed it meanwhile) is sent once more on a
   fresh connection; ``on_resend`` reports it (COS bills every attempt).
 - Every connect, send and receive must progress within ``timeout`` seconds.
-- A body of ``THREAD_BODY`` bytes or more goes out in one worker-thread job
-  (``bodysend``: TLS encryption and blocking-style sends off the loop, one
-  trip through the scheduler instead of one per partial send).
 - https verifies the server's certificate and name, always: against
   ``ca_file`` when given, else the system's trust store (which honours
   ``SSL_CERT_FILE``).  TLS is the standard library's ``ssl`` over the trio
@@ -42,6 +41,7 @@ import trio
 from cosencfs.errors import ConfigError
 from cosencfs.store.base import Body, FileRange
 from cosencfs.store.bodies import read_small_body
+from cosencfs.store.bodyrecv import receive_off_loop
 from cosencfs.store.bodysend import send_off_loop
 from cosencfs.store.tlsstream import TlsStream
 from cosencfs.store.wire import Answer, Endpoint, error_from
@@ -52,9 +52,8 @@ log = logging.getLogger(__name__)
 #: most proxies drop idle connections after some tens of seconds).
 MAX_IDLE = 15.0
 
-#: Bodies of at least this many bytes (and cache-file ranges of that size)
-#: are sent by one worker-thread job (``bodysend``); smaller ones by one send
-#: from the loop, where a thread hop would cost more than the send.
+#: Bodies (sent, or left to receive) of at least this many bytes move in one
+#: worker-thread job; smaller ones in the loop, where a hop costs more.
 THREAD_BODY = 256 * 1024
 
 #: Bodies of at least this many bytes (by Content-Length) are read into one
@@ -138,6 +137,9 @@ class Transport:
         #: Bodies sent by a thread job, and the send calls they took (tests count them).
         self.body_jobs = 0
         self.body_sends = 0
+        #: Answer bodies received by a thread job, and the socket reads they took.
+        self.receive_jobs = 0
+        self.receive_reads = 0
         self._idle: list[_Conn] = []
         #: Connections made, and open now (tests see the pool through these).
         self.opened = 0
@@ -323,7 +325,7 @@ class Transport:
                         headers[name.decode("latin-1")] = value.decode("latin-1")
                     length = _large_body_length(method, status, headers)
                     if length is not None:
-                        body, keep = await _read_large_body(conn, event, length, scope, timeout)
+                        body, keep = await self._read_large_body(conn, event, length, scope)
                         return Answer(status, headers, body), keep
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -335,6 +337,55 @@ class Transport:
         if keep:
             h.start_next_cycle()
         return Answer(status, headers, b"".join(parts)), keep
+
+    async def _read_large_body(
+        self, conn: _Conn, response: h11.Response, length: int, scope: trio.CancelScope
+    ) -> tuple[bytes, bool]:
+        """A large Content-Length body read straight into one buffer.
+
+        Through h11 every received piece is copied four times (its buffer, two
+        slices, the final join): for an 8 MiB GET that was most of the loop's
+        CPU.  h11 has read the head and knows what follows; the body is exactly
+        ``length`` bytes, read into place: by a thread job (``bodyrecv``) when
+        at least ``THREAD_BODY`` bytes are to come, else in the loop
+        (``recv_into``, or ``SSLObject.read`` into the buffer).  A connection
+        kept alive gets a fresh h11 state for its next request.
+        """
+        leftover, _ = conn.h11.trailing_data
+        buf = bytearray(length)
+        view = memoryview(buf)
+        pos = min(len(leftover), length)
+        view[:pos] = leftover[:pos]
+        if length - pos >= THREAD_BODY:
+            stream = conn.stream
+            tls = stream if isinstance(stream, TlsStream) else None
+            self.receive_jobs += 1
+            # The thread times out every read that gets nothing itself.
+            scope.deadline = math.inf
+            try:
+                got, reads = await receive_off_loop(conn.socket(), tls, view[pos:], self._timeout)
+            except TimeoutError:
+                raise TransportError("no answer in time") from None
+            except OSError as exc:
+                raise TransportError(f"receive failed: {exc}") from None
+            self.receive_reads += reads
+            pos += got
+        while pos < length:
+            scope.deadline = trio.current_time() + self._timeout
+            try:
+                n = await _receive_into(conn, view[pos:])
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise TransportError(f"receive failed: {exc}") from None
+            if n == 0:
+                raise TransportError(f"bad answer: body ended at {pos} of {length} bytes")
+            pos += n
+        connection = headers_token(response, b"connection")
+        keep = response.http_version == b"1.1" and b"close" not in connection
+        keep = keep and len(leftover) <= length
+        if keep:
+            conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+        # Not copied into bytes: callers only read it (slices, writes, decryption).
+        return cast(bytes, buf), keep
 
     def close(self) -> None:
         """Close the idle connections; those in use close when their request ends."""
@@ -356,41 +407,6 @@ def _large_body_length(method: str, status: int, headers: dict[str, str]) -> int
     if not value.isdigit() or int(value) < DIRECT_BODY:
         return None
     return int(value)
-
-
-async def _read_large_body(
-    conn: _Conn, response: h11.Response, length: int, scope: trio.CancelScope, stall: float
-) -> tuple[bytes, bool]:
-    """A large Content-Length body read straight into one buffer.
-
-    Through h11 every received piece is copied four times (its buffer, two
-    slices, the final join): for an 8 MiB GET that was most of the loop's
-    CPU.  h11 has read the head and knows what follows; the body is exactly
-    ``length`` bytes, read into place (``recv_into``, or ``SSLObject.read``
-    into the buffer).  A connection kept alive gets a fresh h11 state for
-    its next request.
-    """
-    leftover, _ = conn.h11.trailing_data
-    buf = bytearray(length)
-    view = memoryview(buf)
-    pos = min(len(leftover), length)
-    view[:pos] = leftover[:pos]
-    while pos < length:
-        scope.deadline = trio.current_time() + stall
-        try:
-            n = await _receive_into(conn, view[pos:])
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise TransportError(f"receive failed: {exc}") from None
-        if n == 0:
-            raise TransportError(f"bad answer: body ended at {pos} of {length} bytes")
-        pos += n
-    connection = headers_token(response, b"connection")
-    keep = response.http_version == b"1.1" and b"close" not in connection
-    keep = keep and len(leftover) <= length
-    if keep:
-        conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-    # Not copied into bytes: callers only read it (slices, writes, decryption).
-    return cast(bytes, buf), keep
 
 
 def headers_token(response: h11.Response, name: bytes) -> set[bytes]:

@@ -1,4 +1,4 @@
-"""Large request bodies sent by one worker-thread job (``cosencfs.store.bodysend``).
+"""Large bodies sent and received by one worker-thread job (``bodysend``, ``bodyrecv``).
 
 Over http and https: the bytes arrive intact, one job per body; a body
 cancelled, cut by the server or stalled mid-way leaves no connection that
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import cosencfs.store.bodyrecv as bodyrecv_module
 import cosencfs.store.bodysend as bodysend_module
 import cosencfs.store.transport as transport_module
 from cosencfs.server import LocalCosServer
@@ -53,10 +54,14 @@ async def test_large_put_and_get_arrive_intact(
     await store.put("view", memoryview(large)[1 : 2 * MIB], {})
     assert t.body_jobs == 3
     assert t.body_sends >= 3
+    jobs_before = t.receive_jobs
     assert await store.get("large") == large
     assert await store.get("range") == data[7 : 7 + 3 * MIB + 5]
     assert await store.get("view") == large[1 : 2 * MIB]
     assert await store.get("small") == small
+    # The three large answers came in by a thread job each; the small one not.
+    assert t.receive_jobs - jobs_before == 3
+    assert t.receive_reads >= 3
     # Each request after a thread's send reused the one connection.
     assert t.opened == 1
     assert network(local)["connections"] == 1
@@ -164,3 +169,89 @@ async def test_a_large_send_that_stalls_times_out(raw: Script, ca_file: str | No
     finally:
         t.close()
     assert (t.open_now, t.body_jobs, raw.connections, len(raw.partial)) == (0, 1, 1, 1)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def large_answer(size: int, sent: int) -> bytes:
+    """The head of a ``size``-byte answer and the first ``sent`` bytes of its body."""
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode() + b"z" * sent
+
+
+async def test_a_large_answer_cut_short_is_an_error(raw: Script, ca_file: str | None) -> None:
+    t = transport_to(raw, ca_file)
+    size = 4 * transport_module.THREAD_BODY
+    raw.replies = [(large_answer(size, size // 3), True), (ok(b"next"), False)]
+    try:
+        with pytest.raises(TransportError, match=f"body ended at {size // 3} of {size}"):
+            await t.request(*GET)
+        assert t.open_now == 0
+        assert (await t.request(*GET)).body == b"next"
+    finally:
+        t.close()
+    assert (t.receive_jobs, raw.connections) == (1, 2)
+
+
+async def test_a_large_answer_that_stalls_times_out(raw: Script, ca_file: str | None) -> None:
+    t = transport_to(raw, ca_file, timeout=0.3)
+    size = 4 * transport_module.THREAD_BODY
+    raw.replies = [(large_answer(size, size // 2), False)]
+    try:
+        with trio.fail_after(20), pytest.raises(TransportError, match="no answer in time"):
+            await t.request(*GET)
+    finally:
+        t.close()
+    assert (t.open_now, t.receive_jobs) == (0, 1)
+
+
+async def test_a_large_answer_cancelled_mid_body_leaves_no_reusable_connection(
+    raw: Script, ca_file: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = transport_to(raw, ca_file)
+    size = 4 * transport_module.THREAD_BODY
+    raw.replies = [(large_answer(size, size // 2), False), (ok(b"after"), False)]
+    waiting = threading.Event()
+    done = threading.Event()
+    ended: list[object] = []
+    real_wait = bodysend_module.wait_for  # what bodyrecv imported
+    real_run = bodyrecv_module._Job.run
+
+    def wait_for(fd: int, event: int, stall: float) -> None:
+        waiting.set()  # the thread waits for the rest of the body
+        real_wait(fd, event, stall)
+
+    def run(job: bodyrecv_module._Job, view: memoryview) -> int:
+        try:
+            got = real_run(job, view)
+            ended.append(got)
+            return got
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+        finally:
+            done.set()
+
+    monkeypatch.setattr(bodyrecv_module, "wait_for", wait_for)
+    monkeypatch.setattr(bodyrecv_module._Job, "run", run)
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def get() -> None:
+                await t.request(*GET)
+
+            nursery.start_soon(get)
+            await trio.to_thread.run_sync(waiting.wait)
+            nursery.cancel_scope.cancel()
+        assert (t.open_now, t.receive_jobs) == (0, 1)
+        # The abandoned thread ends at once: the socket was shut down under
+        # it, so it read the end of the stream or failed to send a TLS alert
+        # (not its own timeout).
+        await trio.to_thread.run_sync(done.wait)
+        assert len(ended) == 1
+        assert isinstance(ended[0], int | OSError)
+        assert not isinstance(ended[0], TimeoutError)
+        assert (await t.request(*GET)).body == b"after"
+    finally:
+        t.close()
+    assert (raw.connections, t.opened) == (2, 2)
