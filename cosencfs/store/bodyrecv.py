@@ -1,12 +1,12 @@
-"""Large answer bodies received by one worker-thread job, off the event loop.
+"""Large answer bodies over https received by one worker-thread job, off the event loop.
 
-The twin of ``bodysend`` for GETs: an 8 MiB body read in the loop took one
-trip through trio's scheduler per socket read (tens per body, more when the
-server sends slowly), and over https its TLS decryption ran on the loop's
-thread.  Here the thread reads the socket (poll for readability, then
-``readv`` as much as there is) and, over https, decrypts with the
-connection's ``ssl.SSLObject`` (which releases the GIL) straight into the
-answer's buffer.
+The twin of ``bodysend`` for GETs: an 8 MiB body over https was decrypted on
+the loop's thread, one trip through trio's scheduler per socket read.  Here
+the thread reads the socket (poll for readability, then ``readv`` as much as
+there is, into one reused buffer) and decrypts with the connection's
+``ssl.SSLObject`` (which releases the GIL) straight into the answer's buffer.
+Plain http stays in the loop: measured, a thread job cost more CPU in all
+than the loop's ``recv_into`` (performance.md, branch tlsput).
 
 Who owns the connection while the job runs, and what cancellation does:
 as in ``bodysend`` (the awaiting task owns it; cancelled, it shuts the
@@ -34,7 +34,7 @@ RECEIVERS = trio.CapacityLimiter(16)
 
 
 async def receive_off_loop(
-    sock: trio.socket.SocketType, tls: TlsStream | None, view: memoryview, stall: float
+    sock: trio.socket.SocketType, tls: TlsStream, view: memoryview, stall: float
 ) -> tuple[int, int]:
     """Fill ``view`` from the connection: the bytes received (fewer only when
     the stream ended first) and the socket reads it took.
@@ -59,7 +59,7 @@ class _Job:
 
     __slots__ = ("fd", "reads", "stall", "tls")
 
-    def __init__(self, fd: int, tls: TlsStream | None, stall: float) -> None:
+    def __init__(self, fd: int, tls: TlsStream, stall: float) -> None:
         self.fd = fd  # a duplicate, closed by run()
         self.tls = tls
         self.stall = stall
@@ -68,9 +68,7 @@ class _Job:
     def run(self, view: memoryview) -> int:
         # Runs in a worker thread; holds no lock (the module's docstring).
         try:
-            if self.tls is None:
-                return self._plain(view)
-            return self._encrypted(self.tls, view)
+            return self._decrypt_into(self.tls, view)
         finally:
             os.close(self.fd)
 
@@ -84,16 +82,7 @@ class _Job:
             self.reads += 1
             return n
 
-    def _plain(self, view: memoryview) -> int:
-        pos = 0
-        while pos < len(view):
-            n = self._read(view[pos:])
-            if n == 0:
-                break
-            pos += n
-        return pos
-
-    def _encrypted(self, tls: TlsStream, view: memoryview) -> int:
+    def _decrypt_into(self, tls: TlsStream, view: memoryview) -> int:
         raw = memoryview(bytearray(RECV))
         pos = 0
         while True:

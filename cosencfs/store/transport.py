@@ -346,9 +346,9 @@ class Transport:
         Through h11 every received piece is copied four times (its buffer, two
         slices, the final join): for an 8 MiB GET that was most of the loop's
         CPU.  h11 has read the head and knows what follows; the body is exactly
-        ``length`` bytes, read into place: by a thread job (``bodyrecv``) when
-        at least ``THREAD_BODY`` bytes are to come, else in the loop
-        (``recv_into``, or ``SSLObject.read`` into the buffer).  A connection
+        ``length`` bytes, read into place: over https by a thread job
+        (``bodyrecv``) when at least ``THREAD_BODY`` bytes are to come, else
+        in the loop (``recv_into``, or ``SSLObject.read`` into the buffer).  A connection
         kept alive gets a fresh h11 state for its next request.
         """
         leftover, _ = conn.h11.trailing_data
@@ -356,14 +356,15 @@ class Transport:
         view = memoryview(buf)
         pos = min(len(leftover), length)
         view[:pos] = leftover[:pos]
-        if length - pos >= THREAD_BODY:
-            stream = conn.stream
-            tls = stream if isinstance(stream, TlsStream) else None
+        stream = conn.stream
+        # https only: over http a job saved the loop less CPU than it added.
+        if isinstance(stream, TlsStream) and length - pos >= THREAD_BODY:
             self.receive_jobs += 1
-            # The thread times out every read that gets nothing itself.
-            scope.deadline = math.inf
+            scope.deadline = math.inf  # the thread times out a read that gets nothing
             try:
-                got, reads = await receive_off_loop(conn.socket(), tls, view[pos:], self._timeout)
+                got, reads = await receive_off_loop(
+                    conn.socket(), stream, view[pos:], self._timeout
+                )
             except TimeoutError:
                 raise TransportError("no answer in time") from None
             except OSError as exc:

@@ -59,9 +59,11 @@ async def test_large_put_and_get_arrive_intact(
     assert await store.get("range") == data[7 : 7 + 3 * MIB + 5]
     assert await store.get("view") == large[1 : 2 * MIB]
     assert await store.get("small") == small
-    # The three large answers came in by a thread job each; the small one not.
-    assert t.receive_jobs - jobs_before == 3
-    assert t.receive_reads >= 3
+    # Over https the three large answers came in by a thread job each (the
+    # small one not); over plain http they are read in the loop.
+    https = local.url.startswith("https")
+    assert t.receive_jobs - jobs_before == (3 if https else 0)
+    assert (t.receive_reads >= 3) is https
     # Each request after a thread's send reused the one connection.
     assert t.opened == 1
     assert network(local)["connections"] == 1
@@ -190,7 +192,7 @@ async def test_a_large_answer_cut_short_is_an_error(raw: Script, ca_file: str | 
         assert (await t.request(*GET)).body == b"next"
     finally:
         t.close()
-    assert (t.receive_jobs, raw.connections) == (1, 2)
+    assert (t.receive_jobs, raw.connections) == (1 if ca_file else 0, 2)
 
 
 async def test_a_large_answer_that_stalls_times_out(raw: Script, ca_file: str | None) -> None:
@@ -202,12 +204,14 @@ async def test_a_large_answer_that_stalls_times_out(raw: Script, ca_file: str | 
             await t.request(*GET)
     finally:
         t.close()
-    assert (t.open_now, t.receive_jobs) == (0, 1)
+    assert (t.open_now, t.receive_jobs) == (0, 1 if ca_file else 0)
 
 
 async def test_a_large_answer_cancelled_mid_body_leaves_no_reusable_connection(
     raw: Script, ca_file: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if ca_file is None:
+        pytest.skip("plain http answers are read in the loop, by no thread job")
     t = transport_to(raw, ca_file)
     size = 4 * transport_module.THREAD_BODY
     raw.replies = [(large_answer(size, size // 2), False), (ok(b"after"), False)]
