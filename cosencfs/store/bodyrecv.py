@@ -23,7 +23,7 @@ import socket
 
 import trio
 
-from cosencfs.store.bodysend import send_all, wait_for
+from cosencfs.store.bodysend import DupFd, send_all, wait_for
 from cosencfs.store.tlsstream import TlsStream
 
 #: Ciphertext read from the socket per ``readv`` (into one reused buffer).
@@ -42,7 +42,8 @@ async def receive_off_loop(
     Raises ``OSError`` (``TimeoutError`` when nothing arrived for ``stall``
     seconds, ``ssl.SSLError`` for bad records); cancelled, the socket is shut down.
     """
-    job = _Job(os.dup(sock.fileno()), tls, stall)
+    dup = DupFd(sock)
+    job = _Job(dup, tls, stall)
     try:
         got = await trio.to_thread.run_sync(
             job.run, view, limiter=RECEIVERS, abandon_on_cancel=True
@@ -50,6 +51,7 @@ async def receive_off_loop(
     except trio.Cancelled:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+        dup.abandon()
         raise
     return got, job.reads
 
@@ -57,16 +59,19 @@ async def receive_off_loop(
 class _Job:
     """One body's receiving, run in a worker thread (no lock: see the module docstring)."""
 
-    __slots__ = ("fd", "reads", "stall", "tls")
+    __slots__ = ("dup", "fd", "reads", "stall", "tls")
 
-    def __init__(self, fd: int, tls: TlsStream, stall: float) -> None:
-        self.fd = fd  # a duplicate, closed by run()
+    def __init__(self, dup: DupFd, tls: TlsStream, stall: float) -> None:
+        self.dup = dup
+        self.fd = dup.fd  # closed by run(), if it runs
         self.tls = tls
         self.stall = stall
         self.reads = 0
 
     def run(self, view: memoryview) -> int:
         # Runs in a worker thread; holds no lock (the module's docstring).
+        if not self.dup.start():
+            raise OSError("cancelled before it started")
         try:
             return self._decrypt_into(self.tls, view)
         finally:

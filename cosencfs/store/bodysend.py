@@ -26,6 +26,7 @@ import contextlib
 import os
 import select
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -61,6 +62,35 @@ class ShortFile(OSError):
     """The cache file is shorter than the body it should hold."""
 
 
+class DupFd:
+    """A duplicate of a socket's descriptor for one thread job, closed exactly
+    once: by the job when it ran, else by the loop when the job was cancelled
+    before its thread started (cancellation can come while it waits for a
+    limiter token)."""
+
+    __slots__ = ("_lock", "_state", "fd")
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.fd = os.dup(sock.fileno())
+        self._lock = threading.Lock()
+        self._state = "new"
+
+    def start(self) -> bool:
+        """In the thread: whether to run (then the job closes ``fd``)."""
+        with self._lock:
+            if self._state == "abandoned":
+                return False
+            self._state = "running"
+            return True
+
+    def abandon(self) -> None:
+        """In the loop, on cancellation: closes ``fd`` if no thread has it."""
+        with self._lock:
+            if self._state == "new":
+                os.close(self.fd)
+                self._state = "abandoned"
+
+
 async def send_off_loop(
     sock: trio.socket.SocketType,
     h: h11.Connection,
@@ -74,7 +104,8 @@ async def send_off_loop(
     Raises ``OSError`` (``TimeoutError`` when a send made no progress within
     ``stall`` seconds) or ``h11.LocalProtocolError``; cancelled, the socket is shut down.
     """
-    job = _Job(os.dup(sock.fileno()), h, tls, stall)
+    dup = DupFd(sock)
+    job = _Job(dup, h, tls, stall)
     try:
         return await trio.to_thread.run_sync(
             job.run, head, body, limiter=SENDERS, abandon_on_cancel=True
@@ -84,6 +115,7 @@ async def send_off_loop(
         # connection is discarded by the caller and never used again.
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+        dup.abandon()
         raise
 
 
@@ -91,10 +123,13 @@ class _Job:
     """One body's sending, run in a worker thread (see the module's docstring
     for why it needs no lock: the awaiting task owns the connection)."""
 
-    __slots__ = ("fd", "h", "sends", "timeout", "tls")
+    __slots__ = ("dup", "fd", "h", "sends", "timeout", "tls")
 
-    def __init__(self, fd: int, h: h11.Connection, tls: Encrypting | None, timeout: float) -> None:
-        self.fd = fd  # a duplicate, closed by run()
+    def __init__(
+        self, dup: DupFd, h: h11.Connection, tls: Encrypting | None, timeout: float
+    ) -> None:
+        self.dup = dup
+        self.fd = dup.fd  # closed by run(), if it runs
         self.h = h
         self.tls = tls
         self.timeout = timeout
@@ -102,6 +137,8 @@ class _Job:
 
     def run(self, head: bytes, body: Body) -> int:
         # Runs in a worker thread; holds no lock (the module's docstring).
+        if not self.dup.start():
+            raise OSError("cancelled before it started")
         try:
             if self.tls is None:
                 self._plain(head, body)

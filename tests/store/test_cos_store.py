@@ -921,6 +921,7 @@ async def test_everything_succeeds_despite_random_faults(
     faulty_server.reset_stats()
     # Streamed bodies too: they are reopened on every attempt.
     monkeypatch.setattr(bodysend_module, "STEP", 64 * 1024)
+    monkeypatch.setattr(transport_module, "THREAD_BODY", 256 * 1024)
     file_data = os.urandom(2 * MIB)
     path = write_file(tmp_path / "src.bin", file_data)
     bodies = {f"f/{i:02d}": os.urandom(1000 * i + 7) for i in range(20)}

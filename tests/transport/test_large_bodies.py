@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import cosencfs.store.bodyrecv as bodyrecv_module
 import cosencfs.store.bodysend as bodysend_module
@@ -259,3 +260,39 @@ async def test_a_large_answer_cancelled_mid_body_leaves_no_reusable_connection(
     finally:
         t.close()
     assert (raw.connections, t.opened) == (2, 2)
+
+
+async def test_a_send_cancelled_before_its_thread_starts_leaks_no_descriptor(
+    raw: Script, ca_file: str | None
+) -> None:
+    t = transport_to(raw, ca_file)
+    raw.replies = [(ok(b"first"), False), (ok(b"after"), False)]
+    senders = bodysend_module.SENDERS
+    holders: list[object] = []
+    try:
+        assert (await t.request(*GET)).body == b"first"
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(int(senders.total_tokens)):
+            holders.append(object())
+            senders.acquire_on_behalf_of_nowait(holders[-1])
+        async with trio.open_nursery() as nursery:
+
+            async def put() -> None:
+                await t.request(*put_request(HUGE), bytes(HUGE))
+
+            nursery.start_soon(put)
+            # The PUT waits for a sender's token, with its duplicate made.
+            await trio.testing.wait_all_tasks_blocked()
+            assert senders.statistics().tasks_waiting == 1
+            assert len(os.listdir("/proc/self/fd")) == fds + 1
+            nursery.cancel_scope.cancel()
+    finally:
+        for holder in holders:
+            senders.release_on_behalf_of(holder)
+    try:
+        # The connection and the duplicate are both gone; the pool goes on.
+        assert len(os.listdir("/proc/self/fd")) == fds - 1
+        assert (t.open_now, t.body_jobs) == (0, 1)
+        assert (await t.request(*GET)).body == b"after"
+    finally:
+        t.close()
