@@ -1,9 +1,10 @@
 """Large request bodies sent by one worker-thread job, off the event loop.
 
 In the loop, an 8 MiB PUT was TLS-encrypted on the loop's thread and went
-out in many partial sends, each a trip through trio's scheduler: over https
-it cost 3.5 ms more client CPU than the threaded path it replaced, and the
-loop could do nothing else meanwhile.  Here the request head and the whole
+out in many partial sends, each a trip through trio's scheduler: 9-10 ms of
+the loop's CPU over https, during which it served nothing else.  Here (about
+1 ms of the loop's CPU; the encryption costs the same, in another thread;
+docs/performance.md, "Large bodies off the loop") the request head and the whole
 body go out in one ``trio.to_thread`` job: blocking-style sends (poll the
 socket for writability, then send as much as it takes), TLS encryption
 with the connection's ``ssl.SSLObject`` (which releases the GIL), cache-file
