@@ -68,29 +68,54 @@ class TlsStream:
         self._tls.write(data)
         await self._flush()
 
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The TLS records of ``data``, for the caller to send itself (``bodysend``
+        does, in a worker thread, while the connection's task awaits it)."""
+        self._tls.write(data)
+        return self._out.read()
+
     async def receive_into(self, view: memoryview) -> int:
         """Decrypt into ``view`` every record complete so far (up to its size);
         0 at the end of the stream."""
         while True:
-            done = 0
-            ended = False
-            try:
-                while done < len(view):
-                    n = cast(int, self._tls.read(len(view) - done, view[done:]))
-                    if not n:
-                        ended = True
-                        break
-                    done += n
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                ended = True
+            done, ended = self.decrypt_into(view)
             await self._flush()
             if done:
                 return done
             if ended or self._eof:
                 return 0
             await self._fill()
+
+    # The synchronous steps below are for ``bodyrecv``'s worker thread, which
+    # moves the bytes itself while the connection's task awaits it.
+
+    def decrypt_into(self, view: memoryview) -> tuple[int, bool]:
+        """Decrypt into ``view`` the records received so far (up to its size):
+        the bytes written, and whether the stream has ended."""
+        done = 0
+        try:
+            while done < len(view):
+                n = cast(int, self._tls.read(len(view) - done, view[done:]))
+                if not n:
+                    return done, True
+                done += n
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return done, True
+        return done, self._eof and not done
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes received from the socket (none: the peer closed it)."""
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+            self._eof = True
+
+    def outgoing(self) -> bytes:
+        """Records TLS wants sent (answers to key updates, alerts), usually none."""
+        return self._out.read() if self._out.pending else b""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """The plaintext of every record complete so far; b"" at the end of the stream.

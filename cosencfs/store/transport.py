@@ -1,8 +1,10 @@
 """Every COS request: HTTP/1.1 by h11 over trio socket streams, TLS by ``tlsstream``.
 
 One pool of keep-alive connections to the endpoint, used from the event loop:
-no worker thread per request, no thread hand-off (two of them, and GIL
-contention among the workers, cost more than a HEAD or a 4 KiB GET).  h11
+no thread hand-off for small requests (two of them, and GIL contention among
+workers, cost more than a HEAD or a 4 KiB GET); a large body goes out or
+comes in by one worker-thread job (``bodysend``, ``bodyrecv``: TLS and the
+partial sends and reads off the loop, one scheduler trip per body).  h11
 does all of HTTP/1.1 (framing by Content-Length, chunked or close, keep-alive
 rules); this module only moves bytes, bounds the pool, times out and
 replaces connections the server has closed.
@@ -23,14 +25,14 @@ replaces connections the server has closed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import select
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import cast
 
 import h11
@@ -39,6 +41,8 @@ import trio
 from cosencfs.errors import ConfigError
 from cosencfs.store.base import Body, FileRange
 from cosencfs.store.bodies import read_small_body
+from cosencfs.store.bodyrecv import receive_off_loop
+from cosencfs.store.bodysend import send_off_loop
 from cosencfs.store.tlsstream import TlsStream
 from cosencfs.store.wire import Answer, Endpoint, error_from
 
@@ -48,9 +52,9 @@ log = logging.getLogger(__name__)
 #: most proxies drop idle connections after some tens of seconds).
 MAX_IDLE = 15.0
 
-#: Bodies are sent and file ranges read in pieces of this size: memory stays
-#: bounded by the requests in flight, and each piece must go out in ``timeout``.
-PIECE = 1 << 20
+#: Bodies (sent, or left to receive) of at least this many bytes move in one worker-thread
+#: job; smaller in the loop (over https 256 KiB cost less there, 512 KiB more).
+THREAD_BODY = 512 * 1024
 
 #: Bodies of at least this many bytes (by Content-Length) are read into one
 #: buffer rather than through h11's (``_read_large_body``).
@@ -130,8 +134,12 @@ class Transport:
         self._tls = client_tls_context(ca_file) if endpoint.scheme == "https" else None
         #: One token per request in flight, hence per open connection.
         self.limiter = trio.CapacityLimiter(connections)
-        #: Reads of cache-file ranges of bodies larger than one piece.
-        self.body_reads = trio.CapacityLimiter(4)
+        #: Bodies sent by a thread job, and the send calls they took (tests count them).
+        self.body_jobs = 0
+        self.body_sends = 0
+        #: Answer bodies received by a thread job, and the socket reads they took.
+        self.receive_jobs = 0
+        self.receive_reads = 0
         self._idle: list[_Conn] = []
         #: Connections made, and open now (tests see the pool through these).
         self.opened = 0
@@ -153,7 +161,7 @@ class Transport:
     ) -> Answer:
         """Send one request; a 3xx-5xx answer raises ``HttpStatusError``,
         no answer ``TransportError``."""
-        if isinstance(body, FileRange) and body.length <= PIECE:
+        if isinstance(body, FileRange) and body.length < THREAD_BODY:
             # A page-cache read of this size takes less than a thread hop.
             body = read_small_body(body)
         async with self.limiter:
@@ -268,22 +276,25 @@ class Transport:
         head = h.send(h11.Request(method=method, target=target, headers=headers)) or b""
         if body is None:
             await _send(conn, head + (h.send(h11.EndOfMessage()) or b""))
-        elif not isinstance(body, FileRange) and len(body) <= PIECE:
+        elif not isinstance(body, FileRange) and len(body) < THREAD_BODY:
             # One write for head and body: one TLS record run, one syscall.
             data = head + (h.send(h11.Data(data=cast(bytes, body))) or b"")
             await _send(conn, data + (h.send(h11.EndOfMessage()) or b""))
         else:
-            await _send(conn, head)
-            # aclosing: a send that fails mid-body closes the cache file now,
-            # not when the generator is collected.
-            async with contextlib.aclosing(_pieces(body, self.body_reads)) as pieces:
-                async for piece in pieces:
-                    scope.deadline = trio.current_time() + self._timeout
-                    # Passed through as they are: no copy of the piece.
-                    event = h11.Data(data=cast(bytes, piece))
-                    for part in h.send_with_data_passthrough(event) or ():
-                        await _send(conn, part)
-            await _send(conn, h.send(h11.EndOfMessage()) or b"")
+            stream = conn.stream
+            tls = stream if isinstance(stream, TlsStream) else None
+            self.body_jobs += 1
+            # The thread times out every send that makes no progress itself;
+            # the exchange's deadline would cut a long body that progresses.
+            scope.deadline = math.inf
+            try:
+                sends = await send_off_loop(conn.socket(), h, tls, head, body, self._timeout)
+            except TimeoutError:
+                raise TransportError("send timed out") from None
+            except OSError as exc:
+                raise TransportError(f"send failed: {exc}") from None
+            self.body_sends += sends
+            scope.deadline = trio.current_time() + self._timeout
 
     async def _receive_answer(
         self, conn: _Conn, scope: trio.CancelScope, method: str
@@ -314,7 +325,7 @@ class Transport:
                         headers[name.decode("latin-1")] = value.decode("latin-1")
                     length = _large_body_length(method, status, headers)
                     if length is not None:
-                        body, keep = await _read_large_body(conn, event, length, scope, timeout)
+                        body, keep = await self._read_large_body(conn, event, length, scope)
                         return Answer(status, headers, body), keep
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -326,6 +337,56 @@ class Transport:
         if keep:
             h.start_next_cycle()
         return Answer(status, headers, b"".join(parts)), keep
+
+    async def _read_large_body(
+        self, conn: _Conn, response: h11.Response, length: int, scope: trio.CancelScope
+    ) -> tuple[bytes, bool]:
+        """A large Content-Length body read straight into one buffer.
+
+        Through h11 every received piece is copied four times (its buffer, two
+        slices, the final join): for an 8 MiB GET that was most of the loop's
+        CPU.  h11 has read the head and knows what follows; the body is exactly
+        ``length`` bytes, read into place: over https by a thread job
+        (``bodyrecv``) when at least ``THREAD_BODY`` bytes are to come, else
+        in the loop (``recv_into``, or ``SSLObject.read`` into the buffer).  A connection
+        kept alive gets a fresh h11 state for its next request.
+        """
+        leftover, _ = conn.h11.trailing_data
+        buf = bytearray(length)
+        view = memoryview(buf)
+        pos = min(len(leftover), length)
+        view[:pos] = leftover[:pos]
+        stream = conn.stream
+        # https only: over http a job saved the loop less CPU than it added.
+        if isinstance(stream, TlsStream) and length - pos >= THREAD_BODY:
+            self.receive_jobs += 1
+            scope.deadline = math.inf  # the thread times out a read that gets nothing
+            try:
+                got, reads = await receive_off_loop(
+                    conn.socket(), stream, view[pos:], self._timeout
+                )
+            except TimeoutError:
+                raise TransportError("no answer in time") from None
+            except OSError as exc:
+                raise TransportError(f"receive failed: {exc}") from None
+            self.receive_reads += reads
+            pos += got
+        while pos < length:
+            scope.deadline = trio.current_time() + self._timeout
+            try:
+                n = await _receive_into(conn, view[pos:])
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise TransportError(f"receive failed: {exc}") from None
+            if n == 0:
+                raise TransportError(f"bad answer: body ended at {pos} of {length} bytes")
+            pos += n
+        connection = headers_token(response, b"connection")
+        keep = response.http_version == b"1.1" and b"close" not in connection
+        keep = keep and len(leftover) <= length
+        if keep:
+            conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+        # Not copied into bytes: callers only read it (slices, writes, decryption).
+        return cast(bytes, buf), keep
 
     def close(self) -> None:
         """Close the idle connections; those in use close when their request ends."""
@@ -347,41 +408,6 @@ def _large_body_length(method: str, status: int, headers: dict[str, str]) -> int
     if not value.isdigit() or int(value) < DIRECT_BODY:
         return None
     return int(value)
-
-
-async def _read_large_body(
-    conn: _Conn, response: h11.Response, length: int, scope: trio.CancelScope, stall: float
-) -> tuple[bytes, bool]:
-    """A large Content-Length body read straight into one buffer.
-
-    Through h11 every received piece is copied four times (its buffer, two
-    slices, the final join): for an 8 MiB GET that was most of the loop's
-    CPU.  h11 has read the head and knows what follows; the body is exactly
-    ``length`` bytes, read into place (``recv_into``, or ``SSLObject.read``
-    into the buffer).  A connection kept alive gets a fresh h11 state for
-    its next request.
-    """
-    leftover, _ = conn.h11.trailing_data
-    buf = bytearray(length)
-    view = memoryview(buf)
-    pos = min(len(leftover), length)
-    view[:pos] = leftover[:pos]
-    while pos < length:
-        scope.deadline = trio.current_time() + stall
-        try:
-            n = await _receive_into(conn, view[pos:])
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise TransportError(f"receive failed: {exc}") from None
-        if n == 0:
-            raise TransportError(f"bad answer: body ended at {pos} of {length} bytes")
-        pos += n
-    connection = headers_token(response, b"connection")
-    keep = response.http_version == b"1.1" and b"close" not in connection
-    keep = keep and len(leftover) <= length
-    if keep:
-        conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-    # Not copied into bytes: callers only read it (slices, writes, decryption).
-    return cast(bytes, buf), keep
 
 
 def headers_token(response: h11.Response, name: bytes) -> set[bytes]:
@@ -422,24 +448,3 @@ def _close_now(conn: _Conn) -> None:
     sock = conn.socket()
     if sock.fileno() >= 0:
         os.close(sock.detach())
-
-
-async def _pieces(
-    body: Body, limiter: trio.CapacityLimiter
-) -> AsyncGenerator[bytes | bytearray | memoryview, None]:
-    """A body in pieces of at most ``PIECE`` bytes; file ranges read in a thread."""
-    if not isinstance(body, FileRange):
-        view = memoryview(body)
-        for at in range(0, len(view), PIECE):
-            yield view[at : at + PIECE]
-        return
-    fd = os.open(body.path, os.O_RDONLY)
-    try:
-        for at in range(body.offset, body.offset + body.length, PIECE):
-            n = min(PIECE, body.offset + body.length - at)
-            data = await trio.to_thread.run_sync(os.pread, fd, n, at, limiter=limiter)
-            if len(data) != n:
-                raise TransportError(f"cache file shorter than the upload ({len(data)} < {n})")
-            yield data
-    finally:
-        os.close(fd)

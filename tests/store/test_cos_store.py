@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import cosencfs.store.bodies as bodies_module
+import cosencfs.store.bodysend as bodysend_module
 import cosencfs.store.cos as cos_module
 import cosencfs.store.transport as transport_module
 from cosencfs.errors import (
@@ -278,8 +279,9 @@ async def test_put_bytes_like_bodies(store: CosStore, kind: str) -> None:
 async def test_put_file_range(
     store: CosStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
-    # Ranges up to one PIECE (1 MiB) are read at once in the event loop; larger
-    # ones piece by piece in a thread.  A small piece takes that path cheaply.
+    # Ranges under THREAD_BODY are read at once in the event loop; larger ones
+    # are read and sent in one thread job (over http by os.sendfile, over
+    # https step by step).  A small step takes that path cheaply.
     inline: list[FileRange] = []
     real_read = bodies_module.read_small_body
 
@@ -289,9 +291,10 @@ async def test_put_file_range(
 
     monkeypatch.setattr(transport_module, "read_small_body", spy)
     if not streamed:
-        monkeypatch.setattr(transport_module, "PIECE", 4 * MIB)
+        monkeypatch.setattr(transport_module, "THREAD_BODY", 4 * MIB)
     else:
-        monkeypatch.setattr(transport_module, "PIECE", 64 * 1024)
+        monkeypatch.setattr(bodysend_module, "STEP", 64 * 1024)
+    jobs = store.transport.body_jobs
     data = os.urandom(3 * MIB + 7)
     path = write_file(tmp_path / "cache.bin", data)
     offset, length = 12_345, 2 * MIB + 3
@@ -303,6 +306,7 @@ async def test_put_file_range(
     assert spent.delta.bytes_up == length
     assert spent.delta.requests == {"PutObject": 1}
     assert len(inline) == (0 if streamed else 1)
+    assert store.transport.body_jobs - jobs == (1 if streamed else 0)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["inline", "streamed"])
@@ -313,7 +317,8 @@ async def test_put_file_range_of_a_shrunken_file_stores_nothing(
     # must not leave a truncated object behind.  (The inline path raises the
     # OSError as is; the streamed one a TransientError after its retries.)
     if streamed:
-        monkeypatch.setattr(transport_module, "PIECE", 100)
+        monkeypatch.setattr(transport_module, "THREAD_BODY", 100)
+        monkeypatch.setattr(bodysend_module, "STEP", 64)
     path = write_file(tmp_path / "short.bin", os.urandom(500))
     with trio.fail_after(15), pytest.raises((OSError, StoreError)):
         await store.put("short", FileRange(str(path), 100, 1000), {})
@@ -915,7 +920,8 @@ async def test_everything_succeeds_despite_random_faults(
     store = faulty_store
     faulty_server.reset_stats()
     # Streamed bodies too: they are reopened on every attempt.
-    monkeypatch.setattr(transport_module, "PIECE", 256 * 1024)
+    monkeypatch.setattr(bodysend_module, "STEP", 64 * 1024)
+    monkeypatch.setattr(transport_module, "THREAD_BODY", 256 * 1024)
     file_data = os.urandom(2 * MIB)
     path = write_file(tmp_path / "src.bin", file_data)
     bodies = {f"f/{i:02d}": os.urandom(1000 * i + 7) for i in range(20)}
@@ -1214,7 +1220,9 @@ async def test_file_range_body_is_resent_on_retry(
     streamed: bool,
 ) -> None:
     if streamed:
-        monkeypatch.setattr(transport_module, "PIECE", 4096)
+        monkeypatch.setattr(bodysend_module, "STEP", 4096)
+    else:
+        monkeypatch.setattr(transport_module, "THREAD_BODY", 2 * MIB)
     data = os.urandom(MIB + 100)
     path = write_file(tmp_path / "f", data)
     scripted.script = [fault]

@@ -24,6 +24,18 @@ class Script:
     hold: trio.Event = field(default_factory=trio.Event)
     #: Set by the test to make the server close every idle connection.
     close_idle: trio.Event = field(default_factory=trio.Event)
+    #: For the next request with a longer body: read this many bytes of the
+    #: body, then close the connection (``cut``) or stop reading (``stall``).
+    cut: int | None = None
+    stall: int | None = None
+    #: Body bytes read of requests that were cut or stalled.
+    partial: list[int] = field(default_factory=list)
+    #: Set when a body has been cut or stalled.
+    abandoned: trio.Event = field(default_factory=trio.Event)
+
+
+class _Abandon(Exception):
+    """The request was cut or stalled as the script says."""
 
 
 def ok(body: bytes, *extra: str) -> bytes:
@@ -31,7 +43,9 @@ def ok(body: bytes, *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def _read_request(stream: trio.abc.Stream, buf: bytes) -> tuple[bytes, bytes] | None:
+async def _read_request(
+    stream: trio.abc.Stream, buf: bytes, script: Script
+) -> tuple[bytes, bytes] | None:
     while b"\r\n\r\n" not in buf:
         data = await stream.receive_some(65536)
         if not data:
@@ -43,9 +57,21 @@ async def _read_request(stream: trio.abc.Stream, buf: bytes) -> tuple[bytes, byt
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    while len(buf) < length:
-        buf += await stream.receive_some(65536)
-    return head, buf[length:]
+    limit = script.cut if script.cut is not None else script.stall
+    if limit is not None and length > limit:
+        while len(buf) < limit:
+            buf += await stream.receive_some(min(65536, limit - len(buf)))
+        script.partial.append(len(buf))
+        script.abandoned.set()
+        if script.cut is not None:
+            script.cut = None
+            raise _Abandon
+        script.stall = None
+        await trio.sleep_forever()
+    body = bytearray(buf)  # not bytes: a large body would be copied per piece
+    while len(body) < length:
+        body += await stream.receive_some(65536)
+    return head, bytes(body[length:])
 
 
 async def serve_script(script: Script, tcp: trio.SocketStream) -> None:
@@ -67,9 +93,9 @@ async def serve_script(script: Script, tcp: trio.SocketStream) -> None:
                 async def read_one(pending: bytes = buf) -> None:
                     nonlocal read
                     try:
-                        read = await _read_request(stream, pending)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass  # the client went away (or never finished TLS)
+                        read = await _read_request(stream, pending, script)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, _Abandon):
+                        pass  # the client went away (or never finished TLS), or cut
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(close_when_told)
