@@ -116,6 +116,8 @@ class _Descriptors:
 
 
 _DESCRIPTORS = _Descriptors()
+#: Directories of cache copies, each held once (see ``ObjectContent.path``).
+_DIRS: dict[str, str] = {}
 
 
 @dataclass(slots=True, eq=False)
@@ -141,22 +143,24 @@ class ObjectContent:
     """The cache file of one object (or of one being produced for upload)."""
 
     __slots__ = (
+        "_busy",
+        "_dir",
+        "_inflight",
+        "_path",
         "account",
         "ahead",
-        "busy",
         "discarded",
         "dk",
         "fd",
         "holds",
-        "inflight",
         "last_access",
         "owner",
-        "path",
         "pins",
         "plain",
         "present",
         "size",
         "source",
+        "unread",
         "users",
         "vid",
     )
@@ -172,7 +176,13 @@ class ObjectContent:
         create: bool = True,
     ) -> None:
         self.vid = vid
-        self.path = path
+        # Most copies sit in the cache's own data directory under their vid:
+        # that directory is held once for all of them, and the path made
+        # when a descriptor is opened (a path string per copy was ~120
+        # bytes each for 20,000 copies, issue 18).
+        head, tail = os.path.split(path)
+        self._dir = _DIRS.setdefault(head, head) if len(_DIRS) < 64 else head
+        self._path: str | None = None if tail == vid else path
         #: The key of the bytes in the file: the object's data key, or a
         #: throw-away key for a plaintext object.
         self.dk = dk
@@ -194,19 +204,50 @@ class ObjectContent:
         self.pins = 0
         #: Reasons to keep it beyond eviction (being produced for an upload).
         self.holds = 0
-        self.inflight: list[Inflight] = []
+        self._inflight: list[Inflight] | None = None
         self.last_access = trio.current_time()
         self.discarded = False
         #: The inode whose clean content this is (so eviction can tell it).
         self.owner: object | None = None
         #: The cache's running total of present bytes, kept exact by mark().
         self.account = [0]
-        #: Ranges being read right now (a multiset): never dropped (cache/evict.py).
-        self.busy: list[tuple[int, int]] = []
+        self._busy: list[tuple[int, int]] | None = None
         #: Read-ahead fetched for a sequential reader and not read yet: kept.
         self.ahead: tuple[int, int] | None = None
         #: Decrypted read-ahead not read yet, by start (cosencfs/cache/plainhold.py).
         self.plain: dict[int, bytes] | None = None
+        #: Produced by an upload and not read since (``touch``): evicted
+        #: beyond a bound of its own (CacheManager.max_unread).
+        self.unread = False
+
+    @property
+    def path(self) -> str:
+        """The cache file's path."""
+        return self._path if self._path is not None else os.path.join(self._dir, self.vid)
+
+    @property
+    def inflight(self) -> list[Inflight]:
+        """Fetches into the copy running now (cosencfs/cache/fetch.py).
+
+        This list and ``busy`` are made on first use (no await between the
+        check and the assignment): most copies, every new file's once
+        uploaded, are never fetched into nor read while held.
+        """
+        if self._inflight is None:
+            self._inflight = []
+        return self._inflight
+
+    @property
+    def busy(self) -> list[tuple[int, int]]:
+        """Ranges being read right now (a multiset): never dropped (cache/evict.py)."""
+        if self._busy is None:
+            self._busy = []
+        return self._busy
+
+    @property
+    def idle(self) -> bool:
+        """No fetch into it and no read of it runs (without making the lists)."""
+        return not self._inflight and not self._busy
 
     def __repr__(self) -> str:
         return f"ObjectContent({self.vid}, size={self.size}, present={self.present.total})"
@@ -254,6 +295,7 @@ class ObjectContent:
     def touch(self) -> None:
         """Used now (eviction drops the least recently used copies first)."""
         self.last_access = trio.current_time()
+        self.unread = False
 
     def close(self) -> None:
         self.plain = None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from cosencfs.cache import memtrim
 from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.cache.evict import RangeEvictor
@@ -44,11 +45,17 @@ class CacheManager:
         *,
         limit_bytes: int,
         max_versions: int = 20_000,
+        max_unread: int = 2_048,
     ) -> None:
         self.root = root
         self.store = store
         self.limit_bytes = limit_bytes
         self.max_versions = max_versions
+        #: Of these, copies an upload produced that nobody read since (a
+        #: directory of 100,000 new files kept 20,000 of them, ~1 KB of
+        #: memory each, for files written once; issue 18).  One read back
+        #: beyond these costs a GET, verified as every fetch is.
+        self.max_unread = max_unread
         prepare_cache_dir(root)
         if not root.parent.exists():
             # Our own base directory (e.g. ~/.cache/cosencfs): private as well.
@@ -185,6 +192,7 @@ class CacheManager:
         """A produced copy is the object ``source`` now (its upload succeeded)."""
         v.source = source
         v.holds -= 1
+        v.unread = True
         old = self._by_source.get((source.key, source.etag))
         if old is not None and old is not v:
             self._forget_source(old)
@@ -238,18 +246,26 @@ class CacheManager:
         self._last_evict = now
         freed = self.evict()
         self._evict_mark = self._usage[0] + self._slack
+        # Called on every release and stored fetch: the heap's free pages
+        # go back to the system every few seconds (cache/memtrim.py).
+        memtrim.trim()
         return freed
 
     def evict(self) -> int:
         """Free space until under the limits (never dirty data); the bytes freed.
 
-        First whole clean copies nobody uses, least recently used first; then,
-        if still over the limit, clean ranges of copies in use that no reader
+        First whole clean copies nobody uses, least recently used first
+        (beyond ``max_unread`` unread ones, the oldest of those); then, if
+        still over the limit, clean ranges of copies in use that no reader
         needs now (cosencfs/cache/evict.py).
         """
         used = self.usage()
         count = len(self.versions)
-        if used <= self.limit_bytes and count <= self.max_versions:
+        # (Counted only when there can be too many: this runs twice a second.)
+        unread = (
+            sum(1 for v in self.versions.values() if v.unread) if count > self.max_unread else 0
+        )
+        if used <= self.limit_bytes and count <= self.max_versions and unread <= self.max_unread:
             return 0
         freed = 0
         # Bases of dirty files stay until their upload: once it lands, the
@@ -262,12 +278,16 @@ class CacheManager:
             if id(v) not in bases
         ]
         for v in by_age:
-            if used - freed <= self.limit_bytes and count <= self.max_versions:
+            over = used - freed > self.limit_bytes or count > self.max_versions
+            if not over and unread <= self.max_unread:
                 break
-            if v.pins or v.holds or v.inflight or v.busy:
+            if not over and not v.unread:
+                continue  # only unread copies are too many
+            if v.pins or v.holds or not v.idle:
                 continue
             freed += v.cached_bytes
             count -= 1
+            unread -= v.unread
             self.on_evict(v)
             self.discard(v)
         if used - freed > self.limit_bytes:

@@ -87,6 +87,23 @@ class Defaults:
     dir_mode: int = 0o755
 
 
+class _NoXattrs(dict[bytes, bytes]):
+    """The one empty, unchangeable set of extended attributes every inode
+    without any shares (a dict of its own was 64 bytes a file, issue 18)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("NO_XATTRS is shared: assign a new dict instead")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+
+#: What ``Attrs.xattrs`` holds for an inode whose object has none.
+NO_XATTRS: dict[bytes, bytes] = _NoXattrs()
+
+
 @dataclass(slots=True)
 class Attrs:
     """The POSIX attributes cosencfs keeps for an inode."""
@@ -100,7 +117,7 @@ class Attrs:
     #: Device number (device nodes only; 0 otherwise).
     rdev: int = 0
     #: ``user.*`` extended attributes; None: as the object's metadata has
-    #: them, not opened yet (cosencfs/fs/xattrs.py).
+    #: them, not opened yet (cosencfs/fs/xattrs.py); ``NO_XATTRS`` when none.
     xattrs: dict[bytes, bytes] | None = None
 
     @property

@@ -33,7 +33,13 @@ from dataclasses import dataclass
 import trio
 import trio.lowlevel
 
-from cosencfs.crypto.dirindex import AttrState, IndexEntry, decode_index, encode_index
+from cosencfs.crypto.dirindex import (
+    AttrState,
+    IndexEntry,
+    decode_index,
+    encode_lines,
+    entry_line,
+)
 from cosencfs.crypto.integrity import ATTR_TAG_FIELD, OBJECT_TAG_FIELD, TagKey
 from cosencfs.errors import CosEncFsError, CryptoError, IntegrityError
 from cosencfs.fs.attrload import AttrLoader
@@ -230,37 +236,44 @@ class DirIndex:
             log.warning("directory index of %r not written (%s)", d.name, exc)
 
     async def write(self, d: Inode) -> None:
-        """Rewrite ``d``'s index from a fresh listing (entries are never guessed)."""
+        """Rewrite ``d``'s index from a fresh listing (entries are never guessed).
+
+        Each entry is made as its page of the listing arrives and only its
+        line of the body is kept: a rewrite of a 100,000-entry directory
+        held every listed object and every entry at once (~100 MB at its
+        peak, the daemon's high-water mark, issue 18).
+        """
         tk = None if self._kid is None else self._keys[self._kid]
         if tk is None or self._kid is None or d.unlinked or d.dir is None:
             return
         prefix = self.ctx.key_of(d)
-        objects: dict[str, ObjectInfo] = {}
+        lines: dict[str, bytes] = {}
+        uncovered: dict[str, ObjectInfo] = {}
         old: ObjectInfo | None = None
+        children = d.as_dir.children
         async for page in self.ctx.store.list_all(prefix, "/"):
             for obj in page.objects:
                 name = obj.key[len(prefix) :]
                 if name == INDEX_NAME:
                     old = obj
                 elif valid_listed_name(name):
-                    objects[name] = obj
-        entries: dict[str, IndexEntry] = {}
-        uncovered: set[str] = set()
-        children = d.as_dir.children
-        for name, obj in objects.items():
-            e = self._entry_of(name, children.get(name), obj)
-            if e is None:
-                uncovered.add(name)
-            else:
-                entries[name] = e
+                    # (No await between the child's state and its entry.)
+                    e = self._entry_of(name, children.get(name), obj)
+                    if e is None:
+                        uncovered[name] = obj
+                    else:
+                        lines[name] = entry_line(e)
         if uncovered and old is not None:
-            await self._carry_over(prefix, old, objects, uncovered, entries)
-        if not entries:
+            await self._carry_over(prefix, old, uncovered, lines)
+        uncovered.clear()
+        if not lines:
             if old is not None:
                 await self.ctx.store.delete(old.key)
             return
-        rows = [entries[name] for name in sorted(entries)]
-        body = encode_index(tk, kid=self._kid, prefix=prefix, entries=rows)
+        rows = [lines[name] for name in sorted(lines)]
+        lines.clear()
+        body = encode_lines(tk, kid=self._kid, prefix=prefix, lines=rows)
+        del rows  # (not held through the PUT below)
         if len(body) > MAX_INDEX_BYTES:
             log.warning("directory %r: index of %d bytes not written (bound)", prefix, len(body))
             return
@@ -296,9 +309,8 @@ class DirIndex:
         self,
         prefix: str,
         old: ObjectInfo,
-        objects: dict[str, ObjectInfo],
-        uncovered: set[str],
-        entries: dict[str, IndexEntry],
+        uncovered: dict[str, ObjectInfo],
+        lines: dict[str, bytes],
     ) -> None:
         """Entries of the old index that still match the listing (objects this
         mount has not HEADed: written by another mount, or loaded from the index)."""
@@ -307,13 +319,9 @@ class DirIndex:
         try:
             body = await self.ctx.store.get(old.key, if_match=old.etag)
             for e in decode_index(self._keys, prefix=prefix, body=body):
-                obj = objects.get(e.name)
-                if (
-                    e.name in uncovered
-                    and obj is not None
-                    and e.matches(obj.etag, obj.size, obj.last_modified)
-                ):
-                    entries[e.name] = e
+                obj = uncovered.get(e.name)
+                if obj is not None and e.matches(obj.etag, obj.size, obj.last_modified):
+                    lines[e.name] = entry_line(e)
         except IntegrityError as exc:
             self._warn(old, f"{exc}; not carried over")
         except CosEncFsError as exc:

@@ -31,6 +31,9 @@ from cosencfs.errors import FsError
 from cosencfs.fs.attrs import Attrs, Kind
 
 ROOT_INO = 1
+#: Record ids: 80 random bits per process, then a count (``FileState.fid``).
+_FID_PREFIX = uuid.uuid4().hex[:20]
+_FIDS = itertools.count(1)
 
 
 class Remote:
@@ -98,7 +101,7 @@ class FileState:
     #: What the journal record says (fs/dirtyrecord.py), to skip writing the
     #: same record twice; None when there is no record.
     journaled: object | None = None
-    _fid: str | None = field(default=None, repr=False)
+    _fid: int | None = field(default=None, repr=False)
 
     @property
     def fid(self) -> str:
@@ -106,10 +109,13 @@ class FileState:
 
         Made on first use: most files (every entry of a listing) never get a
         record, and a uuid per listed file was CPU and memory for nothing.
+        Held as a number of this process (an int, not a 32-character str:
+        every new file keeps it, issue 18); the id is this process's random
+        prefix and the number, unique as a uuid4 is.
         """
         if self._fid is None:
-            self._fid = uuid.uuid4().hex
-        return self._fid
+            self._fid = next(_FIDS)
+        return f"{_FID_PREFIX}{self._fid:012x}"
 
     @property
     def current_size(self) -> int:

@@ -21,9 +21,10 @@ from cosencfs.fs.inode import ROOT_INO, Inode
 class Namespace:
     def __init__(self, ctx: FsContext) -> None:
         self.ctx = ctx
-        #: (directory ino, name) -> when it was removed locally; a listing that
-        #: started earlier must not bring it back.
-        self._removed: dict[tuple[int, str], float] = {}
+        #: directory ino -> name -> when it was removed locally; a listing that
+        #: started earlier must not bring it back.  By directory (no tuple per
+        #: name: ``rm -r`` of 100,000 files, issue 18), and gone with it.
+        self._removed: dict[int, dict[str, float]] = {}
 
     def inode(self, ino: int) -> Inode:
         node = self.ctx.table.get(ino)
@@ -46,7 +47,8 @@ class Namespace:
 
     def removed_since(self, d: Inode, name: str, since: float) -> bool:
         """Whether ``name`` was removed from ``d`` here at or after ``since``."""
-        return self._removed.get((d.ino, name), -1.0) >= since
+        names = self._removed.get(d.ino)
+        return names is not None and names.get(name, -1.0) >= since
 
     def maybe_drop(self, node: Inode) -> None:
         """Free an inode nobody refers to any more."""
@@ -62,6 +64,9 @@ class Namespace:
                 f.clean = None
             if f.head is not None:
                 return
+        if node.dir is not None:
+            # Nothing lists a directory no one can reach.
+            self._removed.pop(node.ino, None)
         self.ctx.table.drop(node)
 
     def detach(self, node: Inode) -> None:
@@ -70,7 +75,7 @@ class Namespace:
         if parent is not None and parent.dir is not None:
             if parent.dir.children.get(node.name) is node:
                 del parent.dir.children[node.name]
-            self._removed[(parent.ino, node.name)] = trio.current_time()
+            self._removed.setdefault(parent.ino, {})[node.name] = trio.current_time()
         for sub in node.walk():
             sub.unlinked = True
             # Content nobody can reach any more: free the cache space now (an
@@ -90,7 +95,11 @@ class Namespace:
         node.name = name
         node.unlinked = False
         node.touched_at = trio.current_time()
-        self._removed.pop((parent.ino, name), None)
+        names = self._removed.get(parent.ino)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del self._removed[parent.ino]
 
     def touch_dir(self, d: Inode) -> None:
         """Directory mtime/ctime follow local changes of its entries (in memory)."""

@@ -50,7 +50,7 @@ from cosencfs.crypto.integrity import (
 )
 from cosencfs.crypto.xattrseal import XATTR_FIELD, sealed_length
 from cosencfs.errors import FsError, NotFoundError
-from cosencfs.fs.attrs import META_SIZE, Kind, attrs_to_meta
+from cosencfs.fs.attrs import META_SIZE, NO_XATTRS, Kind, attrs_to_meta
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.control import (
     XATTR_ACCEPT_UNTAGGED,
@@ -89,7 +89,7 @@ def _open(ctx: FsContext, node: Inode, meta: Mapping[str, str]) -> dict[bytes, b
     xs: dict[bytes, bytes] = {}
     if XATTR_FIELD in meta:
         xs = ctx.tags.open_xattrs(ctx.key_of(node), meta, is_dir=node.is_dir)
-    node.attrs.xattrs = xs
+    node.attrs.xattrs = xs = xs or NO_XATTRS  # (shared, read-only: issue 18)
     return xs
 
 

@@ -136,6 +136,37 @@ async def test_eviction_keeps_the_copy_count_bounded(tmp_path: Path) -> None:
         cache.close()
 
 
+async def test_unread_upload_copies_are_bounded_apart(tmp_path: Path) -> None:
+    """Copies an upload produced and nobody read go beyond ``max_unread``,
+    oldest first; copies read since, and fetched ones, stay (under
+    ``max_versions``)."""
+    cache = CacheManager(tmp_path / "cache", NO_STORE, limit_bytes=1 << 30, max_unread=2)
+    try:
+        fetched = filled(cache, source("fetched", size=10))
+        produced = []
+        for i in range(5):
+            v = cache.staged(DataKey.generate(), 4)
+            v.produce(0, b"data")
+            cache.adopt(v, Source(f"up{i}", "e1", v.dk, 4, {}))
+            produced.append(v)
+        for i, v in enumerate([fetched, *produced]):
+            v.last_access = float(i)
+        assert all(v.unread for v in produced)
+        assert not fetched.unread
+        produced[0].touch()  # read back: an ordinary copy now
+        produced[0].last_access = 0.5
+        evicted: list[ObjectContent] = []
+        cache.on_evict = evicted.append
+        assert cache.evict() == 8
+        assert evicted == [produced[1], produced[2]]  # the oldest unread, only
+        assert [v.discarded for v in produced] == [False, True, True, False, False]
+        assert not fetched.discarded
+        assert not {produced[1].vid, produced[2].vid} & data_files(cache)
+        assert cache.evict() == 0  # within both bounds now
+    finally:
+        cache.close()
+
+
 async def test_orphan_sweep_keeps_journaled_and_live_files(cache: CacheManager) -> None:
     live_copy = filled(cache, source("live", size=10))
     live_layer = cache.layers.new(size=0, limit=0)
