@@ -152,3 +152,28 @@ def run_all(
         data = {**header, "runs": args.runs, "networks": results}
         args.json.write_text(json.dumps(data, indent=2, sort_keys=True))
     return 0
+
+
+def run_medians(
+    args: argparse.Namespace,
+    prefix: str,
+    one: RunOne,
+    line: Callable[[dict[str, Any]], str],
+    keys: Sequence[str],
+    header: dict[str, Any],
+    median_text: Callable[[dict[str, Any]], str],
+    ratio_text: Callable[[dict[str, Any]], str] | None = None,
+) -> int:
+    """:func:`run_all` of :func:`run_network`: each network's medians printed by
+    ``median_text`` and, with ``--baseline``, the pair ratios by ``ratio_text``."""
+
+    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
+        return run_network(root, net, args, profiler, one, line, keys)
+
+    def report(net: Network, result: dict[str, Any]) -> None:
+        for name, med in result["median"].items():
+            print(f"{net.label} {name} median of {args.runs}{median_text(med)}")
+        if ratio_text is not None and "ratio" in result:
+            print(f"{net.label} this tree / base, median of pairs: {ratio_text(result['ratio'])}")
+
+    return run_all(args, prefix, per_network, report, header)

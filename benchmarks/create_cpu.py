@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.cpurun import (
@@ -34,13 +33,11 @@ from benchmarks.cpurun import (
     fuse_requests,
     loop_cpu,
     mount_stats,
-    run_all,
-    run_network,
+    run_medians,
 )
 from benchmarks.integrity_cost import cpu_seconds
 from benchmarks.peers import CosencfsPeer
 from benchmarks.profiling import Profiler
-from benchmarks.server import Network
 from benchmarks.system import BenchError
 
 WAIT = 600.0
@@ -122,20 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     def one(peer: CosencfsPeer, r: int, tag: str, prof: Profiler | None) -> dict[str, Any]:
         return one_run(peer, args.files, args.size, tag, prof)
 
-    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
-        return run_network(root, net, args, profiler, one, _line, _KEYS)
-
-    def report(net: Network, result: dict[str, Any]) -> None:
-        for name, med in result["median"].items():
-            print(
-                f"{net.label} {name} median of {args.runs}: daemon "
-                f"{med['daemon_ms_per_file']:.3f} ms/file (loop thread "
-                f"{med['loop_ms_per_file']:.3f}), server "
-                f"{med['server_ms_per_file']:.3f} ms/file, {med['files_per_s']:.0f} files/s"
-            )
-
     header = {"files": args.files, "size": args.size}
-    return run_all(args, "cosencfs-create-cpu-", per_network, report, header)
+    return run_medians(
+        args, "cosencfs-create-cpu-", one, _line, _KEYS, header,
+        lambda med: (
+            f": daemon {med['daemon_ms_per_file']:.3f} ms/file (loop thread "
+            f"{med['loop_ms_per_file']:.3f}), server "
+            f"{med['server_ms_per_file']:.3f} ms/file, {med['files_per_s']:.0f} files/s"
+        ),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -35,13 +35,11 @@ from benchmarks.cpurun import (
     fuse_requests,
     loop_cpu,
     mount_stats,
-    run_all,
-    run_network,
+    run_medians,
 )
 from benchmarks.integrity_cost import cpu_seconds
 from benchmarks.peers import CosencfsPeer
 from benchmarks.profiling import Profiler
-from benchmarks.server import Network
 from benchmarks.system import BenchError
 
 MIB = 1024 * 1024
@@ -128,27 +126,19 @@ def main(argv: list[str] | None = None) -> int:
             peer.extra = ["--x-bench-untagged"]
         return one_run(peer, size, block, tag, prof)
 
-    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
-        return run_network(root, net, args, profiler, one, _line, _MEDIANS)
-
-    def report(net: Network, result: dict[str, Any]) -> None:
-        for name, med in result["median"].items():
-            print(
-                f"{net.label} {name} median of {args.runs}, {args.size_mib} MiB: daemon "
-                f"{med['daemon_s']:.3f} s CPU ({med['daemon_ms_per_mib']:.2f} ms/MiB; loop "
-                f"thread {med['loop_s']:.3f} s), {med['mib_per_s']:.0f} MiB/s, peak RSS "
-                f"{med['peak_rss_mib']:.0f} MiB"
-            )
-        if "ratio" in result:
-            ratio = result["ratio"]
-            print(
-                f"{net.label} this tree / base, median of pairs: daemon CPU "
-                f"{ratio['daemon_s']:.3f}, loop thread {ratio['loop_s']:.3f}, "
-                f"throughput {ratio['mib_per_s']:.3f}"
-            )
-
     header = {"size_mib": args.size_mib, "untagged": args.untagged, "load": os.getloadavg()}
-    return run_all(args, "cosencfs-seqwrite-cpu-", per_network, report, header)
+    return run_medians(
+        args, "cosencfs-seqwrite-cpu-", one, _line, _MEDIANS, header,
+        lambda med: (
+            f", {args.size_mib} MiB: daemon {med['daemon_s']:.3f} s CPU "
+            f"({med['daemon_ms_per_mib']:.2f} ms/MiB; loop thread {med['loop_s']:.3f} s), "
+            f"{med['mib_per_s']:.0f} MiB/s, peak RSS {med['peak_rss_mib']:.0f} MiB"
+        ),
+        lambda ratio: (
+            f"daemon CPU {ratio['daemon_s']:.3f}, loop thread {ratio['loop_s']:.3f}, "
+            f"throughput {ratio['mib_per_s']:.3f}"
+        ),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.cpurun import (
@@ -35,14 +34,12 @@ from benchmarks.cpurun import (
     fuse_requests,
     loop_cpu,
     mount_stats,
-    run_all,
-    run_network,
+    run_medians,
 )
 from benchmarks.datasets import random_offsets
 from benchmarks.integrity_cost import cpu_seconds
 from benchmarks.peers import CosencfsPeer
 from benchmarks.profiling import Profiler
-from benchmarks.server import Network
 from benchmarks.system import BenchError
 
 WAIT = 600.0
@@ -138,27 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     def one(peer: CosencfsPeer, r: int, tag: str, prof: Profiler | None) -> dict[str, Any]:
         return one_run(peer, size, args.writes, args.seed + r, tag, prof)
 
-    def per_network(root: Path, net: Network, profiler: Profiler | None) -> dict[str, Any]:
-        return run_network(root, net, args, profiler, one, _line, _MEDIANS)
-
-    def report(net: Network, result: dict[str, Any]) -> None:
-        for name, med in result["median"].items():
-            print(
-                f"{net.label} {name} median of {args.runs}: daemon "
-                f"{med['daemon_us_per_write']:.1f} us/write (loop thread "
-                f"{med['loop_us_per_write']:.1f}), upload {med['upload_ms']:.0f} ms CPU, "
-                f"{med['writes_per_s']:.0f} writes/s"
-            )
-        if "ratio" in result:
-            ratio = result["ratio"]
-            print(
-                f"{net.label} this tree / base, median of pairs: daemon per write "
-                f"{ratio['daemon_us_per_write']:.3f}, loop thread "
-                f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}"
-            )
-
     header = {"file_mib": args.file_mib, "writes": args.writes}
-    return run_all(args, "cosencfs-write-cpu-", per_network, report, header)
+    return run_medians(
+        args, "cosencfs-write-cpu-", one, _line, _MEDIANS, header,
+        lambda med: (
+            f": daemon {med['daemon_us_per_write']:.1f} us/write (loop thread "
+            f"{med['loop_us_per_write']:.1f}), upload {med['upload_ms']:.0f} ms CPU, "
+            f"{med['writes_per_s']:.0f} writes/s"
+        ),
+        lambda ratio: (
+            f"daemon per write {ratio['daemon_us_per_write']:.3f}, loop thread "
+            f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}"
+        ),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
