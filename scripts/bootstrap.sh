@@ -14,14 +14,17 @@ PKGS=(fuse3 libfuse3-dev pkg-config rsync sqlite3 git systemd)
 EXTRA_PKGS=${COSENCFS_EXTRA_PKGS:-}
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# A fresh machine may still be running apt at boot (unattended upgrades, a
+# provisioning step): wait for its lock instead of failing at once.
+APT=(apt-get -o DPkg::Lock::Timeout=600)
 missing=()
 for p in "${PKGS[@]}" $EXTRA_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    $SUDO "${APT[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO "${APT[@]}" install -y -qq "${missing[@]}" >/dev/null
 fi
 # promtool (tests/alerts checks contrib/prometheus) ships only in Debian's
 # prometheus server package (about 100 MB installed). Without its recommended
@@ -29,8 +32,8 @@ fi
 # this script installed it: nothing here needs it listening on :9090.
 if ! command -v promtool >/dev/null; then
     echo "installing system packages: prometheus (for promtool)"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    $SUDO "${APT[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO "${APT[@]}" install -y -qq --no-install-recommends \
         prometheus >/dev/null
     if [ -d /run/systemd/system ]; then
         $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
@@ -45,7 +48,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 make_venv() {
     if ! "$PY" -m venv "$VENV" 2>/dev/null; then
-        $SUDO apt-get install -y -qq python3-venv >/dev/null
+        $SUDO "${APT[@]}" install -y -qq python3-venv >/dev/null
         "$PY" -m venv "$VENV"
     fi
 }
