@@ -327,7 +327,9 @@ class FuseOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
         fh, keep = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep)
+        return pyfuse3.FileInfo(
+            fh=pyfuse3.FileHandleT(fh), keep_cache=keep, direct_io=self.fs.direct_io(fh)
+        )
 
     @translate
     async def create(
@@ -340,7 +342,8 @@ class FuseOperations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         mode = pyfuse3.ModeT(mode & ~ctx.umask)
         fh, entry = await self.fs.create(parent_inode, bytes(name), mode, flags, ctx.uid, ctx.gid)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), to_attrs(entry)
+        info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), direct_io=self.fs.direct_io(fh))
+        return info, to_attrs(entry)
 
     @translate
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:

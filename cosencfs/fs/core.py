@@ -37,6 +37,7 @@ from cosencfs.fs.dirops import DirOps
 from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.entry import Entry, StatFs, make_entry, make_statfs
 from cosencfs.fs.files import Files
+from cosencfs.fs.handles import SETID_BITS
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.listing import Listings
 from cosencfs.fs.namespace import Namespace
@@ -305,8 +306,31 @@ class Filesystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         return await self.reader.read(self.files.handles.get(fh), offset, size)
 
+    def direct_io(self, fh: int) -> bool:
+        """Whether the kernel is to bypass its page cache for handle ``fh`` (fs/handles.py)."""
+        return self.files.handles.get(fh).direct
+
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        return await self.writer.write(self.files.handles.get(fh), offset, data)
+        h = self.files.handles.get(fh)
+        if h.direct and h.node.attrs.mode & SETID_BITS:
+            await self._drop_setid(h.node)
+        return await self.writer.write(h, offset, data)
+
+    async def _drop_setid(self, node: Inode) -> None:
+        """A write must drop set-ID bits; on a direct handle the kernel leaves it to us.
+
+        The kernel keeps them for a writer with CAP_FSETID, which the daemon
+        cannot see at write time: it drops them for every writer, the safe
+        side (only bits set while the handle was open get here: a file
+        opened with them is written through the page cache, whose path has
+        the kernel drop them as usual).  Set-group-ID without group execute
+        marks mandatory locking, not privilege, and stays, as in Linux.
+        """
+        mode = node.attrs.mode
+        drop = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & drop:
+            await self.setattr(node.ino, mode=stat.S_IMODE(mode) & ~drop)
+            await self.ctx.invalidate_attrs(node.ino)
 
     async def flush(self, fh: int) -> None:
         await self.files.flush(fh)

@@ -18,7 +18,7 @@ import trio
 
 from cosencfs.errors import FsError, NotFoundError, TransientError
 from cosencfs.fs.attrs import Kind
-from cosencfs.fs.handles import Handle, HandleTable
+from cosencfs.fs.handles import Handle, HandleTable, direct_io_wanted
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.parts import Handler, Parts
 from cosencfs.fs.writes import set_head
@@ -26,10 +26,23 @@ from cosencfs.fs.writes import set_head
 log = logging.getLogger(__name__)
 
 
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of ``release`` (default: the running kernel); (0, 0) if unparsable."""
+    parts = (os.uname().release if release is None else release).split(".")
+    try:
+        minor = parts[1].split("-")[0]
+        return int(parts[0]), int(minor)
+    except (IndexError, ValueError):
+        return 0, 0
+
+
 class Files(Handler):
     def __init__(self, parts: Parts) -> None:
         super().__init__(parts)
         self.handles = HandleTable()
+        #: The running kernel's (major, minor): which handles may bypass the
+        #: page cache (:func:`direct_io_wanted`).
+        self.kernel = kernel_version()
 
     async def open(self, ino: int, flags: int) -> tuple[Handle, bool]:
         """Open; returns the handle and whether the kernel may keep its page cache."""
@@ -38,6 +51,7 @@ class Files(Handler):
             raise FsError(errno.EISDIR)
         keep_cache = await self._revalidate(node)
         h = self.handles.open(node, flags)
+        h.direct = direct_io_wanted(node, flags, self.kernel)
         if flags & os.O_TRUNC and h.writable and node.as_file.current_size:
             await self.writer.truncate(node, 0)
             h.wrote = True
@@ -79,6 +93,7 @@ class Files(Handler):
         set_head(node, self.ctx.cache.layers.new(size=0, limit=0))
         self.attach_new(d, name, node)
         h = self.handles.open(node, flags)
+        h.direct = direct_io_wanted(node, flags, self.kernel)
         h.wrote = True  # creating is a change: close() journals it even without a write
         # Open for writing: uploaded when closed (or once dirty too long), not
         # under a writer that is just starting.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass, field
 
 from cosencfs.errors import FsError
@@ -76,7 +77,43 @@ class Handle:
     append: bool
     #: Written through this handle since its last flush (close).
     wrote: bool = False
+    #: The kernel was told to bypass its page cache for this handle
+    #: (FOPEN_DIRECT_IO, :func:`direct_io_wanted`).
+    direct: bool = False
     readahead: Readahead = field(default_factory=Readahead)
+
+
+#: Set-user-ID and set-group-ID: a write by an unprivileged user must drop them.
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def direct_io_wanted(node: Inode, flags: int, kernel: tuple[int, int]) -> bool:
+    """Whether a new handle of ``node`` opened with ``flags`` bypasses the page cache.
+
+    A write-only handle gains nothing from the page cache (nothing reads
+    through it, and a file opened write-only cannot be mapped), while each
+    write(2) through the cache costs the kernel a copy into page-cache pages
+    and, before it, a ``getxattr("security.capability")`` round trip to the
+    daemon: a FUSE superblock is not ``SB_NOSEC``, so the kernel asks on
+    every write whether privileges must be removed.  A direct write skips
+    both: one of the seven requests of a small file, one of the two of a
+    small write.
+
+    Only where the direct path is as coherent as the cached one: Linux 6.6
+    and later invalidate the page-cache pages a direct write covers, so a
+    reader holding them (another descriptor, or an earlier one's
+    ``keep_cache``) reads the new bytes; older kernels keep the cached path.
+    Not for a file with set-ID bits: the kernel's direct path leaves their
+    removal to the daemon (``FUSE_WRITE_KILL_SUIDGID``, which pyfuse3 does
+    not pass on); :meth:`Filesystem.write` removes bits set after the open.
+    Attributes not known yet (never, after the kernel's own lookup): cached.
+    """
+    return (
+        flags & os.O_ACCMODE == os.O_WRONLY
+        and kernel >= (6, 6)
+        and node.attrs_known
+        and not node.attrs.mode & SETID_BITS
+    )
 
 
 class HandleTable:
