@@ -26,6 +26,7 @@ fetch), wall and daemon CPU alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -37,6 +38,7 @@ from pathlib import Path
 from benchmarks.datasets import random_offsets
 from benchmarks.integrity_cost import cpu_seconds, write_file
 from benchmarks.peers import BaselinePeer, CosencfsPeer
+from benchmarks.profiling import Profiler
 from benchmarks.server import LocalServer, Network
 from benchmarks.system import drop_caches
 
@@ -75,34 +77,46 @@ def write(peer: CosencfsPeer, name: str, size: int, extra: list[str]) -> None:
 
 
 def read_cold(
-    peer: CosencfsPeer, name: str, settle: float, offsets: list[int] | None = None
+    peer: CosencfsPeer,
+    name: str,
+    settle: float,
+    offsets: list[int] | None = None,
+    profiler: Profiler | None = None,
+    tag: str = "",
 ) -> tuple[float, float]:
     """Wall and daemon CPU seconds of ``dd`` reading ``name`` after a cold mount
-    (``offsets``: 4 KiB ``pread``s there instead)."""
+    (``offsets``: 4 KiB ``pread``s there instead; ``profiler``: py-spy it as ``tag``)."""
     peer.mount(clear_cache=True)
     try:
         drop_caches()
         time.sleep(settle)
         pid = peer.pid
         cpu = cpu_seconds(pid)
-        start = time.perf_counter()
-        if offsets is None:
-            subprocess.run(
-                ["dd", f"if={peer.mnt / name}", "of=/dev/null", "bs=1M"],
-                check=True,
-                capture_output=True,
-                timeout=600,
-            )
-        else:
-            fd = os.open(peer.mnt / name, os.O_RDONLY)
-            try:
-                for off in offsets:
-                    os.pread(fd, 4096, off)
-            finally:
-                os.close(fd)
-        return time.perf_counter() - start, cpu_seconds(pid) - cpu
+        record = profiler.record(pid, tag) if profiler else contextlib.nullcontext()
+        with record:
+            start = time.perf_counter()
+            _read(peer, name, offsets)
+            wall = time.perf_counter() - start
+        return wall, cpu_seconds(pid) - cpu
     finally:
         peer.unmount()
+
+
+def _read(peer: CosencfsPeer, name: str, offsets: list[int] | None) -> None:
+    if offsets is None:
+        subprocess.run(
+            ["dd", f"if={peer.mnt / name}", "of=/dev/null", "bs=1M"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        return
+    fd = os.open(peer.mnt / name, os.O_RDONLY)
+    try:
+        for off in offsets:
+            os.pread(fd, 4096, off)
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--untagged", action="store_true", help="an untagged file too")
     p.add_argument("--settle", type=float, default=5.0, metavar="SECONDS")
     p.add_argument("--random", type=int, default=0, metavar="N", help="N random 4 KiB reads too")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy every read into DIR")
     args = p.parse_args(argv)
+    profiler = None if args.profile is None else Profiler(args.profile, set())
     size = args.size_mib * MIB
     root = Path(tempfile.mkdtemp(prefix="cosencfs-read-cpu-", dir="/var/tmp"))
     network = Network(rtt_ms=args.rtt_ms)
@@ -133,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(args.runs):
                     order = [(pr, f, r) for pr in peers for f in files.items() for r in modes]
                     for peer, (kind, (name, _)), rnd in order if i % 2 == 0 else order[::-1]:
-                        wall, cpu = read_cold(peer, name, args.settle, offsets if rnd else None)
                         label = f"{peer.name} {kind}" + (f" {args.random} random" if rnd else "")
+                        tag = f"{label.replace(' ', '-').replace('@', '-')}-{i}"
+                        wall, cpu = read_cold(
+                            peer, name, args.settle, offsets if rnd else None, profiler, tag
+                        )
                         results.setdefault(label, []).append((wall, cpu))
                         rate = (
                             f"{args.random / wall:.0f} ops/s" if rnd

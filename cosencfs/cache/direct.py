@@ -7,13 +7,16 @@ read on the benchmark machine (docs/performance.md), and held the bytes in
 memory a second time.  The aligned middle of a range goes through a
 page-aligned buffer and a second descriptor of the same file, reopened
 through ``/proc/self/fd`` (the same inode, whatever became of the path);
-the unaligned edges are written as before.  Where the filesystem refuses
-O_DIRECT, or ``/proc`` is missing, the writer turns itself off and every
-range is written through the page cache.
+the unaligned edges are written as before.  Bytes that already lie in
+page-aligned memory (a piece received into a buffer of
+cosencfs/cache/recvbuf.py) are written from where they are, with no copy.
+Where the filesystem refuses O_DIRECT, or ``/proc`` is missing, the writer
+turns itself off and every range is written through the page cache.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -44,8 +47,10 @@ class DirectWriter:
 
     def __init__(self) -> None:
         self.enabled = True
-        #: Bytes written with O_DIRECT since start (the tests count them).
+        #: Bytes written with O_DIRECT since start, and of them straight from
+        #: the caller's memory, with no copy (the tests count them).
         self.written = 0
+        self.in_place = 0
         self._lock = threading.Lock()
         self._pool: list[tuple[mmap.mmap, memoryview]] = []
 
@@ -60,11 +65,34 @@ class DirectWriter:
         try:
             if a > offset:
                 pwrite_all(fd, data[: a - offset], offset)
-            done = self._aligned(dfd, data[a - offset : b - offset], a)
+            middle = data[a - offset : b - offset]
+            if _address(middle) % DIRECT_ALIGN == 0:
+                done = self._in_place(dfd, middle, a)
+            else:
+                done = self._aligned(dfd, middle, a)
             # What O_DIRECT did not take (refused, or short), and the tail.
             pwrite_all(fd, data[done - offset :], done)
         finally:
             os.close(dfd)
+
+    def _in_place(self, dfd: int, data: memoryview, offset: int) -> int:
+        """Write aligned ``data`` (its memory too) at aligned ``offset``; where it stopped."""
+        pos, end = offset, offset + len(data)
+        while pos < end:
+            try:
+                wrote = os.pwrite(dfd, data[pos - offset :], pos)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.enabled = False  # alignment this filesystem does not take
+                return pos
+            with self._lock:
+                self.written += wrote
+                self.in_place += wrote
+            pos += wrote
+            if wrote % DIRECT_ALIGN:
+                return pos  # (the rest is no longer aligned: written through the page cache)
+        return pos
 
     def _aligned(self, dfd: int, data: memoryview, offset: int) -> int:
         """Write ``data`` at ``offset`` (both aligned) with O_DIRECT; where it stopped."""
@@ -102,6 +130,17 @@ class DirectWriter:
         except OSError:
             self.enabled = False
             return -1
+
+
+def _address(view: memoryview) -> int:
+    """Where ``view``'s bytes start in memory; 1 (never aligned) when that cannot be told."""
+    if view.readonly or not view.c_contiguous or not view.nbytes:
+        return 1  # (ctypes needs a writable buffer; bytes are copied as before)
+    c = ctypes.c_char.from_buffer(view)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
 
 
 #: The one O_DIRECT writer of the process (its buffers are shared by every copy).

@@ -24,10 +24,11 @@ bytes have arrived.
 A sequential reader's window (``prefetch(serve=True)``) costs one
 worker-thread job per piece: its chunks are checked, then it is written
 into the cache file past the page cache and decrypted, and the plaintext
-waits in memory for the reader (:class:`~cosencfs.cache.plainhold.PlainHold`),
-who takes it without reading the file again, without another thread hop.
+waits in memory for the reader (:class:`~cosencfs.cache.plainhold.PlainHold`).
 Jobs of several pieces of one copy run at once: each writes only the
 ranges claimed for it in the event loop (``_claim``), marked present there.
+A large piece is received into a reused page-aligned buffer
+(cosencfs/cache/recvbuf.py), given back once stored if its GET returned.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import trio
 from cosencfs.cache.content import THREAD_THRESHOLD, Inflight, ObjectContent, Source
 from cosencfs.cache.extents import Extents
 from cosencfs.cache.plainhold import PlainHold, cells
+from cosencfs.cache.recvbuf import RecvBuffers
 from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.integrity import CHUNK_SIZE
 from cosencfs.errors import CosEncFsError, DamagedObjectError, IntegrityError
@@ -76,6 +78,8 @@ class Fetcher:
         self.thread_jobs = 0
         #: Decrypted read-ahead waiting for its readers.
         self.hold = PlainHold()
+        #: Page-aligned buffers large pieces are received into, reused.
+        self.buffers = RecvBuffers()
         #: Ranges being written by a fill right now, by copy (``_claim``).
         self._storing: dict[ObjectContent, Extents] = {}
         #: Called after fetched bytes are stored (the cache may be over its limit now).
@@ -293,7 +297,7 @@ class Fetcher:
                 out.append(inf)
         return out
 
-    def _checker(self, src: Source, start: int) -> Callable[[bytes], None] | None:
+    def _checker(self, src: Source, start: int) -> Callable[[bytes | memoryview], None] | None:
         """What checks a fetch at ``start`` of ``src`` against its tags (None: untagged)."""
         verified, ck = src.verified, src.chunk_key
         if verified is None:
@@ -328,12 +332,16 @@ class Fetcher:
             v.pins -= 1
 
     async def _fill(self, v: ObjectContent, inf: Inflight) -> None:
+        lease = self.buffers.lease()
+        received = False
         try:
             start, end = inf.start, inf.end
             src = v.source
             if src is None:
                 raise CosEncFsError(f"cache copy {v.vid} has no source to fetch from")
-            data = await self.store.get(src.key, start, end, if_match=src.etag or None)
+            etag = src.etag or None
+            data = await self.store.get_into(src.key, start, end, lease.give, if_match=etag)
+            received = True
             # Arrived: storing it is cheaper than fetching it again, so no
             # reader moving away cancels it from here on.
             inf.owner = None
@@ -378,6 +386,7 @@ class Fetcher:
                 # Before ``done``: a reader waiting for these bytes finds them here.
                 self.hold.put(v, blocks)
         finally:
+            lease.release(reuse=received)  # (``blocks`` are new bytes: not of the buffer)
             v.inflight.remove(inf)
             inf.done.set()
         self.on_stored()
@@ -409,9 +418,9 @@ class Fetcher:
 
 def _check_and_store(
     v: ObjectContent,
-    check: Callable[[bytes], None] | None,
+    check: Callable[[bytes | memoryview], None] | None,
     start: int,
-    data: bytes,
+    data: bytes | memoryview,
     claims: list[tuple[int, int]],
     serve: bool,
     direct: bool,

@@ -33,14 +33,23 @@ class Readahead:
     moved_away: bool = False
 
     def advance(
-        self, offset: int, size: int, limit: int, *, smallest: int, largest: int, fetching: bool
+        self,
+        offset: int,
+        size: int,
+        limit: int,
+        *,
+        smallest: int,
+        largest: int,
+        fetching: bool,
+        pieces: int = 2,
     ) -> tuple[int, int] | None:
         """A read of ``[offset, offset+size)``: the range to prefetch now, if any.
 
         ``limit`` is where the fetchable bytes end; ``fetching`` False (no
         background tasks yet) only follows the reads.  A read within
         ``smallest`` (or twice its size) of the window is near: what was
-        asked for ahead stays asked for.
+        asked for ahead stays asked for.  The window is topped up once a
+        ``pieces``-th of it (at least ``smallest``) has been read.
         """
         self.moved_away = False
         if offset == self.seq_end:
@@ -57,9 +66,9 @@ class Readahead:
         self.seq_end = end
         if not self.window or not fetching:
             return None
-        # Top the window up only once half of it has been consumed, so each
-        # prefetch is a few large GETs rather than one small GET per read.
-        if self.ahead_until - end > self.window // 2:
+        # Top the window up only once a piece of it has been consumed, so each
+        # prefetch is a large GET rather than one small GET per read.
+        if self.ahead_until - end > self.window - max(smallest, self.window // pieces):
             return None
         start = max(end, self.ahead_until)
         stop = min(end + self.window, limit)

@@ -29,9 +29,11 @@ RANDOM_AFTER = 2
 #: Random access fetches the whole object when it takes at most this share of the cache.
 WHOLE_SHARE = 0.5
 #: A sequential window is fetched in GETs of a quarter of it (at least
-#: ``readahead_min``, at most ``FETCH_CHUNK``): each top-up, half a window, is
-#: two GETs in parallel (an eighth made twice the GETs of a 256 MiB read for
-#: no measurable gain on the benchmark machine).
+#: ``readahead_min``, at most ``FETCH_CHUNK``), and topped up by one such GET
+#: as soon as the reader has read a quarter (branch coldfetch: before, by two
+#: once it had read half, so the bytes on their way fell to half a window
+#: between top-ups).  An eighth made twice the GETs of a 256 MiB read for no
+#: measurable gain on the benchmark machine.
 PIECES = 4
 
 
@@ -184,6 +186,7 @@ class Reader:
             smallest=opts.readahead_min,
             largest=opts.readahead_max,
             fetching=nursery is not None,
+            pieces=PIECES,
         )
         if ra.moved_away and not ra.whole:
             # The reader left its window: the GETs still running there would

@@ -14,7 +14,7 @@ Ranges are Python-style: ``get(key, start, end)`` returns bytes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -125,6 +125,27 @@ class ObjectStore(Protocol):
 
         ``if_match`` (an ETag) makes the read fail with PreconditionFailedError
         when the object changed.
+        """
+
+    async def get_into(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        buffer: Callable[[int], memoryview],
+        *,
+        if_match: str | None = None,
+    ) -> memoryview:
+        """Bytes ``[start, end)`` of the object, received into a buffer of the caller's.
+
+        ``buffer(n)`` is called (at most once, in the event loop) when the
+        answer's length ``n`` is known and gives a writable view of at least
+        ``n`` bytes: a large body is received straight into it, with no
+        buffer of the store's own (cache/recvbuf.py reuses page-aligned
+        ones).  The result is a view of that buffer, or of the store's own
+        bytes when it did not call ``buffer``.  A call that fails or is
+        cancelled may leave the buffer written to, and over https by a
+        worker thread still running: the caller must not reuse it then.
         """
 
     async def put(

@@ -1,4 +1,8 @@
-"""Large answer bodies over https received by one worker-thread job, off the event loop.
+"""Large answer bodies: which are received in place, and over https by one worker-thread job.
+
+Which bodies skip h11's buffer (``large_body_length``: framed by
+Content-Length alone, at least ``DIRECT_BODY``) and are read straight into
+one buffer, the caller's when it gives one (``ObjectStore.get_into``).
 
 The twin of ``bodysend`` for GETs: an 8 MiB body over https was decrypted on
 the loop's thread, one trip through trio's scheduler per socket read.  Here
@@ -21,6 +25,7 @@ import os
 import select
 import socket
 
+import h11
 import trio
 
 from cosencfs.store.bodysend import DupFd, send_all, wait_for
@@ -31,6 +36,33 @@ RECV = 256 * 1024
 
 #: Thread jobs that receive bodies, at most.
 RECEIVERS = trio.CapacityLimiter(16)
+
+#: Bodies of at least this many bytes (by Content-Length) are read into one
+#: buffer rather than through h11's (``Transport._read_large_body``).
+DIRECT_BODY = 64 * 1024
+
+
+def large_body_length(method: str, status: int, headers: dict[str, str]) -> int | None:
+    """The length of a large body framed by Content-Length alone (h11 has parsed
+    the head and checked the header), else None: h11 reads the body."""
+    if method == "HEAD" or status < 200 or status in (204, 304):
+        return None
+    if "transfer-encoding" in headers:
+        return None
+    value = headers.get("content-length", "")
+    if not value.isdigit() or int(value) < DIRECT_BODY:
+        return None
+    return int(value)
+
+
+def headers_token(response: h11.Response, name: bytes) -> set[bytes]:
+    """The comma-separated tokens of header ``name``, lowercase."""
+    return {
+        token.strip().lower()
+        for key, value in response.headers
+        if key == name
+        for token in value.split(b",")
+    }
 
 
 async def receive_off_loop(

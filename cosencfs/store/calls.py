@@ -115,7 +115,12 @@ class Caller:
             http.method, http.key, http.headers, http.params, length
         )
         answer = await self._transport.request(
-            http.method, target, headers, http.body, on_resend=self._resent(op.name)
+            http.method,
+            target,
+            headers,
+            http.body,
+            on_resend=self._resent(op.name),
+            into=http.into,
         )
         if op.counts_down:
             self._counters.add_down(len(answer.body))

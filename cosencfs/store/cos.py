@@ -10,7 +10,7 @@ deadline, counters) over ``cosencfs.store.transport`` (h11 on trio streams).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import trio
@@ -121,6 +121,22 @@ class CosStore:
         if end is not None and end <= start:
             return b""
         return await self._call(cosops.get_object(key, start, end, if_match))
+
+    async def get_into(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        buffer: Callable[[int], memoryview],
+        *,
+        if_match: str | None = None,
+    ) -> memoryview:
+        if end <= start:
+            return memoryview(b"")
+        data = await self._call(cosops.get_object(key, start, end, if_match, into=buffer))
+        # Of ``buffer``'s when the body was large enough to be received in
+        # place (bodyrecv.DIRECT_BODY), else of the transport's own bytes.
+        return memoryview(data)
 
     async def put(
         self,

@@ -44,6 +44,9 @@ class HttpExchange(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str | int] = field(default_factory=dict)
     body: Body | None = None
+    #: Gives the buffer a large answer body is received into, once its length
+    #: is known (``ObjectStore.get_into``); None: the transport's own.
+    into: Callable[[int], memoryview] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,8 +89,15 @@ def head_object(key: str) -> Operation[ObjectInfo]:
     return Operation("HeadObject", key, HttpExchange("HEAD", key, parse))
 
 
-def get_object(key: str, start: int, end: int | None, if_match: str | None) -> Operation[bytes]:
-    """Bytes ``[start, end)`` of ``key`` (the whole object from 0 with no end)."""
+def get_object(
+    key: str,
+    start: int,
+    end: int | None,
+    if_match: str | None,
+    into: Callable[[int], memoryview] | None = None,
+) -> Operation[bytes]:
+    """Bytes ``[start, end)`` of ``key`` (the whole object from 0 with no end);
+    ``into``: a large body is received into the buffer it gives."""
     headers: dict[str, str] = {}
     ranged = bool(start or end is not None)
     if ranged:
@@ -103,7 +113,7 @@ def get_object(key: str, start: int, end: int | None, if_match: str | None) -> O
     return Operation(
         "GetObject",
         key,
-        HttpExchange("GET", key, parse, headers),
+        HttpExchange("GET", key, parse, headers, into=into),
         counts_down=True,
     )
 

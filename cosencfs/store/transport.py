@@ -41,7 +41,8 @@ import trio
 from cosencfs.errors import ConfigError
 from cosencfs.store.base import Body, FileRange
 from cosencfs.store.bodies import read_small_body
-from cosencfs.store.bodyrecv import receive_off_loop
+from cosencfs.store.bodyrecv import DIRECT_BODY as DIRECT_BODY  # noqa: PLC0414 - tests use it here
+from cosencfs.store.bodyrecv import headers_token, large_body_length, receive_off_loop
 from cosencfs.store.bodysend import send_off_loop
 from cosencfs.store.tlsstream import TlsStream
 from cosencfs.store.wire import Answer, Endpoint, error_from
@@ -55,10 +56,6 @@ MAX_IDLE = 15.0
 #: Bodies (sent, or left to receive) of at least this many bytes move in one worker-thread
 #: job; smaller in the loop (over https 256 KiB cost less there, 512 KiB more).
 THREAD_BODY = 512 * 1024
-
-#: Bodies of at least this many bytes (by Content-Length) are read into one
-#: buffer rather than through h11's (``_read_large_body``).
-DIRECT_BODY = 64 * 1024
 
 #: Response heads larger than this are refused.
 _MAX_HEAD = 64 * 1024
@@ -158,9 +155,11 @@ class Transport:
         body: Body | None = None,
         *,
         on_resend: Callable[[], None] = lambda: None,
+        into: Callable[[int], memoryview] | None = None,
     ) -> Answer:
         """Send one request; a 3xx-5xx answer raises ``HttpStatusError``,
-        no answer ``TransportError``."""
+        no answer ``TransportError``.  ``into``: a large 2xx body is received
+        into the buffer it gives (``_read_large_body``)."""
         if isinstance(body, FileRange) and body.length < THREAD_BODY:
             # A page-cache read of this size takes less than a thread hop.
             body = read_small_body(body)
@@ -171,7 +170,7 @@ class Transport:
                 if conn is None:
                     conn = await self._connect()
                 try:
-                    answer, keep = await self._exchange(conn, method, target, headers, body)
+                    answer, keep = await self._exchange(conn, method, target, headers, body, into)
                 except _Unanswered as exc:
                     self._discard(conn)
                     if not reused or attempt == 2:
@@ -244,6 +243,7 @@ class Transport:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: Body | None,
+        into: Callable[[int], memoryview] | None,
     ) -> tuple[Answer, bool]:
         # One cancel scope for the whole exchange, its deadline pushed on at
         # every send and read ("each must progress within timeout"): a scope
@@ -257,7 +257,7 @@ class Transport:
             except TransportError as exc:
                 raise _Unanswered(exc) from None
             sent = True
-            return await self._receive_answer(conn, scope, method)
+            return await self._receive_answer(conn, scope, method, into)
         # Only reached when the deadline cancelled the exchange.
         if not sent:
             raise _Unanswered(TransportError("send timed out"))
@@ -297,7 +297,11 @@ class Transport:
             scope.deadline = trio.current_time() + self._timeout
 
     async def _receive_answer(
-        self, conn: _Conn, scope: trio.CancelScope, method: str
+        self,
+        conn: _Conn,
+        scope: trio.CancelScope,
+        method: str,
+        into: Callable[[int], memoryview] | None,
     ) -> tuple[Answer, bool]:
         h = conn.h11
         got = False
@@ -323,9 +327,11 @@ class Transport:
                     for name, value in event.headers:
                         # Latin-1 keeps every byte; metadata is UTF-8 inside it.
                         headers[name.decode("latin-1")] = value.decode("latin-1")
-                    length = _large_body_length(method, status, headers)
+                    length = large_body_length(method, status, headers)
                     if length is not None:
-                        body, keep = await self._read_large_body(conn, event, length, scope)
+                        # An error's body (XML) is never the caller's data.
+                        give = into if status < 300 else None
+                        body, keep = await self._read_large_body(conn, event, length, scope, give)
                         return Answer(status, headers, body), keep
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -339,7 +345,12 @@ class Transport:
         return Answer(status, headers, b"".join(parts)), keep
 
     async def _read_large_body(
-        self, conn: _Conn, response: h11.Response, length: int, scope: trio.CancelScope
+        self,
+        conn: _Conn,
+        response: h11.Response,
+        length: int,
+        scope: trio.CancelScope,
+        into: Callable[[int], memoryview] | None = None,
     ) -> tuple[bytes, bool]:
         """A large Content-Length body read straight into one buffer.
 
@@ -349,11 +360,19 @@ class Transport:
         ``length`` bytes, read into place: over https by a thread job
         (``bodyrecv``) when at least ``THREAD_BODY`` bytes are to come, else
         in the loop (``recv_into``, or ``SSLObject.read`` into the buffer).  A connection
-        kept alive gets a fresh h11 state for its next request.
+        kept alive gets a fresh h11 state for its next request.  ``into``
+        gives the buffer (a reused one: no fresh 8 MiB zeroed and faulted in
+        per GET); else a new ``bytearray``.
         """
         leftover, _ = conn.h11.trailing_data
-        buf = bytearray(length)
-        view = memoryview(buf)
+        if into is not None:
+            view = into(length)[:length]
+            if len(view) != length:
+                raise TransportError(f"a {len(view)} byte buffer for a {length} byte body")
+            buf: bytearray | memoryview = view
+        else:
+            buf = bytearray(length)
+            view = memoryview(buf)
         pos = min(len(leftover), length)
         view[:pos] = leftover[:pos]
         stream = conn.stream
@@ -395,29 +414,6 @@ class Transport:
         for conn in idle:
             self.open_now -= 1
             _close_now(conn)
-
-
-def _large_body_length(method: str, status: int, headers: dict[str, str]) -> int | None:
-    """The length of a large body framed by Content-Length alone (h11 has parsed
-    the head and checked the header), else None: h11 reads the body."""
-    if method == "HEAD" or status < 200 or status in (204, 304):
-        return None
-    if "transfer-encoding" in headers:
-        return None
-    value = headers.get("content-length", "")
-    if not value.isdigit() or int(value) < DIRECT_BODY:
-        return None
-    return int(value)
-
-
-def headers_token(response: h11.Response, name: bytes) -> set[bytes]:
-    """The comma-separated tokens of header ``name``, lowercase."""
-    return {
-        token.strip().lower()
-        for key, value in response.headers
-        if key == name
-        for token in value.split(b",")
-    }
 
 
 async def _receive_into(conn: _Conn, view: memoryview) -> int:

@@ -30,7 +30,8 @@ from cosencfs.cache.direct import DIRECT
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.core import Filesystem
-from cosencfs.fs.reads import RANDOM_AFTER
+from cosencfs.fs.handles import Readahead
+from cosencfs.fs.reads import PIECES, RANDOM_AFTER
 from cosencfs.store.memory import MemoryStore
 from tests.fs.test_filesystem import write_file
 from tests.testlib import fs_options
@@ -159,6 +160,23 @@ async def test_sequential_window_doubles_to_its_bound_in_parallel_gets(rig_for: 
     # The reader waits at most once per GET, not once per read (192 reads).
     assert rig.fetcher.misses <= len(gets) < len(data) // READ // 4
     await rig.fs.release(fh)
+
+
+def test_the_window_is_topped_up_by_one_piece_as_soon_as_one_is_read() -> None:
+    ra = Readahead()
+    spans = []
+    for off in range(0, 96 * MIB, MIB):
+        span = ra.advance(
+            off, MIB, 1 << 40, smallest=MIB, largest=32 * MIB, fetching=True, pieces=PIECES
+        )
+        if span is not None:
+            spans.append(span)
+        if off >= 8 * MIB:
+            # Past the ramp, never less than three quarters of the window on
+            # its way (topped up once half was read, it fell to half).
+            assert ra.ahead_until - (off + MIB) >= 32 * MIB - 32 * MIB // PIECES
+    # Steady: each top-up is one GET's worth, a quarter of the window.
+    assert {e - s for s, e in spans[-8:]} == {32 * MIB // PIECES}
 
 
 async def _first_mib_read(
