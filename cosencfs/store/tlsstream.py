@@ -68,7 +68,13 @@ class ClientTls:
         return stream
 
     def keep(self, stream: TlsStream) -> None:
-        """``stream`` ended an exchange: its session is the one new connections offer."""
+        """``stream`` ended an exchange: its session is the one new connections
+        offer.  Taken once per connection, after its first exchange: reading
+        ``SSLObject.session`` copies the session through DER, certificates
+        included (~0.4 ms: measured, done per request it doubled a HEAD's CPU)."""
+        if stream.session_taken:
+            return
+        stream.session_taken = True
         session = stream.session
         if session is not None and session.has_ticket:
             self._session = session
@@ -91,6 +97,8 @@ class TlsStream:
             self._in, self._out, server_hostname=server_hostname, session=session
         )
         self._eof = False
+        #: ``ClientTls.keep`` has taken this connection's session.
+        self.session_taken = False
 
     @property
     def session(self) -> ssl.SSLSession | None:

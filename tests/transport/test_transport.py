@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from cosencfs.server import LocalCosServer
 from cosencfs.server.tls import ensure_self_signed
 from cosencfs.store.base import FileRange
 from cosencfs.store.retry import RetryPolicy
+from cosencfs.store.tlsstream import TlsStream
 from cosencfs.store.transport import CertificateError, Transport, TransportError
 from cosencfs.store.wire import Endpoint, HttpStatusError
 from tests.transport._raw import Script, ok
@@ -133,6 +135,28 @@ async def test_every_connection_is_counted_and_new_tls_ones_resume_a_session(
     assert tls is not None
     assert (tls.handshakes, tls.resumed) == (4, 3)
     assert store.counters.snapshot().minus(store.counters.snapshot()).connections == {}
+
+
+async def test_a_connection_s_session_is_read_once_not_per_request(
+    local: LocalCosServer, make_store: StoreFactory, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading ``SSLObject.session`` copies it through DER (certificates too):
+    done after every exchange it doubled the CPU of a HEAD over https."""
+    if scheme == "http":
+        pytest.skip("https only")
+    reads = 0
+
+    def counted(stream: TlsStream) -> ssl.SSLSession | None:
+        nonlocal reads
+        reads += 1
+        return stream._tls.session
+
+    monkeypatch.setattr(TlsStream, "session", property(counted))
+    store = make_store(local.url)
+    for _ in range(10):
+        await store.put("k", b"x", {})
+    assert store.transport.opened == 1
+    assert reads == 1
 
 
 async def test_parallel_connections_made_before_any_ticket_make_full_handshakes(
