@@ -51,6 +51,13 @@ def mib(n: int) -> str:
     return f"{n / 1024**2:.1f} MiB"
 
 
+def _connections(c: dict[str, int]) -> str:
+    line = f"connections  {c.get('opened', 0)} opened"
+    if c.get("tls_full") or c.get("tls_resumed"):
+        line += f" (TLS: {c.get('tls_full', 0)} full, {c.get('tls_resumed', 0)} resumed)"
+    return line
+
+
 def format_stats(s: dict[str, Any]) -> str:
     store, cache, dirty, up = s["store"], s["cache"], s["dirty"], s["uploads"]
     units = request_units(store["requests"])
@@ -63,6 +70,7 @@ def format_stats(s: dict[str, Any]) -> str:
         f"cost         {units['read']:.4f} read + {units['write']:.4f} write request units"
         " (1 unit = 10,000 requests)",
         f"transferred  up {mib(store['bytes_up'])}, down {mib(store['bytes_down'])}",
+        _connections(store.get("connections", {})),
         f"cache        {mib(cache['bytes'])} of {mib(cache['limit'])},"
         f" hit ratio {cache['hit_ratio']:.1%} ({cache['hits']} hits, {cache['misses']} misses)",
         f"dirty        {dirty['files']} files, {mib(dirty['bytes'])}",

@@ -68,6 +68,7 @@ class CosStore:
             connections=settings.concurrency,
             timeout=settings.timeout,
             ca_file=settings.ca_file,
+            counters=self._counters,
         )
         self._call = Caller(self._signer, self._transport, self._counters, settings.retry)
         warn_if_proxied(self._signer.endpoint)

@@ -3,7 +3,9 @@
 COS bills every request (failed ones too) per 10,000, so the counters count
 each HTTP attempt, retries included, by operation.  They also keep what the
 Prometheus endpoint (``cosencfs.mount.metrics``) shows beyond counts: how long
-attempts took and whether the last one reached COS.
+attempts took and whether the last one reached COS.  Connections are counted
+too (each costs a round trip, over https one more and a handshake's CPU at
+both ends): made, with a full TLS handshake, with a resumed TLS session.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class CounterSnapshot:
     bytes_down: int
     #: Failed attempts after which the call tried again, by operation (a part of failures).
     retried: dict[str, int] = field(default_factory=dict)
+    #: Connections made: "opened" (all), "tls_full" and "tls_resumed" handshakes.
+    connections: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_requests(self) -> int:
@@ -41,6 +45,8 @@ class CounterSnapshot:
         fail.subtract(earlier.failures)
         again = Counter(self.retried)
         again.subtract(earlier.retried)
+        conns = Counter(self.connections)
+        conns.subtract(earlier.connections)
         return CounterSnapshot(
             requests={k: v for k, v in req.items() if v},
             failures={k: v for k, v in fail.items() if v},
@@ -48,6 +54,7 @@ class CounterSnapshot:
             bytes_up=self.bytes_up - earlier.bytes_up,
             bytes_down=self.bytes_down - earlier.bytes_down,
             retried={k: v for k, v in again.items() if v},
+            connections={k: v for k, v in conns.items() if v},
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -58,6 +65,7 @@ class CounterSnapshot:
             "retries": self.retries,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
+            "connections": dict(sorted(self.connections.items())),
         }
 
 
@@ -90,6 +98,7 @@ class RequestCounters:
     _requests: Counter[str] = field(default_factory=Counter)
     _failures: Counter[str] = field(default_factory=Counter)
     _retried: Counter[str] = field(default_factory=Counter)
+    _connections: Counter[str] = field(default_factory=Counter)
     _retries: int = 0
     _bytes_up: int = 0
     _bytes_down: int = 0
@@ -115,6 +124,13 @@ class RequestCounters:
             self._retries += 1
             if op:
                 self._retried[op] += 1
+
+    def connected(self, *, tls: bool, resumed: bool) -> None:
+        """A connection was made (``tls``: with a handshake, ``resumed`` or full)."""
+        with self._lock:
+            self._connections["opened"] += 1
+            if tls:
+                self._connections["tls_resumed" if resumed else "tls_full"] += 1
 
     def answered(self, op: str, seconds: float, *, reached: bool) -> None:
         """An attempt of ``op`` ended after ``seconds``; ``reached``: COS gave an
@@ -154,4 +170,5 @@ class RequestCounters:
                 bytes_up=self._bytes_up,
                 bytes_down=self._bytes_down,
                 retried=dict(self._retried),
+                connections=dict(self._connections),
             )

@@ -9,6 +9,11 @@ records they complete to the caller in one piece.  The TLS itself is the
 standard library's (``ssl.SSLObject`` over memory BIOs, as in trio's own
 stream): certificate and host name checks, alerts, session tickets and
 key updates are OpenSSL's; only the pumping of bytes is here.
+
+``ClientTls`` is the client's TLS for one endpoint: its verifying context,
+and the session a new connection resumes (an abbreviated handshake: no
+certificate sent, signed or checked again, the cost of a new connection
+to both ends), with counts of handshakes and resumptions.
 """
 
 from __future__ import annotations
@@ -18,23 +23,90 @@ from typing import cast
 
 import trio
 
+from cosencfs.errors import ConfigError
+
 #: Bytes read from the socket per trip through the scheduler.
 RECV = 256 * 1024
 #: Plaintext asked of one ``SSLObject.read`` (a record holds at most 16 KiB).
 _RECORD = 32 * 1024
 
 
+def client_tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifying TLS: ``ca_file`` alone when given, else the default trust store."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA file {ca_file!r}: {exc}") from None
+
+
+class ClientTls:
+    """TLS to one endpoint: new connections resume the session of one before.
+
+    A session (TLS 1.3: a ticket, which arrives after the handshake, with
+    the first answer) is taken from a connection that finished an exchange
+    (``keep``) and offered by the next connection made; the server may
+    refuse it, and the handshake is then a full one.  Sessions are only
+    ever offered to the host (and context) that issued them.  Event loop
+    only: no lock.
+    """
+
+    def __init__(self, context: ssl.SSLContext, host: str) -> None:
+        self.context = context
+        self.host = host
+        self._session: ssl.SSLSession | None = None
+        #: Handshakes made, and how many of them resumed a session.
+        self.handshakes = 0
+        self.resumed = 0
+
+    async def connect(self, tcp: trio.SocketStream) -> TlsStream:
+        """``tcp`` with TLS on it, the handshake made (its errors as ``TlsStream.handshake``)."""
+        stream = TlsStream(tcp, self.context, self.host, self._session)
+        await stream.handshake()
+        self.handshakes += 1
+        if stream.session_reused:
+            self.resumed += 1
+        return stream
+
+    def keep(self, stream: TlsStream) -> None:
+        """``stream`` ended an exchange: its session is the one new connections
+        offer.  Taken once per connection, after its first exchange: reading
+        ``SSLObject.session`` copies the session through DER, certificates
+        included (~0.4 ms: measured, done per request it doubled a HEAD's CPU)."""
+        if stream.session_taken:
+            return
+        stream.session_taken = True
+        session = stream.session
+        if session is not None and session.has_ticket:
+            self._session = session
+
+
 class TlsStream:
     """A client TLS connection over ``transport_stream`` (call ``handshake`` first)."""
 
     def __init__(
-        self, transport_stream: trio.SocketStream, context: ssl.SSLContext, server_hostname: str
+        self,
+        transport_stream: trio.SocketStream,
+        context: ssl.SSLContext,
+        server_hostname: str,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         self.transport_stream = transport_stream
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+        self._tls = context.wrap_bio(
+            self._in, self._out, server_hostname=server_hostname, session=session
+        )
         self._eof = False
+        #: ``ClientTls.keep`` has taken this connection's session.
+        self.session_taken = False
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        return self._tls.session
+
+    @property
+    def session_reused(self) -> bool:
+        return self._tls.session_reused
 
     async def _flush(self) -> None:
         if self._out.pending:

@@ -17,10 +17,9 @@ replaces connections the server has closed.
   fresh connection; ``on_resend`` reports it (COS bills every attempt).
 - Every connect, send and receive must progress within ``timeout`` seconds.
 - https verifies the server's certificate and name, always: against
-  ``ca_file`` when given, else the system's trust store (which honours
-  ``SSL_CERT_FILE``).  TLS is the standard library's ``ssl`` over the trio
-  socket (``tlsstream``: every record a socket read brings is decrypted in
-  one trip through the scheduler, where ``trio.SSLStream`` takes one each).
+  ``ca_file`` when given, else the system's trust store (``SSL_CERT_FILE``).
+  TLS is ``ssl`` over the trio socket (``tlsstream``: every record a read
+  brings decrypted at once; a new connection resumes an earlier session).
 """
 
 from __future__ import annotations
@@ -38,13 +37,13 @@ from typing import cast
 import h11
 import trio
 
-from cosencfs.errors import ConfigError
 from cosencfs.store.base import Body, FileRange
 from cosencfs.store.bodies import read_small_body
 from cosencfs.store.bodyrecv import DIRECT_BODY as DIRECT_BODY  # noqa: PLC0414 - tests use it here
 from cosencfs.store.bodyrecv import headers_token, large_body_length, receive_off_loop
 from cosencfs.store.bodysend import send_off_loop
-from cosencfs.store.tlsstream import TlsStream
+from cosencfs.store.counters import RequestCounters
+from cosencfs.store.tlsstream import ClientTls, TlsStream, client_tls_context
 from cosencfs.store.wire import Answer, Endpoint, error_from
 
 log = logging.getLogger(__name__)
@@ -91,14 +90,6 @@ def warn_if_proxied(endpoint: Endpoint) -> None:
         )
 
 
-def client_tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verifying TLS: ``ca_file`` alone when given, else the default trust store."""
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the CA file {ca_file!r}: {exc}") from None
-
-
 class _Conn:
     __slots__ = ("h11", "stream", "used")
 
@@ -124,11 +115,20 @@ class Transport:
     """Keep-alive connections to one endpoint, used from the trio thread."""
 
     def __init__(
-        self, endpoint: Endpoint, *, connections: int, timeout: float, ca_file: str | None = None
+        self,
+        endpoint: Endpoint,
+        *,
+        connections: int,
+        timeout: float,
+        ca_file: str | None = None,
+        counters: RequestCounters | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
-        self._tls = client_tls_context(ca_file) if endpoint.scheme == "https" else None
+        self._counters = counters or RequestCounters()
+        tls = endpoint.scheme == "https"
+        #: https: the context and the session new connections resume.
+        self.tls = ClientTls(client_tls_context(ca_file), endpoint.host) if tls else None
         #: One token per request in flight, hence per open connection.
         self.limiter = trio.CapacityLimiter(connections)
         #: Bodies sent by a thread job, and the send calls they took (tests count them).
@@ -183,6 +183,8 @@ class Transport:
                     raise
                 if keep and not self._closed:
                     conn.used = time.monotonic()
+                    if self.tls is not None:
+                        self.tls.keep(cast(TlsStream, conn.stream))
                     self._idle.append(conn)
                 else:
                     self._discard(conn)
@@ -211,10 +213,9 @@ class Transport:
             with trio.fail_after(self._timeout):
                 tcp = await trio.open_tcp_stream(ep.host, ep.port)
                 stream: trio.SocketStream | TlsStream = tcp
-                if self._tls is not None:
-                    stream = TlsStream(tcp, self._tls, ep.host)
+                if self.tls is not None:
                     try:
-                        await stream.handshake()
+                        stream = await self.tls.connect(tcp)
                     except BaseException:
                         await trio.aclose_forcefully(tcp)
                         raise
@@ -230,6 +231,8 @@ class Transport:
             raise TransportError(f"connect to {ep.host}:{ep.port}: {exc}") from None
         self.opened += 1
         self.open_now += 1
+        resumed = isinstance(stream, TlsStream) and stream.session_reused
+        self._counters.connected(tls=stream is not tcp, resumed=resumed)
         return _Conn(stream)
 
     def _discard(self, conn: _Conn) -> None:

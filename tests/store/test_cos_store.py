@@ -873,6 +873,7 @@ def test_counter_snapshot_minus_and_as_dict() -> None:
         "retries": 0,
         "bytes_up": 0,
         "bytes_down": 0,
+        "connections": {},
     }
     requests = later.as_dict()["requests"]
     assert isinstance(requests, dict)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from cosencfs.server import LocalCosServer
 from cosencfs.server.tls import ensure_self_signed
 from cosencfs.store.base import FileRange
 from cosencfs.store.retry import RetryPolicy
+from cosencfs.store.tlsstream import TlsStream
 from cosencfs.store.transport import CertificateError, Transport, TransportError
 from cosencfs.store.wire import Endpoint, HttpStatusError
 from tests.transport._raw import Script, ok
@@ -107,6 +109,74 @@ async def test_the_pool_is_bounded_by_the_concurrency(
     assert store.transport.opened == 3
     assert network(local)["connections"] == 3
     assert store.counters.snapshot().requests == {"PutObject": 1, "HeadObject": 20}
+
+
+async def test_every_connection_is_counted_and_new_tls_ones_resume_a_session(
+    local: LocalCosServer, make_store: StoreFactory, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections are counted in the store's counters (``cosencfs stats``);
+    over https the first makes a full handshake and the later ones resume
+    its session: no certificate sent, signed or checked again."""
+    store = make_store(local.url)
+    await store.put("k", b"x", {})
+    # Every request finds the idle connection too old: a new one each time.
+    monkeypatch.setattr(transport_module, "MAX_IDLE", -1.0)
+    for _ in range(3):
+        await store.head("k")
+    conns = store.counters.snapshot().connections
+    assert store.transport.opened == 4
+    assert network(local)["connections"] == 4
+    if scheme == "http":
+        assert conns == {"opened": 4}
+        assert store.transport.tls is None
+        return
+    assert conns == {"opened": 4, "tls_full": 1, "tls_resumed": 3}
+    tls = store.transport.tls
+    assert tls is not None
+    assert (tls.handshakes, tls.resumed) == (4, 3)
+    assert store.counters.snapshot().minus(store.counters.snapshot()).connections == {}
+
+
+@pytest.mark.parametrize("scheme", ["https"])
+async def test_a_connection_s_session_is_read_once_not_per_request(
+    local: LocalCosServer, make_store: StoreFactory, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading ``SSLObject.session`` copies it through DER (certificates too):
+    done after every exchange it doubled the CPU of a HEAD over https."""
+    reads = 0
+
+    def counted(stream: TlsStream) -> ssl.SSLSession | None:
+        nonlocal reads
+        reads += 1
+        return stream._tls.session
+
+    monkeypatch.setattr(TlsStream, "session", property(counted))
+    store = make_store(local.url)
+    for _ in range(10):
+        await store.put("k", b"x", {})
+    assert store.transport.opened == 1
+    assert reads == 1
+
+
+@pytest.mark.parametrize("scheme", ["https"])
+async def test_parallel_connections_made_before_any_ticket_make_full_handshakes(
+    local: LocalCosServer, make_store: StoreFactory, scheme: str
+) -> None:
+    """A session is offered only once a connection finished an exchange (a TLS
+    1.3 ticket comes after the handshake): a burst at start makes full ones."""
+    store = make_store(local.url, concurrency=3)
+    await store.put("k", b"x", {})
+    local.set_faults(0.0, latency_ms=50)
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(store.head, "k")
+    finally:
+        local.set_faults(0.0)
+    conns = store.counters.snapshot().connections
+    # The first connection was idle in the pool for the burst; two more were
+    # made, both resuming its session (its ticket came with its first answer).
+    assert conns == {"opened": 3, "tls_full": 1, "tls_resumed": 2}
 
 
 async def test_idle_connections_past_their_age_are_closed(
