@@ -29,6 +29,7 @@ from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.metamap import pack
 from cosencfs.crypto.ctr import DataKey
+from cosencfs.crypto.integrity import VerifiedContent
 from cosencfs.fs import xattrs
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, attrs_to_meta
@@ -110,6 +111,7 @@ class Committer:
             staged = self.ctx.cache.upload_copy(head, size)
             staged.size = size
             done: tuple[str, dict[str, str], list[bytes]] | None = None
+            verified: VerifiedContent | None = None
             stream = head.stream
             if isinstance(stream, StreamUpload):
                 head.stream = None
@@ -122,10 +124,11 @@ class Committer:
                 tags = await self.ctx.tags.tag_copy(
                     staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
                 )
-                meta = await self.ctx.tags.seal(key, size, meta, tags)
+                meta, verified = await self.ctx.tags.seal_own(key, size, meta, tags)
                 etag = await self._upload(node, head, staged, key, meta)
             else:
                 etag, meta, tags = done
+                verified = self.ctx.tags.own(key, size, meta, tags)
         except BaseException:
             head.uploading = False
             top = node.as_file.head
@@ -136,7 +139,7 @@ class Committer:
             raise
         head.uploading = False
         old = node.remote.metadata if node.remote is not None else None
-        self._adopt(node, head, staged, key, etag, meta, tags)
+        self._adopt(node, head, staged, key, etag, meta, verified)
         self.ctx.tags.wrote(key, meta, old)
         node.meta_synced_gen = gen
         if node.dirty:
@@ -156,15 +159,17 @@ class Committer:
         key: str,
         etag: str,
         meta: dict[str, str],
-        tags: list[bytes],
+        verified: VerifiedContent | None,
     ) -> None:
-        """The upload of ``head`` succeeded: its copy is the file's clean copy now."""
+        """The upload of ``head`` succeeded: its copy is the file's clean copy now.
+
+        ``verified``: the tags just sealed, which verify what is fetched back
+        if the copy is evicted.
+        """
         if head.object_dk is None:
             raise RuntimeError("adopting a layer that was never sealed")
         cache = self.ctx.cache
         size = staged.size
-        # The tags just computed verify what is fetched back if the copy is evicted.
-        verified = self.ctx.tags.own(key, size, meta, tags)
         # One packed metadata for the copy and the inode (read-only): held
         # once, not twice (cosencfs/cache/metamap.py).
         packed = pack(meta)

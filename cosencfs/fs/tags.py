@@ -146,9 +146,21 @@ class MountTags(TagChecker):
         A companion, when the tags do not fit, is stored first: an object is
         never in COS naming a companion that is not.
         """
+        return (await self.seal_own(key, size, meta, tags))[0]
+
+    async def seal_own(
+        self, key: str, size: int, meta: Mapping[str, str], tags: list[bytes]
+    ) -> tuple[dict[str, str], VerifiedContent | None]:
+        """``seal``, and the verified content of the object sealed (None: untagged).
+
+        ``tags`` must be the chunk tags this mount computed from the upload
+        copy it is about to send (``tag_copy``): the content is verified by
+        construction (crypto/objecttags.py, ``seal_object``), so the commit
+        does not open the tags it just made (``own``).
+        """
         out = {k: v for k, v in meta.items() if k not in TAG_FIELDS}
         if self.writer is None:
-            return out
+            return out, None
         sealed = seal_tags(
             self.writer,
             key=key,
@@ -164,12 +176,13 @@ class MountTags(TagChecker):
             await self.store.put(self.companion_key(digest), sealed.companion, {})
             self.stats.companions_written += 1
         out.update(sealed.fields)
-        return out
+        return out, sealed.content
 
     def own(
         self, key: str, size: int, meta: Mapping[str, str], tags: list[bytes]
     ) -> VerifiedContent | None:
-        """The verified content of an object this mount just sealed with ``tags``."""
+        """The verified content of an object this mount just sealed with ``tags``
+        (a streamed upload's, whose metadata was sealed elsewhere: its tags are opened)."""
         if self.writer is None or OBJECT_TAG_FIELD not in meta:
             return None
         chunk_tags = ChunkTags(tags)

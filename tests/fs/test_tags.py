@@ -276,3 +276,32 @@ async def test_small_copies_are_tagged_without_a_thread_hop(
     await write_file(fsys, ROOT_INO, "bigger", os.urandom(200_000))
     await verified(store, codec, "bigger")
     assert tag_ciphertext in hops
+
+
+async def test_a_commit_does_not_open_the_tags_it_just_sealed(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clean copy's verified content comes from sealing (``seal_own``), not from
+    ``open_tags`` on the metadata just made, and is what opening it would give."""
+
+    def no_open(*a: object, **kw: object) -> None:
+        raise AssertionError("the commit opened the tags it sealed")
+
+    monkeypatch.setattr(MountTags, "own", no_open)
+    for name, size in (("one", 3000), ("companion", 40 * CHUNK_SIZE + 1)):
+        await write_file(fsys, ROOT_INO, name, os.urandom(size))
+        await verified(store, codec, name)
+        node = fsys.ns.inode((await fsys.lookup(ROOT_INO, name.encode())).ino)
+        clean = node.as_file.clean
+        assert clean is not None
+        assert clean.source is not None
+        own = clean.source.verified
+        assert own is not None
+        info = await store.head(name)
+        meta = dict(info.metadata)
+        ref = meta.get(TAGS_REF_FIELD)
+        companion = None if ref is None else await store.get(f"{COMPANION_DIR}/{ref}")
+        tk = TagKey.for_object(meta, codec.masters, key=name)
+        opened = open_tags(tk, key=name, size=info.size, metadata=meta, companion=companion)
+        assert (own.key, own.size, own.object_tag) == (opened.key, opened.size, opened.object_tag)
+        assert own.chunk_tags == opened.chunk_tags
