@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.envelope import KID_FIELD, EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
     CHUNK_SIZE,
@@ -30,6 +30,8 @@ from cosencfs.crypto.integrity import (
 )
 from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_rsa_key_files
 from cosencfs.errors import ConfigError, FsError, IntegrityError
+from cosencfs.fs import tagcheck
+from cosencfs.fs.attrs import META_MODE
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.fs.tagcheck import COMPANION_DIR, attr_set
@@ -305,3 +307,35 @@ async def test_a_commit_does_not_open_the_tags_it_just_sealed(
         opened = open_tags(tk, key=name, size=info.size, metadata=meta, companion=companion)
         assert (own.key, own.size, own.object_tag) == (opened.key, opened.size, opened.object_tag)
         assert own.chunk_tags == opened.chunk_tags
+
+
+async def test_own_attribute_tags_are_not_checked_again_but_anything_else_is(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``attrs_authentic`` of metadata this mount sealed skips the MAC (a directory
+    index rewritten after new files); altered metadata and other keys are checked."""
+    fs1 = await make_fs()
+    await write_file(fs1, ROOT_INO, "f", os.urandom(3000))
+    meta = dict((await store.head("f")).metadata)
+    tags = fs1.ctx.tags
+    checked: list[str] = []
+    real = tagcheck.attribute_tag
+
+    def counting(tk: TagKey, *, key: str, object_tag: bytes, attrs: object) -> bytes:
+        checked.append(key)
+        return real(tk, key=key, object_tag=object_tag, attrs=attrs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tagcheck, "attribute_tag", counting)
+    assert tags.attrs_authentic("f", meta)
+    assert checked == []  # sealed here: no MAC
+    assert not tags.attrs_authentic("f", {**meta, META_MODE: str(0o104755)})
+    assert checked == ["f"]  # altered: checked in full, and fails
+    assert not tags.attrs_authentic("g", meta)  # another key: checked, fails
+    assert checked == ["f", "g"]
+    kid = {**meta, KID_FIELD: "0" * 16}
+    assert not tags.attrs_authentic("f", kid)  # another key id: not this mount's answer
+    # Another mount never sealed it: the full check, which passes.
+    fs2 = await make_fs()
+    checked.clear()
+    assert fs2.ctx.tags.attrs_authentic("f", meta)
+    assert checked == ["f"]
