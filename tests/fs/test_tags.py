@@ -25,6 +25,7 @@ from cosencfs.crypto.integrity import (
     TAGS_REF_FIELD,
     ChunkKey,
     TagKey,
+    attribute_tag,
     open_tags,
     tag_body,
 )
@@ -319,7 +320,7 @@ async def test_own_attribute_tags_are_not_checked_again_but_anything_else_is(
     meta = dict((await store.head("f")).metadata)
     tags = fs1.ctx.tags
     checked: list[str] = []
-    real = tagcheck.attribute_tag
+    real = attribute_tag
 
     def counting(tk: TagKey, *, key: str, object_tag: bytes, attrs: object) -> bytes:
         checked.append(key)
