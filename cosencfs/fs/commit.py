@@ -39,6 +39,7 @@ from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.special import put_special, tagged_now
 from cosencfs.fs.stream import StreamUpload
+from cosencfs.fs.tags import INLINE_TAG
 from cosencfs.fs.upload import Uploader
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,16 @@ class Committer:
                     await stream.abandon_now()  # renamed, or shrank to a simple PUT
             if done is None:
                 await assemble.produce(self.ctx.cache, head, staged, 0, size)
-                tags = await self.ctx.tags.tag_copy(
-                    staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
-                )
+                body: bytes | None = None
+                if size <= INLINE_TAG:
+                    # Read once, on the loop: tagged, and sent from memory.
+                    body, tags = self.ctx.tags.small_copy(staged.path, head.object_dk, size)
+                else:
+                    tags = await self.ctx.tags.tag_copy(
+                        staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
+                    )
                 meta, verified = await self.ctx.tags.seal_own(key, size, meta, tags)
-                etag = await self._upload(node, head, staged, key, meta)
+                etag = await self._upload(node, head, staged, key, meta, body)
             else:
                 etag, meta, tags = done
                 verified = self.ctx.tags.own(key, size, meta, tags)
@@ -201,7 +207,13 @@ class Committer:
                 layer.source = source
 
     async def _upload(
-        self, node: Inode, head: DirtyLayer, staged: ObjectContent, key: str, meta: dict[str, str]
+        self,
+        node: Inode,
+        head: DirtyLayer,
+        staged: ObjectContent,
+        key: str,
+        meta: dict[str, str],
+        body: bytes | None,
     ) -> str:
         resume = None
         if staged.size > self.uploader.single_put_max:
@@ -209,7 +221,13 @@ class Committer:
             if rec is not None and rec.upload_id and rec.vid == head.vid and rec.key == key:
                 resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
         return await self.uploader.upload(
-            key, staged, meta, content_type=FILE_CONTENT_TYPE, fid=node.as_file.fid, resume=resume
+            key,
+            staged,
+            meta,
+            content_type=FILE_CONTENT_TYPE,
+            fid=node.as_file.fid,
+            resume=resume,
+            body=body,
         )
 
     async def _commit_attrs(self, node: Inode) -> None:

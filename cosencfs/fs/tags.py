@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -52,6 +53,7 @@ from cosencfs.crypto.integrity import (
     open_tags,
     retag_fields,
     seal_tags,
+    tag_body,
 )
 from cosencfs.crypto.xattrseal import XATTR_FIELD, XattrKey, open_any
 from cosencfs.errors import ConfigError, CryptoError, IntegrityError
@@ -93,6 +95,18 @@ def _attr_inputs(key: str, meta: Mapping[str, str]) -> bytes:
     """A digest of everything an attribute check of ``meta`` at ``key`` depends on."""
     text = repr((key, tuple(meta.get(f) for f in _ATTR_INPUTS)))
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def read_copy(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a cache file (a small upload copy, produced: sealed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise OSError(f"cache file {path} is short: {len(data)} of {size} bytes")
+    return data
 
 
 class MountTags(TagChecker):
@@ -155,6 +169,15 @@ class MountTags(TagChecker):
             # CPU per small file created, py-spy of small_create).
             return tag_ciphertext(path, ck, start, end)
         return await trio.to_thread.run_sync(tag_ciphertext, path, ck, start, end, limiter=limiter)
+
+    def small_copy(self, path: str, dk: DataKey, size: int) -> tuple[bytes, list[bytes]]:
+        """A small upload copy's ciphertext (at most ``INLINE_TAG`` bytes), read once,
+        and its chunk tags (none when not tagging): the commit sends those
+        bytes as the PUT's body, instead of reading the file a second time."""
+        body = read_copy(path, size)
+        if self.writer is None or not body:
+            return body, []
+        return body, list(tag_body(ChunkKey(dk), body))
 
     def chunk_key(self, dk: DataKey) -> ChunkKey | None:
         """The chunk-tag key of the object under ``dk``; None when not tagging."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from cosencfs.crypto.ctr import DataKey
+from cosencfs.crypto.ctr import DataKey, decrypt
 from cosencfs.crypto.envelope import KID_FIELD, EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
@@ -37,7 +39,8 @@ from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.fs.tagcheck import COMPANION_DIR, attr_set
 from cosencfs.fs.tagparts import tag_ciphertext
-from cosencfs.fs.tags import MountTags
+from cosencfs.fs.tags import INLINE_TAG, MountTags
+from cosencfs.store.base import Body, FileRange
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
 from tests.testlib import FsFactory
@@ -340,3 +343,27 @@ async def test_own_attribute_tags_are_not_checked_again_but_anything_else_is(
     checked.clear()
     assert fs2.ctx.tags.attrs_authentic("f", meta)
     assert checked == ["f"]
+
+
+async def test_a_small_copy_is_read_once_tagged_and_sent_from_memory(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to INLINE_TAG bytes the commit reads the copy once: the PUT's body is those
+    bytes; a larger copy is sent from the file (a FileRange)."""
+    bodies: dict[str, object] = {}
+    real = store.put
+
+    async def put(key: str, body: Body, meta: Mapping[str, str], **kw: Any) -> str:
+        bodies[key] = body
+        return await real(key, body, meta, **kw)
+
+    monkeypatch.setattr(store, "put", put)
+    small, large = os.urandom(INLINE_TAG), os.urandom(INLINE_TAG + 1)
+    await write_file(fsys, ROOT_INO, "small", small)
+    await write_file(fsys, ROOT_INO, "large", large)
+    assert isinstance(bodies["small"], bytes)
+    assert isinstance(bodies["large"], FileRange)
+    for name, data in (("small", small), ("large", large)):
+        await verified(store, codec, name)
+        info = await store.head(name)
+        assert decrypt(codec.open(info.metadata), 0, await store.get(name)) == data
