@@ -207,7 +207,7 @@ class MountTags(TagChecker):
         """``seal``, and the verified content of the object sealed (None: untagged).
 
         ``tags`` must be the chunk tags this mount computed from the upload
-        copy it is about to send (``tag_copy``): the content is verified by
+        copy it is about to send (``tag_copy``, ``small_copy``): the content is verified by
         construction (crypto/objecttags.py, ``seal_object``), so the commit
         does not open the tags it just made (``own``).
         """

@@ -85,12 +85,12 @@ class Uploader:
         if v.size <= self.single_put_max:
             if resume is not None:
                 await self.abort(key, resume[0])
+            if body is not None and len(body) != v.size:
+                raise CosEncFsError(f"upload of {key!r}: {len(body)} bytes, not {v.size}")
+            sent = FileRange(v.path, 0, v.size) if body is None else body
             self.window.started()
             started = trio.current_time()
             try:
-                if body is not None and len(body) != v.size:
-                    raise CosEncFsError(f"upload of {key!r}: {len(body)} bytes, not {v.size}")
-                sent = FileRange(v.path, 0, v.size) if body is None else body
                 return await self.store.put(key, sent, metadata, content_type=content_type)
             finally:
                 self.window.observe(trio.current_time() - started)
