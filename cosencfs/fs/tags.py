@@ -72,7 +72,7 @@ INLINE_TAG = 64 * 1024
 _TAG_READ = 4 * 1024 * 1024
 
 #: Attribute tags this mount sealed, remembered for ``attrs_authentic`` (the
-#: newest; ~150 bytes each): a directory index rewritten after a burst of
+#: newest; ~250 bytes each, 0.5 MiB at most): a directory index rewritten after a burst of
 #: new files checks each one's, which this mount has just computed.
 OWN_ATTRS_MAX = 2048
 
