@@ -219,12 +219,9 @@ class CacheManager:
         self._forget_source(v)
 
     def discard(self, v: ObjectContent) -> None:
-        """Forget a clean copy and delete its cache file."""
+        """Forget a clean copy and delete its cache file (by a worker thread: spare.py)."""
         self.close_copy(v)
-        try:
-            os.unlink(v.path)
-        except FileNotFoundError:
-            pass
+        self.spares.dispose(v.path)
 
     # -- space -----------------------------------------------------------------
 

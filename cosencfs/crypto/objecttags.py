@@ -226,7 +226,8 @@ _VERIFIED = object()
 class VerifiedContent:
     """An object whose object tag verified: the only chunk tags to check chunks against.
 
-    Made by :func:`open_tags` (or :func:`verify_object`); not built directly.
+    Made by :func:`open_tags` (or :func:`verify_object`) from tags read back,
+    or by :func:`seal_object` for the writer's own tags; not built directly.
     """
 
     __slots__ = ("chunk_tags", "key", "object_tag", "size")
@@ -235,7 +236,7 @@ class VerifiedContent:
         self, token: object, *, key: str, size: int, object_tag: bytes, chunk_tags: ChunkTags
     ) -> None:
         if token is not _VERIFIED:
-            raise TypeError("VerifiedContent comes from open_tags / verify_object only")
+            raise TypeError("VerifiedContent comes from open_tags, verify_object or seal_object")
         self.key = key
         self.size = size
         self.object_tag = object_tag
@@ -281,6 +282,23 @@ class VerifiedContent:
         if tag is None or len(tag) != TAG_SIZE:
             raise IntegrityError(f"{ATTR_TAG_FIELD} missing or malformed", key=self.key)
         verify_attributes(tk, key=self.key, object_tag=self.object_tag, attrs=attrs, tag=tag)
+
+
+def seal_object(
+    tk: TagKey, *, key: str, size: int, envelope: SealedEnvelope, chunk_tags: ChunkTags
+) -> VerifiedContent:
+    """The object tag of content the caller is about to store, as its ``VerifiedContent``.
+
+    For the writer only: ``chunk_tags`` must be the tags it computed itself
+    from the ciphertext it produced under the object's data key (or tags
+    that came out of a ``VerifiedContent``, as a rename re-tags them), never
+    tags read from COS, a companion or the journal — those go through
+    :func:`verify_object`.  The tag is made here, not read, so there is
+    nothing to verify: checking it again (``open_tags`` on the metadata just
+    sealed) would compute the same MAC over the same inputs.
+    """
+    otag = object_tag(tk, key=key, size=size, envelope=envelope, chunk_tags=chunk_tags)
+    return VerifiedContent(_VERIFIED, key=key, size=size, object_tag=otag, chunk_tags=chunk_tags)
 
 
 def verify_object(

@@ -13,8 +13,8 @@ from cosencfs.crypto.objecttags import (
     TagKey,
     VerifiedContent,
     attribute_tag,
-    object_tag,
     object_tag_of_digest,
+    seal_object,
     sealed_envelope,
     verify_object,
 )
@@ -84,11 +84,17 @@ def place_chunk_tags(n_chunks: int, other_bytes: int) -> Placement:
 
 @dataclass(slots=True, frozen=True, repr=False)
 class SealedTags:
-    """What :func:`seal_tags` produces: metadata fields, and the companion body if any."""
+    """What :func:`seal_tags` produces: metadata fields, and the companion body if any.
+
+    ``content`` is the sealed object's verified content (:func:`seal_object`):
+    what a reader of the object checks its chunks against, without opening
+    the tags just made.
+    """
 
     fields: dict[str, str]
     companion: bytes | None
     placement: Placement
+    content: VerifiedContent
 
     def __repr__(self) -> str:
         return f"SealedTags(placement={self.placement.value}, fields={sorted(self.fields)})"
@@ -118,7 +124,8 @@ def seal_tags(
     m = _lower(metadata)
     other = {k: v for k, v in m.items() if k not in TAG_FIELDS}
     envelope = sealed_envelope(other, key=key)
-    otag = object_tag(tk, key=key, size=size, envelope=envelope, chunk_tags=chunk_tags)
+    content = seal_object(tk, key=key, size=size, envelope=envelope, chunk_tags=chunk_tags)
+    otag = content.object_tag
     atag = attribute_tag(tk, key=key, object_tag=otag, attrs=attrs)
     placement = place_chunk_tags(len(chunk_tags), metadata_bytes(other))
     fields = {OBJECT_TAG_FIELD: b64url_encode(otag), ATTR_TAG_FIELD: b64url_encode(atag)}
@@ -128,7 +135,7 @@ def seal_tags(
     elif placement is Placement.COMPANION:
         companion = chunk_tags.companion_body()
         fields[TAGS_REF_FIELD] = b64url_encode(chunk_tags.digest())
-    return SealedTags(fields, companion, placement)
+    return SealedTags(fields, companion, placement, content)
 
 
 def has_tags(metadata: Mapping[str, str]) -> bool:

@@ -29,6 +29,7 @@ from cosencfs.cache.content import ObjectContent, Source
 from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.metamap import pack
 from cosencfs.crypto.ctr import DataKey
+from cosencfs.crypto.integrity import VerifiedContent
 from cosencfs.fs import xattrs
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, META_SIZE, attrs_to_meta
@@ -38,6 +39,7 @@ from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
 from cosencfs.fs.special import put_special, tagged_now
 from cosencfs.fs.stream import StreamUpload
+from cosencfs.fs.tags import INLINE_TAG
 from cosencfs.fs.upload import Uploader
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class Committer:
             staged = self.ctx.cache.upload_copy(head, size)
             staged.size = size
             done: tuple[str, dict[str, str], list[bytes]] | None = None
+            verified: VerifiedContent | None = None
             stream = head.stream
             if isinstance(stream, StreamUpload):
                 head.stream = None
@@ -119,13 +122,19 @@ class Committer:
                     await stream.abandon_now()  # renamed, or shrank to a simple PUT
             if done is None:
                 await assemble.produce(self.ctx.cache, head, staged, 0, size)
-                tags = await self.ctx.tags.tag_copy(
-                    staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
-                )
-                meta = await self.ctx.tags.seal(key, size, meta, tags)
-                etag = await self._upload(node, head, staged, key, meta)
+                body: bytes | None = None
+                if size <= INLINE_TAG:
+                    # Read once, on the loop: tagged, and sent from memory.
+                    body, tags = self.ctx.tags.small_copy(staged.path, head.object_dk, size)
+                else:
+                    tags = await self.ctx.tags.tag_copy(
+                        staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
+                    )
+                meta, verified = await self.ctx.tags.seal_own(key, size, meta, tags)
+                etag = await self._upload(node, head, staged, key, meta, body)
             else:
                 etag, meta, tags = done
+                verified = self.ctx.tags.own(key, size, meta, tags)
         except BaseException:
             head.uploading = False
             top = node.as_file.head
@@ -136,7 +145,7 @@ class Committer:
             raise
         head.uploading = False
         old = node.remote.metadata if node.remote is not None else None
-        self._adopt(node, head, staged, key, etag, meta, tags)
+        self._adopt(node, head, staged, key, etag, meta, verified)
         self.ctx.tags.wrote(key, meta, old)
         node.meta_synced_gen = gen
         if node.dirty:
@@ -156,15 +165,17 @@ class Committer:
         key: str,
         etag: str,
         meta: dict[str, str],
-        tags: list[bytes],
+        verified: VerifiedContent | None,
     ) -> None:
-        """The upload of ``head`` succeeded: its copy is the file's clean copy now."""
+        """The upload of ``head`` succeeded: its copy is the file's clean copy now.
+
+        ``verified``: the tags just sealed, which verify what is fetched back
+        if the copy is evicted.
+        """
         if head.object_dk is None:
             raise RuntimeError("adopting a layer that was never sealed")
         cache = self.ctx.cache
         size = staged.size
-        # The tags just computed verify what is fetched back if the copy is evicted.
-        verified = self.ctx.tags.own(key, size, meta, tags)
         # One packed metadata for the copy and the inode (read-only): held
         # once, not twice (cosencfs/cache/metamap.py).
         packed = pack(meta)
@@ -196,7 +207,13 @@ class Committer:
                 layer.source = source
 
     async def _upload(
-        self, node: Inode, head: DirtyLayer, staged: ObjectContent, key: str, meta: dict[str, str]
+        self,
+        node: Inode,
+        head: DirtyLayer,
+        staged: ObjectContent,
+        key: str,
+        meta: dict[str, str],
+        body: bytes | None,
     ) -> str:
         resume = None
         if staged.size > self.uploader.single_put_max:
@@ -204,7 +221,13 @@ class Committer:
             if rec is not None and rec.upload_id and rec.vid == head.vid and rec.key == key:
                 resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
         return await self.uploader.upload(
-            key, staged, meta, content_type=FILE_CONTENT_TYPE, fid=node.as_file.fid, resume=resume
+            key,
+            staged,
+            meta,
+            content_type=FILE_CONTENT_TYPE,
+            fid=node.as_file.fid,
+            resume=resume,
+            body=body,
         )
 
     async def _commit_attrs(self, node: Inode) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from cosencfs.cache.dirtylog import LayerState
+from cosencfs.cache.dirtylog import DirtyLayer, LayerState
 from cosencfs.cache.records import DirtyRecord, LayerRecord, SourceRecord
 from cosencfs.fs import xattrs
 from cosencfs.fs.attrs import FILE_CONTENT_TYPE, attrs_to_meta
@@ -74,14 +74,24 @@ class DirtyRecords:
             and isinstance(prev, Journaled)
             and prev == replace(signature, sealed=False)
             and signature.keyed
-            and self.ctx.journal.seal_dirty(f.fid, head.vid)
         ):
             # Sealing a head journaled at close with its object key already
             # drawn (a direct copy): all the record holds is the same but the
-            # head's sealed flag (the signature covers the rest), so only
-            # that changes.  Lower layers are frozen (never OPEN) either way.
-            f.journaled = signature
-            return
+            # head's sealed flag (the signature covers the rest).
+            if len(chain) == 1 and head.source is None and self._one_put(head):
+                # A new file (nothing below it) going up in one PUT: the flag
+                # need not be written at all.  It only lets recovery recognise
+                # a landed upload by its envelope (a base to rebase, parts to
+                # resume); without it, a crash after this PUT replays the
+                # record under a fresh key (the direct copy's key counts as
+                # burned), sending the same bytes again: no base is read, no
+                # counter block reused (docs/reliability.md).  One SQLite
+                # transaction less per small file.
+                return
+            if self.ctx.journal.seal_dirty(f.fid, head.vid):
+                # Only the flag changes.  Lower layers are frozen (never OPEN).
+                f.journaled = signature
+                return
         if isinstance(prev, Journaled) and self.ctx.nursery is not None:
             prev_vid, _, prev_size = prev.layers[0][:3]
             # Only a multipart upload records an upload id: look only then.
@@ -134,6 +144,10 @@ class DirtyRecords:
             )
         )
         f.journaled = signature
+
+    def _one_put(self, head: DirtyLayer) -> bool:
+        """Whether ``head``'s commit is one PUT (no multipart upload to resume)."""
+        return head.stream is None and head.size <= self.uploader.single_put_max
 
     def forget(self, node: Inode) -> None:
         """The file's content is in COS (or gone): no record any more."""

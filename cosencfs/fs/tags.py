@@ -24,14 +24,17 @@ says so once); ``--require-integrity`` refuses to start without a tag key.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import trio
 
 from cosencfs.cache.journal import Journal
 from cosencfs.crypto.ctr import DataKey
-from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.envelope import KID_FIELD, EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
     CONTENT_TAG_FIELDS,
@@ -50,9 +53,11 @@ from cosencfs.crypto.integrity import (
     open_tags,
     retag_fields,
     seal_tags,
+    tag_body,
 )
 from cosencfs.crypto.xattrseal import XATTR_FIELD, XattrKey, open_any
 from cosencfs.errors import ConfigError, CryptoError, IntegrityError
+from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID
 from cosencfs.fs.deleter import Deleter
 from cosencfs.fs.tagcheck import TagChecker, attr_set
 from cosencfs.fs.tagparts import bare, tag_ciphertext
@@ -65,6 +70,43 @@ INLINE_TAG = 64 * 1024
 
 #: Ciphertext read per step when tagging an upload copy.
 _TAG_READ = 4 * 1024 * 1024
+
+#: Attribute tags this mount sealed, remembered for ``attrs_authentic`` (the
+#: newest; ~250 bytes each, 0.5 MiB at most): a directory index rewritten after a burst of
+#: new files checks each one's, which this mount has just computed.
+OWN_ATTRS_MAX = 2048
+
+#: What an attribute check reads from metadata: the tags, the envelope's key
+#: id (which tag key) and every field ``attr_set`` covers.
+_ATTR_INPUTS = (
+    ATTR_TAG_FIELD,
+    OBJECT_TAG_FIELD,
+    KID_FIELD,
+    META_MODE,
+    META_UID,
+    META_GID,
+    META_MTIME,
+    META_RDEV,
+    XATTR_FIELD,
+)
+
+
+def _attr_inputs(key: str, meta: Mapping[str, str]) -> bytes:
+    """A digest of everything an attribute check of ``meta`` at ``key`` depends on."""
+    text = repr((key, tuple(meta.get(f) for f in _ATTR_INPUTS)))
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def read_copy(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a cache file (a small upload copy, produced: sealed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise OSError(f"cache file {path} is short: {len(data)} of {size} bytes")
+    return data
 
 
 class MountTags(TagChecker):
@@ -105,6 +147,8 @@ class MountTags(TagChecker):
         self._xwriter = None if mine is None else XattrKey(mine)
         self._codec = codec
         self._envelope: dict[str, str] | None = None
+        #: key -> ``_attr_inputs`` of the file metadata this mount last sealed there.
+        self._own_attrs: OrderedDict[str, bytes] = OrderedDict()
 
     # -- writing ---------------------------------------------------------------
 
@@ -126,6 +170,15 @@ class MountTags(TagChecker):
             return tag_ciphertext(path, ck, start, end)
         return await trio.to_thread.run_sync(tag_ciphertext, path, ck, start, end, limiter=limiter)
 
+    def small_copy(self, path: str, dk: DataKey, size: int) -> tuple[bytes, list[bytes]]:
+        """A small upload copy's ciphertext (at most ``INLINE_TAG`` bytes), read once,
+        and its chunk tags (none when not tagging): the commit sends those
+        bytes as the PUT's body, instead of reading the file a second time."""
+        body = read_copy(path, size)
+        if self.writer is None or not body:
+            return body, []
+        return body, list(tag_body(ChunkKey(dk), body))
+
     def chunk_key(self, dk: DataKey) -> ChunkKey | None:
         """The chunk-tag key of the object under ``dk``; None when not tagging."""
         return None if self.writer is None else ChunkKey(dk)
@@ -146,9 +199,21 @@ class MountTags(TagChecker):
         A companion, when the tags do not fit, is stored first: an object is
         never in COS naming a companion that is not.
         """
+        return (await self.seal_own(key, size, meta, tags))[0]
+
+    async def seal_own(
+        self, key: str, size: int, meta: Mapping[str, str], tags: list[bytes]
+    ) -> tuple[dict[str, str], VerifiedContent | None]:
+        """``seal``, and the verified content of the object sealed (None: untagged).
+
+        ``tags`` must be the chunk tags this mount computed from the upload
+        copy it is about to send (``tag_copy``, ``small_copy``): the content is verified by
+        construction (crypto/objecttags.py, ``seal_object``), so the commit
+        does not open the tags it just made (``own``).
+        """
         out = {k: v for k, v in meta.items() if k not in TAG_FIELDS}
         if self.writer is None:
-            return out
+            return out, None
         sealed = seal_tags(
             self.writer,
             key=key,
@@ -164,12 +229,33 @@ class MountTags(TagChecker):
             await self.store.put(self.companion_key(digest), sealed.companion, {})
             self.stats.companions_written += 1
         out.update(sealed.fields)
-        return out
+        self._sealed_attrs(key, out)
+        return out, sealed.content
+
+    def _sealed_attrs(self, key: str, meta: Mapping[str, str]) -> None:
+        """This mount just computed the attribute tag in ``meta`` (a file's, not bare)."""
+        self._own_attrs[key] = _attr_inputs(key, meta)
+        self._own_attrs.move_to_end(key)
+        if len(self._own_attrs) > OWN_ATTRS_MAX:
+            self._own_attrs.popitem(last=False)
+
+    def attrs_authentic(self, key: str, meta: Mapping[str, str], *, is_dir: bool = False) -> bool:
+        """As ``TagChecker.attrs_authentic``, without the MAC for metadata this mount
+        sealed itself: the same tags, key id and attribute fields at the same key
+        are the same inputs to the same check, whose answer was yes when it
+        computed them.  Anything else (another writer's, an altered field) is
+        checked in full."""
+        if not is_dir and OBJECT_TAG_FIELD in meta:
+            own = self._own_attrs.get(key)
+            if own is not None and own == _attr_inputs(key, meta):
+                return True
+        return super().attrs_authentic(key, meta, is_dir=is_dir)
 
     def own(
         self, key: str, size: int, meta: Mapping[str, str], tags: list[bytes]
     ) -> VerifiedContent | None:
-        """The verified content of an object this mount just sealed with ``tags``."""
+        """The verified content of an object this mount just sealed with ``tags``
+        (a streamed upload's, whose metadata was sealed elsewhere: its tags are opened)."""
         if self.writer is None or OBJECT_TAG_FIELD not in meta:
             return None
         chunk_tags = ChunkTags(tags)
@@ -198,6 +284,8 @@ class MountTags(TagChecker):
             tk = self.writer
         atag = attribute_tag(tk, key=key, object_tag=otag, attrs=attr_set(out))
         out[ATTR_TAG_FIELD] = b64url_encode(atag)
+        if otag and tk is self.writer:
+            self._sealed_attrs(key, out)
         return out
 
     def retag(

@@ -72,23 +72,26 @@ class Uploader:
         content_type: str,
         fid: str,
         resume: tuple[str, dict[int, str]] | None = None,
+        body: bytes | None = None,
     ) -> str:
         """Send the whole (completely produced) copy; return the object's ETag.
 
         ``resume`` is a multipart upload (id, part ETags) an earlier run left
         unfinished: parts still in COS with those ETags are not sent again.
+        ``body``: the copy's bytes, already read (a small file's, by its commit).
         """
         if not v.complete:
             raise CosEncFsError(f"upload of {key!r}: its copy {v.vid} is not complete")
         if v.size <= self.single_put_max:
             if resume is not None:
                 await self.abort(key, resume[0])
+            if body is not None and len(body) != v.size:
+                raise CosEncFsError(f"upload of {key!r}: {len(body)} bytes, not {v.size}")
+            sent = FileRange(v.path, 0, v.size) if body is None else body
             self.window.started()
             started = trio.current_time()
             try:
-                return await self.store.put(
-                    key, FileRange(v.path, 0, v.size), metadata, content_type=content_type
-                )
+                return await self.store.put(key, sent, metadata, content_type=content_type)
             finally:
                 self.window.observe(trio.current_time() - started)
         layout = parts_of(v.size)

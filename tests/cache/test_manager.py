@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
+from cosencfs.cache import spare
 from cosencfs.cache.content import Inflight, ObjectContent, Source
 from cosencfs.cache.layout import new_vid
 from cosencfs.cache.manager import CacheManager
@@ -32,6 +34,13 @@ def data_files(cache: CacheManager) -> set[str]:
     return set(os.listdir(cache.data_dir))
 
 
+async def emptied(cache: CacheManager) -> None:
+    """Wait until the files the cache disposed of are deleted (cache/spare.py)."""
+    with trio.fail_after(30):
+        while cache.spares.disposing:  # noqa: ASYNC110 - a worker thread deletes them
+            await trio.sleep(0.01)
+
+
 async def test_clean_copies_are_found_by_key_and_etag(cache: CacheManager) -> None:
     a = source("a")
     v = cache.clean_for(a)
@@ -53,8 +62,10 @@ async def test_clean_copies_are_found_by_key_and_etag(cache: CacheManager) -> No
     p = cache.clean_for(Source("p", "e", None, 10))
     assert p.plaintext_source
     assert p.dk is not None
-    # A discarded copy is made afresh (and its file is gone).
+    # A discarded copy is made afresh (and its file is gone, by a worker thread).
     cache.discard(v)
+    assert cache.spares.disposing
+    await emptied(cache)
     assert v.vid not in data_files(cache)
     assert cache.clean_for(source("a")) is not v
 
@@ -112,6 +123,7 @@ async def test_eviction_drops_only_clean_unused_copies(tmp_path: Path) -> None:
         assert evicted == [old, new]  # least recently used first
         assert old.discarded
         assert new.discarded
+        await emptied(cache)
         assert not {old.vid, new.vid} & data_files(cache)
         for kept in (held, pinned, fetching):
             assert not kept.discarded
@@ -161,10 +173,41 @@ async def test_unread_upload_copies_are_bounded_apart(tmp_path: Path) -> None:
         assert evicted == [produced[1], produced[2]]  # the oldest unread, only
         assert [v.discarded for v in produced] == [False, True, True, False, False]
         assert not fetched.discarded
+        await emptied(cache)
         assert not {produced[1].vid, produced[2].vid} & data_files(cache)
         assert cache.evict() == 0  # within both bounds now
     finally:
         cache.close()
+
+
+async def test_files_being_deleted_are_no_orphans_and_go_in_batches(
+    cache: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discarded copies are unlinked by a worker thread (cache/spare.py), off the event
+    loop: what came while a batch ran goes in the next; the sweep leaves them alone."""
+    batches: list[list[str]] = []
+    started, release = trio.Event(), trio.Event()
+    real = spare.remove_files
+
+    def remove(paths: list[str]) -> None:
+        batches.append([os.path.basename(p) for p in paths])
+        trio.from_thread.run_sync(started.set)
+        trio.from_thread.run(release.wait)  # holds the first batch until the test has looked
+        real(paths)
+
+    monkeypatch.setattr(spare, "remove_files", remove)
+    copies = [filled(cache, source(f"t{i}", size=10)) for i in range(5)]
+    cache.discard(copies[0])
+    await started.wait()
+    for v in copies[1:]:
+        cache.discard(v)  # while the first batch runs
+    assert cache.spares.disposing == 5
+    assert cache.sweep_orphans(keep=set()) == 0  # nothing of the cache's is an orphan
+    assert {v.vid for v in copies} <= data_files(cache)  # still there ...
+    release.set()
+    await emptied(cache)
+    assert not {v.vid for v in copies} & data_files(cache)  # ... and gone, in two batches
+    assert batches == [[copies[0].vid], [v.vid for v in copies[1:]]]
 
 
 async def test_orphan_sweep_keeps_journaled_and_live_files(cache: CacheManager) -> None:

@@ -325,6 +325,36 @@ def test_round_trip_aes(aes: AesMasterKey, tk: I.TagKey, size: int) -> None:
     assert I.metadata_bytes(obj.metadata) <= I.METADATA_LIMIT
 
 
+@pytest.mark.parametrize("size", [0, C + 1, 40 * C - 5])
+def test_sealed_content_is_what_opening_the_sealed_tags_gives(
+    aes: AesMasterKey, tk: I.TagKey, size: int
+) -> None:
+    """seal_tags' content (the writer's own, not opened) equals open_tags of what it sealed."""
+    dk = DataKey.generate()
+    body = encrypt(dk, 0, os.urandom(size))
+    key = f"sealed/{size}"
+    meta = {**EnvelopeCodec(aes).seal(dk), **attrs_fields(KAT_ATTRS), "cosencfs-size": str(size)}
+    tags = I.tag_body(I.ChunkKey(dk), body)
+    sealed = I.seal_tags(tk, key=key, size=size, metadata=meta, chunk_tags=tags, attrs=KAT_ATTRS)
+    opened = I.open_tags(
+        tk, key=key, size=size, metadata={**meta, **sealed.fields}, companion=sealed.companion
+    )
+    own = sealed.content
+    assert isinstance(own, I.VerifiedContent)
+    assert (own.key, own.size, own.object_tag) == (opened.key, opened.size, opened.object_tag)
+    assert own.chunk_tags == opened.chunk_tags == tags
+    assert I.b64url_encode(own.object_tag) == sealed.fields[I.OBJECT_TAG_FIELD]
+    own.verify_range(I.ChunkKey(dk), 0, body)
+    if size:
+        flipped = bytearray(body[:C])
+        flipped[0] ^= 1
+        with pytest.raises(IntegrityError):
+            own.verify_chunk(I.ChunkKey(dk), 0, bytes(flipped))
+    # Still made only by the functions that compute or check the tag.
+    with pytest.raises(TypeError):
+        I.VerifiedContent(object(), key=key, size=size, object_tag=own.object_tag, chunk_tags=tags)
+
+
 def test_round_trip_rsa_inline_at_2_mib(rsa_a: RsaPair) -> None:
     master = RsaMasterKey(rsa_a.private)
     tk = I.TagKey.from_master(master)

@@ -1,10 +1,13 @@
 """Journal records per small file created (cosencfs/fs/dirtyrecord.py).
 
-A new file written front to back is journaled at close() in full, then
-sealed by its commit: the seal changes one flag of that record (one small
-UPDATE, ``Journal.seal_dirty``), not a second full record. The record it
-leaves must be exactly the full one, since recovery reads it after a crash
-between the upload and the journal (tests/fs/test_recovery_window.py).
+A new file written front to back is journaled at close() in full. Its
+commit seals it: a new file going up in one PUT writes nothing more (the
+sealed flag only lets recovery recognise a landed upload, and a replay under
+a fresh key is as good for a file with nothing below it:
+tests/fs/test_recovery_window.py); any other commit changes that one flag of
+the record (one small UPDATE, ``Journal.seal_dirty``), not a second full
+record. The record it leaves must be exactly the full one, since recovery
+reads it after a crash between the upload and the journal.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ import pytest
 import trio
 
 from cosencfs.cache.journal import Journal
+from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.store.cos import CosStore
 from tests.testlib import FsFactory
 
 
+@pytest.mark.parametrize("one_put", [True, False])
 async def test_a_new_file_is_journaled_once_and_sealed_in_place(
-    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch, one_put: bool
 ) -> None:
     fs = await make_fs()
+    if not one_put:
+        # As a commit that is not one PUT (a multipart upload to resume).
+        monkeypatch.setattr(DirtyRecords, "_one_put", lambda self, head: False)
     journal = fs.ctx.journal
     calls: Counter[str] = Counter()
     for name in ("put_dirty", "seal_dirty", "delete_dirty"):
@@ -65,12 +73,16 @@ async def test_a_new_file_is_journaled_once_and_sealed_in_place(
     calls.clear()
     await fs.sync_all()
     assert calls["put_dirty"] == 1  # only the test's own full record
-    assert calls["seal_dirty"] == n
+    assert calls["seal_dirty"] == (0 if one_put else n)
     assert calls["delete_dirty"] == n
     fast, full = seen["fast"], seen["full"]
     assert fast is not None
-    assert fast.layers[0].sealed
+    assert full.layers[0].sealed
     assert fast.object_envelope is not None
+    if one_put:
+        # The close record, untouched: the same but for the flag.
+        assert not fast.layers[0].sealed
+        fast.layers[0].sealed = True
     assert fast == full
     assert journal.dirty_count() == 0
 

@@ -148,6 +148,50 @@ async def test_put_landed_then_crash_the_record_is_done(
     assert await content(store, codec, "f") == expected
 
 
+async def test_new_file_put_landed_unsealed_then_crash_is_sent_again_under_a_fresh_key(
+    tmp_path: Path, codec: EnvelopeCodec
+) -> None:
+    # A new file going up in one PUT: its commit does not journal the seal
+    # (cosencfs/fs/dirtyrecord.py), so the journal still holds the close
+    # record, unsealed, when the PUT lands and the process dies.
+    store = CutOff()
+    cache = tmp_path / "cache"
+    data = os.urandom(3000)
+    crashed: dict[str, str] = {}
+
+    async def step(fs: Filesystem, nursery: trio.Nursery) -> None:
+        fh, _ = await fs.create(ROOT, b"f", 0o640, os.O_WRONLY | os.O_CREAT, 0, 0)
+        await fs.write(fh, 0, data)
+        await fs.flush(fh)  # close(): the record recovery will find
+        store.armed = "put"
+        await crash_in_upload(store, fs, nursery, fh)
+        crashed.update((await store.head("f")).metadata)
+
+    await run(store, codec, cache, step)
+    mgr = CacheManager(cache, store, limit_bytes=1 << 30)
+    try:
+        (rec,) = mgr.journal.dirty_records()
+    finally:
+        mgr.close()
+    assert not rec.layers[0].sealed
+    assert rec.object_envelope is not None
+    assert all(crashed[k] == v for k, v in rec.object_envelope.items())  # that PUT's
+    assert await content(store, codec, "f") == data
+    before = store.counters.snapshot()
+    report = await run(store, codec, cache, nothing)
+    assert report.failed == {}
+    assert report.uploaded == ["f"]
+    spent = store.counters.snapshot().minus(before).requests
+    assert spent.get("PutObject") == 1  # sent again (the same bytes) ...
+    assert "GetObject" not in spent  # ... with nothing read back
+    assert journal_keys(cache, store) == []
+    after = (await store.head("f")).metadata
+    # ... under a fresh data key: the crashed PUT's key encrypts nothing more.
+    assert codec.open(after).key != codec.open(crashed).key
+    assert codec.open(after).iv != codec.open(crashed).iv
+    assert await content(store, codec, "f") == data
+
+
 async def test_layer_written_on_top_of_the_landed_upload_is_rebased(
     tmp_path: Path, codec: EnvelopeCodec
 ) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from cosencfs.crypto.ctr import DataKey
-from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.crypto.ctr import DataKey, decrypt
+from cosencfs.crypto.envelope import KID_FIELD, EnvelopeCodec
 from cosencfs.crypto.integrity import (
     ATTR_TAG_FIELD,
     CHUNK_SIZE,
@@ -25,16 +27,20 @@ from cosencfs.crypto.integrity import (
     TAGS_REF_FIELD,
     ChunkKey,
     TagKey,
+    attribute_tag,
     open_tags,
     tag_body,
 )
 from cosencfs.crypto.keyfiles import generate_rsa_key_files, load_rsa_key_files
 from cosencfs.errors import ConfigError, FsError, IntegrityError
+from cosencfs.fs import tagcheck
+from cosencfs.fs.attrs import META_MODE
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.fs.tagcheck import COMPANION_DIR, attr_set
 from cosencfs.fs.tagparts import tag_ciphertext
-from cosencfs.fs.tags import MountTags
+from cosencfs.fs.tags import INLINE_TAG, MountTags
+from cosencfs.store.base import Body, FileRange
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
 from tests.testlib import FsFactory
@@ -276,3 +282,88 @@ async def test_small_copies_are_tagged_without_a_thread_hop(
     await write_file(fsys, ROOT_INO, "bigger", os.urandom(200_000))
     await verified(store, codec, "bigger")
     assert tag_ciphertext in hops
+
+
+async def test_a_commit_does_not_open_the_tags_it_just_sealed(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clean copy's verified content comes from sealing (``seal_own``), not from
+    ``open_tags`` on the metadata just made, and is what opening it would give."""
+
+    def no_open(*a: object, **kw: object) -> None:
+        raise AssertionError("the commit opened the tags it sealed")
+
+    monkeypatch.setattr(MountTags, "own", no_open)
+    for name, size in (("one", 3000), ("companion", 40 * CHUNK_SIZE + 1)):
+        await write_file(fsys, ROOT_INO, name, os.urandom(size))
+        await verified(store, codec, name)
+        node = fsys.ns.inode((await fsys.lookup(ROOT_INO, name.encode())).ino)
+        clean = node.as_file.clean
+        assert clean is not None
+        assert clean.source is not None
+        own = clean.source.verified
+        assert own is not None
+        info = await store.head(name)
+        meta = dict(info.metadata)
+        ref = meta.get(TAGS_REF_FIELD)
+        companion = None if ref is None else await store.get(f"{COMPANION_DIR}/{ref}")
+        tk = TagKey.for_object(meta, codec.masters, key=name)
+        opened = open_tags(tk, key=name, size=info.size, metadata=meta, companion=companion)
+        assert (own.key, own.size, own.object_tag) == (opened.key, opened.size, opened.object_tag)
+        assert own.chunk_tags == opened.chunk_tags
+
+
+async def test_own_attribute_tags_are_not_checked_again_but_anything_else_is(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``attrs_authentic`` of metadata this mount sealed skips the MAC (a directory
+    index rewritten after new files); altered metadata and other keys are checked."""
+    fs1 = await make_fs()
+    await write_file(fs1, ROOT_INO, "f", os.urandom(3000))
+    meta = dict((await store.head("f")).metadata)
+    tags = fs1.ctx.tags
+    checked: list[str] = []
+    real = attribute_tag
+
+    def counting(tk: TagKey, *, key: str, object_tag: bytes, attrs: object) -> bytes:
+        checked.append(key)
+        return real(tk, key=key, object_tag=object_tag, attrs=attrs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tagcheck, "attribute_tag", counting)
+    assert tags.attrs_authentic("f", meta)
+    assert checked == []  # sealed here: no MAC
+    assert not tags.attrs_authentic("f", {**meta, META_MODE: str(0o104755)})
+    assert checked == ["f"]  # altered: checked in full, and fails
+    assert not tags.attrs_authentic("g", meta)  # another key: checked, fails
+    assert checked == ["f", "g"]
+    kid = {**meta, KID_FIELD: "0" * 16}
+    assert not tags.attrs_authentic("f", kid)  # another key id: not this mount's answer
+    # Another mount never sealed it: the full check, which passes.
+    fs2 = await make_fs()
+    checked.clear()
+    assert fs2.ctx.tags.attrs_authentic("f", meta)
+    assert checked == ["f"]
+
+
+async def test_a_small_copy_is_read_once_tagged_and_sent_from_memory(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to INLINE_TAG bytes the commit reads the copy once: the PUT's body is those
+    bytes; a larger copy is sent from the file (a FileRange)."""
+    bodies: dict[str, object] = {}
+    real = store.put
+
+    async def put(key: str, body: Body, meta: Mapping[str, str], **kw: Any) -> str:
+        bodies[key] = body
+        return await real(key, body, meta, **kw)
+
+    monkeypatch.setattr(store, "put", put)
+    small, large = os.urandom(INLINE_TAG), os.urandom(INLINE_TAG + 1)
+    await write_file(fsys, ROOT_INO, "small", small)
+    await write_file(fsys, ROOT_INO, "large", large)
+    assert isinstance(bodies["small"], bytes)
+    assert isinstance(bodies["large"], FileRange)
+    for name, data in (("small", small), ("large", large)):
+        await verified(store, codec, name)
+        info = await store.head(name)
+        assert decrypt(codec.open(info.metadata), 0, await store.get(name)) == data
