@@ -78,8 +78,8 @@ def _mac(tk: TagKey, prefix: str, kid: str, n: int, digest: bytes) -> bytes:
 
 
 def encode_index(tk: TagKey, *, kid: str, prefix: str, entries: list[IndexEntry]) -> bytes:
-    rows = b"".join([e._line() for e in entries])
-    return encode_rows(tk, kid=kid, prefix=prefix, n=len(entries), rows=rows)
+    rows = bytearray().join([e._line() for e in entries])
+    return bytes(encode_rows(tk, kid=kid, prefix=prefix, n=len(entries), rows=rows))
 
 
 def entry_line(e: IndexEntry) -> bytes:
@@ -87,18 +87,21 @@ def entry_line(e: IndexEntry) -> bytes:
     return e._line()
 
 
-def encode_rows(tk: TagKey, *, kid: str, prefix: str, n: int, rows: bytes | bytearray) -> bytes:
-    """An index of the ``n`` entry lines ``rows`` (``entry_line``, sorted by name).
+def encode_rows(tk: TagKey, *, kid: str, prefix: str, n: int, rows: bytearray) -> bytearray:
+    """The index of the ``n`` entry lines ``rows`` (``entry_line``, sorted by name).
 
-    A writer of a large directory keeps only these bytes, in one buffer,
-    not an object per entry (cosencfs/fs/dirindex.py, issue 18).
+    Made in ``rows`` itself (the header put in front, the MAC line after):
+    a writer of a large directory holds the body once, in one buffer, not
+    an object per entry nor a second copy (cosencfs/fs/dirindex.py, issue 18).
     """
     header = json.dumps({"kid": kid, "dir": prefix, "n": n}, ensure_ascii=False)
     head = b"".join([MAGIC, header.encode("utf-8"), b"\n"])
     digest = hashlib.sha256(head)
     digest.update(rows)
     tag = _mac(tk, prefix, kid, n, digest.digest())
-    return b"".join([head, rows, _MAC_PREFIX, b64url_encode(tag).encode("ascii"), b"\n"])
+    rows[0:0] = head
+    rows += _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
+    return rows
 
 
 def decode_index(keys: Mapping[str, TagKey], *, prefix: str, body: bytes) -> Iterator[IndexEntry]:

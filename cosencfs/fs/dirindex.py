@@ -293,7 +293,7 @@ class DirIndex:
                 await self.ctx.store.delete(old.key)
             return
         body = encode_rows(tk, kid=self._kid, prefix=prefix, n=n, rows=rows)
-        del rows  # (not held through the PUT below)
+        del rows
         if len(body) > MAX_INDEX_BYTES:
             log.warning("directory %r: index of %d bytes not written (bound)", prefix, len(body))
             return
