@@ -118,6 +118,29 @@ def test_remote_metadata_is_a_copy() -> None:
     assert r.metadata == {"mode": "2"}
     assert r.headers == {}
     assert Remote("e", 0, 0.0).metadata is None
+    assert Remote("e", 0, 0.0).packed_metadata is None
+    # Metadata that cannot be packed (a NUL) is held as given, still copied on read.
+    odd = Remote("e", 0, 0.0, {"x": "a\0b"})
+    assert odd.metadata == {"x": "a\0b"} == odd.packed_metadata
+
+
+@pytest.mark.parametrize(
+    ("etag", "compact"),
+    [
+        ("532abfa6ad85556c54e91c30e4ac4908", True),
+        ("532ABFA6AD85556C54E91C30E4AC4908", False),  # (would come back lowercase)
+        ('"532abfa6ad85556c54e91c30e4ac4908"', False),
+        ("532abfa6ad85556c54e91c30e4ac4908-3", False),  # multipart
+        ("zz2abfa6ad85556c54e91c30e4ac4908", False),
+        ("", False),
+    ],
+)
+def test_remote_etag_reads_as_given(etag: str, compact: bool) -> None:
+    r = Remote(etag, 1, 0.0)
+    assert r.etag == etag
+    assert isinstance(r._etag, bytes) is compact
+    r.etag = "other"
+    assert r.etag == "other"
 
 
 async def test_unread_copies_of_new_files_go_and_are_fetched_again(
