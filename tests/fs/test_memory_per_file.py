@@ -30,9 +30,11 @@ from tests.testlib import FsFactory
 #: ~2,700 after the second (branch rss2: copies without their path and idle
 #: lists, record ids as ints, one shared empty xattr set, common metadata
 #: values shared); 2,830-2,880 alone on main after the day's merges and 3,001
-#: once inside the whole suite (what earlier tests left allocated moves it):
-#: the bound leaves that margin; a regression to before the first cut fails.
-BYTES_PER_NEW_FILE = 3300
+#: once inside the whole suite (what earlier tests left allocated moves it);
+#: 2,753 alone after the third (branch rss3: ``Remote`` without a ``MetaMap``
+#: object, MD5 ETags as bytes; load 8-11): ~10 % above the suite's value less
+#: that cut.  A regression to before the first cut fails.
+BYTES_PER_NEW_FILE = 3200
 #: Not the server's (it runs in this process), nor the transport's buffers and
 #: trio's scheduling: what the filesystem and the cache hold.
 _FILTERS = [
