@@ -109,6 +109,25 @@ def pack(meta: Mapping[str, str]) -> Mapping[str, str]:
     return MetaMap(shape, blob)
 
 
+def split(meta: Mapping[str, str]) -> tuple[object, object]:
+    """``meta`` packed, as two references a holder keeps in its own slots
+    (no ``MetaMap`` object: 48 bytes a file less, issue 18); :func:`join`
+    gives it back."""
+    m = pack(meta)
+    if isinstance(m, MetaMap):
+        return m._shape, m._blob
+    return None, m
+
+
+def join(shape: object, blob: object) -> Mapping[str, str]:
+    """The read-only metadata :func:`split` gave ``shape`` and ``blob`` for."""
+    if isinstance(shape, _Shape) and isinstance(blob, str):
+        return MetaMap(shape, blob)
+    if isinstance(blob, dict):
+        return blob
+    raise TypeError("not a split metadata map")
+
+
 def unpack(meta: Mapping[str, str]) -> dict[str, str]:
     """A new dict of ``meta`` (packed or not)."""
     return meta.to_dict() if isinstance(meta, MetaMap) else dict(meta)

@@ -37,7 +37,7 @@ from cosencfs.crypto.dirindex import (
     AttrState,
     IndexEntry,
     decode_index,
-    encode_lines,
+    encode_rows,
     entry_line,
 )
 from cosencfs.crypto.integrity import ATTR_TAG_FIELD, OBJECT_TAG_FIELD, TagKey
@@ -238,18 +238,22 @@ class DirIndex:
     async def write(self, d: Inode) -> None:
         """Rewrite ``d``'s index from a fresh listing (entries are never guessed).
 
-        Each entry is made as its page of the listing arrives and only its
-        line of the body is kept: a rewrite of a 100,000-entry directory
-        held every listed object and every entry at once (~100 MB at its
-        peak, the daemon's high-water mark, issue 18).
+        Each entry is made as its page of the listing arrives, and only its
+        line is kept, in one buffer, in the listing's order (COS lists keys
+        sorted, the order of the index): a rewrite of a 100,000-entry
+        directory held every listed object and every entry at once (~100 MB
+        at its peak, the daemon's high-water mark, issue 18).
         """
         tk = None if self._kid is None else self._keys[self._kid]
         if tk is None or self._kid is None or d.unlinked or d.dir is None:
             return
         prefix = self.ctx.key_of(d)
-        lines: dict[str, bytes] = {}
-        uncovered: dict[str, ObjectInfo] = {}
+        rows = bytearray()
+        n = 0
+        #: Objects this mount has no entry for, at their place in ``rows``.
+        holes: list[tuple[int, str, ObjectInfo]] = []
         old: ObjectInfo | None = None
+        last = ""
         children = d.as_dir.children
         async for page in self.ctx.store.list_all(prefix, "/"):
             for obj in page.objects:
@@ -257,23 +261,39 @@ class DirIndex:
                 if name == INDEX_NAME:
                     old = obj
                 elif valid_listed_name(name):
+                    if name <= last:
+                        log.warning("directory %r listed out of order: no index written", prefix)
+                        return
+                    last = name
                     # (No await between the child's state and its entry.)
                     e = self._entry_of(name, children.get(name), obj)
                     if e is None:
-                        uncovered[name] = obj
+                        holes.append((len(rows), name, obj))
                     else:
-                        lines[name] = entry_line(e)
-        if uncovered and old is not None:
-            await self._carry_over(prefix, old, uncovered, lines)
-        uncovered.clear()
-        if not lines:
+                        rows += entry_line(e)
+                        n += 1
+        if holes and old is not None:
+            carried = await self._carry_over(prefix, old, {name: o for _, name, o in holes})
+            if carried:
+                # Each carried entry goes in at its object's place.
+                merged = bytearray()
+                at = 0
+                for pos, name, _ in holes:
+                    line = carried.get(name)
+                    if line is not None:
+                        merged += memoryview(rows)[at:pos]
+                        merged += line
+                        at = pos
+                        n += 1
+                merged += memoryview(rows)[at:]
+                rows = merged
+        holes.clear()
+        if not n:
             if old is not None:
                 await self.ctx.store.delete(old.key)
             return
-        rows = [lines[name] for name in sorted(lines)]
-        lines.clear()
-        body = encode_lines(tk, kid=self._kid, prefix=prefix, lines=rows)
-        del rows  # (not held through the PUT below)
+        body = encode_rows(tk, kid=self._kid, prefix=prefix, n=n, rows=rows)
+        del rows
         if len(body) > MAX_INDEX_BYTES:
             log.warning("directory %r: index of %d bytes not written (bound)", prefix, len(body))
             return
@@ -306,23 +326,22 @@ class DirIndex:
         return IndexEntry(name, obj.etag, obj.size, obj.last_modified, fields, state, atag)
 
     async def _carry_over(
-        self,
-        prefix: str,
-        old: ObjectInfo,
-        uncovered: dict[str, ObjectInfo],
-        lines: dict[str, bytes],
-    ) -> None:
-        """Entries of the old index that still match the listing (objects this
-        mount has not HEADed: written by another mount, or loaded from the index)."""
+        self, prefix: str, old: ObjectInfo, uncovered: dict[str, ObjectInfo]
+    ) -> dict[str, bytes]:
+        """Lines of the old index's entries that still match the listing (objects
+        this mount has not HEADed: written by another mount, or loaded from the
+        index), by name."""
+        carried: dict[str, bytes] = {}
         if old.size > MAX_INDEX_BYTES:
-            return
+            return carried
         try:
             body = await self.ctx.store.get(old.key, if_match=old.etag)
             for e in decode_index(self._keys, prefix=prefix, body=body):
                 obj = uncovered.get(e.name)
                 if obj is not None and e.matches(obj.etag, obj.size, obj.last_modified):
-                    lines[e.name] = entry_line(e)
+                    carried[e.name] = entry_line(e)
         except IntegrityError as exc:
             self._warn(old, f"{exc}; not carried over")
         except CosEncFsError as exc:
             log.info("directory index %r not carried over (%s)", old.key, exc)
+        return carried

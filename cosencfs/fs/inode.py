@@ -26,7 +26,7 @@ import trio
 
 from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.dirtylog import DirtyLayer
-from cosencfs.cache.metamap import pack, unpack
+from cosencfs.cache.metamap import join, pack, split, unpack
 from cosencfs.errors import FsError
 from cosencfs.fs.attrs import Attrs, Kind
 
@@ -39,12 +39,15 @@ _FIDS = itertools.count(1)
 class Remote:
     """What COS holds at the inode's key.
 
-    Its metadata is held packed (cosencfs/cache/metamap.py: ~1 KB less per
-    file than a dict); ``metadata`` gives a new dict of it on every read, so
-    a caller's changes never reach the inode (assign to change it).
+    Held compactly, as every file a mount knows keeps one (issue 18): the
+    metadata packed (cosencfs/cache/metamap.py, its two parts in this
+    record's own slots: ~1 KB less per file than a dict), an MD5 ETag as its
+    16 bytes (32 bytes less than the str).  ``metadata`` gives a new dict on
+    every read, so a caller's changes never reach the inode (assign to
+    change it); ``etag`` a str equal to the one given.
     """
 
-    __slots__ = ("_headers", "_meta", "etag", "last_modified", "size")
+    __slots__ = ("_blob", "_etag", "_headers", "_shape", "last_modified", "size")
 
     def __init__(
         self,
@@ -57,23 +60,35 @@ class Remote:
         self.etag = etag
         self.size = size
         self.last_modified = last_modified
-        self._meta = None if metadata is None else pack(metadata)
+        self.metadata = metadata
         #: Standard headers other tools set (Cache-Control ...), kept on rewrites.
         self._headers = pack(headers) if headers else None
 
     @property
+    def etag(self) -> str:
+        e = self._etag
+        return e.hex() if isinstance(e, bytes) else e
+
+    @etag.setter
+    def etag(self, value: str) -> None:
+        self._etag = _compact_etag(value)
+
+    @property
     def metadata(self) -> dict[str, str] | None:
         """Envelope (and attribute) metadata; None when only a listing was seen."""
-        return None if self._meta is None else unpack(self._meta)
+        return None if self._blob is None else unpack(join(self._shape, self._blob))
 
     @metadata.setter
     def metadata(self, value: Mapping[str, str] | None) -> None:
-        self._meta = None if value is None else pack(value)
+        if value is None:
+            self._shape = self._blob = None
+        else:
+            self._shape, self._blob = split(value)
 
     @property
     def packed_metadata(self) -> Mapping[str, str] | None:
-        """The metadata as held (read-only; no copy)."""
-        return self._meta
+        """The metadata as held (read-only; no copy of the values)."""
+        return None if self._blob is None else join(self._shape, self._blob)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -81,6 +96,19 @@ class Remote:
 
     def __repr__(self) -> str:
         return f"Remote({self.etag!r}, size={self.size}, last_modified={self.last_modified})"
+
+
+def _compact_etag(etag: str) -> str | bytes:
+    """An ETag as held: the 16 bytes of a single-part MD5 ETag (lowercase
+    hex, what COS answers for a PUT), anything else as given."""
+    if len(etag) == 32:
+        try:
+            raw = bytes.fromhex(etag)
+        except ValueError:
+            return etag
+        if raw.hex() == etag:
+            return raw
+    return etag
 
 
 @dataclass(slots=True, eq=False)

@@ -9,6 +9,7 @@ never to wrong attributes.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -27,6 +28,7 @@ from cosencfs.fs import dirindex
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.server import LocalCosServer
+from cosencfs.store.base import ListPage
 from cosencfs.store.cos import CosStore
 from cosencfs.tools.fsck import Finding, Fsck
 from tests.fs.test_filesystem import names, write_file
@@ -128,6 +130,48 @@ async def test_entry_rewritten_by_another_mount_gets_its_own_head(
     assert spent == {"ListObjects": 1, "GetObject": 1}
     assert stat.S_IMODE(entries["f05"].mode) == 0o600
     assert entries["f05"].uid == 4242
+
+
+async def test_rewrite_carries_entries_over_in_name_order(
+    make_fs: FsFactory, store: CosStore, codec: EnvelopeCodec
+) -> None:
+    """A mount that knows only some entries (the rest came from the index, no
+    metadata held) writes the others' old lines back, each at its place:
+    the body is the listing's order, the whole directory covered."""
+    await _populate(make_fs)
+    fs2 = await make_fs()
+    d = await fs2.lookup(ROOT_INO, b"d")
+    assert len(await names(fs2, d.ino)) == N  # attributes from the index, no HEAD
+    # New files between, before and after the carried ones.
+    for name in ("f05x", "a", "z"):
+        await write_file(fs2, d.ino, name, b"new " + name.encode(), sync=False)
+    await fs2.sync_all()
+    ours = {codec.key_id: TagKey.from_master(codec.masters[0])}
+    entries = list(decode_index(ours, prefix="d/", body=await store.get(INDEX)))
+    want = sorted([f"f{i:02d}" for i in range(N)] + ["f05x", "a", "z"])
+    assert [e.name for e in entries] == want
+    _, listed, spent = await _cold_ls(make_fs, store)
+    assert spent == {"ListObjects": 1, "GetObject": 1}
+    assert sorted(listed) == want
+    assert all(_ours(e) for e in listed.values())
+
+
+async def test_listing_out_of_order_writes_no_index(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index's lines go in the order COS lists (sorted): a listing that
+    is not sorted gets no index rather than an unsorted one."""
+    fs = await _populate(make_fs)
+    before = await store.head(INDEX)
+    real = store.list_objects
+
+    async def reversed_page(*args: Any, **kwargs: Any) -> ListPage:
+        page = await real(*args, **kwargs)
+        return dataclasses.replace(page, objects=list(reversed(page.objects)))
+
+    monkeypatch.setattr(store, "list_objects", reversed_page)
+    await _rewrite_index(fs)
+    assert (await store.head(INDEX)).etag == before.etag
 
 
 async def _rewrite_index(fs: Filesystem) -> None:
