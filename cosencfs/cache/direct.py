@@ -75,19 +75,27 @@ class DirectWriter:
         finally:
             os.close(dfd)
 
+    def _pwrite(self, dfd: int, data: memoryview, pos: int) -> int | None:
+        """One O_DIRECT write; None, and O_DIRECT off, if the filesystem refuses its alignment."""
+        try:
+            wrote = os.pwrite(dfd, data, pos)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.enabled = False  # alignment this filesystem does not take
+            return None
+        with self._lock:
+            self.written += wrote
+        return wrote
+
     def _in_place(self, dfd: int, data: memoryview, offset: int) -> int:
         """Write aligned ``data`` (its memory too) at aligned ``offset``; where it stopped."""
         pos, end = offset, offset + len(data)
         while pos < end:
-            try:
-                wrote = os.pwrite(dfd, data[pos - offset :], pos)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self.enabled = False  # alignment this filesystem does not take
+            wrote = self._pwrite(dfd, data[pos - offset :], pos)
+            if wrote is None:
                 return pos
             with self._lock:
-                self.written += wrote
                 self.in_place += wrote
             pos += wrote
             if wrote % DIRECT_ALIGN:
@@ -107,15 +115,9 @@ class DirectWriter:
             while pos < end:
                 n = min(DIRECT_BUFFER, end - pos)
                 view[:n] = data[pos - offset : pos - offset + n]
-                try:
-                    wrote = os.pwrite(dfd, view[:n], pos)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self.enabled = False  # alignment this filesystem does not take
+                wrote = self._pwrite(dfd, view[:n], pos)
+                if wrote is None:
                     return pos
-                with self._lock:
-                    self.written += wrote
                 pos += wrote
                 if wrote != n:
                     return pos
