@@ -5,12 +5,15 @@ copied as before, from where its parts lie; what the server checks is unchanged.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cosencfs.server import LocalCosServer
-from tests.server._server_helpers import BUCKET
+from cosencfs.server.auth import cos_authorization
+from tests.server._server_helpers import BUCKET, SECRET_ID, SECRET_KEY, VHOST
 from tests.server.test_server_multipart import multipart_etag, read_body, upload_parts
+from tests.server.test_server_persistence import wait_for
 
 if TYPE_CHECKING:
     from cosencfs.server.assembly import Assemblies
@@ -102,3 +105,29 @@ def test_an_aborted_upload_leaves_no_file(
     client.abort_multipart_upload(Bucket=BUCKET, Key="ab", UploadId=upload_id)
     assert not list((server_root / "tmp").iterdir())
     assert not _data_files(server_root)
+
+
+def test_a_part_that_failed_before_its_slot_lets_completion_take_the_file(
+    client: Any, server: LocalCosServer
+) -> None:
+    """A part whose client went away before the body reached its slot gives
+    the slot's claim back: completing the parts that did arrive still takes
+    the file (a claim left counted would make every completion copy)."""
+    part = os.urandom(MIB)
+    upload_id, done = upload_parts(client, "gone", [part])
+    params = {"partNumber": "2", "uploadId": upload_id}
+    headers = {"Host": VHOST, "Content-Length": str(MIB)}
+    auth = cos_authorization(
+        SECRET_ID, SECRET_KEY, method="PUT", path="/gone", params=params, headers=headers
+    )
+    head = f"PUT /gone?partNumber=2&uploadId={upload_id} HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall((head + f"Authorization: {auth}\r\n\r\n").encode() + b"x" * 100)
+    asm = _assemblies(server)
+    state = asm._by_upload[upload_id]
+    wait_for(lambda: 2 in state.claimed and state.active == 0)
+    assert _complete(client, "gone", upload_id, done) == multipart_etag([part])
+    assert (asm.taken, asm.copied) == (1, 0)
+    assert read_body(client.get_object(Bucket=BUCKET, Key="gone")) == part
