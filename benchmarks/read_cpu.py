@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.cpurun import loop_cpu
 from benchmarks.datasets import random_offsets
 from benchmarks.integrity_cost import cpu_seconds, write_file
 from benchmarks.peers import BaselinePeer, CosencfsPeer
@@ -83,23 +84,35 @@ def read_cold(
     offsets: list[int] | None = None,
     profiler: Profiler | None = None,
     tag: str = "",
-) -> tuple[float, float]:
-    """Wall and daemon CPU seconds of ``dd`` reading ``name`` after a cold mount
+) -> tuple[float, float, float, float]:
+    """Wall, daemon CPU and loop-thread CPU seconds of ``dd`` reading ``name`` after
+    a cold mount, and the mean size of the FUSE reads the daemon answered
     (``offsets``: 4 KiB ``pread``s there instead; ``profiler``: py-spy it as ``tag``)."""
     peer.mount(clear_cache=True)
     try:
         drop_caches()
         time.sleep(settle)
         pid = peer.pid
-        cpu = cpu_seconds(pid)
+        cpu, loop = cpu_seconds(pid), loop_cpu(pid)
+        reads = _fuse_reads(peer)
         record = profiler.record(pid, tag) if profiler else contextlib.nullcontext()
         with record:
             start = time.perf_counter()
             _read(peer, name, offsets)
             wall = time.perf_counter() - start
-        return wall, cpu_seconds(pid) - cpu
+        cpu, loop = cpu_seconds(pid) - cpu, loop_cpu(pid) - loop
+        after = _fuse_reads(peer)
+        n = after[0] - reads[0]
+        return wall, cpu, loop, (after[1] - reads[1]) / n if n else 0.0
     finally:
         peer.unmount()
+
+
+def _fuse_reads(peer: CosencfsPeer) -> tuple[int, int]:
+    """The FUSE reads the mount answered so far, and their bytes (0s: it does not say)."""
+    data = peer.client_stats() or {}
+    fuse = data.get("fuse", {})
+    return int(fuse.get("reads", 0)), int(fuse.get("read_bytes", 0))
 
 
 def _read(peer: CosencfsPeer, name: str, offsets: list[int] | None) -> None:
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     files = {"tagged": ("big", []), "untagged": ("big-untagged", ["--x-bench-untagged"])}
     if not args.untagged:
         del files["untagged"]
-    results: dict[str, list[tuple[float, float]]] = {}
+    results: dict[str, list[tuple[float, float, float, float]]] = {}
     modes = [False, True] if args.random else [False]
     offsets = random_offsets(size, args.random)
     try:
@@ -151,17 +164,19 @@ def main(argv: list[str] | None = None) -> int:
                     for peer, (kind, (name, _)), rnd in order if i % 2 == 0 else order[::-1]:
                         label = f"{peer.name} {kind}" + (f" {args.random} random" if rnd else "")
                         tag = f"{label.replace(' ', '-').replace('@', '-')}-{i}"
-                        wall, cpu = read_cold(
+                        got = read_cold(
                             peer, name, args.settle, offsets if rnd else None, profiler, tag
                         )
-                        results.setdefault(label, []).append((wall, cpu))
+                        wall, cpu, loop, mean = got
+                        results.setdefault(label, []).append(got)
                         rate = (
                             f"{args.random / wall:.0f} ops/s" if rnd
                             else f"{args.size_mib / wall:.0f} MiB/s"
                         )  # fmt: skip
                         print(
                             f"run {i} {label}: {wall:.2f} s, {rate}, "
-                            f"daemon CPU {cpu:.2f} s (load {os.getloadavg()[0]:.1f})",
+                            f"daemon CPU {cpu:.2f} s, loop {loop:.2f} s, "
+                            f"FUSE reads of {mean / 1024:.0f} KiB (load {os.getloadavg()[0]:.1f})",
                             flush=True,
                         )
             finally:
@@ -171,14 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.size_mib} MiB, {network.label}, median of {args.runs} interleaved runs:")
     for label, runs in results.items():
-        wall = statistics.median(w for w, _ in runs)
-        cpu = statistics.median(c for _, c in runs)
-        cpus = ", ".join(f"{c:.2f}" for _, c in runs)
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        loop = statistics.median(r[2] for r in runs)
+        mean = statistics.median(r[3] for r in runs)
+        cpus = ", ".join(f"{r[1]:.2f}" for r in runs)
         rate = (
             f"{args.random / wall:.0f} ops/s" if "random" in label
             else f"{args.size_mib / wall:.0f} MiB/s"
         )  # fmt: skip
-        print(f"  {label}: {rate} ({wall:.2f} s), daemon CPU {cpu:.2f} s [{cpus}]")
+        print(
+            f"  {label}: {rate} ({wall:.2f} s), daemon CPU {cpu:.2f} s [{cpus}], "
+            f"loop {loop:.2f} s, FUSE reads of {mean / 1024:.0f} KiB"
+        )
     return 0
 
 

@@ -8,7 +8,9 @@ of random bytes in 1 MiB writes (what ``dd bs=1M conv=fsync`` of the
 bucket), and reports the daemon's CPU for all of it (user + system from
 ``/proc/PID/stat``: all threads, and the loop thread alone, which answers the
 FUSE requests), per MiB, with the FUSE and COS requests it took and the
-daemon's peak RSS during the write (VmHWM, reset first).
+daemon's peak RSS during the write (VmHWM, reset first); and the local
+server's CPU meanwhile (its own process, same two CPUs) and how long the
+final ``fsync`` took (the last parts and the completion).
 
 ``--untagged`` writes with the benchmark-only ``--x-bench-untagged`` (no
 chunk tags: what the tags cost). ``--baseline REV`` measures that revision
@@ -45,7 +47,16 @@ from benchmarks.profiling import Profiler
 from benchmarks.system import BenchError
 
 MIB = 1024 * 1024
-_MEDIANS = ("daemon_s", "loop_s", "daemon_ms_per_mib", "mib_per_s", "peak_rss_mib", "writer_s")
+_MEDIANS = (
+    "daemon_s",
+    "loop_s",
+    "daemon_ms_per_mib",
+    "mib_per_s",
+    "peak_rss_mib",
+    "writer_s",
+    "server_s",
+    "fsync_s",
+)
 
 
 def _vm_hwm_mib(pid: int) -> float:
@@ -70,6 +81,9 @@ def one_run(
         # Peak RSS of the write alone (VmHWM reset; what big_write_rss reads).
         Path(f"/proc/{peer.pid}/clear_refs").write_text("5")
         cpu0, loop0 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
+        # The local server's CPU too (its own process, on the same two CPUs).
+        spid = server.proc.pid if server.proc is not None else None
+        srv0 = cpu_seconds(spid) if spid else 0.0
         # The writer's own CPU: the kernel's side of each write(2) (the copy
         # into page-cache pages on the cached path) is charged to it.
         me0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -81,12 +95,15 @@ def one_run(
                     n = min(len(block), size - pos)
                     if os.write(fd, block[:n]) != n:
                         raise BenchError(f"short write at {pos}")
+                synced = time.perf_counter()
                 os.fsync(fd)
+                synced = time.perf_counter() - synced
             finally:
                 os.close(fd)
         wall = time.perf_counter() - start
         me1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
+        srv1 = cpu_seconds(spid) if spid else 0.0
         stats1 = mount_stats(peer)
         peak = _vm_hwm_mib(peer.pid)
         if server.newest(size) <= before:
@@ -101,6 +118,8 @@ def one_run(
         "loop_s": loop1 - loop0,
         "writer_s": me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime,
         "daemon_ms_per_mib": (cpu1 - cpu0) * 1000 / mib,
+        "server_s": srv1 - srv0,
+        "fsync_s": synced,
         "mib_per_s": mib / wall,
         "fuse": {k: v for k, v in fuse.items() if v},
         "cos": {k: v for k, v in cos.items() if v},
@@ -114,6 +133,7 @@ def _line(res: dict[str, Any]) -> str:
     return (
         f"daemon {res['daemon_s']:.2f} s CPU ({res['daemon_ms_per_mib']:.2f} ms/MiB; loop thread "
         f"{res['loop_s']:.2f} s), writer {res['writer_s']:.2f} s CPU, "
+        f"server {res['server_s']:.2f} s CPU, fsync {res['fsync_s']:.2f} s, "
         f"{res['mib_per_s']:.0f} MiB/s, FUSE writes {res['fuse'].get('write', 0)} "
         f"getxattrs {res['fuse'].get('getxattr', 0)}, "
         f"COS {res['cos_total']} {json.dumps(res['cos'])}, "
@@ -145,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda med: (
             f", {args.size_mib} MiB: daemon {med['daemon_s']:.3f} s CPU "
             f"({med['daemon_ms_per_mib']:.2f} ms/MiB; loop thread {med['loop_s']:.3f} s), "
-            f"writer {med['writer_s']:.3f} s CPU, "
+            f"writer {med['writer_s']:.3f} s CPU, server {med['server_s']:.3f} s CPU, "
+            f"fsync {med['fsync_s']:.3f} s, "
             f"{med['mib_per_s']:.0f} MiB/s, peak RSS {med['peak_rss_mib']:.0f} MiB"
         ),
         lambda ratio: (

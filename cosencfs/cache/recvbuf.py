@@ -4,8 +4,9 @@ Every GET of a piece (up to 8 MiB) used to be received into a fresh
 ``bytearray``: zeroed by Python and faulted in page by page (on the
 benchmark VM each fresh page is also a fault in the host), about a tenth of
 a cold read's CPU, and its bytes were then copied into an aligned buffer to
-be written with O_DIRECT.  A buffer here is an anonymous ``mmap`` (page
-aligned): the store receives the answer straight into it
+be written with O_DIRECT.  A buffer here is a private anonymous ``mmap``
+(page aligned; not shared, which would make each first touch of a page a
+shmem fault): the store receives the answer straight into it
 (``ObjectStore.get_into``), the piece's job checks it, writes its aligned
 middle to the cache file with O_DIRECT from where it lies
 (cosencfs/cache/direct.py) and decrypts it, and the buffer goes back here
@@ -38,6 +39,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
+
+from cosencfs.cache.direct import private_mapping
 
 #: Buffers are this large (one ranged GET fetches at most this much).
 SIZE = 8 * 1024 * 1024
@@ -95,7 +98,7 @@ class RecvBuffers:
             self.reused += 1
             return self._idle.pop()
         self.made += 1
-        return mmap.mmap(-1, self.size)
+        return private_mapping(self.size)
 
     def _put(self, buf: mmap.mmap) -> None:
         if len(self._idle) < self.keep:

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 class _Held:
     """A part whose writes keep their ciphertext in ``buf``: its first ``filled`` bytes."""
 
-    buf: bytearray
+    buf: memoryview
     filled: int = 0
 
 

@@ -286,13 +286,19 @@ def declared_length(req: Request) -> int | None:
 
 
 def receive(
-    body: BodyReader, files: DataFiles, buf: memoryview, limit: int, inline_max: int = 0
+    body: BodyReader,
+    files: DataFiles,
+    buf: memoryview,
+    limit: int,
+    inline_max: int = 0,
+    into: NewData | None = None,
 ) -> tuple[int, bytes, NewData | bytes]:
     """Receive a request body; returns (size, binary MD5, body).
 
     A body that ends within ``inline_max`` bytes comes back as bytes and
     never touches the disk; a longer one streams through ``buf`` into a new
-    data file (discarded here if receiving fails).
+    data file, or into ``into`` when given (a part's slot,
+    cosencfs/server/assembly.py), discarded here if receiving fails.
     """
     filled = 0
     while filled < len(buf):
@@ -302,7 +308,7 @@ def receive(
         filled += n
     else:
         # The body fills the buffer: stream the rest through the writer thread.
-        new = files.new()
+        new = into or files.new()
         try:
             size, digest = _receive_pipelined(body, new, buf, limit)
         except BaseException:
@@ -311,8 +317,10 @@ def receive(
         return size, digest, new
     digest = hashlib.md5(buf[:filled]).digest()
     if filled <= inline_max:
+        if into is not None:
+            into.discard()
         return filled, digest, bytes(buf[:filled])
-    new = files.new()
+    new = into or files.new()
     try:
         new.write(buf[:filled])
     except BaseException:

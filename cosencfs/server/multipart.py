@@ -66,7 +66,15 @@ def upload_part(ctx: ServerContext, req: Request, body: BodyReader, buf: memoryv
     length = declared_length(req)
     if length is not None and length > MAX_OBJECT_SIZE:
         raise CosError("EntityTooLarge")
-    size, digest, new = receive(body, ctx.storage.files, buf, MAX_OBJECT_SIZE)
+    # Into its slot of the upload's assembly where it may (completing then
+    # copies nothing: cosencfs/server/assembly.py), else a data file of its own.
+    slot = ctx.uploads.assemblies.claim(upload_id, number, length)
+    try:
+        size, digest, new = receive(body, ctx.storage.files, buf, MAX_OBJECT_SIZE, into=slot)
+    except BaseException:
+        if slot is not None:
+            slot.discard()  # (failed before the body reached it: its descriptor and claim)
+        raise
     if not isinstance(new, NewData):  # parts are always received into a data file
         raise CosError("InternalError", "a part was not stored in a data file")
     try:

@@ -9,6 +9,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from cosencfs.server.assembly import Assemblies, SlotData, part_offset
 from cosencfs.server.datafiles import NewData, copy_range
 from cosencfs.server.errors import CosError
 from cosencfs.server.listing import UploadPage, list_upload_keys
@@ -34,6 +35,8 @@ class Uploads:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        #: Parts received where their object's bytes will lie (no copy on completion).
+        self.assemblies = Assemblies(storage.files)
 
     def create(
         self,
@@ -87,7 +90,7 @@ class Uploads:
     ) -> int:
         """Record an uploaded part (replacing one with the same number); returns its mtime."""
         files = self.storage.files
-        name = files.publish(new)
+        name = new.publish(files) if isinstance(new, SlotData) else files.publish(new)
         mtime = now_ms()
         try:
             with self.storage.txn() as db:
@@ -150,23 +153,8 @@ class Uploads:
         for _size, etag, _name in chosen:
             md5s.update(bytes.fromhex(etag))
         final_etag = f"{md5s.hexdigest()}-{len(chosen)}"
-        new = storage.files.new()
-        try:
-            for size, _etag, name in chosen:
-                try:
-                    fd = os.open(storage.files.path(name), os.O_RDONLY)
-                except FileNotFoundError:
-                    raise CosError(
-                        "InvalidPart", "A part was replaced during completion."
-                    ) from None
-                try:
-                    copy_range(fd, new.fd, 0, size)
-                finally:
-                    os.close(fd)
-            name = storage.files.publish(new)
-        except BaseException:
-            new.discard()
-            raise
+        taken = self.assemblies.take(upload_id, [(size, n) for size, _e, n in chosen])
+        name = taken if taken is not None else self._concatenate(chosen)
 
         def remove_upload(db: sqlite3.Connection) -> list[str]:
             if db.execute("SELECT 1 FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone():
@@ -180,7 +168,7 @@ class Uploads:
             raise CosError("NoSuchUpload")  # completed or aborted meanwhile
 
         try:
-            return storage.commit_row(
+            info = storage.commit_row(
                 bucket,
                 key,
                 name,
@@ -195,6 +183,29 @@ class Uploads:
         except BaseException:
             storage.files.unlink([name])
             raise
+        self.assemblies.drop(upload_id)
+        return info
+
+    def _concatenate(self, chosen: list[tuple[int, str, str]]) -> str:
+        """The chosen parts copied end to end into a new data file; its name."""
+        storage = self.storage
+        new = storage.files.new()
+        try:
+            for size, _etag, name in chosen:
+                try:
+                    fd = os.open(storage.files.path(name), os.O_RDONLY)
+                except FileNotFoundError:
+                    raise CosError(
+                        "InvalidPart", "A part was replaced during completion."
+                    ) from None
+                try:
+                    copy_range(fd, new.fd, part_offset(name), size)
+                finally:
+                    os.close(fd)
+            return storage.files.publish(new)
+        except BaseException:
+            new.discard()
+            raise
 
     def abort(self, bucket: str, key: str, upload_id: str) -> None:
         with self.storage.txn() as db:
@@ -205,6 +216,7 @@ class Uploads:
             db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
             db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
         self.storage.files.unlink(garbage)
+        self.assemblies.drop(upload_id)
 
     def list(
         self,
