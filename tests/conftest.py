@@ -80,7 +80,7 @@ def no_socket_left_unclosed() -> Iterator[None]:
     a socket the test opened is still open after all its fixtures are torn
     down, collect now and fail this test if the collection closed one.  A
     whole collection per test would cost up to 0.4 s each in this suite's
-    heap; the check of /proc/self/fd costs ~0.1 ms.
+    heap; the check of /proc/self/fd costs ~0.6 ms (46 descriptors, loaded machine).
     """
     before = _open_sockets()
     yield
