@@ -22,6 +22,7 @@ object's offsets (:meth:`ObjectContent.produce`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -274,21 +275,40 @@ async def produce(
 #: ciphertext is still in the CPU's cache when the chunk tagger reads it.
 _STEP = 1024 * 1024
 
+#: A piece of :func:`produce_tagged`: a plan to produce ``[start, end)``, or
+#: None for a range the copy holds already (read back for its tags).
+_Step = tuple[_Ready | None, int, int]
+
 
 def _produce_steps(
-    steps: list[tuple[_Ready, int, int]], staged: ObjectContent, feed: Callable[[bytes], None]
+    steps: list[_Step], staged: ObjectContent, feed: Callable[[bytes], None]
 ) -> None:
-    """Synchronous, in a worker thread: each step encrypted, fed to ``feed``, written.
+    """Synchronous, in a worker thread: each step's ciphertext, in order, fed to
+    ``feed``: produced (encrypted and written) where missing, read back where present.
 
-    Holds no lock: the caller checked every range missing in the event loop
-    and nobody else produces this copy (the commit holds the file's upload
-    lock); the ranges are marked present in the event loop afterwards.
+    Holds no lock: the caller planned every missing range in the event loop,
+    nobody else produces this copy (the commit holds the file's upload lock)
+    and nothing writes its present ranges again; the ranges produced here are
+    marked present in the event loop afterwards.
     """
     dk = staged.dk
-    for ready, s, e in steps:
-        cipher = encrypt(dk, s, _execute(ready, s, e))
-        feed(cipher)
-        staged.write_fetched(s, memoryview(cipher))
+    fd = -1
+    try:
+        for ready, s, e in steps:
+            if ready is None:
+                if fd < 0:
+                    fd = os.open(staged.path, os.O_RDONLY | os.O_CLOEXEC)
+                cipher = os.pread(fd, e - s, s)
+                if len(cipher) != e - s:
+                    raise OSError(f"cache file {staged.vid} is short at {s}+{e - s}")
+                feed(cipher)
+                continue
+            cipher = encrypt(dk, s, _execute(ready, s, e))
+            feed(cipher)
+            staged.write_fetched(s, memoryview(cipher))
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 async def produce_tagged(
@@ -299,24 +319,38 @@ async def produce_tagged(
     end: int,
     feed: Callable[[bytes], None],
 ) -> None:
-    """:func:`produce` of a range none of which is produced yet, in one worker job,
-    each piece of ciphertext handed to ``feed`` (a part's chunk tagger) as it is made.
+    """:func:`produce` ``[start, end)`` in one worker job, handing the ciphertext
+    of the whole range, in order, to ``feed`` (a part's chunk tagger) as it is made.
 
-    The upload's chunk tags then cost no second read of the copy.  Steps
-    start on multiples of 1 MiB, so of 16 bytes: producing the range again
-    after a crash encrypts the same blocks (the keystream ledger's rule).
+    The upload's chunk tags then cost no second read of what is produced
+    here; what the copy holds already (a direct copy written front to back,
+    an earlier attempt) is read back in the same job.  Steps start on
+    multiples of 1 MiB (missing ranges where the copy's present ones end),
+    each range is encrypted once, and producing again after a crash encrypts
+    the same blocks with the same bytes (the keystream ledger's rule).
+    Unlike :func:`produce`, no worker thread touches ``staged.present``: the
+    pipeline produces several parts of one copy at once.
     """
-    if staged.present.missing(start, end) != [(start, end)]:
-        raise ValueError(f"range {start}-{end} of {staged.vid} is partly produced already")
-    steps: list[tuple[_Ready, int, int]] = []
+    steps: list[_Step] = []
+    made: list[tuple[int, int]] = []
     try:
         pos = start
         while pos < end:
             stop = min(end, (pos // _STEP + 1) * _STEP)
-            steps.append((await _ready(cache, layer, pos, stop), pos, stop))
+            at = pos
+            for s, e in staged.present.missing(pos, stop):
+                if at < s:
+                    steps.append((None, at, s))
+                steps.append((await _ready(cache, layer, s, e), s, e))
+                made.append((s, e))
+                at = e
+            if at < stop:
+                steps.append((None, at, stop))
             pos = stop
         await trio.to_thread.run_sync(_produce_steps, steps, staged, feed, limiter=cache.io_limiter)
     finally:
         for ready, _, _ in steps:
-            _release(cache, ready)
-    staged.mark(start, end)
+            if ready is not None:
+                _release(cache, ready)
+    for s, e in made:
+        staged.mark(s, e)

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 PRODUCERS = 2
 
 
+def _ignore(_ciphertext: bytes) -> None:
+    """Not tagging (a public-key-only mount): the ciphertext is not needed."""
+
+
 class PipelinedUpload:
     """One sealed layer's upload: parts produced, tagged and sent in a pipeline."""
 
@@ -156,19 +160,16 @@ class PipelinedUpload:
 
     async def _produce(self, start: int, end: int) -> list[bytes]:
         """Produce ``[start, end)`` of the copy (what is missing of it); its chunk tags."""
-        cache, dk = self.ctx.cache, self.layer.object_dk
+        dk = self.layer.object_dk
         if dk is None:
             raise CosEncFsError(f"upload of {self.key!r} without a data key")
+        if start % CHUNK_SIZE:
+            raise CosEncFsError(f"part of {self.key!r} at {start}, not on a chunk boundary")
         ck = self.ctx.tags.chunk_key(dk)
-        if start % CHUNK_SIZE == 0 and self.staged.present.missing(start, end) == [(start, end)]:
-            tagger = None if ck is None else ChunkTagger(ck, first_chunk=start // CHUNK_SIZE)
-            feed = (lambda _c: None) if tagger is None else tagger.update
-            await assemble.produce_tagged(cache, self.layer, self.staged, start, end, feed)
-            return [] if tagger is None else tagger.finish()
-        # Produced in part before (an attempt that failed, the direct copy of
-        # a file written front to back): the rest, then the tags from the copy.
-        await assemble.produce(cache, self.layer, self.staged, start, end)
-        return await self.ctx.tags.tag_copy(self.staged.path, dk, start, end, cache.io_limiter)
+        tagger = None if ck is None else ChunkTagger(ck, first_chunk=start // CHUNK_SIZE)
+        feed = _ignore if tagger is None else tagger.update
+        await assemble.produce_tagged(self.ctx.cache, self.layer, self.staged, start, end, feed)
+        return [] if tagger is None else tagger.finish()
 
     async def _seal(self) -> None:
         tags = [t for n, _, _ in self.layout for t in self.part_tags[n]]

@@ -14,10 +14,13 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from cosencfs.cache import assemble
+from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.envelope import EnvelopeCodec
@@ -127,8 +130,16 @@ async def _rewrite(fs: Filesystem, ino: int, want: bytearray, n: int, seed: int)
 
 
 async def test_the_initiate_and_the_first_part_leave_while_the_copy_is_produced(
-    tmp_path: Path, codec: EnvelopeCodec
+    tmp_path: Path, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    reads: list[int] = []
+    read_plain = ObjectContent.read_plain
+
+    def counted(self: ObjectContent, offset: int, length: int) -> bytes:
+        reads.append(length)
+        return read_plain(self, offset, length)
+
+    monkeypatch.setattr(ObjectContent, "read_plain", counted)
     store = Watched(latency_ms=5)
     data = bytearray(os.urandom(48 * MIB + 4100))
     mgr = CacheManager(tmp_path / "cache", store, limit_bytes=1 << 30)
@@ -141,6 +152,15 @@ async def test_the_initiate_and_the_first_part_leave_while_the_copy_is_produced(
             store.seen.clear()
             before = store.counters.snapshot()
             fh = await _rewrite(fs, ino, data, 400, seed=5)
+            tag_copy = fs.ctx.tags.tag_copy
+            tagged_from_file: list[int] = []
+
+            async def watched_tag_copy(*args: Any) -> list[bytes]:
+                tagged_from_file.append(1)
+                return await tag_copy(*args)
+
+            monkeypatch.setattr(fs.ctx.tags, "tag_copy", watched_tag_copy)
+            reads.clear()
             await fs.fsync(fh, False)
             await fs.release(fh)
             spent = store.counters.snapshot().minus(before).requests
@@ -161,15 +181,19 @@ async def test_the_initiate_and_the_first_part_leave_while_the_copy_is_produced(
     assert spent["UploadPart"] == 7
     assert spent["CopyObject"] == 1  # the tags, unknown at the initiate
     assert spent["PutObject"] == 1  # their companion
+    # The tags come from the ciphertext as it is made, not from the copy read back.
+    assert tagged_from_file == []
+    # The clean copy is read (and decrypted) once per 1 MiB step, not once
+    # per piece between the 400 records (~450 reads before).
+    assert len(reads) <= -(-size // MIB) + 8
     assert await _stored(store, codec, "db") == data
 
 
-async def test_a_partly_produced_copy_sends_the_rest_and_tags_it_all(
+async def test_a_file_rewritten_at_its_start_and_extended_is_tagged_right(
     tmp_path: Path, codec: EnvelopeCodec
 ) -> None:
     """A new file written front to back for 10 MiB, then rewritten at its start
-    and extended past two parts: the parts its direct copy holds (whole or in
-    part) are tagged from the copy, the others produced and tagged at once."""
+    (which burns the direct copy's key) and extended past two more parts."""
     store = MemoryStore()
     mgr = CacheManager(tmp_path / "cache", store, limit_bytes=1 << 30)
     head = os.urandom(10 * MIB)
@@ -192,6 +216,41 @@ async def test_a_partly_produced_copy_sends_the_rest_and_tags_it_all(
     finally:
         mgr.close()
     assert await _stored(store, codec, "f") == want
+
+
+async def test_parts_its_direct_copy_holds_are_read_back_for_their_tags(
+    tmp_path: Path, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not streamed: a new file written front to back is its upload copy already
+    (its direct copy, under the object key), except the writes that were not
+    appends; the pipeline reads back what the copy holds and produces the rest,
+    in the same job, and tags every part over the bytes COS gets."""
+    read_back: list[int] = []
+    steps_job = assemble._produce_steps
+
+    def counted(steps: list[assemble._Step], *args: Any) -> None:
+        read_back.extend(e - s for ready, s, e in steps if ready is None)
+        steps_job(steps, *args)
+
+    monkeypatch.setattr(assemble, "_produce_steps", counted)
+    store = MemoryStore()
+    mgr = CacheManager(tmp_path / "cache", store, limit_bytes=1 << 30)
+    data = os.urandom(20 * MIB + 3)
+    try:
+        opts = fs_options(writeback_delay=3600.0, stream_uploads=False)
+        fs = Filesystem(store, codec, mgr, opts)
+        async with trio.open_nursery() as nursery:
+            await fs.start(nursery)
+            fh, _ = await fs.create(ROOT, b"d", 0o600, os.O_WRONLY, 0, 0)
+            for at in range(0, len(data), 3 * MIB + 1):
+                await fs.write(fh, at, data[at : at + 3 * MIB + 1])
+            await fs.fsync(fh, False)
+            await fs.release(fh)
+            nursery.cancel_scope.cancel()
+    finally:
+        mgr.close()
+    assert sum(read_back) == len(data)  # every byte from the direct copy
+    assert await _stored(store, codec, "d") == data
 
 
 Step = Callable[[Filesystem, trio.Nursery], Awaitable[None]] | None
