@@ -9,12 +9,15 @@ descriptor (what the ``rand_write`` workload does) and reports the daemon's
 CPU for them per write (user + system from ``/proc/PID/stat``: all threads,
 and the loop thread alone, which answers the FUSE requests); then fsync and
 the wait until the new version is in the bucket, whose CPU (the upload copy
-produced and sent) is reported separately, per run.
+produced and sent) is reported separately, per run, with the wall-clock time
+``fsync`` took and the time from the ``fsync`` call until the server holds
+the new version ("fsync to in-bucket", polled every 2 ms).
 
 ``--baseline REV`` measures that revision too, interleaved (this tree, base,
 base, this tree, ...) so drift hits both alike; the ratios this tree / base
 of each pair are reported with the medians. ``--profile DIR`` records the
-writes of each run of this tree with py-spy.
+writes of each run of this tree with py-spy, and apart from them the fsync
+and the upload it waits for (``...-fsync``).
 
     python -m benchmarks.write_cpu --writes 2000 --runs 3 --baseline main
 """
@@ -45,10 +48,17 @@ from benchmarks.system import BenchError
 WAIT = 600.0
 MIB = 1024 * 1024
 BLOCK = 4096
-_MEDIANS = ("daemon_us_per_write", "loop_us_per_write", "upload_ms", "writes_per_s")
+_MEDIANS = (
+    "daemon_us_per_write",
+    "loop_us_per_write",
+    "upload_ms",
+    "writes_per_s",
+    "fsync_ms",
+    "bucket_ms",
+)
 
 
-def _wait_newer(peer: CosencfsPeer, size: int, than: int) -> None:
+def _wait_newer(peer: CosencfsPeer, size: int, than: int, poll: float = 0.02) -> None:
     server = peer.server
     if server is None:
         raise BenchError("no server")
@@ -56,7 +66,7 @@ def _wait_newer(peer: CosencfsPeer, size: int, than: int) -> None:
     while server.newest(size) <= than:
         if time.monotonic() > deadline:
             raise BenchError(f"{peer.name}: the {size}-byte file not in the bucket after {WAIT} s")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def one_run(
@@ -93,10 +103,17 @@ def one_run(
             wall = time.perf_counter() - start
             cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
             stats1 = mount_stats(peer)
-            os.fsync(fd)
+            fsync_prof = profiler.record(peer.pid, f"{tag}-fsync") if profiler else None
+            with fsync_prof or contextlib.nullcontext():
+                if fsync_prof is not None:
+                    time.sleep(0.5)  # py-spy attached before the fsync (not timed)
+                synced = time.perf_counter()
+                os.fsync(fd)
+                fsync_wall = time.perf_counter() - synced
+                _wait_newer(peer, size, base, poll=0.002)
+                bucket_wall = time.perf_counter() - synced
         finally:
             os.close(fd)
-        _wait_newer(peer, size, base)
         cpu2 = cpu_seconds(peer.pid)
         stats2 = mount_stats(peer)
     finally:
@@ -108,6 +125,8 @@ def one_run(
         "loop_us_per_write": (loop1 - loop0) * 1e6 / n,
         "upload_ms": (cpu2 - cpu1) * 1000,
         "writes_per_s": n / wall,
+        "fsync_ms": fsync_wall * 1000,
+        "bucket_ms": bucket_wall * 1000,
         "fuse": {k: v for k, v in fuse.items() if v},
         "cos_upload": {k: v for k, v in cos.items() if v},
         "load": os.getloadavg()[0],
@@ -118,7 +137,8 @@ def _line(res: dict[str, Any]) -> str:
     return (
         f"daemon {res['daemon_us_per_write']:.1f} us/write (loop thread "
         f"{res['loop_us_per_write']:.1f}), {res['writes_per_s']:.0f} writes/s, upload "
-        f"{res['upload_ms']:.0f} ms CPU, FUSE {json.dumps(res['fuse'])}, "
+        f"{res['upload_ms']:.0f} ms CPU, fsync {res['fsync_ms']:.0f} ms, in the bucket "
+        f"{res['bucket_ms']:.0f} ms after fsync began, FUSE {json.dumps(res['fuse'])}, "
         f"COS after fsync {json.dumps(res['cos_upload'])}, load {res['load']:.1f}"
     )
 
@@ -141,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         lambda med: (
             f": daemon {med['daemon_us_per_write']:.1f} us/write (loop thread "
             f"{med['loop_us_per_write']:.1f}), upload {med['upload_ms']:.0f} ms CPU, "
-            f"{med['writes_per_s']:.0f} writes/s"
+            f"{med['writes_per_s']:.0f} writes/s, fsync {med['fsync_ms']:.0f} ms, "
+            f"fsync to in-bucket {med['bucket_ms']:.0f} ms"
         ),
         lambda ratio: (
             f"daemon per write {ratio['daemon_us_per_write']:.3f}, loop thread "
-            f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}"
+            f"{ratio['loop_us_per_write']:.3f}, upload {ratio['upload_ms']:.3f}, "
+            f"fsync {ratio['fsync_ms']:.3f}, fsync to in-bucket {ratio['bucket_ms']:.3f}"
         ),
     )  # fmt: skip
 

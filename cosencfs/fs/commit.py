@@ -37,6 +37,7 @@ from cosencfs.fs.context import FsContext
 from cosencfs.fs.dirops import put_marker
 from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.inode import Inode, Remote
+from cosencfs.fs.pipeline import PipelinedUpload
 from cosencfs.fs.special import put_special, tagged_now
 from cosencfs.fs.stream import StreamUpload
 from cosencfs.fs.tags import INLINE_TAG
@@ -120,7 +121,20 @@ class Committer:
                     done = await stream.finish(size, meta)
                 else:
                     await stream.abandon_now()  # renamed, or shrank to a simple PUT
-            if done is None:
+            resume = None if done is not None else self._resume(node, head, key, size)
+            if done is None and size > self.uploader.single_put_max and resume is None:
+                # Parts produced and sent in a pipeline, the upload initiated at once.
+                etag, meta, verified = await PipelinedUpload(
+                    self.ctx,
+                    self.uploader,
+                    key=key,
+                    layer=head,
+                    staged=staged,
+                    metadata=meta,
+                    content_type=FILE_CONTENT_TYPE,
+                    fid=node.as_file.fid,
+                ).run()
+            elif done is None:
                 await assemble.produce(self.ctx.cache, head, staged, 0, size)
                 body: bytes | None = None
                 if size <= INLINE_TAG:
@@ -131,7 +145,15 @@ class Committer:
                         staged.path, head.object_dk, 0, size, self.ctx.cache.io_limiter
                     )
                 meta, verified = await self.ctx.tags.seal_own(key, size, meta, tags)
-                etag = await self._upload(node, head, staged, key, meta, body)
+                etag = await self.uploader.upload(
+                    key,
+                    staged,
+                    meta,
+                    content_type=FILE_CONTENT_TYPE,
+                    fid=node.as_file.fid,
+                    resume=resume,
+                    body=body,
+                )
             else:
                 etag, meta, tags = done
                 verified = self.ctx.tags.own(key, size, meta, tags)
@@ -206,29 +228,16 @@ class Committer:
                 layer.below = None
                 layer.source = source
 
-    async def _upload(
-        self,
-        node: Inode,
-        head: DirtyLayer,
-        staged: ObjectContent,
-        key: str,
-        meta: dict[str, str],
-        body: bytes | None,
-    ) -> str:
-        resume = None
-        if staged.size > self.uploader.single_put_max:
-            rec = self.ctx.journal.get_dirty(node.as_file.fid)
-            if rec is not None and rec.upload_id and rec.vid == head.vid and rec.key == key:
-                resume = (rec.upload_id, rec.parts)  # an earlier attempt failed half-way
-        return await self.uploader.upload(
-            key,
-            staged,
-            meta,
-            content_type=FILE_CONTENT_TYPE,
-            fid=node.as_file.fid,
-            resume=resume,
-            body=body,
-        )
+    def _resume(
+        self, node: Inode, head: DirtyLayer, key: str, size: int
+    ) -> tuple[str, dict[int, str]] | None:
+        """The multipart upload of ``head`` an earlier attempt left half-way, if any."""
+        if size <= self.uploader.single_put_max:
+            return None
+        rec = self.ctx.journal.get_dirty(node.as_file.fid)
+        if rec is not None and rec.upload_id and rec.vid == head.vid and rec.key == key:
+            return (rec.upload_id, rec.parts)
+        return None
 
     async def _commit_attrs(self, node: Inode) -> None:
         gen = node.meta_gen
