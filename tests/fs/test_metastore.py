@@ -1,0 +1,197 @@
+"""Clean files' metadata left to the journal and read back on use (issue 18, fs/metastore.py).
+
+A file whose upload is done and whose clean copy is evicted (beyond the
+cache's unread bound) holds no metadata: ``Remote.metadata`` reads it back
+from the journal's attribute cache, for the same object only and with its
+attribute tag checked.  A record altered on disk is refused: the metadata is
+then asked for again (one HEAD), never taken from the altered record.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import tracemalloc
+
+import pytest
+import trio
+
+from cosencfs.crypto.envelope import KEY_FIELD
+from cosencfs.errors import DamagedEnvelopeError
+from cosencfs.fs.attrs import META_MODE
+from cosencfs.fs.core import Filesystem
+from cosencfs.fs.inode import ROOT_INO, Inode, Remote
+from cosencfs.store.cos import CosStore
+from tests.fs.test_filesystem import read_file, write_file
+from tests.testlib import FsFactory
+
+#: Bytes an uploaded 2 KiB file holds in the filesystem layer once its clean
+#: copy is evicted (what 100,000 new files hold beyond the unread bound).
+#: Measured here 900-930 with the metadata left to the journal; 1,230-1,260
+#: with it held (the code before fs/metastore.py: fails).
+BYTES_PER_EVICTED_FILE = 1100
+_FILTERS = [
+    tracemalloc.Filter(False, "*/cosencfs/server/*", all_frames=True),
+    tracemalloc.Filter(False, "*/cosencfs/store/*"),
+    tracemalloc.Filter(False, "*/trio/*"),
+    tracemalloc.Filter(False, "*/socket.py"),
+    tracemalloc.Filter(False, "*/ssl.py"),
+]
+
+
+async def _settle(fs: Filesystem) -> None:
+    await fs.sync_all()
+    for _ in range(600):
+        if not fs.writeback.queued:
+            break
+        await trio.sleep(0.05)
+    fs.ctx.cache.evict()
+    fs.ctx.journal.flush_attrs()
+
+
+async def test_memory_per_file_once_its_copy_is_evicted(make_fs: FsFactory) -> None:
+    n = 400
+    fs = await make_fs()
+    fs.ctx.cache.max_unread = 4
+    if os.environ.get("NOSTORE"):
+        fs.ns.meta.store = lambda node: False  # type: ignore[method-assign]
+        fs.ns.meta.adopt = lambda node: None  # type: ignore[method-assign]
+    d = (await fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)).ino
+    data = os.urandom(2048)
+    await write_file(fs, d, "warm-up", data, sync=True)
+    gc.collect()
+    tracemalloc.start(12)
+    try:
+        base = tracemalloc.take_snapshot().filter_traces(_FILTERS)
+        inos = [await write_file(fs, d, f"f{i:04d}", data, sync=False) for i in range(n)]
+        await _settle(fs)
+        gc.collect()
+        after = tracemalloc.take_snapshot().filter_traces(_FILTERS)
+    finally:
+        tracemalloc.stop()
+    per_file = sum(s.size_diff for s in after.compare_to(base, "filename")) / n
+    print("PER FILE", per_file)
+    stored = sum(1 for i in inos if _remote(fs, i).stored)
+    assert stored >= n - 8, stored
+    assert per_file < BYTES_PER_EVICTED_FILE, f"{per_file:.0f} bytes per file"
+    assert await read_file(fs, inos[5]) == data
+
+
+def _remote(fs: Filesystem, ino: int) -> Remote:
+    node = fs.ns.inode(ino)
+    assert node.remote is not None
+    return node.remote
+
+
+async def _stored_files(make_fs: FsFactory, n: int = 6) -> tuple[Filesystem, dict[str, int]]:
+    # (Opens within the revalidation window: no HEAD gives the metadata again.)
+    fs = await make_fs(open_revalidate=3600.0)
+    fs.ctx.cache.max_unread = 1
+    files = {f"f{i}": os.urandom(1500 + i) for i in range(n)}
+    inos = {name: await write_file(fs, ROOT_INO, name, data) for name, data in files.items()}
+    await _settle(fs)
+    return fs, inos
+
+
+async def test_stored_metadata_reads_back_the_same(make_fs: FsFactory, store: CosStore) -> None:
+    fs, inos = await _stored_files(make_fs)
+    node = fs.ns.inode(inos["f1"])
+    r = node.remote
+    assert r is not None
+    assert r.stored
+    key = fs.ctx.key_of(node)
+    info = await store.head(key)
+    assert r.metadata == dict(info.metadata)
+    assert r.packed_metadata == dict(info.metadata)
+    assert fs.ns.meta.stats.refused == 0
+    # Reading it back: one GET, the metadata from the journal.
+    before = store.counters.snapshot()
+    data = await read_file(fs, inos["f1"])
+    assert len(data) == 1501
+    got = store.counters.snapshot().minus(before).requests
+    assert got.get("GetObject") == 1, got
+    assert not got.get("HeadObject"), got
+    assert fs.ns.meta.stats.refused == 0
+    # Changed through the mount: the new metadata is held (dirty), then stored again.
+    fh, _ = await fs.open(inos["f2"], os.O_WRONLY)
+    assert not fs.ns.inode(inos["f2"]).remote.stored  # type: ignore[union-attr]
+    await fs.write(fh, 0, b"new")
+    await fs.flush(fh)
+    await fs.fsync(fh, False)
+    await fs.release(fh)
+    await write_file(fs, ROOT_INO, "later", b"x" * 100)  # (f2's copy is beyond the bound)
+    await _settle(fs)
+    r2 = fs.ns.inode(inos["f2"]).remote
+    assert r2 is not None
+    assert r2.stored
+    assert r2.metadata == dict((await store.head(fs.ctx.key_of(fs.ns.inode(inos["f2"])))).metadata)
+
+
+def _tamper(fs: Filesystem, node: Inode, field: str, value: str) -> None:
+    key = fs.ctx.key_of(node)
+    db = fs.ctx.journal._db
+    (text,) = db.execute("SELECT meta FROM attrs WHERE key=?", (key,)).fetchone()
+    meta = json.loads(text)
+    assert field in meta
+    meta[field] = value
+    db.execute("UPDATE attrs SET meta=? WHERE key=?", (json.dumps(meta), key))
+    db.commit()
+
+
+async def test_a_tampered_record_is_refused_and_asked_for_again(
+    make_fs: FsFactory, store: CosStore
+) -> None:
+    fs, inos = await _stored_files(make_fs)
+    node = fs.ns.inode(inos["f3"])
+    r = node.remote
+    assert r is not None
+    assert r.stored
+    mode = node.attrs.mode
+    _tamper(fs, node, META_MODE, str(0o104777))  # setuid, world-writable
+    assert r.metadata is None
+    assert fs.ns.meta.stats.refused == 1
+    assert not node.attrs_known
+    assert not r.stored
+    # The next use asks COS (one HEAD), never the altered record.
+    before = store.counters.snapshot()
+    attr = await fs.getattr(inos["f3"])
+    assert store.counters.snapshot().minus(before).requests.get("HeadObject") == 1
+    assert attr.mode == mode
+    assert len(await read_file(fs, inos["f3"])) == 1503
+    assert r.metadata is None
+    assert node.remote is not r
+
+
+async def test_a_record_of_another_version_is_refused(make_fs: FsFactory) -> None:
+    fs, inos = await _stored_files(make_fs)
+    node = fs.ns.inode(inos["f4"])
+    r = node.remote
+    assert r is not None
+    assert r.stored
+    key = fs.ctx.key_of(node)
+    rec = fs.ctx.journal.get_attrs(key)
+    assert rec is not None
+    fs.ctx.journal.put_attrs(key, "0" * 32, rec.size, None, rec.meta)
+    assert r.metadata is None
+    assert not node.attrs_known
+    assert len(await read_file(fs, inos["f4"])) == 1504
+
+
+async def test_a_swapped_envelope_in_a_record_fails_the_read(make_fs: FsFactory) -> None:
+    """The envelope is not under the attribute tag: it is bound to its object
+    key (the key check, format.md) and the chunks to the object tag, which
+    every fetch checks, as for metadata a HEAD gave or a record of the
+    attribute cache a listing applied: a record whose wrapped key was
+    swapped for another file's gives an error, never that file's bytes."""
+    fs, inos = await _stored_files(make_fs)
+    node = fs.ns.inode(inos["f0"])
+    assert node.remote is not None
+    assert node.remote.stored
+    other = fs.ns.inode(inos["f5"]).remote
+    assert other is not None
+    other_meta = other.metadata
+    assert other_meta is not None
+    _tamper(fs, node, KEY_FIELD, other_meta[KEY_FIELD])
+    with pytest.raises(DamagedEnvelopeError):
+        await read_file(fs, inos["f0"])
