@@ -25,6 +25,7 @@ and what it guards.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 from cosencfs.fs.context import FsContext
@@ -111,7 +112,11 @@ class JournalMeta:
 
     def _record(self, node: Inode, remote: Remote, *, check: bool) -> dict[str, str] | None:
         key = self.ctx.key_of(node)
-        rec = self.ctx.journal.get_attrs(key)
+        try:
+            rec = self.ctx.journal.get_attrs(key)
+        except sqlite3.Error as exc:  # (closed at unmount, a disk error): as if gone
+            log.debug("attribute cache not read: %s", exc)
+            return None
         if rec is None or rec.etag != remote.etag or rec.size != remote.size:
             return None
         if check and not self.ctx.tags.attrs_hold(key, rec.meta, is_dir=False):
