@@ -54,13 +54,13 @@ class Remote:
     change it); ``etag`` a str equal to the one given.
 
     A clean file's metadata need not be held at all (``stored``): the two
-    slots then hold the loader and the inode, and each read of ``metadata``
-    gets it back from the journal's attribute cache, checked as a record of
-    that cache is (fs/metastore.py; None, and the attributes unknown again,
-    when it no longer is).
+    slots then hold the loader and the inode, ``_check`` a keyed digest of
+    what was held, and each read of ``metadata`` gets it back from the
+    journal's attribute cache if the record still has that digest
+    (fs/metastore.py; None, and the attributes unknown again, when not).
     """
 
-    __slots__ = ("_blob", "_etag", "_headers", "_shape", "last_modified", "size")
+    __slots__ = ("_blob", "_check", "_etag", "_headers", "_shape", "last_modified", "size")
 
     def __init__(
         self,
@@ -73,6 +73,7 @@ class Remote:
         self.etag = etag
         self.size = size
         self.last_modified = last_modified
+        self._check = 0
         self.metadata = metadata
         #: Standard headers other tools set (Cache-Control ...), kept on rewrites.
         self._headers = pack(headers) if headers else None
@@ -116,14 +117,21 @@ class Remote:
         """The metadata is not held but loaded on each read (``store``)."""
         return isinstance(self._blob, Inode)
 
-    def store(self, node: Inode, loader: MetaLoader) -> None:
+    @property
+    def check(self) -> int:
+        """The digest ``store`` was given (what the loader checks a record against)."""
+        return self._check
+
+    def store(self, node: Inode, loader: MetaLoader, check: int) -> None:
         """Hold no metadata any more: ``loader`` gives ``node``'s back on use.
 
-        The caller checked that it does, for this object (fs/metastore.py);
-        assigning ``metadata`` holds it again.
+        The caller checked that it does, for this object, and gives the
+        digest of the metadata held (fs/metastore.py); assigning ``metadata``
+        holds it again.
         """
         self._shape = loader
         self._blob = node
+        self._check = check
 
     @property
     def headers(self) -> dict[str, str]:

@@ -2,8 +2,8 @@
 
 A file whose upload is done and whose clean copy is evicted (beyond the
 cache's unread bound) holds no metadata: ``Remote.metadata`` reads it back
-from the journal's attribute cache, for the same object only and with its
-attribute tag checked.  A record altered on disk is refused: the metadata is
+from the journal's attribute cache, for the same object only and only if
+it has the digest of what the inode held.  A record altered on disk is refused: the metadata is
 then asked for again (one HEAD), never taken from the altered record.
 """
 
@@ -14,11 +14,9 @@ import json
 import os
 import tracemalloc
 
-import pytest
 import trio
 
 from cosencfs.crypto.envelope import KEY_FIELD
-from cosencfs.errors import DamagedEnvelopeError
 from cosencfs.fs.attrs import META_MODE
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO, Inode, Remote
@@ -186,20 +184,20 @@ async def test_a_record_of_another_version_is_refused(make_fs: FsFactory) -> Non
     assert len(await read_file(fs, inos["f4"])) == 1504
 
 
-async def test_a_swapped_envelope_in_a_record_fails_the_read(make_fs: FsFactory) -> None:
-    """The envelope is not under the attribute tag: it is bound to its object
-    key (the key check, format.md) and the chunks to the object tag, which
-    every fetch checks, as for metadata a HEAD gave or a record of the
-    attribute cache a listing applied: a record whose wrapped key was
-    swapped for another file's gives an error, never that file's bytes."""
+async def test_a_swapped_envelope_in_a_record_is_refused(make_fs: FsFactory) -> None:
+    """The envelope is not under the attribute tag, but under the digest the
+    inode keeps of what it held: a record whose wrapped key was swapped for
+    another file's is refused, and the read gets the object's own (HEAD)."""
     fs, inos = await _stored_files(make_fs)
     node = fs.ns.inode(inos["f0"])
-    assert node.remote is not None
-    assert node.remote.stored
+    r = node.remote
+    assert r is not None
+    assert r.stored
     other = fs.ns.inode(inos["f5"]).remote
     assert other is not None
     other_meta = other.metadata
     assert other_meta is not None
     _tamper(fs, node, KEY_FIELD, other_meta[KEY_FIELD])
-    with pytest.raises(DamagedEnvelopeError):
-        await read_file(fs, inos["f0"])
+    assert r.metadata is None
+    assert fs.ns.meta.stats.refused == 1
+    assert len(await read_file(fs, inos["f0"])) == 1500
