@@ -128,7 +128,7 @@ async def _ls_l(fs: Filesystem, d: int) -> int:
     return len(listed)
 
 
-async def measure(n: int, top: int) -> dict[str, float]:
+async def measure(n: int, top: int, max_unread: int | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cosencfs-mem-") as tmp:
         key = Path(tmp) / "key"
@@ -137,6 +137,9 @@ async def measure(n: int, top: int) -> dict[str, float]:
         store = _Bucket()
         async with trio.open_nursery() as nursery:
             fs = _fs(store, codec, Path(tmp) / "cache1")
+            if max_unread is not None:
+                # (What 100,000 files are in: all but the newest copies evicted.)
+                fs.ctx.cache.max_unread = max_unread
             await fs.start(nursery)
             d = (await fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)).ino
             data = os.urandom(FILE_SIZE)
@@ -155,8 +158,12 @@ async def measure(n: int, top: int) -> dict[str, float]:
                 if not fs.writeback.queued:
                     break
                 await trio.sleep(0.05)
+            fs.ctx.cache.evict()
             out["uploaded"] = _report("uploaded (write-back done, index written)", base, n, top, fs)
             print(f"  clean copies held: {len(fs.ctx.cache.versions):,}")
+            meta = getattr(fs.ns, "meta", None)  # (fs/metastore.py; not on older code)
+            if meta is not None:
+                print(f"  metadata left to the journal: {meta.stats}")
             _types(n, top)
             if await _ls_l(fs, d) != n:
                 raise RuntimeError("listing lost files")
@@ -184,9 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 20_000])
     parser.add_argument("--top", type=int, default=25, help="lines shown per phase")
     parser.add_argument("--frames", type=int, default=12, help="tracemalloc frames kept")
+    parser.add_argument(
+        "--max-unread",
+        type=int,
+        default=None,
+        help="the cache's bound on unread upload copies (default: its own, 2,048)",
+    )
     args = parser.parse_args(argv)
     tracemalloc.start(args.frames)
-    results = {n: trio.run(measure, n, args.top) for n in args.sizes}
+    results = {n: trio.run(measure, n, args.top, args.max_unread) for n in args.sizes}
     print("\nbytes per file held, by phase:")
     for phase in next(iter(results.values())):
         row = "  ".join(f"{n:>7,}: {r[phase]:7,.0f}" for n, r in results.items())

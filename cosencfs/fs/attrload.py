@@ -103,6 +103,10 @@ class AttrLoader:
         node.meta_synced_gen = node.meta_gen
         node.validated_at = trio.current_time()
         self.ctx.journal.put_attrs(key, info.etag, info.size, info.last_modified, meta)
+        if shown is meta:
+            # (Its tag verified, its record just put: a file with no clean copy
+            # held leaves its metadata there, fs/metastore.py.)
+            self.ns.meta.adopt(node)
 
     async def ensure_many(self, nodes: list[Inode]) -> None:
         """HEAD every node whose attributes are unknown, in parallel."""
@@ -181,9 +185,11 @@ class AttrLoader:
             info.last_modified,
             trust_modes=self._trust_modes,
         )
-        if node.remote is not None:
-            node.remote.metadata = dict(rec.meta)
         node.attrs_known = True
+        if node.remote is not None:
+            node.remote.metadata = rec.meta
+            # (Checked just above: left there, read back on use, fs/metastore.py.)
+            self.ns.meta.adopt(node)
 
     def from_index(self, node: Inode, meta: Mapping[str, str], *, authentic: bool) -> None:
         """Attributes from a directory index entry that matched the listing

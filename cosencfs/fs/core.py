@@ -124,6 +124,7 @@ class Filesystem:
         node = v.owner
         if isinstance(node, Inode) and node.file is not None and node.file.clean is v:
             node.file.clean = None
+            self.ns.compact(node)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -310,9 +310,13 @@ class DirIndex:
         if node is None or node.file is None or node.dirty or node.unlinked:
             return None
         r = node.remote
-        if r is None or r.metadata is None or r.etag != obj.etag or r.size != obj.size:
+        if r is None or r.etag != obj.etag or r.size != obj.size:
             return None
-        meta = r.metadata
+        # (Its tags are checked below as for any metadata; a record of the
+        # journal that does not match gives no entry: carried over or HEADed.)
+        meta = self.attrs.ns.meta.peek(node, r)
+        if meta is None:
+            return None
         key = self.ctx.key_of(node)
         if self.ctx.tags.attrs_authentic(key, meta):
             state = AttrState.AUTHENTIC

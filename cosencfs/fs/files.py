@@ -51,6 +51,7 @@ class Files(Handler):
             raise FsError(errno.EISDIR)
         keep_cache = await self._revalidate(node)
         h = self.handles.open(node, flags)
+        self.ns.hold(node)
         h.direct = direct_io_wanted(node, flags, self.kernel)
         if flags & os.O_TRUNC and h.writable and node.as_file.current_size:
             await self.writer.truncate(node, 0)
@@ -128,6 +129,7 @@ class Files(Handler):
             self.ns.drop_content(node)
         self.ns.maybe_drop(node)
         self.ctx.cache.maybe_evict()
+        self.ns.compact(node)
 
     async def fsync(self, fh: int) -> None:
         h = self.handles.get(fh)

@@ -21,6 +21,7 @@ import itertools
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 import trio
 
@@ -36,6 +37,12 @@ _FID_PREFIX = uuid.uuid4().hex[:20]
 _FIDS = itertools.count(1)
 
 
+class MetaLoader(Protocol):
+    """Where a ``Remote`` whose metadata is not held gets it back (fs/metastore.py)."""
+
+    def load(self, node: Inode, remote: Remote) -> dict[str, str] | None: ...
+
+
 class Remote:
     """What COS holds at the inode's key.
 
@@ -45,9 +52,15 @@ class Remote:
     16 bytes (32 bytes less than the str).  ``metadata`` gives a new dict on
     every read, so a caller's changes never reach the inode (assign to
     change it); ``etag`` a str equal to the one given.
+
+    A clean file's metadata need not be held at all (``stored``): the two
+    slots then hold the loader and the inode, ``_check`` a keyed digest of
+    what was held, and each read of ``metadata`` gets it back from the
+    journal's attribute cache if the record still has that digest
+    (fs/metastore.py; None, and the attributes unknown again, when not).
     """
 
-    __slots__ = ("_blob", "_etag", "_headers", "_shape", "last_modified", "size")
+    __slots__ = ("_blob", "_check", "_etag", "_headers", "_shape", "last_modified", "size")
 
     def __init__(
         self,
@@ -60,6 +73,7 @@ class Remote:
         self.etag = etag
         self.size = size
         self.last_modified = last_modified
+        self._check = 0
         self.metadata = metadata
         #: Standard headers other tools set (Cache-Control ...), kept on rewrites.
         self._headers = pack(headers) if headers else None
@@ -76,7 +90,12 @@ class Remote:
     @property
     def metadata(self) -> dict[str, str] | None:
         """Envelope (and attribute) metadata; None when only a listing was seen."""
-        return None if self._blob is None else unpack(join(self._shape, self._blob))
+        blob = self._blob
+        if blob is None:
+            return None
+        if isinstance(blob, Inode):
+            return cast(MetaLoader, self._shape).load(blob, self)
+        return unpack(join(self._shape, blob))
 
     @metadata.setter
     def metadata(self, value: Mapping[str, str] | None) -> None:
@@ -87,8 +106,32 @@ class Remote:
 
     @property
     def packed_metadata(self) -> Mapping[str, str] | None:
-        """The metadata as held (read-only; no copy of the values)."""
-        return None if self._blob is None else join(self._shape, self._blob)
+        """The metadata as held (read-only; no copy of the values), or loaded."""
+        blob = self._blob
+        if blob is None or isinstance(blob, Inode):
+            return self.metadata
+        return join(self._shape, blob)
+
+    @property
+    def stored(self) -> bool:
+        """The metadata is not held but loaded on each read (``store``)."""
+        return isinstance(self._blob, Inode)
+
+    @property
+    def check(self) -> int:
+        """The digest ``store`` was given (what the loader checks a record against)."""
+        return self._check
+
+    def store(self, node: Inode, loader: MetaLoader, check: int) -> None:
+        """Hold no metadata any more: ``loader`` gives ``node``'s back on use.
+
+        The caller checked that it does, for this object, and gives the
+        digest of the metadata held (fs/metastore.py); assigning ``metadata``
+        holds it again.
+        """
+        self._shape = loader
+        self._blob = node
+        self._check = check
 
     @property
     def headers(self) -> dict[str, str]:

@@ -16,6 +16,7 @@ import trio
 from cosencfs.errors import FsError
 from cosencfs.fs.context import FsContext
 from cosencfs.fs.inode import ROOT_INO, Inode
+from cosencfs.fs.metastore import JournalMeta
 
 
 class Namespace:
@@ -25,6 +26,8 @@ class Namespace:
         #: started earlier must not bring it back.  By directory (no tuple per
         #: name: ``rm -r`` of 100,000 files, issue 18), and gone with it.
         self._removed: dict[int, dict[str, float]] = {}
+        #: Clean files' metadata read back from the journal (fs/metastore.py).
+        self.meta = JournalMeta(ctx)
 
     def inode(self, ino: int) -> Inode:
         node = self.ctx.table.get(ino)
@@ -49,6 +52,19 @@ class Namespace:
         """Whether ``name`` was removed from ``d`` here at or after ``since``."""
         names = self._removed.get(d.ino)
         return names is not None and names.get(name, -1.0) >= since
+
+    def compact(self, node: Inode) -> None:
+        """``node`` may need less memory now (its clean copy went, its last
+        handle closed, a HEAD told its metadata): a clean file closed and
+        without a clean copy leaves its metadata to the journal."""
+        self.meta.store(node)
+
+    def hold(self, node: Inode) -> None:
+        """``node`` is opened: its metadata is held while it is (read, written,
+        committed from it), loaded once now if it was left to the journal."""
+        r = node.remote
+        if r is not None and r.stored:
+            r.metadata = r.metadata
 
     def maybe_drop(self, node: Inode) -> None:
         """Free an inode nobody refers to any more."""

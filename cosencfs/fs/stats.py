@@ -61,6 +61,8 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "chunk_failures": fetcher.chunk_failures,
         },
         "inodes": len(ctx.table),
+        #: Clean files' metadata left to the journal (fs/metastore.py).
+        "metadata": dataclasses.asdict(fs.ns.meta.stats),
         "fuse": {
             "reads": fs.reader.reads,
             "read_bytes": fs.reader.read_bytes,
