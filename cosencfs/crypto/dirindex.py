@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import mmap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -94,14 +95,51 @@ def encode_rows(tk: TagKey, *, kid: str, prefix: str, n: int, rows: bytearray) -
     a writer of a large directory holds the body once, in one buffer, not
     an object per entry nor a second copy (cosencfs/fs/dirindex.py, issue 18).
     """
+    head = _head(kid, prefix, n)
+    line = _mac_line(tk, kid, prefix, n, head, rows)
+    rows[0:0] = head
+    rows += line
+    return rows
+
+
+def encode_around(
+    tk: TagKey, *, kid: str, prefix: str, n: int, buf: bytearray | mmap.mmap, start: int, end: int
+) -> tuple[int, int]:
+    """The index of the ``n`` entry lines at ``buf[start:end]``, made where they lie.
+
+    The header goes just before ``start`` and the MAC line just after
+    ``end`` (the caller leaves room for both: :data:`HEAD_ROOM`,
+    :data:`TAIL_ROOM`); returns where the body starts and ends in ``buf``.
+    The lines are neither moved nor copied (cosencfs/fs/indexbuf.py).
+    """
+    head = _head(kid, prefix, n)
+    if len(head) > start or end + TAIL_ROOM > len(buf):
+        raise ValueError("no room around the index's entry lines")
+    with memoryview(buf) as view:
+        line = _mac_line(tk, kid, prefix, n, head, view[start:end])
+        view[start - len(head) : start] = head
+        view[end : end + len(line)] = line
+    return start - len(head), end + len(line)
+
+
+#: Room before the entry lines that holds any header a reader accepts.
+HEAD_ROOM = len(MAGIC) + _HEADER_MAX + 1
+#: Room after them for the MAC line.
+TAIL_ROOM = len(_MAC_PREFIX) + 2 * TAG_SIZE + 1
+
+
+def _head(kid: str, prefix: str, n: int) -> bytes:
     header = json.dumps({"kid": kid, "dir": prefix, "n": n}, ensure_ascii=False)
-    head = b"".join([MAGIC, header.encode("utf-8"), b"\n"])
+    return b"".join([MAGIC, header.encode("utf-8"), b"\n"])
+
+
+def _mac_line(
+    tk: TagKey, kid: str, prefix: str, n: int, head: bytes, rows: bytes | bytearray | memoryview
+) -> bytes:
     digest = hashlib.sha256(head)
     digest.update(rows)
     tag = _mac(tk, prefix, kid, n, digest.digest())
-    rows[0:0] = head
-    rows += _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
-    return rows
+    return _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
 
 
 def decode_index(keys: Mapping[str, TagKey], *, prefix: str, body: bytes) -> Iterator[IndexEntry]:

@@ -34,10 +34,11 @@ import trio
 import trio.lowlevel
 
 from cosencfs.crypto.dirindex import (
+    HEAD_ROOM,
+    TAIL_ROOM,
     AttrState,
     IndexEntry,
     decode_index,
-    encode_rows,
     entry_line,
 )
 from cosencfs.crypto.integrity import ATTR_TAG_FIELD, OBJECT_TAG_FIELD, TagKey
@@ -45,6 +46,7 @@ from cosencfs.errors import CosEncFsError, CryptoError, IntegrityError
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID
 from cosencfs.fs.context import FsContext
+from cosencfs.fs.indexbuf import IndexLines
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.names import INDEX_NAME, valid_listed_name
 from cosencfs.store.base import ObjectInfo
@@ -79,6 +81,11 @@ class IndexStats:
     refused: int = 0
     written: int = 0
     write_failures: int = 0
+
+
+def _lines_bound() -> int:
+    """Bytes of entry lines whose index (header and MAC line added) is read back."""
+    return MAX_INDEX_BYTES - HEAD_ROOM - TAIL_ROOM
 
 
 def _removed(d: Inode) -> bool:
@@ -239,18 +246,26 @@ class DirIndex:
         """Rewrite ``d``'s index from a fresh listing (entries are never guessed).
 
         Each entry is made as its page of the listing arrives, and only its
-        line is kept, in one buffer, in the listing's order (COS lists keys
-        sorted, the order of the index): a rewrite of a 100,000-entry
-        directory held every listed object and every entry at once (~100 MB
-        at its peak, the daemon's high-water mark, issue 18).
+        line is kept, in the listing's order (COS lists keys sorted, the
+        order of the index), in a mapping of its own that is unmapped when
+        the rewrite ends (cosencfs/fs/indexbuf.py): a rewrite of a
+        100,000-entry directory held every listed object and every entry at
+        once (~100 MB at its peak), then its lines in a heap buffer that left
+        the daemon 20-29 MiB larger after each rewrite (issue 18).
         """
         tk = None if self._kid is None else self._keys[self._kid]
         if tk is None or self._kid is None or d.unlinked or d.dir is None:
             return
         prefix = self.ctx.key_of(d)
-        rows = bytearray()
+        lines = IndexLines(_lines_bound())
+        try:
+            await self._write(d, tk, self._kid, prefix, lines)
+        finally:
+            lines.close()
+
+    async def _write(self, d: Inode, tk: TagKey, kid: str, prefix: str, lines: IndexLines) -> None:
         n = 0
-        #: Objects this mount has no entry for, at their place in ``rows``.
+        #: Objects this mount has no entry for, at their place in ``lines``.
         holes: list[tuple[int, str, ObjectInfo]] = []
         old: ObjectInfo | None = None
         last = ""
@@ -268,40 +283,56 @@ class DirIndex:
                     # (No await between the child's state and its entry.)
                     e = self._entry_of(name, children.get(name), obj)
                     if e is None:
-                        holes.append((len(rows), name, obj))
+                        holes.append((len(lines), name, obj))
                     else:
-                        rows += entry_line(e)
+                        lines.append(entry_line(e))
                         n += 1
         if holes and old is not None:
             carried = await self._carry_over(prefix, old, {name: o for _, name, o in holes})
             if carried:
                 # Each carried entry goes in at its object's place.
-                merged = bytearray()
-                at = 0
-                for pos, name, _ in holes:
-                    line = carried.get(name)
-                    if line is not None:
-                        merged += memoryview(rows)[at:pos]
-                        merged += line
-                        at = pos
-                        n += 1
-                merged += memoryview(rows)[at:]
-                rows = merged
+                merged = IndexLines(_lines_bound())
+                try:
+                    with lines.view() as rows:
+                        at = 0
+                        for pos, name, _ in holes:
+                            line = carried.get(name)
+                            if line is not None:
+                                merged.append(rows[at:pos])
+                                merged.append(line)
+                                at = pos
+                                n += 1
+                        merged.append(rows[at:])
+                    await self._send(d, tk, kid, prefix, merged, n, old)
+                finally:
+                    merged.close()
+                return
         holes.clear()
+        await self._send(d, tk, kid, prefix, lines, n, old)
+
+    async def _send(
+        self,
+        d: Inode,
+        tk: TagKey,
+        kid: str,
+        prefix: str,
+        lines: IndexLines,
+        n: int,
+        old: ObjectInfo | None,
+    ) -> None:
         if not n:
             if old is not None:
                 await self.ctx.store.delete(old.key)
             return
-        body = encode_rows(tk, kid=self._kid, prefix=prefix, n=n, rows=rows)
-        del rows
-        if len(body) > MAX_INDEX_BYTES:
-            log.warning("directory %r: index of %d bytes not written (bound)", prefix, len(body))
+        if lines.overflowed:
+            log.warning("directory %r: index over %d bytes not written (bound)", prefix, len(lines))
             return
         if _removed(d):
             return  # removed while listed: an index now would bring the prefix back
         # A delete of an earlier index (rmdir, then mkdir again) goes out first.
         await self.ctx.deleter.settle(prefix + INDEX_NAME)
-        await self.ctx.store.put(prefix + INDEX_NAME, body, {}, content_type=_CONTENT_TYPE)
+        with lines.body(tk, kid=kid, prefix=prefix, n=n) as body:
+            await self.ctx.store.put(prefix + INDEX_NAME, body, {}, content_type=_CONTENT_TYPE)
         d.as_dir.index_seen = True
         self.stats.written += 1
 
