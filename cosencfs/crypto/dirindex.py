@@ -142,24 +142,30 @@ def _mac_line(
     return _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
 
 
-def decode_index(keys: Mapping[str, TagKey], *, prefix: str, body: bytes) -> Iterator[IndexEntry]:
+def decode_index(
+    keys: Mapping[str, TagKey], *, prefix: str, body: bytes | mmap.mmap
+) -> Iterator[IndexEntry]:
     """The entries of an index of the directory ``prefix``, after its MAC verified.
 
     Raises IntegrityError (before yielding anything) when the index is not
     one a key of ours wrote for this directory, or is truncated or altered.
+    ``body`` may be a mapping (cosencfs/fs/dirindex.py receives a large index
+    into one): it is read where it lies, never copied whole.
     """
     key = prefix + ".cosencfs-index"
-    if not body.startswith(MAGIC):
+    size = len(body)
+    if body[: len(MAGIC)] != MAGIC:
         raise IntegrityError("not a directory index (magic)", key=key)
     end = body.rfind(b"\n" + _MAC_PREFIX)
-    if end < 0 or not body.endswith(b"\n"):
+    if end < 0 or body[size - 1 : size] != b"\n":
         raise IntegrityError("directory index without its MAC (truncated)", key=key)
-    signed, mac_line = body[: end + 1], body[end + 1 + len(_MAC_PREFIX) : -1]
-    nl = signed.find(b"\n", len(MAGIC))
+    signed = end + 1  # (the signed bytes are body[:signed])
+    mac_line = body[signed + len(_MAC_PREFIX) : size - 1]
+    nl = body.find(b"\n", len(MAGIC), signed)
     if nl < 0 or nl - len(MAGIC) > _HEADER_MAX:
         raise IntegrityError("directory index header malformed", key=key)
     try:
-        header = json.loads(signed[len(MAGIC) : nl])
+        header = json.loads(body[len(MAGIC) : nl])
         kid, bound, n = str(header["kid"]), str(header["dir"]), int(header["n"])
         kid.encode("ascii")
     except (ValueError, KeyError, TypeError):
@@ -170,19 +176,35 @@ def decode_index(keys: Mapping[str, TagKey], *, prefix: str, body: bytes) -> Ite
     if tk is None:
         raise IntegrityError(f"directory index under master key id {kid} (not ours)", key=key)
     tag = b64url_decode(mac_line.decode("ascii", "replace"))
-    expected = _mac(tk, prefix, kid, n, hashlib.sha256(signed).digest())
+    with memoryview(body) as view:
+        digest = hashlib.sha256(view[:signed]).digest()
+    expected = _mac(tk, prefix, kid, n, digest)
     if tag is None or len(tag) != TAG_SIZE or not hmac.compare_digest(tag, expected):
         raise IntegrityError("directory index MAC does not verify", key=key)
-    if signed.count(b"\n", nl + 1) != n:
+    if _lines(body, nl + 1, signed) != n:
         raise IntegrityError("directory index entry count does not match", key=key)
-    return _entries(signed, nl + 1, key)
+    return _entries(body, nl + 1, signed, key)
 
 
-def _entries(signed: bytes, pos: int, key: str) -> Iterator[IndexEntry]:
+def _lines(body: bytes | mmap.mmap, start: int, end: int) -> int:
+    """Newlines in ``body[start:end]`` (a mapping has no ``count``)."""
+    if isinstance(body, bytes):
+        return body.count(b"\n", start, end)
+    n = 0
+    pos = body.find(b"\n", start, end)
+    while pos >= 0:
+        n += 1
+        pos = body.find(b"\n", pos + 1, end)
+    return n
+
+
+def _entries(body: bytes | mmap.mmap, pos: int, end: int, key: str) -> Iterator[IndexEntry]:
     # One line at a time: a large index is never held twice in memory.
-    while pos < len(signed):
-        nl = signed.index(b"\n", pos)
-        line, pos = signed[pos:nl], nl + 1
+    while pos < end:
+        nl = body.find(b"\n", pos, end)
+        if nl < 0:
+            raise IntegrityError("directory index entry malformed", key=key)
+        line, pos = body[pos:nl], nl + 1
         try:
             name, etag, size, lm, mode, uid, gid, mtime, rdev, state, atag = json.loads(line)
             fields = (mode, uid, gid, mtime, rdev)

@@ -46,7 +46,7 @@ from cosencfs.errors import CosEncFsError, CryptoError, IntegrityError
 from cosencfs.fs.attrload import AttrLoader
 from cosencfs.fs.attrs import META_GID, META_MODE, META_MTIME, META_RDEV, META_UID
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.indexbuf import IndexLines
+from cosencfs.fs.indexbuf import IndexLines, ReceivedIndex
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.names import INDEX_NAME, valid_listed_name
 from cosencfs.store.base import ObjectInfo
@@ -132,10 +132,9 @@ class DirIndex:
             self._warn(info, f"larger than {MAX_INDEX_BYTES} bytes, not read")
             return
         prefix = self.ctx.key_of(d)
+        received = ReceivedIndex(info.key, info.size)
         try:
-            body = await self.ctx.store.get(info.key, if_match=info.etag)
-            if len(body) > MAX_INDEX_BYTES:
-                raise IntegrityError("larger than its listing said", key=info.key)
+            body = await received.get(self.ctx.store, info.etag)
             entries = decode_index(self._keys, prefix=prefix, body=body)
             self.stats.loaded += 1
             applied = mismatched = 0
@@ -158,6 +157,8 @@ class DirIndex:
             # (A bug here must cost HEADs, not the listing.)
             log.exception("directory index %r not read; HEADs instead", info.key)
             return
+        finally:
+            received.close()
         self.stats.applied += applied
         self.stats.mismatched += mismatched
         log.debug("index of %r: %d applied, %d stale", prefix, applied, mismatched)

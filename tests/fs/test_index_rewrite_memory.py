@@ -4,23 +4,29 @@ The entry lines of a rewrite used to grow in a ``bytearray`` on the heap
 (~15 MB at 100,000 entries, reallocated on the way), which the heap could
 not give back below the per-file objects allocated after it: the daemon's
 RSS rose by 20-29 MiB at every rewrite.  They now go into a mapping of
-their own, unmapped when the rewrite ends (cosencfs/fs/indexbuf.py).
+their own, unmapped when the rewrite ends (cosencfs/fs/indexbuf.py); a
+cold listing receives the index into a mapping and decodes it there, and
+decoding from a mapping refuses exactly what decoding from bytes refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+from collections.abc import Callable
 
 import pytest
 
-from cosencfs.crypto.dirindex import decode_index
+from cosencfs.crypto.dirindex import AttrState, IndexEntry, decode_index, encode_index
+from cosencfs.crypto.objecttags import TagKey
+from cosencfs.errors import IntegrityError
 from cosencfs.fs import dirindex
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO
 from cosencfs.store.base import Body
 from cosencfs.store.cos import CosStore
-from tests.fs.test_filesystem import write_file
+from tests.fs.test_filesystem import names, write_file
 from tests.testlib import FsFactory
 
 N = 2000
@@ -73,3 +79,77 @@ async def test_index_over_the_bound_is_not_written(
     await write_file(fs, d, "two-more", os.urandom(8), sync=False)
     await fs.sync_all()
     assert (await store.head("d/.cosencfs-index")).etag == after.etag  # not rewritten
+
+
+async def test_cold_listing_decodes_the_index_from_a_mapping(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _directory(make_fs)
+    seen: list[object] = []
+    real = dirindex.decode_index
+
+    def watching(keys: object, *, prefix: str, body: bytes | mmap.mmap) -> object:
+        seen.append(body)
+        return real(keys, prefix=prefix, body=body)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dirindex, "decode_index", watching)
+    fs = await make_fs()
+    d = await fs.lookup(ROOT_INO, b"d")
+    before = store.counters.snapshot()
+    listed = await names(fs, d.ino)
+    assert len(listed) == N
+    assert fs.dirindex.stats.applied == N  # every entry from the index, none HEADed
+    assert dict(store.counters.snapshot().minus(before).requests) == {
+        "ListObjects": 2,
+        "GetObject": 1,
+    }
+    assert len(seen) == 1
+    body = seen[0]
+    assert isinstance(body, mmap.mmap)  # (a heap bytes before, and a second copy for its MAC)
+    assert body.closed  # unmapped once applied
+
+
+def _index(n: int) -> tuple[dict[str, TagKey], bytes]:
+    tk = TagKey(os.urandom(32))
+    entries = [
+        IndexEntry(
+            f"f{i:04d}", "e" * 32, i, 1.5, ("33188", "0", "0", "1", None), AttrState.AUTHENTIC
+        )
+        for i in range(n)
+    ]
+    return {"k1": tk}, encode_index(tk, kid="k1", prefix="d/", entries=entries)
+
+
+def _mapped(data: bytes) -> mmap.mmap:
+    m = mmap.mmap(-1, len(data), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m[:] = data
+    return m
+
+
+def _outcome(keys: dict[str, TagKey], body: bytes | mmap.mmap) -> list[IndexEntry] | str:
+    try:
+        return list(decode_index(keys, prefix="d/", body=body))
+    except IntegrityError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b, id="intact"),
+        pytest.param(lambda b: b[:-1], id="no-final-newline"),
+        pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
+        pytest.param(lambda b: b[:40] + b"X" + b[41:], id="one-byte-changed"),
+        pytest.param(lambda b: b.replace(b"f0003", b"f0009", 1), id="entry-renamed"),
+        pytest.param(lambda b: b[:200] + b[200:].replace(b"\n", b"\n\n", 1), id="extra-line"),
+        pytest.param(lambda b: b"X" + b[1:], id="magic"),
+        pytest.param(lambda b: b[: b.rfind(b"mac ")], id="mac-line-gone"),
+    ],
+)
+def test_a_mapped_index_decodes_as_the_same_bytes_do(damage: Callable[[bytes], bytes]) -> None:
+    keys, body = _index(50)
+    damaged = damage(body)
+    expected = _outcome(keys, damaged)
+    assert len(expected) == 50 if isinstance(expected, list) else expected
+    with contextlib.closing(_mapped(damaged)) as m:
+        assert _outcome(keys, m) == expected
