@@ -42,7 +42,7 @@ from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.crypto.integrity import CHUNK_SIZE, ChunkTagger, VerifiedContent
 from cosencfs.errors import CosEncFsError, StoreError
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.upload import Uploader, parts_of
+from cosencfs.fs.upload import Uploader, parts_of, put_final_metadata
 from cosencfs.store.base import FileRange
 from cosencfs.util import open_nursery
 
@@ -119,13 +119,8 @@ class PipelinedUpload:
         final, verified = self._sealed
         if final != self.metadata:
             # The integrity tags, unknown when the upload was initiated.
-            etag = await self.store.copy(
-                self.key,
-                self.key,
-                metadata=final,
-                content_type=self.content_type,
-                if_match=etag,
-                size=size,
+            etag = await put_final_metadata(
+                self.store, self.key, etag, final, content_type=self.content_type, size=size
             )
         log.debug("uploaded %r: %d parts, produced as they went", self.key, len(self.layout))
         return etag, final, verified

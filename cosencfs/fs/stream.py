@@ -40,7 +40,7 @@ from cosencfs.crypto.integrity import ChunkKey
 from cosencfs.errors import CosEncFsError, StoreError
 from cosencfs.fs import partjob
 from cosencfs.fs.context import FsContext
-from cosencfs.fs.upload import MIN_PART, parts_of
+from cosencfs.fs.upload import MIN_PART, parts_of, put_final_metadata
 from cosencfs.store.base import FileRange
 from cosencfs.util import open_nursery
 
@@ -328,13 +328,8 @@ class StreamUpload:
         self.journal.set_upload(self.fid, None, {})
         if final != self.metadata:
             # The final size and mtime were unknown when the upload started.
-            etag = await self.store.copy(
-                self.key,
-                self.key,
-                metadata=final,
-                content_type=self.content_type,
-                if_match=etag,
-                size=size,
+            etag = await put_final_metadata(
+                self.store, self.key, etag, final, content_type=self.content_type, size=size
             )
         log.debug("streamed %r: %d parts, %d sent at close", self.key, len(layout), len(missing))
         return etag, final, tags

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import trio
 
@@ -45,6 +46,25 @@ def parts_of(size: int) -> list[tuple[int, int, int]]:
     """``(part_number, start, end)`` for every part of an object of ``size`` bytes."""
     p = part_size(size)
     return [(i + 1, start, min(size, start + p)) for i, start in enumerate(range(0, size, p))]
+
+
+async def put_final_metadata(
+    store: ObjectStore,
+    key: str,
+    etag: str,
+    metadata: Mapping[str, str],
+    *,
+    content_type: str,
+    size: int,
+) -> str:
+    """The completed upload ``etag`` of ``key`` given its final metadata by a
+    server-side copy onto itself (no data moved), ``If-Match`` the completed
+    object; its new ETag.  A multipart upload's metadata is fixed when it is
+    initiated, before all of it is known (the integrity tags, a streamed
+    file's size and mtime)."""
+    return await store.copy(
+        key, key, metadata=metadata, content_type=content_type, if_match=etag, size=size
+    )
 
 
 class Uploader:

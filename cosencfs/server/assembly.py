@@ -87,18 +87,13 @@ class SlotData(NewData):
             # Never into the next slot (the declared length bounds the body).
             raise CosError("InternalError", "A part ran past its slot.")
         self._left -= len(view)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        super().write(view)
 
     def finish(self) -> None:
         if self._fd is not None:
-            fd, self._fd = self._fd, None
             try:
-                if self._fsync:
-                    os.fsync(fd)
+                super().finish()
             finally:
-                os.close(fd)
                 self._owner._done(self._asm)
 
     def discard(self) -> None:

@@ -22,6 +22,7 @@ from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO, Inode, Remote
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
+from tests.fs.test_memory_per_file import _FILTERS
 from tests.testlib import FsFactory
 
 #: Bytes an uploaded 2 KiB file holds in the filesystem layer once its clean
@@ -34,13 +35,6 @@ BYTES_PER_EVICTED_FILE = 2000
 #: Of which the packed metadata (cache/metamap.py's allocations): ~250 bytes
 #: per file held before, nothing once left to the journal.
 METADATA_BYTES_PER_EVICTED_FILE = 40
-_FILTERS = [
-    tracemalloc.Filter(False, "*/cosencfs/server/*", all_frames=True),
-    tracemalloc.Filter(False, "*/cosencfs/store/*"),
-    tracemalloc.Filter(False, "*/trio/*"),
-    tracemalloc.Filter(False, "*/socket.py"),
-    tracemalloc.Filter(False, "*/ssl.py"),
-]
 
 
 async def _settle(fs: Filesystem) -> None:
