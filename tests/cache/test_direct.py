@@ -13,7 +13,8 @@ import pytest
 from cosencfs.cache.direct import DIRECT_ALIGN, DIRECT_BUFFER, DirectWriter
 
 
-def _probe(path: Path) -> bool:
+def o_direct_opens(path: Path) -> bool:
+    """Whether ``path``'s file system lets a file be opened with O_DIRECT."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT)
@@ -44,7 +45,7 @@ def _write(tmp_path: Path, writer: DirectWriter, data: bytes, offset: int) -> by
     ],
 )
 def test_ranges_land_where_they_belong(tmp_path: Path, offset: int, length: int) -> None:
-    if not _probe(tmp_path / "probe"):
+    if not o_direct_opens(tmp_path / "probe"):
         pytest.skip("no O_DIRECT on this filesystem")
     writer = DirectWriter()
     data = os.urandom(length)
@@ -77,7 +78,7 @@ def test_filesystem_without_o_direct_turns_it_off(
 def test_alignment_refused_at_write_falls_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not _probe(tmp_path / "probe"):
+    if not o_direct_opens(tmp_path / "probe"):
         pytest.skip("no O_DIRECT on this filesystem")
     real_pwrite = os.pwrite
     direct_fds: set[int] = set()

@@ -29,6 +29,7 @@ from cosencfs.fs.tagcheck import COMPANION_DIR
 from cosencfs.fs.tagparts import tag_ciphertext
 from cosencfs.fs.upload import MIN_PART
 from cosencfs.store.cos import CosStore
+from tests.cache.test_direct import o_direct_opens
 from tests.fs.test_filesystem import decrypt_object
 
 ROOT = 1
@@ -229,13 +230,4 @@ async def test_held_parts_reach_the_copy_without_a_copy_in_between(
 
 
 def _direct_io_works(where: Path) -> bool:
-    path = where / "probe"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    os.close(dfd)
-    return DIRECT.enabled
+    return o_direct_opens(where / "probe") and DIRECT.enabled
