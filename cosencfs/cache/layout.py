@@ -178,7 +178,12 @@ def _walk(d: Path, uid: int, tightened: list[str]) -> None:
     with os.scandir(d) as entries:
         for entry in entries:
             path = Path(entry.path)
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                # Deleted since it was listed (a cache file an earlier mount of
+                # this process was still removing): nothing left to check.
+                continue
             _check_entry(path, st, uid)
             mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode):
