@@ -215,6 +215,13 @@ class StreamUpload:
                         counts.sent_held += 1
                 finally:
                     self._buffers.give(buf)
+        if self.abandoned or self.upload_id != upload_id:
+            # Abandoned while this part was on the wire: abandon() took the
+            # upload out of the journal, and it stays out (a record naming it
+            # would have the next commit abort it a second time, and recovery
+            # resume an upload that is gone).  Checked and acted on with no
+            # await between.
+            return
         self.etags[n] = etag
         self.journal.set_upload(self.fid, upload_id, self.etags)
 
@@ -321,6 +328,8 @@ class StreamUpload:
             # Every part is sent: the buffers go back to the mount's budget.
             self._drop_holds()
             self._buffers.close()
+        if self.abandoned:
+            raise CosEncFsError(f"streamed upload of {self.key!r} abandoned while finishing")
         parts = sorted((n, self.etags[n]) for n, _, _ in layout)
         tags = [t for n, _, _ in layout for t in self.part_tags[n]]
         final = await self.ctx.tags.seal(self.key, size, metadata, tags)

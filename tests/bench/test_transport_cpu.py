@@ -44,9 +44,14 @@ def test_every_request_kind_is_measured_over_http_and_https(tmp_path: Path) -> N
             }
             # The server's CPU is counted in clock ticks: a short batch may see none.
             assert all(ms > 0 if part != "server" else ms >= 0 for ms in row.values())
-        # The loop thread's CPU is a part of the process's.
+        # The loop thread's CPU is a part of the process's, give or take what
+        # the clocks' reads do not see at the same instant: another thread's
+        # running time not yet accounted when the process clock is read, and
+        # the reads' own order.  A scheduler tick (4 ms at HZ=250) per batch
+        # of 8 small or 2 large requests bounds it.
         for kind, ms in network["loop"].items():
-            assert ms <= network["process"][kind] * 1.01
+            n = 2 if "8 MiB" in kind else 8
+            assert ms <= network["process"][kind] * 1.01 + 4.0 / n
     assert "| HEAD, one at a time |" in done.stdout
     assert "ms loop-thread CPU, 0 ms https" in done.stdout
     assert "ms server CPU, 0 ms https" in done.stdout

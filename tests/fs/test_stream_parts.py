@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from cosencfs.cache.direct import DIRECT, DIRECT_ALIGN, address
 from cosencfs.crypto.envelope import EnvelopeCodec
@@ -231,3 +232,54 @@ async def test_held_parts_reach_the_copy_without_a_copy_in_between(
 
 def _direct_io_works(where: Path) -> bool:
     return o_direct_opens(where / "probe") and DIRECT.enabled
+
+
+async def test_a_part_answered_after_the_abort_leaves_no_upload_in_the_journal(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part on the wire when its stream is abandoned must not write the dead
+    upload back into the journal: the next commit would abort it a second
+    time, and recovery would try to resume it."""
+    real_upload_part = store.upload_part
+    answered = trio.Event()
+    go_on = trio.Event()
+
+    async def late_answer(key: str, upload_id: str, n: int, body: object) -> str:
+        etag = await real_upload_part(key, upload_id, n, body)  # type: ignore[arg-type]
+        if n == 2:
+            answered.set()
+            await go_on.wait()  # its answer is taken only after the abort
+        return etag
+
+    real_abort = store.abort_multipart
+    aborted = trio.Event()
+
+    async def abort(key: str, upload_id: str) -> None:
+        await real_abort(key, upload_id)
+        aborted.set()
+
+    monkeypatch.setattr(store, "upload_part", late_answer)
+    monkeypatch.setattr(store, "abort_multipart", abort)
+    data = bytearray(os.urandom(30 * MIB))
+    fh, _ = await fsys.create(ROOT, b"s.bin", 0o644, os.O_RDWR, 0, 0)
+    for off in range(0, len(data), MIB):
+        await fsys.write(fh, off, bytes(data[off : off + MIB]))
+    with trio.fail_after(30):
+        await answered.wait()
+    fid = fsys.ns.inode((await fsys.lookup(ROOT, b"s.bin")).ino).as_file.fid
+    await fsys.write(fh, 100, b"REWRITTEN")  # below the sealed mark: the stream is abandoned
+    data[100:109] = b"REWRITTEN"
+    with trio.fail_after(30):
+        await aborted.wait()
+    await trio.testing.wait_all_tasks_blocked()  # the stream's abort has cleared the journal
+    go_on.set()
+    await trio.testing.wait_all_tasks_blocked()
+    rec = fsys.ctx.journal.get_dirty(fid)
+    assert rec is not None
+    assert rec.upload_id is None
+    await fsys.fsync(fh, False)
+    await fsys.release(fh)
+    assert store.counters.snapshot().requests.get("AbortMultipartUpload") == 1
+    assert store.counters.snapshot().requests.get("InitiateMultipartUpload") == 2
+    assert await store.list_uploads() == []
+    await _stored_and_tagged(store, codec, "s.bin", bytes(data))
