@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import os
 
+import trio
+
 from cosencfs.cache.direct import aligned_buffer
 from cosencfs.crypto.integrity import CHUNK_SIZE, ChunkKey, ChunkTagger
 
@@ -53,6 +55,23 @@ class PartBuffers:
         self.sent_held = 0
         self.sent_loaded = 0
         self.sent_file = 0
+        #: Writes that waited for a buffer to come back from a PUT, the
+        #: seconds they waited, and the waits that timed out.
+        self.waits = 0
+        self.wait_s = 0.0
+        self.wait_timeouts = 0
+
+    def stats(self) -> dict[str, float]:
+        """Where streamed parts came from, and the writes' waits (``cosencfs stats``)."""
+        return {
+            "sent_held": self.sent_held,
+            "sent_loaded": self.sent_loaded,
+            "sent_file": self.sent_file,
+            "misses": self.misses,
+            "waits": self.waits,
+            "wait_s": round(self.wait_s, 3),
+            "wait_timeouts": self.wait_timeouts,
+        }
 
     def acquire(self) -> bool:
         if self.held >= self.limit:
@@ -76,6 +95,22 @@ class StreamBuffers:
         self._free: list[memoryview] = []
         self._out = 0
         self._closed = False
+        #: Set (and replaced) whenever a buffer comes back: a write waiting
+        #: for one (:meth:`wait_given`) wakes.
+        self._given = trio.Event()
+
+    @property
+    def out(self) -> int:
+        """Buffers of this stream in use now (filled by writes, tagged or sent)."""
+        return self._out
+
+    def available(self) -> bool:
+        """Whether :meth:`take` would give a buffer now (event loop, no await before it)."""
+        return not self._closed and (bool(self._free) or self.budget.held < self.budget.limit)
+
+    async def wait_given(self) -> None:
+        """Wait until one of this stream's buffers comes back."""
+        await self._given.wait()
 
     def take(self) -> memoryview | None:
         """A page-aligned buffer for one part, or None (the budget is spent: send from the file)."""
@@ -97,6 +132,8 @@ class StreamBuffers:
             self.budget.release()
         else:
             self._free.append(buf)
+        self._given.set()
+        self._given = trio.Event()
 
     def close(self) -> None:
         """The stream ended: kept buffers go back now, ones in use when given back."""

@@ -28,7 +28,7 @@ from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.handles import Handle
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.reads import remote_source
-from cosencfs.fs.stream import StreamUpload, direct_job
+from cosencfs.fs.stream import StreamUpload, direct_job, wait_hold
 from cosencfs.fs.upload import Uploader
 from cosencfs.fs.writeback import WriteBack
 from cosencfs.store.base import MAX_FILE_SIZE
@@ -149,8 +149,9 @@ class Writer:
                 head.object_dk, head.envelope = dk, self.ctx.codec.seal(dk)
                 direct = head.direct = cache.upload_copy(head, 0)
                 head.direct_envelope = dict(head.envelope)
-            direct.size = offset + len(data)
             # A streamed upload keeps the ciphertext for its part's PUT.
+            await wait_hold(head, direct, offset, len(data))
+            direct.size = offset + len(data)
             job = direct_job(head, direct, offset, data)
             if threaded:
                 # Worker thread; this task holds head.lock all the while.
