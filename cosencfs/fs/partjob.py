@@ -34,7 +34,7 @@ from cosencfs.crypto.integrity import CHUNK_SIZE, ChunkKey, ChunkTagger
 log = logging.getLogger(__name__)
 
 #: Part buffers held by all streamed uploads of a mount at once (8 MiB each).
-PART_BUFFERS = 4
+PART_BUFFERS = 8
 
 #: Read per step into the part's buffer, then tagged at once: small enough to
 #: stay in the CPU's cache between the read and the MAC.
