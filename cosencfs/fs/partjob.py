@@ -12,7 +12,10 @@ buffer.  The tags are computed over exactly the bytes the PUT sends.
 Buffers are part-sized (8 MiB) and count against a mount-wide budget
 (:class:`PartBuffers`, ``PART_BUFFERS`` at once): a part that finds none free
 goes from the file as before, so memory stays bounded however many files are
-streamed and however slow the network is.  A stream reuses its buffers from
+streamed and however slow the network is.  The write that starts a part
+first waits a little for one of its stream's buffers to come back from a
+PUT (``StreamUpload.wait_hold``, cosencfs/fs/stream.py): a part through the
+page cache and read back costs two more copies of each byte.  A stream reuses its buffers from
 part to part (a fresh 8 MiB buffer costs ~2000 page faults) and gives them
 back when it ends.  Buffers start on a page (:func:`aligned_buffer`): the
 writes' ciphertext goes from there to the copy with O_DIRECT as it lies.
@@ -34,6 +37,8 @@ from cosencfs.crypto.integrity import CHUNK_SIZE, ChunkKey, ChunkTagger
 log = logging.getLogger(__name__)
 
 #: Part buffers held by all streamed uploads of a mount at once (8 MiB each).
+#: 4 let the writer wait for a PUT 0.3-0.8 s per 256 MiB on the benchmark
+#: machine and capped a stream at 3 parts in PUTs (docs/performance.md, seqw2).
 PART_BUFFERS = 8
 
 #: Read per step into the part's buffer, then tagged at once: small enough to
