@@ -296,6 +296,8 @@ class StreamUpload:
         start = -(-offset // MIN_PART) * MIN_PART  # the first part boundary at or after offset
         if start >= offset + n or start // MIN_PART + 1 in self._holds:
             return
+        if self._started.is_set() and self.upload_id is None:
+            return  # no upload (its Initiate failed): no PUT gives a buffer back
         counts = self.ctx.part_buffers
         while not (self.abandoned or self._slow or self._buffers.available()):
             unsealed = sum(1 for p in self._holds if p * MIN_PART > self.layer.sealed_upto)

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.errors import StoreError
 from cosencfs.fs import stream
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.upload import MIN_PART
@@ -117,4 +118,33 @@ async def test_no_wait_for_a_buffer_no_put_holds(
         await _write(fsys, "big", data, MIB)
     assert counts.waits == 0
     assert counts.sent_file == 5
+    await _stored_and_tagged(store, codec, "big", data)
+
+
+async def test_no_wait_when_the_upload_never_started(
+    fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's Initiate failed: its held parts are never sent, so no
+    buffer would come back; the writes do not wait (they waited HOLD_WAIT
+    for nothing without the check).  fsync uploads the file anew."""
+    monkeypatch.setattr(stream, "HOLD_WAIT", 30.0)
+    real = store.create_multipart
+    calls = 0
+
+    async def fails_once(*a: Any, **kw: Any) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreError("injected: Initiate refused")
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(store, "create_multipart", fails_once)
+    counts = fsys.ctx.part_buffers
+    counts.limit = 1
+    data = os.urandom(40 * MIB + 3)
+    with trio.fail_after(20):
+        await _write(fsys, "big", data, MIB)
+    assert calls == 2
+    assert counts.waits == 0
+    assert counts.held == 0
     await _stored_and_tagged(store, codec, "big", data)
