@@ -28,31 +28,22 @@ from tests.fs.test_stream_parts import _stored_and_tagged, _write
 MIB = 1024 * 1024
 
 
-def _slow_parts(monkeypatch: pytest.MonkeyPatch, store: CosStore, delay: float) -> list[int]:
-    """Every UploadPart of ``store`` first sleeps ``delay`` s; the part numbers, in order."""
-    sent: list[int] = []
-    real: Callable[..., Awaitable[str]] = store.upload_part
-
-    async def slow(key: str, upload_id: str, n: int, body: Any, *a: Any, **kw: Any) -> str:
-        await trio.sleep(delay)
-        sent.append(n)
-        return await real(key, upload_id, n, body, *a, **kw)
-
-    monkeypatch.setattr(store, "upload_part", slow)
-    return sent
-
-
 def _gated_parts(
-    monkeypatch: pytest.MonkeyPatch, store: CosStore, fsys: Filesystem, size: int
+    monkeypatch: pytest.MonkeyPatch,
+    store: CosStore,
+    fsys: Filesystem,
+    size: int,
+    *,
+    ahead: int = 1,
 ) -> list[int]:
     """Part ``n``'s UploadPart of ``store`` waits until the writer has written
-    part ``n + 1`` whole (or the file): the writer is always ahead of the
+    part ``n + ahead`` whole (or the file): the writer is always ahead of the
     PUTs, whatever the machine's speed; the part numbers sent, in order."""
     sent: list[int] = []
     real: Callable[..., Awaitable[str]] = store.upload_part
 
     async def gated(key: str, upload_id: str, n: int, body: Any, *a: Any, **kw: Any) -> str:
-        while fsys.writer.write_bytes < min((n + 1) * MIN_PART, size):  # noqa: ASYNC110 - a counter
+        while fsys.writer.write_bytes < min((n + ahead) * MIN_PART, size):  # noqa: ASYNC110 - a counter
             await trio.sleep(0.005)
         sent.append(n)
         return await real(key, upload_id, n, body, *a, **kw)
@@ -89,14 +80,15 @@ async def test_a_write_waits_for_a_buffer_its_stream_sends_back(
 async def test_a_wait_that_times_out_stops_the_waits(
     fsys: Filesystem, store: CosStore, codec: EnvelopeCodec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PUTs far slower than HOLD_WAIT: one write waits that long, in vain;
-    the stream waits no more, its later parts go through the page cache as
-    before, and the object is whole and tagged."""
+    """No PUT answers before the whole file is written: the first write
+    that waits (part 5's: part 3 holds the one buffer in its PUT) waits
+    HOLD_WAIT in vain; the stream waits no more, its later parts go through
+    the page cache as before, and the object is whole and tagged."""
     monkeypatch.setattr(stream, "HOLD_WAIT", 0.05)
-    _slow_parts(monkeypatch, store, 1.0)
+    data = os.urandom(56 * MIB + 7)
+    _gated_parts(monkeypatch, store, fsys, len(data), ahead=len(data) // MIN_PART + 1)
     counts = fsys.ctx.part_buffers
     counts.limit = 1
-    data = os.urandom(56 * MIB + 7)
     await _write(fsys, "big", data, MIB)
     assert counts.waits == counts.wait_timeouts == 1
     assert counts.sent_held + counts.sent_loaded + counts.sent_file == -(-len(data) // MIN_PART)
