@@ -105,6 +105,11 @@ def one_run(
         cpu1, loop1 = cpu_seconds(peer.pid), loop_cpu(peer.pid)
         srv1 = cpu_seconds(spid) if spid else 0.0
         stats1 = mount_stats(peer)
+        # Where the streamed parts came from (held in memory, read back, from
+        # the file) and the writes' waits for a part buffer (none on older trees).
+        buffers = stats1["uploads"].get("part_buffers", {})
+        parts0 = stats0["uploads"].get("part_buffers", {})
+        parts = {k: round(v - parts0.get(k, 0), 3) for k, v in buffers.items()}
         peak = _vm_hwm_mib(peer.pid)
         if server.newest(size) <= before:
             raise BenchError(f"{peer.name}: fsync returned before the object was in the bucket")
@@ -125,6 +130,7 @@ def one_run(
         "cos": {k: v for k, v in cos.items() if v},
         "cos_total": sum(cos.values()),
         "peak_rss_mib": peak,
+        "parts": parts,
         "load": os.getloadavg()[0],
     }
 
@@ -137,7 +143,8 @@ def _line(res: dict[str, Any]) -> str:
         f"{res['mib_per_s']:.0f} MiB/s, FUSE writes {res['fuse'].get('write', 0)} "
         f"getxattrs {res['fuse'].get('getxattr', 0)}, "
         f"COS {res['cos_total']} {json.dumps(res['cos'])}, "
-        f"peak RSS {res['peak_rss_mib']:.0f} MiB, load {res['load']:.1f}"
+        f"peak RSS {res['peak_rss_mib']:.0f} MiB, parts {json.dumps(res['parts'])}, "
+        f"load {res['load']:.1f}"
     )
 
 

@@ -12,7 +12,10 @@ buffer.  The tags are computed over exactly the bytes the PUT sends.
 Buffers are part-sized (8 MiB) and count against a mount-wide budget
 (:class:`PartBuffers`, ``PART_BUFFERS`` at once): a part that finds none free
 goes from the file as before, so memory stays bounded however many files are
-streamed and however slow the network is.  A stream reuses its buffers from
+streamed and however slow the network is.  The write that starts a part
+first waits a little for one of its stream's buffers to come back from a
+PUT (``StreamUpload.wait_hold``, cosencfs/fs/stream.py): a part through the
+page cache and read back costs two more copies of each byte.  A stream reuses its buffers from
 part to part (a fresh 8 MiB buffer costs ~2000 page faults) and gives them
 back when it ends.  Buffers start on a page (:func:`aligned_buffer`): the
 writes' ciphertext goes from there to the copy with O_DIRECT as it lies.
@@ -26,13 +29,17 @@ from __future__ import annotations
 import logging
 import os
 
+import trio
+
 from cosencfs.cache.direct import aligned_buffer
 from cosencfs.crypto.integrity import CHUNK_SIZE, ChunkKey, ChunkTagger
 
 log = logging.getLogger(__name__)
 
 #: Part buffers held by all streamed uploads of a mount at once (8 MiB each).
-PART_BUFFERS = 4
+#: 4 let the writer wait for a PUT 0.3-0.8 s per 256 MiB on the benchmark
+#: machine and capped a stream at 3 parts in PUTs (docs/performance.md, seqw2).
+PART_BUFFERS = 8
 
 #: Read per step into the part's buffer, then tagged at once: small enough to
 #: stay in the CPU's cache between the read and the MAC.
@@ -53,6 +60,23 @@ class PartBuffers:
         self.sent_held = 0
         self.sent_loaded = 0
         self.sent_file = 0
+        #: Writes that waited for a buffer to come back from a PUT, the
+        #: seconds they waited, and the waits that timed out.
+        self.waits = 0
+        self.wait_s = 0.0
+        self.wait_timeouts = 0
+
+    def stats(self) -> dict[str, float]:
+        """Where streamed parts came from, and the writes' waits (``cosencfs stats``)."""
+        return {
+            "sent_held": self.sent_held,
+            "sent_loaded": self.sent_loaded,
+            "sent_file": self.sent_file,
+            "misses": self.misses,
+            "waits": self.waits,
+            "wait_s": round(self.wait_s, 3),
+            "wait_timeouts": self.wait_timeouts,
+        }
 
     def acquire(self) -> bool:
         if self.held >= self.limit:
@@ -76,6 +100,22 @@ class StreamBuffers:
         self._free: list[memoryview] = []
         self._out = 0
         self._closed = False
+        #: Set (and replaced) whenever a buffer comes back: a write waiting
+        #: for one (:meth:`wait_given`) wakes.
+        self._given = trio.Event()
+
+    @property
+    def out(self) -> int:
+        """Buffers of this stream in use now (filled by writes, tagged or sent)."""
+        return self._out
+
+    def available(self) -> bool:
+        """Whether :meth:`take` would give a buffer now (event loop, no await before it)."""
+        return not self._closed and (bool(self._free) or self.budget.held < self.budget.limit)
+
+    async def wait_given(self) -> None:
+        """Wait until one of this stream's buffers comes back."""
+        await self._given.wait()
 
     def take(self) -> memoryview | None:
         """A page-aligned buffer for one part, or None (the budget is spent: send from the file)."""
@@ -97,6 +137,8 @@ class StreamBuffers:
             self.budget.release()
         else:
             self._free.append(buf)
+        self._given.set()
+        self._given = trio.Event()
 
     def close(self) -> None:
         """The stream ended: kept buffers go back now, ones in use when given back."""

@@ -47,6 +47,7 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "failed": wb.failures,
             "failing_now": len(wb.failing),
             "last_error": wb.last_error,
+            "part_buffers": ctx.part_buffers.stats(),
         },
         "deletes": {
             "pending": len(ctx.deleter),

@@ -46,6 +46,15 @@ from cosencfs.util import open_nursery
 
 log = logging.getLogger(__name__)
 
+#: How long a write that starts a part waits for one of its stream's part
+#: buffers to come back from a PUT when the mount's budget is spent.  A part
+#: that finds no buffer goes through the page cache and is read back for its
+#: PUT: two more copies of each byte, most of a sequential write's CPU on a
+#: machine where the upload cannot keep up with the writer
+#: (docs/performance.md, branch seqw2).  A wait that times out means the
+#: network is slower than the writer: that stream waits no more.
+HOLD_WAIT = 0.5
+
 
 @dataclass(slots=True)
 class _Held:
@@ -53,6 +62,13 @@ class _Held:
 
     buf: memoryview
     filled: int = 0
+
+
+async def wait_hold(layer: DirtyLayer, copy: ObjectContent, offset: int, n: int) -> None:
+    """Wait, if the layer's streamed upload asks it, before :func:`direct_job` (lock held)."""
+    stream = layer.stream
+    if isinstance(stream, StreamUpload) and stream.staged is copy:
+        await stream.wait_hold(offset, n)
 
 
 def direct_job(
@@ -121,6 +137,9 @@ class StreamUpload:
         #: Parts whose writes keep their ciphertext in a buffer, by part number.
         self._holds: dict[int, _Held] = {}
         self._ck: tuple[DataKey, ChunkKey | None] | None = None
+        #: A write waited HOLD_WAIT for a part buffer in vain: the upload is
+        #: slower than the writer, whose writes wait no more.
+        self._slow = False
         nursery.start_soon(self._start)
 
     async def _start(self) -> None:
@@ -265,6 +284,34 @@ class StreamUpload:
             out.append((pos, stop - pos, self._hold(part, pos - first, stop - pos)))
             pos = stop
         return out
+
+    async def wait_hold(self, offset: int, n: int) -> None:
+        """Before a write of ``n`` bytes at ``offset`` takes its part buffers (:meth:`holds`):
+        if it starts a part and no buffer is free, wait for one of this
+        stream's PUTs to give its buffer back.
+
+        The writer holds the layer's lock: no part is sealed meanwhile, and
+        only sealed parts' buffers are waited for (they come back without it).
+        """
+        start = -(-offset // MIN_PART) * MIN_PART  # the first part boundary at or after offset
+        if start >= offset + n or start // MIN_PART + 1 in self._holds:
+            return
+        if self._started.is_set() and self.upload_id is None:
+            return  # no upload (its Initiate failed): no PUT gives a buffer back
+        counts = self.ctx.part_buffers
+        while not (self.abandoned or self._slow or self._buffers.available()):
+            unsealed = sum(1 for p in self._holds if p * MIN_PART > self.layer.sealed_upto)
+            if self._buffers.out <= unsealed:
+                return  # none of ours is in a PUT: none will come back soon
+            t0 = trio.current_time()
+            with trio.move_on_after(HOLD_WAIT) as scope:
+                await self._buffers.wait_given()
+            counts.waits += 1
+            counts.wait_s += trio.current_time() - t0
+            if scope.cancelled_caught:
+                counts.wait_timeouts += 1
+                self._slow = True
+                log.debug("streamed upload of %r slower than its writer", self.key)
 
     def _hold(self, part: int, at: int, n: int) -> memoryview | None:
         held = self._holds.get(part)

@@ -28,7 +28,7 @@ from cosencfs.fs.dirtyrecord import DirtyRecords
 from cosencfs.fs.handles import Handle
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.reads import remote_source
-from cosencfs.fs.stream import StreamUpload, direct_job
+from cosencfs.fs.stream import StreamUpload, direct_job, wait_hold
 from cosencfs.fs.upload import Uploader
 from cosencfs.fs.writeback import WriteBack
 from cosencfs.store.base import MAX_FILE_SIZE
@@ -125,6 +125,14 @@ class Writer:
                     continue  # sealed meanwhile (a commit, a streamed part): new head
                 if offset + len(data) > MAX_FILE_SIZE:
                     raise FsError(errno.EFBIG)
+                if (
+                    offset + len(data) > self.uploader.single_put_max
+                    and head.stream is None
+                    and head.appends_direct(offset)
+                ):
+                    # Before the write that takes the file past one PUT: its
+                    # part goes from the buffer it fills too (fs/stream.py).
+                    self._stream(node, head, offset + len(data))
                 await self._write_locked(head, offset, data)
                 self._stream(node, head)
                 break
@@ -149,8 +157,9 @@ class Writer:
                 head.object_dk, head.envelope = dk, self.ctx.codec.seal(dk)
                 direct = head.direct = cache.upload_copy(head, 0)
                 head.direct_envelope = dict(head.envelope)
-            direct.size = offset + len(data)
             # A streamed upload keeps the ciphertext for its part's PUT.
+            await wait_hold(head, direct, offset, len(data))
+            direct.size = offset + len(data)
             job = direct_job(head, direct, offset, data)
             if threaded:
                 # Worker thread; this task holds head.lock all the while.
@@ -171,10 +180,11 @@ class Writer:
             refs, n = head.append_write(offset, data)
         head.apply_write(refs, n)
 
-    def _stream(self, node: Inode, head: DirtyLayer) -> None:
+    def _stream(self, node: Inode, head: DirtyLayer, size: int | None = None) -> None:
         """Send finished parts of a large file still being written (see stream.py).
 
         Called with ``head.lock`` held: sealing parts is exclusive with writes.
+        ``size``: the file's size once the write about to be made is done.
         """
         if isinstance(head.stream, StreamUpload):
             head.stream.pump()
@@ -183,7 +193,7 @@ class Writer:
         if (
             nursery is None
             or not self.ctx.options.stream_uploads
-            or head.size <= self.uploader.single_put_max
+            or max(head.size, size or 0) <= self.uploader.single_put_max
             or not head.streamable
         ):
             return
