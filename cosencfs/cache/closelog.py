@@ -73,6 +73,13 @@ class WriteAhead:
             os.close(self._fd)
             self._fd = -1
 
+    def abandon(self) -> None:
+        """Queue and write nothing more, as if the process died here (tests): the
+        log keeps what it holds, for the next journal opened on it."""
+        with self._lock:
+            self._ops.clear()
+            self.close()
+
     def recover(self, db: sqlite3.Connection) -> int:
         """Apply the records a crashed run left in the log (one transaction); how many."""
         row = db.execute("SELECT value FROM settings WHERE name=?", (MARK,)).fetchone()

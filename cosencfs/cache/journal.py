@@ -232,7 +232,7 @@ class Journal:
     @_disk_errors
     def seal_dirty(self, fid: str, vid: str) -> bool:
         """Mark the newest layer of ``fid``'s record sealed; False if the record is not
-        of layer ``vid`` (then write the whole record with ``put_dirty``).
+        of layer ``vid`` (then write the whole record: ``log_dirty``).
 
         The record a commit writes when it seals a head already journaled at
         close differs from that one only in this flag (``DirtyRecords.record``

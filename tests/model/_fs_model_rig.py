@@ -171,6 +171,8 @@ class FsMount:
         """The process is gone: no flush, no upload, nothing more from this mount."""
         self._scope.cancel()
         await self._done.wait()
+        # What the journal has not written yet is lost; its log is not.
+        self.cache.journal._ahead.abandon()
         self.cache.close()
 
     def dirty(self) -> tuple[int, int]:
