@@ -1,4 +1,4 @@
-"""Dirty records ahead of the journal: one append each, folded into SQLite in batches.
+"""Dirty records ahead of the journal: one append each, applied to SQLite in batches.
 
 A dirty file's record must be with the kernel before its ``close()`` returns
 (a crash of the daemon must not lose it), and a SQLite transaction of its
@@ -9,20 +9,20 @@ number and the row), and the ``dirty`` table gets it with the journal's next
 transaction, many records in one (cosencfs/cache/journal.py).
 
 ``WriteAhead`` keeps the writes of the ``dirty`` table not yet in SQLite in
-the order they were asked for (records logged here, and deletes deferred
-by ``Journal.delete_dirty``, which are not logged: a crash may lose a
-delete, never a record), and applies them in that order at the start of a
-transaction, together with the sequence number of the last record applied
-(setting ``close_log``).  Once that transaction has committed and no
-logged record is left unapplied, the log is emptied.  Opening the journal
-applies what a crashed run left in the log: the lines with a larger
-sequence number than the setting, in order (so a record already applied and
-then deleted is not brought back).  A line that does not parse ends the
-log (a write a full disk cut short is taken back; anything after such a
-line was never acknowledged); a row of the wrong shape is skipped.  Rows
-are read back as any row of the table is, by ``records.parse_dirty`` with
-its checks (cosencfs/cache/layout.py): the log is in the private cache
-directory like the database, and is trusted no more than it.
+the order they were asked for, records and deletes (``Journal.delete_dirty``:
+a commit done, an unlink), logs each (a crash must not bring back a record an
+unlink removed), and applies them in that order at the start of a
+transaction, together with the sequence number of the last one applied
+(setting ``close_log``).  Once that transaction has committed and nothing
+logged is left unapplied, the log is emptied.  Opening the journal applies
+what a crashed run left in the log: the lines with a larger sequence number
+than the setting, in order (so a record applied and deleted since is not
+brought back).  A line that does not parse ends the log (a write a full disk
+cut short is taken back; anything after such a line was never
+acknowledged); a line of the wrong shape is skipped.  Rows are read back as
+any row of the table is, by ``records.parse_dirty`` with its checks
+(cosencfs/cache/layout.py): the log is in the private cache directory like
+the database, and is trusted no more than it.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ class WriteAhead:
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
             os.close(self._fd)
             raise OSError(errno.EPERM, f"{path} is not a private file of this user")
-        #: ("put", row, seq) or ("delete", fid, 0), oldest first.
+        #: ("put", row, seq) or ("delete", fid, seq), oldest first (seq 0: not logged).
         self._ops: list[tuple[str, object, int]] = []
-        self._unapplied = 0  # logged records among _ops
+        self._unapplied = 0  # logged writes among _ops
         self._seq = 0
         # Appends and the emptying of the log under one lock: a record logged
         # while an older batch is being applied must not be cut off with it.
@@ -86,21 +86,22 @@ class WriteAhead:
         mark = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
         entries = self._read()
         self._seq = max([mark, *(seq for seq, _ in entries)])
-        rows = [r for seq, r in entries if seq > mark]
-        if rows:
+        todo = [e for e in entries if e[0] > mark]
+        if todo:
+            self._ops = [("delete" if isinstance(x, str) else "put", x, seq) for seq, x in todo]
             with db:
                 db.execute("BEGIN")
-                db.executemany(self._put_sql, rows)
-                db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (MARK, str(self._seq)))
-            log.info("cache journal: %d records logged before a crash recovered", len(rows))
+                self.apply(db, len(todo))
+            self._ops = []
+            log.info("cache journal: %d writes logged before a crash recovered", len(todo))
         os.ftruncate(self._fd, 0)
-        return len(rows)
+        return len(todo)
 
-    def _read(self) -> list[tuple[int, list[object]]]:
+    def _read(self) -> list[tuple[int, list[object] | str]]:
         with open(self._fd, "rb", closefd=False) as f:
             f.seek(0)
             data = f.read()
-        out: list[tuple[int, list[object]]] = []
+        out: list[tuple[int, list[object] | str]] = []
         lines = data.split(b"\n")  # the last is b"" unless a line was cut short
         for n, line in enumerate(lines):
             try:
@@ -111,29 +112,40 @@ class WriteAhead:
                         "cache journal log %s: line %d is not whole: read to it", self.path, n
                     )
                 break
-            if isinstance(seq, int) and isinstance(row, list) and len(row) == _COLUMNS:
-                out.append((seq, row))
+            if isinstance(seq, int) and (
+                isinstance(row, str) or (isinstance(row, list) and len(row) == _COLUMNS)
+            ):
+                out.append((seq, row))  # a record's row, or the fid of a delete
             else:
                 log.error("cache journal log %s: line %d is not a record: skipped", self.path, n)
         return out
 
     def put(self, row: Sequence[object]) -> None:
         """Log ``row`` (with the kernel when this returns) and queue it for SQLite."""
+        self._log("put", row, list(row))
+
+    def delete(self, fid: str) -> None:
+        """Log and queue the delete of ``fid``'s record.  Logged so that a crash
+        cannot bring back a record an unlink removed; on a full disk it is only
+        queued (a crash may then lose it, as it may lose the unlink's reply)."""
+        try:
+            self._log("delete", fid, fid)
+        except OSError as exc:
+            log.debug("cache journal log: a delete not logged (%s)", exc)
+            self._ops.append(("delete", fid, 0))
+
+    def _log(self, op: str, what: object, item: object) -> None:
         with self._lock:
             seq = self._seq + 1
-            line = json.dumps([seq, list(row)], separators=(",", ":")).encode() + b"\n"
+            line = json.dumps([seq, item], separators=(",", ":")).encode() + b"\n"
             n = os.write(self._fd, line)
             if n != len(line):
                 # Cut short (a full disk): taken back, so the next line starts clean.
                 os.ftruncate(self._fd, os.fstat(self._fd).st_size - n)
                 raise OSError(errno.ENOSPC, "cache disk full (journal log)")
             self._seq = seq
-            self._ops.append(("put", row, seq))
+            self._ops.append((op, what, seq))
             self._unapplied += 1
-
-    def delete(self, fid: str) -> None:
-        """Queue the delete of ``fid``'s record (not logged: a crash may lose it)."""
-        self._ops.append(("delete", fid, 0))
 
     def apply(self, db: sqlite3.Connection, n: int) -> None:
         """Write the first ``n`` queued writes, in order, inside the caller's transaction."""
@@ -162,7 +174,7 @@ class WriteAhead:
         """The first ``n`` queued writes are committed: forgotten, and the log emptied
         once no logged record is left unapplied."""
         with self._lock:
-            self._unapplied -= sum(1 for op, _, _ in self._ops[:n] if op == "put")
+            self._unapplied -= sum(1 for _, _, seq in self._ops[:n] if seq)
             del self._ops[:n]
             if self._unapplied == 0 and self._fd >= 0:
                 try:

@@ -260,14 +260,14 @@ class Journal:
     def delete_dirty(self, fid: str) -> None:
         """Delete ``fid``'s record with the journal's next write (its commit is done).
 
-        Not a transaction of its own (one per small file uploaded): the
-        delete goes into the next write's transaction, before that write, so
-        the journal on disk is always the result of a prefix of the writes
-        asked for, in order — a crash loses at most the last deletes, which
-        is a crash a moment earlier, between an upload and its delete:
-        recovery recognises the upload (docs/reliability.md, "The window
-        between an upload and the journal").  Reads of the dirty table, the
-        write-back going idle (``flush_deferred``) and ``close`` write them too.
+        Not a transaction of its own (one per small file uploaded): logged
+        like a record (closelog.py), it goes into the next write's
+        transaction, before that write, so the journal on disk is always the
+        result of a prefix of the writes asked for, in order; a crash keeps
+        it (only a full disk leaves it unlogged: then a crash between an
+        upload and its delete, which recovery recognises, docs/reliability.md).
+        Reads of the dirty table, the write-back going idle
+        (``flush_deferred``) and ``close`` write them too.
         """
         self._ahead.delete(fid)
         if len(self._ahead) >= _DEFERRED_MAX:

@@ -66,6 +66,22 @@ def test_recovered_records_keep_their_order_and_content(tmp_path: Path) -> None:
         j2.close()
 
 
+def test_an_unlinked_files_record_stays_deleted_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    j = Journal(path)
+    j.log_dirty(layered("applied"))
+    j.flush_deferred()
+    j.log_dirty(layered("logged"))
+    j.delete_dirty("applied")  # unlinked before its upload, and
+    j.delete_dirty("logged")  # this one too: no transaction since
+    j.log_dirty(layered("kept"))
+    j2 = Journal(path)  # crash
+    try:
+        assert [r.fid for r in j2.dirty_records()] == ["kept"]
+    finally:
+        j2.close()
+
+
 def test_a_record_applied_and_deleted_is_not_brought_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,7 +95,7 @@ def test_a_record_applied_and_deleted_is_not_brought_back(
     j.flush_deferred()
     monkeypatch.undo()
     assert on_disk(path) == {"kept"}
-    assert log_lines(path) == 2
+    assert log_lines(path) == 3
     j2 = Journal(path)
     try:
         # The mark applied with the batch says both lines are in SQLite already.
