@@ -99,7 +99,7 @@ def _best_effort(fn: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: records may wait in journal.db-closes (older releases would miss them)
 
 # A multipart upload stays recorded while its layer (vid) is the same: it can be resumed.
 _PUT_DIRTY = (
