@@ -45,6 +45,15 @@ MARK = "close_log"
 _COLUMNS = 15
 
 
+def _is_row(row: object) -> bool:
+    """Whether ``row`` can be a ``dirty`` row (SQLite can bind every column)."""
+    return (
+        isinstance(row, list)
+        and len(row) == _COLUMNS
+        and all(x is None or isinstance(x, str | int | float) for x in row)
+    )
+
+
 class WriteAhead:
     """Writes of the ``dirty`` table not yet in SQLite, in order; logged records first in a log."""
 
@@ -112,9 +121,7 @@ class WriteAhead:
                         "cache journal log %s: line %d is not whole: read to it", self.path, n
                     )
                 break
-            if isinstance(seq, int) and (
-                isinstance(row, str) or (isinstance(row, list) and len(row) == _COLUMNS)
-            ):
+            if isinstance(seq, int) and (isinstance(row, str) or _is_row(row)):
                 out.append((seq, row))  # a record's row, or the fid of a delete
             else:
                 log.error("cache journal log %s: line %d is not a record: skipped", self.path, n)

@@ -119,6 +119,7 @@ def test_a_cut_line_ends_the_log_and_a_foreign_one_is_skipped(
     logfile = tmp_path / "journal.db-closes"
     with open(logfile, "ab") as f:
         f.write(b'[99,["not","a","row"]]\n')  # the wrong shape: skipped
+        f.write(b"[98,[" + b"[1]," * 14 + b"[1]]]\n")  # nothing SQLite can bind: skipped
     j.log_dirty(layered("b"))
     with open(logfile, "ab") as f:
         f.write(b'[100,["c"')  # a write cut short: the end of the log
