@@ -8,11 +8,12 @@ It holds two things:
   cache key *wrapped* under a key derived from the master key), where the
   bytes below the layers come from, the attributes, and, once the content is
   sealed for upload, the new object's envelope and multipart upload.  A
-  record is written when the file is closed (so data whose ``close()``
-  returned survives a crash of the daemon) and removed once the object is
-  committed.  The next mount finishes what it finds here.  Records of format
-  1 (written by releases before the dirty-log cache) name one cache file of
-  ciphertext at object offsets instead; they are still read and uploaded.
+  record is logged when the file is closed (so data whose ``close()``
+  returned survives a crash of the daemon; closelog.py: many go into SQLite
+  in one transaction) and removed once the object is committed.  The next
+  mount finishes what it finds here.  Records of format 1 (written by
+  releases before the dirty-log cache) name one cache file of ciphertext at
+  object offsets instead; they are still read and uploaded.
 * ``attrs``: attributes (object metadata) of objects seen or written, keyed by
   object key and validated by ETag and size (and Last-Modified when known),
   so a remount need not HEAD every object again to show ``ls -l``.
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from cosencfs.cache.closelog import WriteAhead
 from cosencfs.cache.records import (
     FORMAT_LAYERS,
     FORMAT_LEGACY,
@@ -97,7 +99,22 @@ def _best_effort(fn: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: records may wait in journal.db-closes (older releases would miss them)
+
+# A multipart upload stays recorded while its layer (vid) is the same: it can be resumed.
+_PUT_DIRTY = (
+    "INSERT INTO dirty (fid, key, vid, size, present, envelope, attrs, content_type,"
+    " source, upload_id, parts, updated, format, layers, object_envelope)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(fid) DO UPDATE SET"
+    " key=excluded.key, vid=excluded.vid, size=excluded.size,"
+    " present=excluded.present, envelope=excluded.envelope, attrs=excluded.attrs,"
+    " content_type=excluded.content_type, source=excluded.source,"
+    " upload_id=CASE WHEN dirty.vid=excluded.vid THEN dirty.upload_id"
+    " ELSE excluded.upload_id END,"
+    " parts=CASE WHEN dirty.vid=excluded.vid THEN dirty.parts ELSE excluded.parts END,"
+    " updated=excluded.updated, format=excluded.format, layers=excluded.layers,"
+    " object_envelope=excluded.object_envelope"
+)
 
 #: Deferred record deletes written at once beyond this many (``delete_dirty``).
 _DEFERRED_MAX = 256
@@ -146,21 +163,26 @@ CREATE TABLE IF NOT EXISTS settings (
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: Records logged and deletes deferred, for the next write (``log_dirty``,
+        #: ``delete_dirty``).
+        self._ahead = WriteAhead(path.with_name(path.name + "-closes"), _PUT_DIRTY)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._migrate()
         self._pending_attrs: dict[str, AttrRecord | None] = {}
-        #: Dirty records to delete with the next write (``delete_dirty``).
-        self._deferred: list[str] = []
+        self._ahead.recover(self._db)  # what a crashed run logged goes in first
         self._pending_tags: dict[str, TagMemory] = {}
         self._attrs_flushed = time.monotonic()
 
     def close(self) -> None:
-        self.flush_attrs()
-        self.flush_deferred()
-        self._db.close()
+        try:
+            self.flush_attrs()
+            self.flush_deferred()
+        finally:
+            self._ahead.close()
+            self._db.close()
 
     def _migrate(self) -> None:
         """Bring a journal of an older release up to this schema (dirty rows kept)."""
@@ -196,33 +218,26 @@ class Journal:
 
     @_disk_errors
     def put_dirty(self, rec: DirtyRecord) -> None:
-        # A multipart upload under way stays recorded while the sealed layer
-        # (vid) is the same: it can be resumed.  A new layer starts afresh.
-        self._write(
-            "INSERT INTO dirty (fid, key, vid, size, present, envelope, attrs, content_type,"
-            " source, upload_id, parts, updated, format, layers, object_envelope)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(fid) DO UPDATE SET"
-            " key=excluded.key, vid=excluded.vid, size=excluded.size,"
-            " present=excluded.present, envelope=excluded.envelope, attrs=excluded.attrs,"
-            " content_type=excluded.content_type, source=excluded.source,"
-            " upload_id=CASE WHEN dirty.vid=excluded.vid THEN dirty.upload_id"
-            " ELSE excluded.upload_id END,"
-            " parts=CASE WHEN dirty.vid=excluded.vid THEN dirty.parts ELSE excluded.parts END,"
-            " updated=excluded.updated, format=excluded.format, layers=excluded.layers,"
-            " object_envelope=excluded.object_envelope",
-            dirty_row(rec, time.time()),
-        )
+        """Write ``rec`` now, in a transaction of its own (``log_dirty`` is cheaper)."""
+        self._write(_PUT_DIRTY, dirty_row(rec, time.time()))
+
+    def log_dirty(self, rec: DirtyRecord) -> None:
+        """Record ``rec``: in the log when this returns, in SQLite with the next
+        transaction (cosencfs/cache/closelog.py); reads of the table see it."""
+        self._ahead.put(dirty_row(rec, time.time()))
+        if len(self._ahead) >= _DEFERRED_MAX:
+            with contextlib.suppress(OSError):  # logged: a later transaction applies it
+                self.flush_deferred()
 
     @_disk_errors
     def seal_dirty(self, fid: str, vid: str) -> bool:
         """Mark the newest layer of ``fid``'s record sealed; False if the record is not
-        of layer ``vid`` (then write the whole record with ``put_dirty``).
+        of layer ``vid`` (then write the whole record: ``log_dirty``).
 
         The record a commit writes when it seals a head already journaled at
         close differs from that one only in this flag (``DirtyRecords.record``
         decides when): one small UPDATE, the JSON edited by SQLite, instead of
-        the whole record encoded again (~90 of the ~150 us of a record, per
-        small file created).
+        the whole record encoded again.
         """
         cur = self._write(
             "UPDATE dirty SET layers=json_set(layers, '$[0].sealed', json('true')), updated=?"
@@ -245,41 +260,41 @@ class Journal:
     def delete_dirty(self, fid: str) -> None:
         """Delete ``fid``'s record with the journal's next write (its commit is done).
 
-        Not a transaction of its own (one per small file uploaded): the
-        delete goes into the next write's transaction, before that write, so
-        the journal on disk is always the result of a prefix of the writes
-        asked for, in order — a crash loses at most the last deletes, which
-        is a crash a moment earlier, between an upload and its delete:
-        recovery recognises the upload (docs/reliability.md, "The window
-        between an upload and the journal").  Reads of the dirty table, the
-        write-back going idle (``flush_deferred``) and ``close`` write them too.
+        Not a transaction of its own (one per small file uploaded): logged
+        like a record (closelog.py), it goes into the next write's
+        transaction, before that write, so the journal on disk is always the
+        result of a prefix of the writes asked for, in order; a crash keeps
+        it (only a full disk leaves it unlogged: then a crash between an
+        upload and its delete, which recovery recognises, docs/reliability.md).
+        Reads of the dirty table, the write-back going idle
+        (``flush_deferred``) and ``close`` write them too.
         """
-        self._deferred.append(fid)
-        if len(self._deferred) >= _DEFERRED_MAX:
+        self._ahead.delete(fid)
+        if len(self._ahead) >= _DEFERRED_MAX:
             self.flush_deferred()
 
     @_disk_errors
     def flush_deferred(self) -> None:
-        """Write the deletes ``delete_dirty`` deferred, now."""
-        if self._deferred:
+        """Write the records logged and the deletes deferred, now."""
+        if self._ahead:
             with self._transaction():
                 pass
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """A transaction that starts with the deferred deletes (so all stays in order);
-        they are forgotten only once it committed."""
-        done = list(self._deferred)
+        """A transaction that starts with the logged records and deferred deletes
+        (so all stays in order); they are forgotten only once it committed."""
+        n = len(self._ahead)
         with self._db:
             self._db.execute("BEGIN")
-            if done:
-                self._db.executemany("DELETE FROM dirty WHERE fid=?", [(f,) for f in done])
+            if n:
+                self._ahead.apply(self._db, n)
             yield
-        del self._deferred[: len(done)]
+        self._ahead.applied(n)
 
     def _write(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
-        """One write in its own transaction, after the deferred deletes (in the same one)."""
-        if not self._deferred:
+        """One write in its own transaction, after the logged and deferred (in the same one)."""
+        if not self._ahead:
             return self._db.execute(sql, params)
         with self._transaction():
             return self._db.execute(sql, params)

@@ -130,7 +130,7 @@ class DirtyRecords:
         bottom = chain[-1].source
         if bottom is not None:
             src = SourceRecord(bottom.key, bottom.etag, dict(bottom.envelope), bottom.limit)
-        self.ctx.journal.put_dirty(
+        self.ctx.journal.log_dirty(
             DirtyRecord(
                 fid=f.fid,
                 key=key,

@@ -38,7 +38,7 @@ async def test_a_new_file_is_journaled_once_and_sealed_in_place(
         monkeypatch.setattr(DirtyRecords, "_one_put", lambda self, head: False)
     journal = fs.ctx.journal
     calls: Counter[str] = Counter()
-    for name in ("put_dirty", "seal_dirty", "delete_dirty"):
+    for name in ("log_dirty", "seal_dirty", "delete_dirty"):
         real = getattr(Journal, name)
 
         def counted(self: Journal, *a: Any, _real: Any = real, _name: str = name) -> Any:
@@ -72,7 +72,7 @@ async def test_a_new_file_is_journaled_once_and_sealed_in_place(
         await fs.release(fh)
     calls.clear()
     await fs.sync_all()
-    assert calls["put_dirty"] == 1  # only the test's own full record
+    assert calls["log_dirty"] == 1  # only the test's own full record
     assert calls["seal_dirty"] == (0 if one_put else n)
     assert calls["delete_dirty"] == n
     fast, full = seen["fast"], seen["full"]
