@@ -215,8 +215,12 @@ class DirIndex:
             now = trio.current_time()
             due = [p for p in self._pending.values() if self._due(p) <= now]
             for p in due:
+                # Taken from the queue one at a time, right before its write
+                # waits for the lock: a flush() meanwhile either writes it
+                # itself or waits for this write (see flush).
+                if self._pending.get(p.node.ino) is not p:
+                    continue  # written by a flush() meanwhile
                 del self._pending[p.node.ino]
-            for p in due:
                 await self._write_logged(p.node)
             self._wake = trio.Event()
             wake_at = min((self._due(p) for p in self._pending.values()), default=math.inf)
@@ -228,6 +232,11 @@ class DirIndex:
         pending, self._pending = list(self._pending.values()), {}
         for p in pending:
             await self._write_logged(p.node)
+        # A rewrite run() took from the queue may still be under way (or
+        # waiting for the lock, ahead of this task: trio's locks are fair):
+        # sync and unmount return only once it has ended.
+        async with self._lock:
+            pass
 
     async def _write_logged(self, d: Inode) -> None:
         try:

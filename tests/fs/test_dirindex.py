@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 import trio
+import trio.testing
 from qcloud_cos import CosS3Client
 
 from cosencfs.crypto.dirindex import decode_index, encode_index
@@ -348,3 +349,40 @@ async def test_fsck_skips_indexes(
     found: list[Finding] = []
     await Fsck(store, codec, report=found.append, verify=True).run()
     assert found == []
+
+
+async def test_sync_waits_for_an_index_rewrite_the_background_began(
+    make_fs: FsFactory, store: CosStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cosencfs sync` (and unmount) return only once a rewrite the background
+    writer already took from its queue has ended: nothing of the mount is
+    still on its way to COS after them."""
+    fs = await _populate(make_fs)
+    d = fs.ns.directory((await fs.lookup(ROOT_INO, b"d")).ino)
+    started, go_on = trio.Event(), trio.Event()
+    put = fs.ctx.store.put
+
+    async def held(key: str, *args: Any, **kw: Any) -> str:
+        if key == INDEX:
+            started.set()
+            await go_on.wait()
+        return await put(key, *args, **kw)
+
+    monkeypatch.setattr(fs.ctx.store, "put", held)
+    monkeypatch.setattr(dirindex, "QUIET", 0.0)
+    fs.dirindex.changed(d)  # due at once: the background writer takes it
+    with trio.fail_after(30):
+        await started.wait()
+    assert fs.dirindex.pending == 0
+    synced = trio.Event()
+
+    async def sync() -> None:
+        await fs.sync_all()
+        synced.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sync)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not synced.is_set()  # the index is still on its way
+        go_on.set()
+    assert synced.is_set()
