@@ -56,3 +56,18 @@ def test_decrypt_cells_match_decrypt_and_never_cross_a_cell() -> None:
             assert bytes(block) == decrypt(dk, s, cipher[s - start : s - start + len(block)])
         kinds = {type(b) for _, b in blocks}
         assert kinds == ({memoryview} if out is not None else {bytes})
+
+
+def test_a_buffer_is_made_once_and_never_reallocated_by_the_probe() -> None:
+    """Made with room for the probe's byte: no probe grows it (the first
+    append to a bytearray of exactly its size reallocated and copied it,
+    leaving an eighth more memory allocated)."""
+    pool = PlainBuffers(size=256 * KIB)
+    for _ in range(3):
+        view = pool.lease(10)
+        assert view is not None
+        buf = view.obj
+        assert isinstance(buf, bytearray)
+        del view
+        assert buf.__alloc__() == 256 * KIB + 2
+    assert (pool.made, pool.reused) == (1, 2)
