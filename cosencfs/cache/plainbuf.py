@@ -35,8 +35,9 @@ SIZE = 8 * 1024 * 1024
 #: Buffers at most (in use or idle): two windows of 32 MiB held, and the
 #: pieces being decrypted meanwhile.
 LIMIT = 12
-#: Idle buffers kept by :meth:`PlainBuffers.trim`.
-KEEP = 4
+#: Idle buffers kept by :meth:`PlainBuffers.trim` (the next reader's first
+#: pieces; the rest is memory an idle mount need not hold).
+KEEP = 2
 
 
 def _in_use(buf: bytearray) -> bool:
@@ -114,4 +115,5 @@ def decrypt_cells(
         return [(s, decrypt(dk, s, cipher[s - start : e - start])) for s, e in cells(start, stop)]
     plain = out[: len(cipher)]
     decrypt_into(dk, start, cipher, plain)
-    return [(s, plain[s - start : e - start]) for s, e in cells(start, stop)]
+    # Read-only views: whoever takes a block cannot change what another may read.
+    return [(s, plain[s - start : e - start].toreadonly()) for s, e in cells(start, stop)]

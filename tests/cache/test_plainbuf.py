@@ -56,6 +56,8 @@ def test_decrypt_cells_match_decrypt_and_never_cross_a_cell() -> None:
             assert bytes(block) == decrypt(dk, s, cipher[s - start : s - start + len(block)])
         kinds = {type(b) for _, b in blocks}
         assert kinds == ({memoryview} if out is not None else {bytes})
+        if out is not None:
+            assert all(isinstance(b, memoryview) and b.readonly for _, b in blocks)
 
 
 def test_a_buffer_is_made_once_and_never_reallocated_by_the_probe() -> None:
