@@ -356,7 +356,6 @@ class Fetcher:
             # fill writes, missing and no other fill's, so fills of one copy
             # run in parallel worker threads and never write a range twice.
             claims = self._claim(v, start, min(end, v.size))
-            # (In the loop: the view marks its buffer leased from here on.)
             out = self.plainbufs.lease(min(end, v.limit) - start) if inf.serve else None
             try:
                 if len(data) >= THREAD_THRESHOLD:
@@ -384,6 +383,7 @@ class Fetcher:
                 self.chunks_verified += -(-len(data) // CHUNK_SIZE)
             if blocks:  # (before ``done``: a reader waiting for them finds them here)
                 self.hold.put(v, blocks)
+                self.plainbufs.adopt(blocks)
         finally:
             lease.release(reuse=received)  # (``blocks`` are not of the receive buffer)
             v.inflight.remove(inf)

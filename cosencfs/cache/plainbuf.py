@@ -18,9 +18,11 @@ while a view of it exists (``BufferError``), so :meth:`PlainBuffers.lease`
 probes with one byte appended and removed.  No bookkeeping can forget a
 view, and a buffer still read from is never written.
 
-At most ``limit`` buffers exist (in use or idle): past that a piece is
-decrypted into new ``bytes`` as before, so the memory pinned by blocks
-whose buffer still has one block held stays bounded.  Idle buffers beyond
+A piece that finds no idle buffer gets a new one, made in its worker-thread
+job (zero-filling 8 MiB of fresh memory is not the event loop's work: it
+replies to the reader), and the pool adopts it afterwards while it holds
+fewer than ``limit``; past that the buffer is freed once its blocks are
+read, so the memory the pool keeps stays bounded.  Idle buffers beyond
 ``keep`` go when :meth:`PlainBuffers.trim` is called (a reader closed).
 Everything here runs in the event loop, except :func:`decrypt_cells`.
 """
@@ -28,7 +30,7 @@ Everything here runs in the event loop, except :func:`decrypt_cells`.
 from __future__ import annotations
 
 from cosencfs.cache.plainhold import Block, cells
-from cosencfs.crypto.ctr import DataKey, decrypt, decrypt_into
+from cosencfs.crypto.ctr import DataKey, decrypt_into
 
 #: A piece is at most this large (``fetch.FETCH_CHUNK``).
 SIZE = 8 * 1024 * 1024
@@ -51,7 +53,7 @@ def _in_use(buf: bytearray) -> bool:
 
 
 class PlainBuffers:
-    """The pool: every buffer made (in use or idle), and counts the tests read."""
+    """The pool: every buffer kept (in use or idle), and counts the tests read."""
 
     __slots__ = ("_all", "keep", "limit", "made", "reused", "size", "spilled")
 
@@ -60,7 +62,7 @@ class PlainBuffers:
         self.limit = limit
         self.keep = keep
         self._all: list[bytearray] = []
-        #: Buffers made, leased again, and pieces decrypted into new bytes (pool full).
+        #: Buffers adopted, leased again, and made but not kept (the pool full).
         self.made = 0
         self.reused = 0
         self.spilled = 0
@@ -71,48 +73,60 @@ class PlainBuffers:
 
     def lease(self, n: int) -> memoryview | None:
         """A view of ``n`` bytes of a buffer no other view of which is alive
-        (None: decrypt into new bytes instead).
+        (None: none is idle, the job makes one, :func:`decrypt_cells`).
 
         The view itself marks the buffer in use from here on, so no other
         piece leases it before this one's job has begun.
         """
-        if n > self.size:
+        if n <= self.size:
+            for buf in self._all:
+                if not _in_use(buf):
+                    self.reused += 1
+                    return memoryview(buf)[:n]
+        return None
+
+    def adopt(self, blocks: list[tuple[int, Block]]) -> None:
+        """Keep the buffer a job made for ``blocks`` (if any) for the next pieces."""
+        if not blocks:
+            return
+        block = blocks[0][1]
+        buf = block.obj if isinstance(block, memoryview) else None
+        if not isinstance(buf, bytearray) or any(b is buf for b in self._all):
+            return
+        if len(self._all) < self.limit and len(buf) == self.size:
+            self._all.append(buf)
+            self.made += 1
+        else:
             self.spilled += 1
-            return None
-        for buf in self._all:
-            if not _in_use(buf):
-                self.reused += 1
-                return memoryview(buf)[:n]
-        if len(self._all) >= self.limit:
-            self.spilled += 1
-            return None
-        # Made one byte longer and cut back: room for the probe's byte from
-        # the start, so no probe reallocates (the first append to a
-        # bytearray of exactly its size copied all 8 MiB; py-spy: 2 % of a
-        # cold read's samples).
-        buf = bytearray(self.size + 1)
-        del buf[-1]
-        self._all.append(buf)
-        self.made += 1
-        return memoryview(buf)[:n]
 
     def trim(self) -> None:
         """Let go of idle buffers beyond ``keep`` (freed when nothing refers to them)."""
         idle = [b for b in self._all if not _in_use(b)]
-        for buf in idle[self.keep :]:
-            self._all.remove(buf)
+        gone = {id(b) for b in idle[self.keep :]}
+        # (By identity: ``==`` between bytearrays compares their contents.)
+        self._all = [b for b in self._all if id(b) not in gone]
+
+
+def new_buffer(size: int) -> bytearray:
+    """A zeroed buffer of ``size`` bytes with room for the probe's byte, so no
+    probe reallocates it (the first append to a bytearray of exactly its
+    size copied all of it; py-spy: 2 % of a cold read's samples)."""
+    buf = bytearray(size + 1)
+    del buf[-1]
+    return buf
 
 
 def decrypt_cells(
-    dk: DataKey, start: int, cipher: memoryview, out: memoryview | None
+    dk: DataKey, start: int, cipher: memoryview, out: memoryview | None, size: int = SIZE
 ) -> list[tuple[int, Block]]:
-    """``cipher`` (at ``start`` of the object) decrypted, in blocks that never
-    cross a multiple of ``plainhold.CELL``: views of ``out``, or new bytes
-    without it.  Runs in a worker thread (or inline), holding no lock:
-    ``out`` was leased for this piece alone (:meth:`PlainBuffers.lease`)."""
+    """``cipher`` (at ``start`` of the object) decrypted into ``out``, or into a
+    new buffer of at least ``size`` bytes without it, in read-only views that
+    never cross a multiple of ``plainhold.CELL``.  Runs in a worker thread (or
+    inline), holding no lock: ``out`` was leased for this piece alone
+    (:meth:`PlainBuffers.lease`), a new buffer is this job's."""
     stop = start + len(cipher)
     if out is None:
-        return [(s, decrypt(dk, s, cipher[s - start : e - start])) for s, e in cells(start, stop)]
+        out = memoryview(new_buffer(max(size, len(cipher))))
     plain = out[: len(cipher)]
     decrypt_into(dk, start, cipher, plain)
     # Read-only views: whoever takes a block cannot change what another may read.
