@@ -346,7 +346,10 @@ class FuseOperations(pyfuse3.Operations):
         return info, to_attrs(entry)
 
     @translate
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    # (pyfuse3 replies from any contiguous buffer; its stub says bytes.)
+    async def read(  # type: ignore[override]
+        self, fh: pyfuse3.FileHandleT, off: int, size: int
+    ) -> bytes | memoryview:
         return await self.fs.read(fh, off, size)
 
     @translate

@@ -215,7 +215,7 @@ class ObjectContent:
         #: Read-ahead fetched for a sequential reader and not read yet: kept.
         self.ahead: tuple[int, int] | None = None
         #: Decrypted read-ahead not read yet, by start (cosencfs/cache/plainhold.py).
-        self.plain: dict[int, bytes] | None = None
+        self.plain: dict[int, bytes | memoryview] | None = None
         #: Produced by an upload and not read since (``touch``): evicted
         #: beyond a bound of its own (CacheManager.max_unread).
         self.unread = False

@@ -22,13 +22,12 @@ reader waits for it, another read-ahead asks for the same bytes, or its
 bytes have arrived.
 
 A sequential reader's window (``prefetch(serve=True)``) costs one
-worker-thread job per piece: its chunks are checked, then it is written
-into the cache file past the page cache and decrypted, and the plaintext
-waits in memory for the reader (:class:`~cosencfs.cache.plainhold.PlainHold`).
-Jobs of several pieces of one copy run at once: each writes only the
-ranges claimed for it in the event loop (``_claim``), marked present there.
-A large piece is received into a reused page-aligned buffer
-(cosencfs/cache/recvbuf.py), given back once stored if its GET returned.
+worker-thread job per piece: its chunks are checked, it is written into the
+cache file past the page cache and decrypted into a reused buffer
+(cache/plainbuf.py), held for the reader (cache/plainhold.py).  Jobs of
+several pieces of one copy run at once, each writing only the ranges
+claimed for it in the event loop (``_claim``).  A large piece is received
+into a reused page-aligned buffer (cache/recvbuf.py).
 """
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ import trio
 
 from cosencfs.cache.content import THREAD_THRESHOLD, Inflight, ObjectContent, Source
 from cosencfs.cache.extents import Extents
-from cosencfs.cache.plainhold import PlainHold, cells
+from cosencfs.cache.plainbuf import PlainBuffers, decrypt_cells
+from cosencfs.cache.plainhold import Block, PlainHold
 from cosencfs.cache.recvbuf import RecvBuffers
-from cosencfs.crypto.ctr import decrypt
 from cosencfs.crypto.integrity import CHUNK_SIZE
 from cosencfs.errors import CosEncFsError, DamagedObjectError, IntegrityError
 from cosencfs.store.base import ObjectStore
@@ -80,12 +79,14 @@ class Fetcher:
         self.hold = PlainHold()
         #: Page-aligned buffers large pieces are received into, reused.
         self.buffers = RecvBuffers()
+        #: Reused buffers pieces are decrypted into for the hold.
+        self.plainbufs = PlainBuffers()
         #: Ranges being written by a fill right now, by copy (``_claim``).
         self._storing: dict[ObjectContent, Extents] = {}
         #: Called after fetched bytes are stored (the cache may be over its limit now).
         self.on_stored: Callable[[], object] = lambda: None
 
-    async def read(self, v: ObjectContent, offset: int, length: int) -> bytes:
+    async def read(self, v: ObjectContent, offset: int, length: int) -> Block:
         """The plaintext of ``[offset, offset+length)`` of ``v``, fetched first if missing."""
         end = min(offset + length, v.size)
         if end <= offset:
@@ -242,6 +243,7 @@ class Fetcher:
         if forget:
             # What arrived ahead of it and was decrypted: the reader left it.
             self.hold.forget(v, keep)
+            self.plainbufs.trim()
         return cancelled
 
     def _begin(
@@ -342,9 +344,7 @@ class Fetcher:
             etag = src.etag or None
             data = await self.store.get_into(src.key, start, end, lease.give, if_match=etag)
             received = True
-            # Arrived: storing it is cheaper than fetching it again, so no
-            # reader moving away cancels it from here on.
-            inf.owner = None
+            inf.owner = None  # arrived: a reader moving away no longer cancels it
             if len(data) != end - start:
                 raise DamagedObjectError(
                     f"object {src.key!r} is shorter than expected "
@@ -352,11 +352,11 @@ class Fetcher:
                 )
             self.fetched_bytes += len(data)
             check = self._checker(src, start)
-            # Claimed before the job, with no await in between: the ranges
-            # this fill writes, missing and no other fill's.  Fills of one
-            # copy so run in parallel worker threads (HMAC, AES and pwrite
-            # release the GIL) and never write a range twice.
+            # Claimed before the job, no await in between: the ranges this
+            # fill writes, missing and no other fill's, so fills of one copy
+            # run in parallel worker threads and never write a range twice.
             claims = self._claim(v, start, min(end, v.size))
+            out = self.plainbufs.lease(min(end, v.limit) - start) if inf.serve else None
             try:
                 if len(data) >= THREAD_THRESHOLD:
                     # One worker-thread job checks the chunks, writes the
@@ -364,15 +364,14 @@ class Fetcher:
                     self.thread_jobs += 1
                     stored, blocks = await trio.to_thread.run_sync(
                         _check_and_store, v, check, start, data, claims, inf.serve, inf.direct,
-                        limiter=self.io_limiter,
+                        out, limiter=self.io_limiter,
                     )  # fmt: skip
                 else:
                     stored, blocks = _check_and_store(
-                        v, check, start, data, claims, inf.serve, inf.direct
+                        v, check, start, data, claims, inf.serve, inf.direct, out
                     )
                 if stored and not v.discarded:
-                    # Present only once written, and marked in the event loop:
-                    # ``present`` is never changed by two threads at once.
+                    # Present once written; marked in the loop, never by two threads.
                     for s, e in claims:
                         v.mark(s, e)
             except IntegrityError:
@@ -382,11 +381,11 @@ class Fetcher:
                 self._unclaim(v, claims)
             if check is not None:
                 self.chunks_verified += -(-len(data) // CHUNK_SIZE)
-            if blocks:
-                # Before ``done``: a reader waiting for these bytes finds them here.
+            if blocks:  # (before ``done``: a reader waiting for them finds them here)
                 self.hold.put(v, blocks)
+                self.plainbufs.adopt(blocks)
         finally:
-            lease.release(reuse=received)  # (``blocks`` are new bytes: not of the buffer)
+            lease.release(reuse=received)  # (``blocks`` are not of the receive buffer)
             v.inflight.remove(inf)
             inf.done.set()
         self.on_stored()
@@ -424,7 +423,8 @@ def _check_and_store(
     claims: list[tuple[int, int]],
     serve: bool,
     direct: bool,
-) -> tuple[bool, list[tuple[int, bytes]] | None]:
+    out: memoryview | None = None,
+) -> tuple[bool, list[tuple[int, Block]] | None]:
     """Check fetched bytes against their chunk tags, then write the ``claims`` of them.
 
     Runs in a worker thread (or inline for small pieces) holding no lock:
@@ -435,7 +435,7 @@ def _check_and_store(
     A copy discarded meanwhile stores nothing, but still reports a failure.
     ``direct``: written past the page cache.  Returns whether the claims
     were written, and for ``serve`` the bytes decrypted, in blocks for
-    :class:`PlainHold`.
+    :class:`PlainHold` (into ``out`` when given: cache/plainbuf.py).
     """
     if check is not None:
         check(data)
@@ -447,4 +447,4 @@ def _check_and_store(
     if not serve:
         return True, None
     stop = min(start + len(data), v.limit)  # (whole chunks may run past it)
-    return True, [(s, decrypt(v.dk, s, view[s - start : e - start])) for s, e in cells(start, stop)]
+    return True, decrypt_cells(v.dk, start, view[: stop - start], out)

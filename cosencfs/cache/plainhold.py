@@ -18,7 +18,11 @@ Everything runs in the event loop, with no await.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+#: A block held: new bytes, or a view of a reused buffer (cosencfs/cache/plainbuf.py).
+Block = bytes | memoryview
 
 if TYPE_CHECKING:
     from cosencfs.cache.content import ObjectContent
@@ -55,7 +59,7 @@ class PlainHold:
         #: Every block held, oldest first: (id of its copy, start) -> (copy, length).
         self._order: OrderedDict[tuple[int, int], tuple[ObjectContent, int]] = OrderedDict()
 
-    def put(self, v: ObjectContent, blocks: list[tuple[int, bytes]]) -> None:
+    def put(self, v: ObjectContent, blocks: Iterable[tuple[int, Block]]) -> None:
         """Hold ``blocks`` (start, plaintext) of ``v``; the oldest go beyond the budget."""
         if v.discarded:
             return
@@ -74,7 +78,7 @@ class PlainHold:
             if old.plain is not None and old.plain.pop(start, None) is not None:
                 self.dropped += n
 
-    def take(self, v: ObjectContent, start: int, end: int) -> bytes | None:
+    def take(self, v: ObjectContent, start: int, end: int) -> Block | None:
         """The plaintext of ``[start, end)`` if held whole (else None, nothing taken).
 
         A block the read reaches the end of is let go.
@@ -82,7 +86,7 @@ class PlainHold:
         plain = v.plain
         if not plain:
             return None
-        parts: list[tuple[int, bytes, int, int]] = []
+        parts: list[tuple[int, Block, int, int]] = []
         pos = start
         while pos < end:
             found = _block_at(plain, pos)
@@ -122,7 +126,7 @@ class PlainHold:
         return gone
 
 
-def _block_at(plain: dict[int, bytes], pos: int) -> tuple[int, bytes] | None:
+def _block_at(plain: dict[int, Block], pos: int) -> tuple[int, Block] | None:
     """The block holding byte ``pos``: it starts in ``pos``'s cell, at or before it."""
     data = plain.get(pos)
     if data is not None:

@@ -42,6 +42,7 @@ __all__ = [
     "RecordTagError",
     "counter_block",
     "decrypt",
+    "decrypt_into",
     "encrypt",
     "open_record",
     "sdk_wrap_pad",
@@ -161,6 +162,13 @@ def decrypt(dk: DataKey, offset: int, cipher: Buffer) -> bytes:
     decrypt(dk, 0, body)[o:o+n]`` for every ``o`` and ``n``.
     """
     return _keystream_at(dk, offset).update(cipher)
+
+
+def decrypt_into(dk: DataKey, offset: int, cipher: Buffer, out: memoryview) -> None:
+    """:func:`decrypt` into ``out`` (exactly ``len(cipher)`` bytes, not overlapping it)."""
+    if len(out) != len(cipher):
+        raise ValueError(f"output of {len(out)} bytes for {len(cipher)} of ciphertext")
+    _keystream_at(dk, offset).update_into(cipher, out)
 
 
 class RecordTagError(ValueError):

@@ -304,7 +304,7 @@ class Filesystem:
         h, node = await self.files.create(parent, names.new_name(name), mode, flags, uid, gid)
         return h.fh, self.entry(node)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         return await self.reader.read(self.files.handles.get(fh), offset, size)
 
     def direct_io(self, fh: int) -> bool:

@@ -137,7 +137,7 @@ class Reader:
         f.clean = v
         return v
 
-    async def read(self, h: Handle, offset: int, size: int) -> bytes:
+    async def read(self, h: Handle, offset: int, size: int) -> bytes | memoryview:
         cache = self.ctx.cache
         self.reads += 1
         head = h.node.as_file.head
@@ -156,9 +156,9 @@ class Reader:
         v.pins += 1
         try:
             self._readahead(h, v, offset, size, serve=True)
-            data = await cache.fetcher.read(v, offset, size)
-            self.read_bytes += len(data)
-            return data
+            got = await cache.fetcher.read(v, offset, size)
+            self.read_bytes += len(got)
+            return got
         finally:
             v.pins -= 1
             cache.maybe_evict()

@@ -454,7 +454,7 @@ async def test_a_reader_waiting_keeps_the_whole_fetch_going_after_another_closes
     far = 30 * MIB  # (not in the piece the first reader waits for)
 
     async def read_far() -> None:
-        got.append(await rig.fs.read(other, far, 4 * KIB))
+        got.append(bytes(await rig.fs.read(other, far, 4 * KIB)))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rig.fs.read, fh, offsets[-1], 4 * KIB)  # starts the whole fetch

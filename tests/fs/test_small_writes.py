@@ -50,7 +50,7 @@ async def _uploaded_file(fs: Filesystem, data: bytes) -> int:
 
 
 async def _read_all(fs: Filesystem, fh: int, size: int) -> bytes:
-    return await fs.read(fh, 0, size)
+    return bytes(await fs.read(fh, 0, size))
 
 
 async def test_uncontended_small_writes_do_not_yield_to_the_scheduler(

@@ -129,7 +129,7 @@ async def fs_read_ranges(
                 break
             whole += piece
         assert len(whole) == size
-        pieces = [await fs.read(fh, s, e - s) for s, e in ranges]
+        pieces = [bytes(await fs.read(fh, s, e - s)) for s, e in ranges]
     finally:
         await fs.release(fh)
     return bytes(whole), pieces

@@ -451,7 +451,7 @@ class FsMachine(RuleBasedStateMachine):
         async def read() -> bytes:
             fh, _ = await vfs.open(path, os.O_RDONLY)
             try:
-                return await vfs.fs.read(fh, offset, length)
+                return bytes(await vfs.fs.read(fh, offset, length))
             finally:
                 await vfs.close(fh)
 
@@ -660,6 +660,7 @@ class FsMachine(RuleBasedStateMachine):
         got = self.must(
             f"hread(fh {h.fh}, {length} at {offset})", lambda: fs.read(h.fh, offset, length)
         )
+        got = bytes(got)
         want = h.file.data[offset : offset + length]
         if got != want:
             self.fail(f"hread(fh {h.fh}, {length} at {offset}): {describe_diff(want, got)}")
