@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cosencfs.fs.attrs import Kind
 from cosencfs.fs.context import FsOptions
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.names import MAX_NAME_BYTES
@@ -54,13 +53,9 @@ class StatFs:
 
 def make_entry(node: Inode, opts: FsOptions) -> Entry:
     a = node.attrs
-    f = node.file
-    if f is None or node.kind.special:
-        size, nlink = 0, 1
-    elif node.kind is Kind.SYMLINK:
-        size, nlink = f.size, 1
-    else:
-        size, nlink = f.current_size, 1
+    # (``current_size``: a clean file holding no FileState is not given one.)
+    size = 0 if node.kind.special else node.current_size
+    nlink = 1
     if node.unlinked:
         nlink = 0
     return Entry(
