@@ -120,9 +120,31 @@ class Attrs:
     #: them, not opened yet (cosencfs/fs/xattrs.py); ``NO_XATTRS`` when none.
     xattrs: dict[bytes, bytes] | None = None
 
+    def __post_init__(self) -> None:
+        # Every inode holds one: its mode (33188 ...), uid and gid as the
+        # int objects the mount's other inodes hold (32 bytes each a file
+        # otherwise: ints above 256 are new objects, issue 18).
+        self.mode = _shared(self.mode)
+        self.uid = _shared(self.uid)
+        self.gid = _shared(self.gid)
+
     @property
     def kind(self) -> Kind:
         return Kind.of_mode(self.mode)
+
+
+#: The ints ``Attrs`` share (modes, uids, gids a mount sees: a few); bounded.
+_SHARED: dict[int, int] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: int) -> int:
+    got = _SHARED.get(value)
+    if got is not None:
+        return got
+    if len(_SHARED) < _SHARED_MAX and type(value) is int:
+        _SHARED[value] = value
+    return value
 
 
 def parse_mtime(value: str) -> int | None:

@@ -29,6 +29,7 @@ from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.errors import FsError
 from cosencfs.fs.attrs import Attrs, Kind
 from cosencfs.fs.remote import MetaLoader, Remote
+from cosencfs.fs.uploadlock import Aux, UploadLock
 
 __all__ = ["ROOT_INO", "DirState", "FileState", "Inode", "InodeTable", "MetaLoader", "Remote"]
 
@@ -93,19 +94,6 @@ class DirState:
     index_seen: bool = False
 
 
-class _Aux:
-    """What an inode holds only while something is under way: a HEAD of its
-    attributes, its upload lock and the tasks holding or waiting for it.
-    Gone when none is left (one slot on every inode instead of three)."""
-
-    __slots__ = ("loading", "lock", "users")
-
-    def __init__(self) -> None:
-        self.loading: trio.Event | None = None
-        self.lock: trio.Lock | None = None
-        self.users = 0
-
-
 _KNOWN = 1
 _UNLINKED = 2
 
@@ -115,7 +103,7 @@ class Inode:
 
     Held compactly, as a mount keeps one per file it knows (issue 18):
     ``attrs_known`` and ``unlinked`` are bits of one int, what is rarely
-    used (a HEAD under way, the upload lock) sits in one ``_Aux`` made on
+    used (a HEAD under way, the upload lock) sits in one ``Aux`` made on
     use, and a closed, clean file without a clean copy holds no
     ``FileState`` at all (``compact_file``): every field of one would be
     its default and its size ``remote``'s, so ``file`` makes it again with
@@ -167,7 +155,7 @@ class Inode:
         #: trio time of the last local change of name or content committed to
         #: COS; a listing that started before it is older than what we know.
         self.touched_at = -1e18
-        self._aux: _Aux | None = None
+        self._aux: Aux | None = None
         #: ``DirState`` for a directory (a directory never becomes a file: a
         #: listing replaces the inode instead); for a file or symlink its
         #: ``FileState``, or None while it would hold only defaults and
@@ -210,11 +198,11 @@ class Inode:
         if aux is None:
             if value is None:
                 return
-            aux = self._aux = _Aux()
+            aux = self._aux = Aux()
         aux.loading = value
-        self._drop_aux()
+        self.drop_aux()
 
-    def _drop_aux(self) -> None:
+    def drop_aux(self) -> None:
         aux = self._aux
         if aux is not None and aux.loading is None and aux.lock is None and aux.users == 0:
             self._aux = None
@@ -386,56 +374,6 @@ class Inode:
             s = node._state
             if type(s) is DirState:
                 stack.extend(s.children.values())
-
-
-class UploadLock:
-    """An inode's upload lock for one ``async with`` (see ``Inode.upload_lock``).
-
-    Every user counts itself in ``_Aux.users`` before it can yield, so the
-    trio lock is the same object for all tasks holding or waiting for it;
-    the last one out drops it (all in the event loop: no await between the
-    count and the change it guards).
-    """
-
-    __slots__ = ("_lock", "_node")
-
-    def __init__(self, node: Inode) -> None:
-        self._node = node
-        self._lock: trio.Lock | None = None
-
-    async def __aenter__(self) -> None:
-        node = self._node
-        aux = node._aux
-        if aux is None:
-            aux = node._aux = _Aux()
-        lock = aux.lock
-        if lock is None:
-            lock = aux.lock = trio.Lock()
-        aux.users += 1
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave(lock)
-            raise
-        self._lock = lock
-
-    async def __aexit__(self, *exc: object) -> None:
-        lock = self._lock
-        if lock is None:
-            raise RuntimeError("upload lock released without being held")
-        self._lock = None
-        lock.release()
-        self._leave(lock)
-
-    def _leave(self, lock: trio.Lock) -> None:
-        node = self._node
-        aux = node._aux
-        if aux is None:
-            raise RuntimeError("upload lock left without its users counted")
-        aux.users -= 1
-        if aux.users == 0 and aux.lock is lock:
-            aux.lock = None
-            node._drop_aux()
 
 
 class InodeTable:
