@@ -256,3 +256,23 @@ def test_attrs_share_their_mode_uid_and_gid() -> None:
     assert a.uid is b.uid
     assert a.gid is b.gid
     assert (b.mode, b.uid, b.gid) == (0o100644, 1000, 1001)
+
+
+def _times(a: Attrs) -> object:
+    return a._times
+
+
+def test_attrs_times_read_as_set() -> None:
+    t = 1_700_000_000_123_456_789
+    a = Attrs(0o100644, 0, 0, t, t, t)
+    assert type(_times(a)) is int  # (equal: one int)
+    a.mtime_ns = a.ctime_ns = t + 5
+    assert (a.mtime_ns, a.ctime_ns, a.atime_ns) == (t + 5, t + 5, t)
+    assert type(_times(a)) is bytes  # (one object for the three)
+    a.atime_ns = -7
+    assert (a.mtime_ns, a.ctime_ns, a.atime_ns) == (t + 5, t + 5, -7)
+    a.ctime_ns = 2**70  # (beyond 64 bits: kept as given)
+    assert (a.mtime_ns, a.ctime_ns, a.atime_ns) == (t + 5, 2**70, -7)
+    a.mtime_ns = a.ctime_ns = a.atime_ns = t
+    assert a == Attrs(0o100644, 0, 0, t, t, t)
+    assert a != Attrs(0o100644, 0, 0, t, t, t + 1)
