@@ -170,6 +170,11 @@ class Attrs:
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value != t:
+                self._set_times(value, t, t)
+            return
         _, c, a = self._get_times()
         self._set_times(value, c, a)
 
@@ -180,6 +185,11 @@ class Attrs:
 
     @ctime_ns.setter
     def ctime_ns(self, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value != t:
+                self._set_times(t, value, t)
+            return
         m, _, a = self._get_times()
         self._set_times(m, value, a)
 
@@ -190,6 +200,11 @@ class Attrs:
 
     @atime_ns.setter
     def atime_ns(self, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value != t:
+                self._set_times(t, t, value)
+            return
         m, c, _ = self._get_times()
         self._set_times(m, c, value)
 
