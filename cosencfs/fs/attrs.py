@@ -145,6 +145,11 @@ class Attrs:
         #: them, not opened yet (cosencfs/fs/xattrs.py); ``NO_XATTRS`` when none.
         self.xattrs = xattrs
 
+    def times(self) -> tuple[int, int, int]:
+        """mtime, ctime and atime (ns) in one call."""
+        t = self._times
+        return (t, t, t) if type(t) is int else self._get_times()
+
     def _get_times(self) -> tuple[int, int, int]:
         t = self._times
         if type(t) is int:
