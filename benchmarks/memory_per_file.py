@@ -49,7 +49,7 @@ _FILTERS = [
 
 
 class _Bucket(MemoryStore):
-    """A MemoryStore that keeps copies of the metadata strings it is given.
+    """A MemoryStore that keeps copies of the metadata strings and bodies it is given.
 
     The real bucket is in another process; this one, in this process, would
     otherwise keep the mount's own value strings alive, and tracemalloc would
@@ -66,6 +66,10 @@ class _Bucket(MemoryStore):
         if_none_match: bool = False,
     ) -> str:
         own = {k: "".join(list(v)) for k, v in metadata.items()}
+        if isinstance(body, bytes | bytearray | memoryview):
+            # (A small file's body is the bytes the commit read and tagged:
+            # the bucket's copy, not the mount's, once it is in COS.)
+            body = bytes(bytearray(body))
         return await super().put(
             key, body, own, content_type=content_type, if_none_match=if_none_match
         )

@@ -93,9 +93,11 @@ class AttrLoader:
             if old is not None and (old.etag != info.etag or old.size != info.size):
                 self.ns.drop_clean_content(node)
             node.kind = kind_from_meta(shown, info.size, devices=self._devices(key, shown))
-            node.remote = Remote(info.etag, info.size, info.last_modified, meta, dict(info.headers))
-            if not node.data_dirty and node.file is not None:
-                node.file.size = info.size
+            new = Remote(info.etag, info.size, info.last_modified, meta, dict(info.headers))
+            if node.data_dirty:
+                node.remote = new
+            else:
+                node.adopt_remote(new)  # (its size too, with no FileState made for it)
             node.attrs = attrs_from_meta(
                 shown, node.kind, defaults, info.last_modified, trust_modes=self._trust_modes
             )

@@ -11,9 +11,11 @@ object's Last-Modified time.  Device nodes carry ``x-cos-meta-rdev``
 from __future__ import annotations
 
 import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 from cosencfs.fs.policy import is_special, is_symlink, permission_bits
 
@@ -104,25 +106,148 @@ class _NoXattrs(dict[bytes, bytes]):
 NO_XATTRS: dict[bytes, bytes] = _NoXattrs()
 
 
-@dataclass(slots=True)
-class Attrs:
-    """The POSIX attributes cosencfs keeps for an inode."""
+#: A file's three times when they differ: mtime, ctime, atime (ns, signed 64 bits).
+_TIMES = struct.Struct("<qqq")
 
-    mode: int  # with the S_IF* type bits
-    uid: int
-    gid: int
-    mtime_ns: int
-    ctime_ns: int
-    atime_ns: int
-    #: Device number (device nodes only; 0 otherwise).
-    rdev: int = 0
-    #: ``user.*`` extended attributes; None: as the object's metadata has
-    #: them, not opened yet (cosencfs/fs/xattrs.py); ``NO_XATTRS`` when none.
-    xattrs: dict[bytes, bytes] | None = None
+
+class Attrs:
+    """The POSIX attributes cosencfs keeps for an inode.
+
+    Every inode holds one (issue 18: 100,000 files in a directory), so the
+    three times share one slot: one int when they are equal (a listed
+    file's, a file HEADed or stat'ed), else one bytes object of the three
+    (a file written after its creation: 64 bytes instead of two or three
+    48-byte ints); mode, uid and gid are the ints every other inode holds
+    (``_shared``).
+    """
+
+    __slots__ = ("_times", "gid", "mode", "rdev", "uid", "xattrs")
+
+    def __init__(
+        self,
+        mode: int,  # with the S_IF* type bits
+        uid: int,
+        gid: int,
+        mtime_ns: int,
+        ctime_ns: int,
+        atime_ns: int,
+        rdev: int = 0,
+        xattrs: dict[bytes, bytes] | None = None,
+    ) -> None:
+        self.mode = _shared(mode)
+        self.uid = _shared(uid)
+        self.gid = _shared(gid)
+        self._times: int | bytes | tuple[int, int, int] = 0
+        self._set_times(mtime_ns, ctime_ns, atime_ns)
+        #: Device number (device nodes only; 0 otherwise).
+        self.rdev = rdev
+        #: ``user.*`` extended attributes; None: as the object's metadata has
+        #: them, not opened yet (cosencfs/fs/xattrs.py); ``NO_XATTRS`` when none.
+        self.xattrs = xattrs
+
+    def times(self) -> tuple[int, int, int]:
+        """mtime, ctime and atime (ns) in one call."""
+        t = self._times
+        return (t, t, t) if type(t) is int else self._get_times()
+
+    def _get_times(self) -> tuple[int, int, int]:
+        t = self._times
+        if type(t) is int:
+            return t, t, t
+        if type(t) is bytes:
+            m, c, a = _TIMES.unpack(t)
+            return m, c, a
+        return cast(tuple[int, int, int], t)
+
+    def _set_times(self, m: int, c: int, a: int) -> None:
+        if m == c == a:
+            self._times = m
+            return
+        try:
+            self._times = _TIMES.pack(m, c, a)
+        except struct.error:  # (beyond 64 bits: kept as they are)
+            self._times = (m, c, a)
+
+    @property
+    def mtime_ns(self) -> int:
+        t = self._times
+        return t if type(t) is int else self._get_times()[0]
+
+    @mtime_ns.setter
+    def mtime_ns(self, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value != t:
+                self._set_times(value, t, t)
+            return
+        _, c, a = self._get_times()
+        self._set_times(value, c, a)
+
+    @property
+    def ctime_ns(self) -> int:
+        t = self._times
+        return t if type(t) is int else self._get_times()[1]
+
+    @ctime_ns.setter
+    def ctime_ns(self, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value != t:
+                self._set_times(t, value, t)
+            return
+        m, _, a = self._get_times()
+        self._set_times(m, value, a)
+
+    @property
+    def atime_ns(self) -> int:
+        t = self._times
+        return t if type(t) is int else self._get_times()[2]
+
+    @atime_ns.setter
+    def atime_ns(self, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value != t:
+                self._set_times(t, t, value)
+            return
+        m, c, _ = self._get_times()
+        self._set_times(m, c, value)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.mode, self.uid, self.gid, *self._get_times(), self.rdev, self.xattrs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Attrs):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    # (Mutable: unhashable, as the dataclass it was.)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        m, c, a = self._get_times()
+        return (
+            f"Attrs(mode={self.mode:o}, uid={self.uid}, gid={self.gid}, mtime_ns={m},"
+            f" ctime_ns={c}, atime_ns={a}, rdev={self.rdev})"
+        )
 
     @property
     def kind(self) -> Kind:
         return Kind.of_mode(self.mode)
+
+
+#: The ints ``Attrs`` share (modes, uids, gids a mount sees: a few); bounded.
+_SHARED: dict[int, int] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: int) -> int:
+    got = _SHARED.get(value)
+    if got is not None:
+        return got
+    if len(_SHARED) < _SHARED_MAX and type(value) is int:
+        _SHARED[value] = value
+    return value
 
 
 def parse_mtime(value: str) -> int | None:

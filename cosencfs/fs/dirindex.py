@@ -126,7 +126,7 @@ class DirIndex:
     async def load(self, d: Inode, info: ObjectInfo) -> None:
         """Apply the index ``info`` (seen in ``d``'s listing) to entries of unknown attributes."""
         children = d.as_dir.children
-        if not self._keys or all(n.attrs_known or n.file is None for n in children.values()):
+        if not self._keys or all(n.attrs_known or n.is_dir for n in children.values()):
             return
         if info.size > MAX_INDEX_BYTES:
             self._warn(info, f"larger than {MAX_INDEX_BYTES} bytes, not read")
@@ -166,7 +166,7 @@ class DirIndex:
     def _applies(self, node: Inode, e: IndexEntry) -> bool:
         """Apply ``e`` to ``node`` if it describes the object the listing showed."""
         r = node.remote
-        if node.attrs_known or node.file is None or node.dirty or r is None:
+        if node.attrs_known or node.is_dir or node.dirty or r is None:
             return False
         if not e.matches(r.etag, r.size, r.last_modified):
             return False
@@ -348,7 +348,7 @@ class DirIndex:
 
     def _entry_of(self, name: str, node: Inode | None, obj: ObjectInfo) -> IndexEntry | None:
         """An entry for ``obj`` from what this mount knows of it (its full metadata)."""
-        if node is None or node.file is None or node.dirty or node.unlinked:
+        if node is None or node.is_dir or node.dirty or node.unlinked:
             return None
         r = node.remote
         if r is None or r.etag != obj.etag or r.size != obj.size:

@@ -19,139 +19,24 @@ from __future__ import annotations
 import errno
 import itertools
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, cast
 
 import trio
 
 from cosencfs.cache.content import ObjectContent
 from cosencfs.cache.dirtylog import DirtyLayer
-from cosencfs.cache.metamap import join, pack, split, unpack
 from cosencfs.errors import FsError
 from cosencfs.fs.attrs import Attrs, Kind
+from cosencfs.fs.remote import MetaLoader, Remote
+from cosencfs.fs.uploadlock import Aux, UploadLock
+
+__all__ = ["ROOT_INO", "DirState", "FileState", "Inode", "InodeTable", "MetaLoader", "Remote"]
 
 ROOT_INO = 1
 #: Record ids: 80 random bits per process, then a count (``FileState.fid``).
 _FID_PREFIX = uuid.uuid4().hex[:20]
 _FIDS = itertools.count(1)
-
-
-class MetaLoader(Protocol):
-    """Where a ``Remote`` whose metadata is not held gets it back (fs/metastore.py)."""
-
-    def load(self, node: Inode, remote: Remote) -> dict[str, str] | None: ...
-
-
-class Remote:
-    """What COS holds at the inode's key.
-
-    Held compactly, as every file a mount knows keeps one (issue 18): the
-    metadata packed (cosencfs/cache/metamap.py, its two parts in this
-    record's own slots: ~1 KB less per file than a dict), an MD5 ETag as its
-    16 bytes (32 bytes less than the str).  ``metadata`` gives a new dict on
-    every read, so a caller's changes never reach the inode (assign to
-    change it); ``etag`` a str equal to the one given.
-
-    A clean file's metadata need not be held at all (``stored``): the two
-    slots then hold the loader and the inode, ``_check`` a keyed digest of
-    what was held, and each read of ``metadata`` gets it back from the
-    journal's attribute cache if the record still has that digest
-    (fs/metastore.py; None, and the attributes unknown again, when not).
-    """
-
-    __slots__ = ("_blob", "_check", "_etag", "_headers", "_shape", "last_modified", "size")
-
-    def __init__(
-        self,
-        etag: str,
-        size: int,
-        last_modified: float,
-        metadata: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.etag = etag
-        self.size = size
-        self.last_modified = last_modified
-        self._check = 0
-        self.metadata = metadata
-        #: Standard headers other tools set (Cache-Control ...), kept on rewrites.
-        self._headers = pack(headers) if headers else None
-
-    @property
-    def etag(self) -> str:
-        e = self._etag
-        return e.hex() if isinstance(e, bytes) else e
-
-    @etag.setter
-    def etag(self, value: str) -> None:
-        self._etag = _compact_etag(value)
-
-    @property
-    def metadata(self) -> dict[str, str] | None:
-        """Envelope (and attribute) metadata; None when only a listing was seen."""
-        blob = self._blob
-        if blob is None:
-            return None
-        if isinstance(blob, Inode):
-            return cast(MetaLoader, self._shape).load(blob, self)
-        return unpack(join(self._shape, blob))
-
-    @metadata.setter
-    def metadata(self, value: Mapping[str, str] | None) -> None:
-        if value is None:
-            self._shape = self._blob = None
-        else:
-            self._shape, self._blob = split(value)
-
-    @property
-    def packed_metadata(self) -> Mapping[str, str] | None:
-        """The metadata as held (read-only; no copy of the values), or loaded."""
-        blob = self._blob
-        if blob is None or isinstance(blob, Inode):
-            return self.metadata
-        return join(self._shape, blob)
-
-    @property
-    def stored(self) -> bool:
-        """The metadata is not held but loaded on each read (``store``)."""
-        return isinstance(self._blob, Inode)
-
-    @property
-    def check(self) -> int:
-        """The digest ``store`` was given (what the loader checks a record against)."""
-        return self._check
-
-    def store(self, node: Inode, loader: MetaLoader, check: int) -> None:
-        """Hold no metadata any more: ``loader`` gives ``node``'s back on use.
-
-        The caller checked that it does, for this object, and gives the
-        digest of the metadata held (fs/metastore.py); assigning ``metadata``
-        holds it again.
-        """
-        self._shape = loader
-        self._blob = node
-        self._check = check
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {} if self._headers is None else unpack(self._headers)
-
-    def __repr__(self) -> str:
-        return f"Remote({self.etag!r}, size={self.size}, last_modified={self.last_modified})"
-
-
-def _compact_etag(etag: str) -> str | bytes:
-    """An ETag as held: the 16 bytes of a single-part MD5 ETag (lowercase
-    hex, what COS answers for a PUT), anything else as given."""
-    if len(etag) == 32:
-        try:
-            raw = bytes.fromhex(etag)
-        except ValueError:
-            return etag
-        if raw.hex() == etag:
-            return raw
-    return etag
 
 
 @dataclass(slots=True, eq=False)
@@ -209,42 +94,205 @@ class DirState:
     index_seen: bool = False
 
 
-@dataclass(slots=True, eq=False)
-class Inode:
-    ino: int
-    kind: Kind
-    parent: Inode | None
-    name: str
-    attrs: Attrs
-    nlookup: int = 0
-    remote: Remote | None = None
-    #: Attributes are known (from metadata, our own write, or the defaults of a
-    #: directory without marker); False for entries only seen in a listing.
-    attrs_known: bool = False
-    attrs_loading: trio.Event | None = None
-    #: Local attribute changes not yet in COS; bumped on every change.
-    meta_gen: int = 0
-    meta_synced_gen: int = 0
-    #: Detached from the namespace (unlinked, or replaced by a rename).
-    unlinked: bool = False
-    #: trio time of the last HEAD or upload that told what COS holds.
-    validated_at: float = -1e18
-    #: trio time of the last local change of name or content committed to COS;
-    #: a listing that started before it is older than what we know.
-    touched_at: float = -1e18
-    #: Exactly one of them, by kind (a directory never becomes a file: a
-    #: listing replaces the inode instead; a file may become a symlink).
-    file: FileState | None = field(default=None, init=False)
-    dir: DirState | None = field(default=None, init=False)
-    _upload_lock: trio.Lock | None = field(default=None, init=False, repr=False)
-    #: Tasks holding or waiting for ``_upload_lock`` (it goes when none is left).
-    _upload_users: int = field(default=0, init=False, repr=False)
+_KNOWN = 1
+_UNLINKED = 2
 
-    def __post_init__(self) -> None:
-        if self.kind is Kind.DIR:
-            self.dir = DirState()
-        else:
-            self.file = FileState()
+
+class Inode:
+    """One file, symlink, special file or directory (see the module's text).
+
+    Held compactly, as a mount keeps one per file it knows (issue 18):
+    ``attrs_known`` and ``unlinked`` are bits of one int, what is rarely
+    used (a HEAD under way, the upload lock) sits in one ``Aux`` made on
+    use, and a closed, clean file without a clean copy holds no
+    ``FileState`` at all (``compact_file``): every field of one would be
+    its default and its size ``remote``'s, so ``file`` makes it again with
+    that size on first use.  Code that only asks (``data_dirty``,
+    ``is_open``, ``current_size``) never makes one.
+    """
+
+    __slots__ = (
+        "_aux",
+        "_flags",
+        "_remote",
+        "_state",
+        "attrs",
+        "ino",
+        "kind",
+        "meta_gen",
+        "meta_synced_gen",
+        "name",
+        "nlookup",
+        "parent",
+        "touched_at",
+        "validated_at",
+    )
+
+    def __init__(
+        self,
+        ino: int,
+        kind: Kind,
+        parent: Inode | None,
+        name: str,
+        attrs: Attrs,
+        nlookup: int = 0,
+        remote: Remote | None = None,
+        attrs_known: bool = False,
+    ) -> None:
+        self.ino = ino
+        self.kind = kind
+        self.parent = parent
+        self.name = name
+        self.attrs = attrs
+        self.nlookup = nlookup
+        self._remote = remote
+        self._flags = _KNOWN if attrs_known else 0
+        #: Local attribute changes not yet in COS; bumped on every change.
+        self.meta_gen = 0
+        self.meta_synced_gen = 0
+        #: trio time of the last HEAD or upload that told what COS holds.
+        self.validated_at = -1e18
+        #: trio time of the last local change of name or content committed to
+        #: COS; a listing that started before it is older than what we know.
+        self.touched_at = -1e18
+        self._aux: Aux | None = None
+        #: ``DirState`` for a directory (a directory never becomes a file: a
+        #: listing replaces the inode instead); for a file or symlink its
+        #: ``FileState``, or None while it would hold only defaults and
+        #: ``remote``'s size (``file`` makes it then).
+        self._state: FileState | DirState | None = DirState() if kind is Kind.DIR else None
+
+    def __repr__(self) -> str:
+        return f"Inode({self.ino}, {self.kind}, {self.name!r})"
+
+    # -- flags -----------------------------------------------------------------
+
+    @property
+    def attrs_known(self) -> bool:
+        """Attributes are known (from metadata, our own write, or the defaults
+        of a directory without marker); False for entries only seen in a listing."""
+        return bool(self._flags & _KNOWN)
+
+    @attrs_known.setter
+    def attrs_known(self, value: bool) -> None:
+        self._flags = self._flags | _KNOWN if value else self._flags & ~_KNOWN
+
+    @property
+    def unlinked(self) -> bool:
+        """Detached from the namespace (unlinked, or replaced by a rename)."""
+        return bool(self._flags & _UNLINKED)
+
+    @unlinked.setter
+    def unlinked(self, value: bool) -> None:
+        self._flags = self._flags | _UNLINKED if value else self._flags & ~_UNLINKED
+
+    @property
+    def attrs_loading(self) -> trio.Event | None:
+        """Set while a HEAD of the attributes runs (others wait for it)."""
+        aux = self._aux
+        return None if aux is None else aux.loading
+
+    @attrs_loading.setter
+    def attrs_loading(self, value: trio.Event | None) -> None:
+        aux = self._aux
+        if aux is None:
+            if value is None:
+                return
+            aux = self._aux = Aux()
+        aux.loading = value
+        self.drop_aux()
+
+    def drop_aux(self) -> None:
+        aux = self._aux
+        if aux is not None and aux.loading is None and aux.lock is None and aux.users == 0:
+            self._aux = None
+
+    # -- what COS holds, and the file's state ------------------------------------
+
+    @property
+    def remote(self) -> Remote | None:
+        return self._remote
+
+    @remote.setter
+    def remote(self, value: Remote | None) -> None:
+        # A file without its FileState has ``remote``'s size: a new remote of
+        # another size must not change it behind the file's back.
+        if self._state is None and (value is None or value.size != self._implied_size()):
+            self._materialize()
+        self._remote = value
+
+    def adopt_remote(self, remote: Remote) -> None:
+        """``remote`` is what COS holds, and the file's size is its size (an
+        entry a listing or a HEAD just told): no ``FileState`` made for it."""
+        self._remote = remote
+        s = self._state
+        if type(s) is FileState:
+            s.size = remote.size
+
+    def _implied_size(self) -> int:
+        r = self._remote
+        return 0 if r is None else r.size
+
+    def _materialize(self) -> FileState:
+        f = FileState(size=self._implied_size())
+        self._state = f
+        return f
+
+    @property
+    def file(self) -> FileState | None:
+        """The file state of a file or symlink; None for a directory."""
+        s = self._state
+        if type(s) is FileState:
+            return s
+        if s is None:
+            return self._materialize()
+        return None
+
+    @property
+    def dir(self) -> DirState | None:
+        s = self._state
+        return s if type(s) is DirState else None
+
+    @property
+    def held_file(self) -> FileState | None:
+        """The file state if one is held (None for a directory, and for a file
+        holding none: all its fields then are their defaults)."""
+        s = self._state
+        return s if type(s) is FileState else None
+
+    @property
+    def current_size(self) -> int:
+        """What a reader sees (``FileState.current_size``; 0 for a directory)."""
+        s = self._state
+        if type(s) is FileState:
+            return s.head.size if s.head is not None else s.size
+        return self._implied_size() if s is None else 0
+
+    def compact_file(self) -> bool:
+        """Drop the ``FileState`` of a closed, clean file that holds only
+        defaults and ``remote``'s size (``file`` makes it again on use).
+
+        Not while anything is under way on it (an upload lock held or
+        awaited, a HEAD): such a task may hold the state object.
+        """
+        f = self._state
+        r = self._remote
+        if type(f) is not FileState or self.kind is not Kind.FILE or r is None:
+            return False
+        if (
+            self._aux is not None
+            or self._flags & _UNLINKED
+            or f.size != r.size
+            or f.open_count
+            or f.head is not None
+            or f.clean is not None
+            or f.pending_delete is not None
+            or f.symlink_target is not None
+            or f.journaled is not None
+        ):
+            return False
+        self._state = None
+        return True
 
     @property
     def upload_lock(self) -> UploadLock:
@@ -258,22 +306,29 @@ class Inode:
         return UploadLock(self)
 
     @property
+    def _upload_lock(self) -> trio.Lock | None:
+        aux = self._aux
+        return None if aux is None else aux.lock
+
+    @property
     def is_dir(self) -> bool:
         return self.kind is Kind.DIR
 
     @property
     def as_file(self) -> FileState:
         """The file state of a file or symlink (EISDIR for a directory)."""
-        if self.file is None:
+        f = self.file
+        if f is None:
             raise FsError(errno.EISDIR, f"inode {self.ino} is a directory")
-        return self.file
+        return f
 
     @property
     def as_dir(self) -> DirState:
         """The directory state of a directory (ENOTDIR for anything else)."""
-        if self.dir is None:
+        s = self._state
+        if type(s) is not DirState:
             raise FsError(errno.ENOTDIR, f"inode {self.ino} is not a directory")
-        return self.dir
+        return s
 
     @property
     def meta_dirty(self) -> bool:
@@ -281,7 +336,8 @@ class Inode:
 
     @property
     def data_dirty(self) -> bool:
-        return self.file is not None and self.file.head is not None
+        s = self._state
+        return type(s) is FileState and s.head is not None
 
     @property
     def dirty(self) -> bool:
@@ -289,7 +345,8 @@ class Inode:
 
     @property
     def is_open(self) -> bool:
-        return self.file is not None and self.file.open_count > 0
+        s = self._state
+        return type(s) is FileState and s.open_count > 0
 
     def path_parts(self) -> list[str]:
         parts: list[str] = []
@@ -314,51 +371,9 @@ class Inode:
         while stack:
             node = stack.pop()
             yield node
-            if node.dir is not None:
-                stack.extend(node.dir.children.values())
-
-
-class UploadLock:
-    """An inode's upload lock for one ``async with`` (see ``Inode.upload_lock``).
-
-    Every user counts itself in ``_upload_users`` before it can yield, so the
-    trio lock is the same object for all tasks holding or waiting for it;
-    the last one out drops it (all in the event loop: no await between the
-    count and the change it guards).
-    """
-
-    __slots__ = ("_lock", "_node")
-
-    def __init__(self, node: Inode) -> None:
-        self._node = node
-        self._lock: trio.Lock | None = None
-
-    async def __aenter__(self) -> None:
-        node = self._node
-        lock = node._upload_lock
-        if lock is None:
-            lock = node._upload_lock = trio.Lock()
-        node._upload_users += 1
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave(lock)
-            raise
-        self._lock = lock
-
-    async def __aexit__(self, *exc: object) -> None:
-        lock = self._lock
-        if lock is None:
-            raise RuntimeError("upload lock released without being held")
-        self._lock = None
-        lock.release()
-        self._leave(lock)
-
-    def _leave(self, lock: trio.Lock) -> None:
-        node = self._node
-        node._upload_users -= 1
-        if node._upload_users == 0 and node._upload_lock is lock:
-            node._upload_lock = None
+            s = node._state
+            if type(s) is DirState:
+                stack.extend(s.children.values())
 
 
 class InodeTable:

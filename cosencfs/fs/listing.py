@@ -216,9 +216,9 @@ class Listings:
         node = self.ctx.table.new(kind, d, name, attrs)
         d.as_dir.children[name] = node
         if info is not None:
-            if node.file is not None:  # a directory's marker has a size of its own
-                node.file.size = info.size
-            node.remote = Remote(info.etag, info.size, info.last_modified)
+            # (A file's size is the object's: no FileState is made for it; a
+            # directory's marker has a size of its own.)
+            node.adopt_remote(Remote(info.etag, info.size, info.last_modified))
             # (Its attributes: the index, then the journal; ensure_listed.)
         elif kind is Kind.DIR:
             self.attrs.dir_from_cache(node)
@@ -230,9 +230,7 @@ class Listings:
         if remote is None or self._same(remote, info):
             return
         changed_content = remote.etag != info.etag or remote.size != info.size
-        node.remote = Remote(info.etag, info.size, info.last_modified)
-        if node.file is not None:
-            node.file.size = info.size
+        node.adopt_remote(Remote(info.etag, info.size, info.last_modified))
         node.attrs_known = False
         self.attrs.from_cache(node, info)
         if changed_content:

@@ -96,11 +96,11 @@ class JournalMeta:
 
     @staticmethod
     def _storable(node: Inode) -> Remote | None:
-        f = node.file
         r = node.remote
-        if f is None or r is None or f.clean is not None or node.dirty or node.unlinked:
+        if node.is_dir or r is None or node.dirty or node.unlinked:
             return None
-        if f.open_count or f.symlink_target is not None:
+        f = node.held_file  # (None: a clean file holding only defaults)
+        if f is not None and (f.clean is not None or f.open_count or f.symlink_target is not None):
             return None
         return r
 

@@ -56,8 +56,10 @@ class Namespace:
     def compact(self, node: Inode) -> None:
         """``node`` may need less memory now (its clean copy went, its last
         handle closed, a HEAD told its metadata): a clean file closed and
-        without a clean copy leaves its metadata to the journal."""
+        without a clean copy leaves its metadata to the journal, and its
+        ``FileState`` goes when it holds only defaults (``Inode.compact_file``)."""
         self.meta.store(node)
+        node.compact_file()
 
     def hold(self, node: Inode) -> None:
         """``node`` is opened: its metadata is held while it is (read, written,
@@ -73,7 +75,7 @@ class Namespace:
         if not node.unlinked:
             # Still in its directory: keep it unless it has nothing worth keeping.
             return
-        f = node.file
+        f = node.held_file
         if f is not None:
             if f.clean is not None and f.clean.pins == 0:
                 self.ctx.cache.discard(f.clean)
@@ -124,8 +126,8 @@ class Namespace:
 
     def drop_clean_content(self, node: Inode) -> None:
         """Another version of the object is in COS: the cached one goes (if unused)."""
-        f = node.file
-        if f is None:  # a directory marker: no content cached
+        f = node.held_file
+        if f is None:  # a directory marker, or a file holding no content or target
             return
         v = f.clean
         if v is not None and f.open_count == 0 and v.pins == 0:
@@ -138,8 +140,8 @@ class Namespace:
 
         Not while an upload of it runs (unlink and rename wait for those).
         """
-        f = node.file
-        if f is None:
+        f = node.held_file
+        if f is None:  # (a directory, or a file holding no content)
             return
         head = f.head
         if head is not None and not head.uploading:

@@ -36,8 +36,12 @@ from tests.testlib import FsFactory
 #: that cut.  3,074 alone once merged with branch smallcpu, whose memo of the
 #: attribute tags this mount sealed holds ~250 bytes per file for the newest
 #: 2,048 files (bounded: nothing per file beyond them); the suite adds ~10 %.
-#: A regression to before the first cut fails.
-BYTES_PER_NEW_FILE = 3500
+#: 2,879 alone after the fifth (branch rss5: the inode's rare fields in one
+#: slot, ``Remote`` in one bytes object, shared mode ints; main 2,950 in the
+#: same run: this test holds every copy, so ``FileState`` stays) at load 7-9.
+#: A regression to before the first cut fails; tests/fs/test_memory_inode.py
+#: bounds the inode's own part, which the fifth cut is.
+BYTES_PER_NEW_FILE = 3200
 #: Not the server's (it runs in this process), nor the transport's buffers and
 #: trio's scheduling: what the filesystem and the cache hold.
 _FILTERS = [
@@ -143,7 +147,7 @@ def test_remote_metadata_is_a_copy() -> None:
 def test_remote_etag_reads_as_given(etag: str, compact: bool) -> None:
     r = Remote(etag, 1, 0.0)
     assert r.etag == etag
-    assert isinstance(r._etag, bytes) is compact
+    assert (len(r._id) == 25 + 16 and r._id[24] & 1 == 1) is compact
     r.etag = "other"
     assert r.etag == "other"
 
