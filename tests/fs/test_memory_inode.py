@@ -20,8 +20,8 @@ import trio
 from cosencfs.fs.attrs import Attrs, Kind
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO, FileState, Inode, InodeTable, Remote
-from tests.fs.test_filesystem import read_file, write_file
-from tests.fs.test_memory_per_file import _FILTERS
+from tests.fs.test_filesystem import read_file
+from tests.fs.test_memory_per_file import _FILTERS, traced_new_files
 from tests.testlib import FsFactory
 
 #: Bytes per file allocated in the inode's modules (fs/inode.py, fs/remote.py,
@@ -47,16 +47,6 @@ def _inode_bytes(after: tracemalloc.Snapshot, base: tracemalloc.Snapshot) -> int
     return held
 
 
-async def _settle(fs: Filesystem) -> None:
-    await fs.sync_all()
-    for _ in range(600):
-        if not fs.writeback.queued:
-            break
-        await trio.sleep(0.05)
-    fs.ctx.cache.evict()
-    fs.ctx.journal.flush_attrs()
-
-
 async def _ls_l(fs: Filesystem, d: int) -> list[int]:
     dh = await fs.opendir(d)
     try:
@@ -73,20 +63,9 @@ async def _ls_l(fs: Filesystem, d: int) -> list[int]:
 
 async def test_created_and_listed_files_hold_small_inodes(make_fs: FsFactory) -> None:
     n = 300
-    fs = await make_fs()
-    fs.ctx.cache.max_unread = 4
-    d = (await fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)).ino
-    data = os.urandom(2048)
-    await write_file(fs, d, "warm-up", data, sync=True)
-    gc.collect()
-    tracemalloc.start(4)
-    try:
-        base = tracemalloc.take_snapshot().filter_traces(_FILTERS)
-        inos = [await write_file(fs, d, f"f{i:04d}", data, sync=False) for i in range(n)]
-        await _settle(fs)
-        gc.collect()
-        after = tracemalloc.take_snapshot().filter_traces(_FILTERS)
-        created = _inode_bytes(after, base) / n
+    async with traced_new_files(make_fs, n, frames=4) as new:
+        fs, inos, data = new.fs, new.inos, new.data
+        created = _inode_bytes(new.after, new.base) / n
         compact = sum(1 for i in inos if fs.ns.inode(i).held_file is None)
 
         fs2 = await make_fs()
@@ -97,8 +76,6 @@ async def test_created_and_listed_files_hold_small_inodes(make_fs: FsFactory) ->
         gc.collect()
         after = tracemalloc.take_snapshot().filter_traces(_FILTERS)
         listed = _inode_bytes(after, base) / len(listed_inos)
-    finally:
-        tracemalloc.stop()
     assert compact >= n - 8, compact
     assert created < INODE_BYTES_PER_EVICTED_FILE, f"{created:.0f} bytes per created file"
     assert len(listed_inos) == n + 1

@@ -10,15 +10,19 @@ at once) did not meet.  benchmarks/memory_per_file.py prints the breakdown.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tracemalloc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 import trio
 
 from cosencfs.cache.metamap import MetaMap, pack, unpack
 from cosencfs.fs.attrs import NO_XATTRS
+from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO, FileState, Remote
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
@@ -51,6 +55,51 @@ _FILTERS = [
     tracemalloc.Filter(False, "*/socket.py"),
     tracemalloc.Filter(False, "*/ssl.py"),
 ]
+
+
+@dataclass(slots=True)
+class NewFiles:
+    """Files one mount created, uploaded and evicted, traced (tracemalloc still on)."""
+
+    fs: Filesystem
+    dir: int
+    data: bytes
+    inos: list[int]
+    base: tracemalloc.Snapshot
+    after: tracemalloc.Snapshot
+
+
+async def settle(fs: Filesystem) -> None:
+    """Every upload done, unread clean copies evicted, attributes in the journal."""
+    await fs.sync_all()
+    for _ in range(600):
+        if not fs.writeback.queued:
+            break
+        await trio.sleep(0.05)
+    fs.ctx.cache.evict()
+    fs.ctx.journal.flush_attrs()
+
+
+@contextlib.asynccontextmanager
+async def traced_new_files(make_fs: FsFactory, n: int, frames: int) -> AsyncIterator[NewFiles]:
+    """``n`` 2 KiB files in ``d``, traced from before their creation to after
+    they settled; tracing stops when the block ends."""
+    fs = await make_fs()
+    fs.ctx.cache.max_unread = 4
+    d = (await fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)).ino
+    data = os.urandom(2048)
+    await write_file(fs, d, "warm-up", data, sync=True)
+    gc.collect()
+    tracemalloc.start(frames)
+    try:
+        base = tracemalloc.take_snapshot().filter_traces(_FILTERS)
+        inos = [await write_file(fs, d, f"f{i:04d}", data, sync=False) for i in range(n)]
+        await settle(fs)
+        gc.collect()
+        after = tracemalloc.take_snapshot().filter_traces(_FILTERS)
+        yield NewFiles(fs, d, data, inos, base, after)
+    finally:
+        tracemalloc.stop()
 
 
 async def test_memory_per_uploaded_file_is_bounded(make_fs: FsFactory) -> None:

@@ -9,12 +9,8 @@ then asked for again (one HEAD), never taken from the altered record.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import tracemalloc
-
-import trio
 
 from cosencfs.crypto.envelope import KEY_FIELD
 from cosencfs.fs.attrs import META_MODE
@@ -22,7 +18,7 @@ from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import ROOT_INO, Inode, Remote
 from cosencfs.store.cos import CosStore
 from tests.fs.test_filesystem import read_file, write_file
-from tests.fs.test_memory_per_file import _FILTERS
+from tests.fs.test_memory_per_file import settle, traced_new_files
 from tests.testlib import FsFactory
 
 #: Bytes an uploaded 2 KiB file holds in the filesystem layer once its clean
@@ -39,33 +35,10 @@ BYTES_PER_EVICTED_FILE = 1850
 METADATA_BYTES_PER_EVICTED_FILE = 40
 
 
-async def _settle(fs: Filesystem) -> None:
-    await fs.sync_all()
-    for _ in range(600):
-        if not fs.writeback.queued:
-            break
-        await trio.sleep(0.05)
-    fs.ctx.cache.evict()
-    fs.ctx.journal.flush_attrs()
-
-
 async def test_memory_per_file_once_its_copy_is_evicted(make_fs: FsFactory) -> None:
     n = 400
-    fs = await make_fs()
-    fs.ctx.cache.max_unread = 4
-    d = (await fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)).ino
-    data = os.urandom(2048)
-    await write_file(fs, d, "warm-up", data, sync=True)
-    gc.collect()
-    tracemalloc.start(12)
-    try:
-        base = tracemalloc.take_snapshot().filter_traces(_FILTERS)
-        inos = [await write_file(fs, d, f"f{i:04d}", data, sync=False) for i in range(n)]
-        await _settle(fs)
-        gc.collect()
-        after = tracemalloc.take_snapshot().filter_traces(_FILTERS)
-    finally:
-        tracemalloc.stop()
+    async with traced_new_files(make_fs, n, frames=12) as new:
+        fs, inos, data, base, after = new.fs, new.inos, new.data, new.base, new.after
     by_file = after.compare_to(base, "filename")
     per_file = sum(s.size_diff for s in by_file) / n
     packed = sum(s.size_diff for s in by_file if s.traceback[0].filename.endswith("metamap.py"))
@@ -92,7 +65,7 @@ async def _stored_files(make_fs: FsFactory, n: int = 6) -> tuple[Filesystem, dic
     fs.ctx.cache.max_unread = 1
     files = {f"f{i}": os.urandom(1500 + i) for i in range(n)}
     inos = {name: await write_file(fs, ROOT_INO, name, data) for name, data in files.items()}
-    await _settle(fs)
+    await settle(fs)
     return fs, inos
 
 
@@ -123,7 +96,7 @@ async def test_stored_metadata_reads_back_the_same(make_fs: FsFactory, store: Co
     await fs.fsync(fh, False)
     await fs.release(fh)
     await write_file(fs, ROOT_INO, "later", b"x" * 100)  # (f2's copy is beyond the bound)
-    await _settle(fs)
+    await settle(fs)
     r2 = fs.ns.inode(inos["f2"]).remote
     assert r2 is not None
     assert r2.stored
