@@ -168,50 +168,44 @@ class Attrs:
         except struct.error:  # (beyond 64 bits: kept as they are)
             self._times = (m, c, a)
 
+    def _time(self, i: int) -> int:
+        t = self._times
+        return t if type(t) is int else self._get_times()[i]
+
+    def _set_time(self, i: int, value: int) -> None:
+        t = self._times
+        if type(t) is int:  # (the three equal: no unpacking)
+            if value == t:
+                return
+            times = [t, t, t]
+        else:
+            times = list(self._get_times())
+        times[i] = value
+        self._set_times(*times)
+
     @property
     def mtime_ns(self) -> int:
-        t = self._times
-        return t if type(t) is int else self._get_times()[0]
+        return self._time(0)
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
-        t = self._times
-        if type(t) is int:  # (the three equal: no unpacking)
-            if value != t:
-                self._set_times(value, t, t)
-            return
-        _, c, a = self._get_times()
-        self._set_times(value, c, a)
+        self._set_time(0, value)
 
     @property
     def ctime_ns(self) -> int:
-        t = self._times
-        return t if type(t) is int else self._get_times()[1]
+        return self._time(1)
 
     @ctime_ns.setter
     def ctime_ns(self, value: int) -> None:
-        t = self._times
-        if type(t) is int:  # (the three equal: no unpacking)
-            if value != t:
-                self._set_times(t, value, t)
-            return
-        m, _, a = self._get_times()
-        self._set_times(m, value, a)
+        self._set_time(1, value)
 
     @property
     def atime_ns(self) -> int:
-        t = self._times
-        return t if type(t) is int else self._get_times()[2]
+        return self._time(2)
 
     @atime_ns.setter
     def atime_ns(self, value: int) -> None:
-        t = self._times
-        if type(t) is int:  # (the three equal: no unpacking)
-            if value != t:
-                self._set_times(t, t, value)
-            return
-        m, c, _ = self._get_times()
-        self._set_times(m, c, value)
+        self._set_time(2, value)
 
     def _fields(self) -> tuple[object, ...]:
         return (self.mode, self.uid, self.gid, *self._get_times(), self.rdev, self.xattrs)
