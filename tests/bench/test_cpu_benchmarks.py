@@ -9,35 +9,24 @@ rewritten file goes up again after its fsync).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.bench.benchrun import MOUNTS, run_module
 
-REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [
-    pytest.mark.mount,
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here"),
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
-]
+pytestmark = MOUNTS
 
 
 def _one_run(tmp_path: Path, module: str, *args: str) -> tuple[dict[str, Any], str]:
     """The script's one run of this tree (``--runs 1``), and what it printed."""
     out = tmp_path / "cpu.json"
-    done = subprocess.run(
-        [sys.executable, "-m", module, *args, "--runs", "1", "--json", str(out),
-         "--workdir-base", str(tmp_path)],
-        cwd=REPO, capture_output=True, timeout=300, check=False,
+    printed = run_module(
+        module, *args, "--runs", "1", "--json", str(out), "--workdir-base", str(tmp_path),
+        timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
     (net,) = json.loads(out.read_text())["networks"]
     (run,) = net["runs"]["cosencfs"]
-    return run, done.stdout.decode()
+    return run, printed
 
 
 def test_create_cpu_reports_cpu_and_requests_per_file(tmp_path: Path) -> None:

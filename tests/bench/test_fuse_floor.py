@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from tests.bench.benchrun import MOUNTS, run_module
 
-REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [
-    pytest.mark.mount,
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here"),
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
-]
+pytestmark = MOUNTS
 
 
 def test_the_floor_counts_the_same_requests_per_file_as_a_cosencfs_mount(tmp_path: Path) -> None:
     out = tmp_path / "floor.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fuse_floor", "--files", "40", "--runs", "1",
-         "--json", str(out), "--workdir-base", str(tmp_path)],
-        cwd=REPO, capture_output=True, timeout=120, check=False,
+    printed = run_module(
+        "benchmarks.fuse_floor", "--files", "40", "--runs", "1", "--json", str(out),
+        "--workdir-base", str(tmp_path), timeout=120,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
     (run,) = json.loads(out.read_text())["runs"]
     # The kernel asked the null filesystem what it asks cosencfs for each new
     # file (tests/bench/test_cpu_benchmarks.py counts those): a negative
@@ -39,7 +28,7 @@ def test_the_floor_counts_the_same_requests_per_file_as_a_cosencfs_mount(tmp_pat
     assert set(run["fuse"]) == {"lookup", "create", "getattr", "write", "flush", "release"}
     assert run["loop_ms"] > 0
     assert run["client_ms"] > 0
-    assert "ms/file" in done.stdout.decode()
+    assert "ms/file" in printed
     # Nothing left mounted under the work directory.
     mounts = Path("/proc/mounts").read_text().splitlines()
     assert not any(line.split()[1].startswith(str(tmp_path)) for line in mounts)

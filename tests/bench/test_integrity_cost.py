@@ -9,30 +9,19 @@ costs nothing extra.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from tests.bench.benchrun import MOUNTS, run_module
 
-REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [
-    pytest.mark.mount,
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root here"),
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
-]
+pytestmark = MOUNTS
 
 
 def test_integrity_cost_at_a_latency(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.integrity_cost", "--size-mib", "2", "--runs", "1",
-         "--rtt-ms", "5", "--small-kib", "64", "--json", str(out)],
-        cwd=REPO, capture_output=True, timeout=600, check=False,
+    printed = run_module(
+        "benchmarks.integrity_cost", "--size-mib", "2", "--runs", "1", "--rtt-ms", "5",
+        "--small-kib", "64", "--json", str(out), timeout=600,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
     data = json.loads(out.read_text())
     (net,) = data["networks"]
     assert net["network"] == "5 ms http"
@@ -46,4 +35,4 @@ def test_integrity_cost_at_a_latency(tmp_path: Path) -> None:
     assert tagged["large_first_open_read"]["GetObject"] == (
         untagged["large_first_open_read"]["GetObject"] + 1
     )
-    assert "5 ms http" in done.stdout.decode()
+    assert "5 ms http" in printed
