@@ -43,14 +43,19 @@ log = logging.getLogger(__name__)
 MARK = "close_log"
 #: Columns of a ``dirty`` row (records.dirty_row).
 _COLUMNS = 15
+#: Its NOT NULL columns (fid, key, vid, size, present, envelope, attrs,
+#: content_type, updated, format: journal._SCHEMA): a line with None in one
+#: of them failed the recovery's one transaction, so the mount could not start.
+_NOT_NULL = (0, 1, 2, 3, 4, 5, 6, 7, 11, 12)
 
 
 def _is_row(row: object) -> bool:
-    """Whether ``row`` can be a ``dirty`` row (SQLite can bind every column)."""
+    """Whether ``row`` can be a ``dirty`` row (SQLite can bind and store every column)."""
     return (
         isinstance(row, list)
         and len(row) == _COLUMNS
         and all(x is None or isinstance(x, str | int | float) for x in row)
+        and all(row[i] is not None for i in _NOT_NULL)
     )
 
 
