@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from cosencfs.cache.journal import Journal
+from cosencfs.cache.manager import CacheManager
+from cosencfs.errors import ConfigError
+from tests.cache.conftest import NO_STORE
 from tests.cache.test_closelog import log_lines, on_disk
 from tests.cache.test_journal import layered
 
@@ -124,3 +127,23 @@ def test_a_failed_transaction_keeps_the_batch_for_the_next(
     j.log_dirty(layered("b"))  # (the first run again, had it lived)
     assert {r.fid for r in j.dirty_records()} >= {"a", "b"}
     j.close()
+
+
+def test_a_second_process_on_the_cache_dir_leaves_the_log_alone(tmp_path: Path) -> None:
+    """Two mounts of one cache directory: the second is refused before it
+    opens the journal, so it neither applies nor empties the first one's log
+    (its records, applied by it, would then be applied again after a crash
+    of the first, over what the first wrote since)."""
+    root = tmp_path / "cache"
+    first = CacheManager(root, NO_STORE, limit_bytes=1 << 30)
+    try:
+        first.journal.log_dirty(layered("open"))
+        logfile = root / "journal.db-closes"
+        before = logfile.read_bytes()
+        with pytest.raises(ConfigError, match="in use"):
+            CacheManager(root, NO_STORE, limit_bytes=1 << 30)
+        assert logfile.read_bytes() == before
+        assert on_disk(root / "journal.db") == set()
+        assert [r.fid for r in first.journal.dirty_records()] == ["open"]
+    finally:
+        first.close()
