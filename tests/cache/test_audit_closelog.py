@@ -7,6 +7,7 @@ Each case is a journal never closed (a crash) and a new one on the same path.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sqlite3
@@ -147,3 +148,34 @@ def test_a_second_process_on_the_cache_dir_leaves_the_log_alone(tmp_path: Path) 
         assert [r.fid for r in first.journal.dirty_records()] == ["open"]
     finally:
         first.close()
+
+
+def test_a_short_write_not_taken_back_does_not_swallow_the_next_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short write whose taking back fails too (the ftruncate refused) left a
+    torn line at the end of the log, and the next record was appended to
+    it: one line that does not parse, which ends the log at recovery, so
+    that record (its close() had returned) and every one after it were lost."""
+    path = tmp_path / "journal.db"
+    j = Journal(path)
+    j.log_dirty(layered("a"))
+    real_write, real_truncate = os.write, os.ftruncate
+
+    def refuse(fd: int, n: int) -> None:
+        raise OSError(errno.EIO, "refused")
+
+    monkeypatch.setattr(os, "write", lambda fd, b: real_write(fd, b[:10]))
+    monkeypatch.setattr(os, "ftruncate", refuse)
+    with pytest.raises(OSError):
+        j.log_dirty(layered("b"))  # not acknowledged: its close() fails
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "ftruncate", real_truncate)
+    j.log_dirty(layered("c"))  # acknowledged
+    j.log_dirty(layered("d"))  # acknowledged
+    j2 = Journal(path)  # crash
+    try:
+        assert {r.fid for r in j2.dirty_records()} == {"a", "c", "d"}
+    finally:
+        j2.close()
+        j.close()
