@@ -18,8 +18,9 @@ logged is left unapplied, the log is emptied.  Opening the journal applies
 what a crashed run left in the log: the lines with a larger sequence number
 than the setting, in order (so a record applied and deleted since is not
 brought back).  A line that does not parse ends the log (a write a full disk
-cut short is taken back; anything after such a line was never
-acknowledged); a line of the wrong shape is skipped.  Rows are read back as
+cut short is taken back, at the latest before the next line is written;
+anything after such a line was never acknowledged); a line of the wrong
+shape, or with None in a NOT NULL column, is skipped.  Rows are read back as
 any row of the table is, by ``records.parse_dirty`` with its checks
 (cosencfs/cache/layout.py): the log is in the private cache directory like
 the database, and is trusted no more than it.
@@ -43,14 +44,19 @@ log = logging.getLogger(__name__)
 MARK = "close_log"
 #: Columns of a ``dirty`` row (records.dirty_row).
 _COLUMNS = 15
+#: Its NOT NULL columns (fid, key, vid, size, present, envelope, attrs,
+#: content_type, updated, format: journal._SCHEMA): a line with None in one
+#: of them failed the recovery's one transaction, so the mount could not start.
+_NOT_NULL = (0, 1, 2, 3, 4, 5, 6, 7, 11, 12)
 
 
 def _is_row(row: object) -> bool:
-    """Whether ``row`` can be a ``dirty`` row (SQLite can bind every column)."""
+    """Whether ``row`` can be a ``dirty`` row (SQLite can bind and store every column)."""
     return (
         isinstance(row, list)
         and len(row) == _COLUMNS
         and all(x is None or isinstance(x, str | int | float) for x in row)
+        and all(row[i] is not None for i in _NOT_NULL)
     )
 
 
@@ -70,6 +76,8 @@ class WriteAhead:
         self._ops: list[tuple[str, object, int]] = []
         self._unapplied = 0  # logged writes among _ops
         self._seq = 0
+        #: The log's size before a line cut short that could not be taken back.
+        self._torn: int | None = None
         # Appends and the emptying of the log under one lock: a record logged
         # while an older batch is being applied must not be cut off with it.
         self._lock = threading.Lock()
@@ -143,12 +151,23 @@ class WriteAhead:
 
     def _log(self, op: str, what: object, item: object) -> None:
         with self._lock:
+            if self._torn is not None:
+                # A line cut short is still at the end (taking it back failed):
+                # nothing is appended to it, or the line this makes would not
+                # parse and end the log at recovery, with every record after it.
+                os.ftruncate(self._fd, self._torn)
+                self._torn = None
             seq = self._seq + 1
             line = json.dumps([seq, item], separators=(",", ":")).encode() + b"\n"
             n = os.write(self._fd, line)
             if n != len(line):
                 # Cut short (a full disk): taken back, so the next line starts clean.
-                os.ftruncate(self._fd, os.fstat(self._fd).st_size - n)
+                good = os.fstat(self._fd).st_size - n
+                try:
+                    os.ftruncate(self._fd, good)
+                except OSError:
+                    self._torn = good  # taken back before the next line, or that fails
+                    raise
                 raise OSError(errno.ENOSPC, "cache disk full (journal log)")
             self._seq = seq
             self._ops.append((op, what, seq))
@@ -186,5 +205,6 @@ class WriteAhead:
             if self._unapplied == 0 and self._fd >= 0:
                 try:
                     os.ftruncate(self._fd, 0)
+                    self._torn = None
                 except OSError as exc:  # applied already; emptied at the next chance
                     log.debug("cache journal log not emptied: %s", exc)

@@ -29,7 +29,7 @@ from cosencfs.cache.dirtylog import DirtyLayer
 from cosencfs.errors import FsError
 from cosencfs.fs.attrs import Attrs, Kind
 from cosencfs.fs.remote import MetaLoader, Remote
-from cosencfs.fs.uploadlock import Aux, UploadLock
+from cosencfs.fs.uploadlock import Aux, Busy, UploadLock
 
 __all__ = ["ROOT_INO", "DirState", "FileState", "Inode", "InodeTable", "MetaLoader", "Remote"]
 
@@ -304,6 +304,11 @@ class Inode:
         new files kept 38 MB of idle locks).
         """
         return UploadLock(self)
+
+    def busy(self) -> Busy:
+        """``with node.busy():`` around awaits of a task that holds the file's
+        state object: it is not compacted meanwhile (``compact_file``)."""
+        return Busy(self)
 
     @property
     def _upload_lock(self) -> trio.Lock | None:

@@ -60,14 +60,17 @@ async def remote_source(ctx: FsContext, node: Inode) -> Source | None:
         # decrypt "fine". The size recorded at upload catches it.
         raise DamagedObjectError(f"object {key!r} is {r.size} bytes but was written with {written}")
     check_servable(ctx.options, key, meta, r.size)
-    if classify(meta) is ObjectFormat.PLAIN:
-        await ctx.tags.verify(key, r.size, meta, current=not node.unlinked)
-        log.info("%r has no encryption envelope; reading it as plaintext", key)
-        return Source(key, r.etag, None, r.size, {})
-    dk = ctx.codec.open(meta, key=key)
-    # An unlinked file still open reads its own object, older than what the
-    # name may hold now: no rollback to speak of.
-    verified = await ctx.tags.verify(key, r.size, meta, current=not node.unlinked)
+    # The caller may hold the file's state (a truncate or a first write of a
+    # closed file): not compacted while the tags are read (Inode.busy).
+    with node.busy():
+        if classify(meta) is ObjectFormat.PLAIN:
+            await ctx.tags.verify(key, r.size, meta, current=not node.unlinked)
+            log.info("%r has no encryption envelope; reading it as plaintext", key)
+            return Source(key, r.etag, None, r.size, {})
+        dk = ctx.codec.open(meta, key=key)
+        # An unlinked file still open reads its own object, older than what the
+        # name may hold now: no rollback to speak of.
+        verified = await ctx.tags.verify(key, r.size, meta, current=not node.unlinked)
     return Source(key, r.etag, dk, r.size, meta, verified)
 
 

@@ -40,6 +40,7 @@ from cosencfs.crypto.integrity import ChunkKey
 from cosencfs.errors import CosEncFsError, StoreError
 from cosencfs.fs import partjob
 from cosencfs.fs.context import FsContext
+from cosencfs.fs.inode import Inode
 from cosencfs.fs.upload import MIN_PART, parts_of, put_final_metadata
 from cosencfs.store.base import FileRange
 from cosencfs.util import open_nursery
@@ -170,8 +171,16 @@ class StreamUpload:
         """
         if self.abandoned:
             return
-        upto = self.ready_upto()
         layer = self.layer
+        owner = layer.owner
+        if isinstance(owner, Inode) and owner.unlinked:
+            # Unlinked (or replaced by a rename) while still written: its
+            # content never goes up (the unlink deleted its record, its object
+            # goes at the last close), and a record journaled for a part now
+            # would have recovery upload the deleted file after a crash.
+            self.abandon()
+            return
+        upto = self.ready_upto()
         if upto > layer.sealed_upto:
             layer.sealed_upto = upto
             # The journal now covers every sealed byte: after a crash the

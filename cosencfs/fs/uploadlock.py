@@ -28,6 +28,36 @@ class Aux:
         self.users = 0
 
 
+class Busy:
+    """A task at work on an inode's state across awaits (``Inode.busy``): counted
+    in ``Aux.users``, so ``Inode.compact_file`` leaves the state object alone
+    (a truncate of a closed file holds it while the object's tags are read;
+    dropped meanwhile, the task worked on a state the inode no longer had
+    and its truncate never ended).  Entered and left in the event loop."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Inode) -> None:
+        self._node = node
+
+    def __enter__(self) -> None:
+        node = self._node
+        aux = node._aux
+        if aux is None:
+            aux = node._aux = Aux()
+        aux.users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        node = self._node
+        aux = node._aux
+        if aux is None:
+            raise RuntimeError("inode left busy without its users counted")
+        aux.users -= 1
+        if aux.users == 0:
+            aux.lock = None  # (nobody holds or waits for it: they count in users)
+            node.drop_aux()
+
+
 class UploadLock:
     """An inode's upload lock for one ``async with`` (see ``Inode.upload_lock``).
 
