@@ -1,12 +1,9 @@
 """Every COS request: HTTP/1.1 by h11 over trio socket streams, TLS by ``tlsstream``.
 
-One pool of keep-alive connections to the endpoint, used from the event loop:
-no thread hand-off for small requests (two of them, and GIL contention among
-workers, cost more than a HEAD or a 4 KiB GET); a large body goes out or
-comes in by one worker-thread job (``bodysend``, ``bodyrecv``: TLS and the
-partial sends and reads off the loop, one scheduler trip per body).  h11
-does all of HTTP/1.1 (framing by Content-Length, chunked or close, keep-alive
-rules); this module only moves bytes, bounds the pool, times out and
+One pool of keep-alive connections, used from the event loop: no thread
+hand-off for small requests (two cost more than a HEAD or a 4 KiB GET); a
+large body goes by one worker-thread job (``bodysend``, ``bodyrecv``).  h11
+does all of HTTP/1.1; this module moves bytes, bounds the pool, times out and
 replaces connections the server has closed.
 
 - At most ``connections`` connections, one per request in flight (the
@@ -55,9 +52,7 @@ MAX_IDLE = 15.0
 #: Bodies (sent, or left to receive) of at least this many bytes move in one worker-thread
 #: job; smaller in the loop (over https 256 KiB cost less there, 512 KiB more).
 THREAD_BODY = 512 * 1024
-
-#: Response heads larger than this are refused.
-_MAX_HEAD = 64 * 1024
+_MAX_HEAD = 64 * 1024  # response heads larger than this are refused
 _RECV = 256 * 1024
 
 
@@ -131,12 +126,9 @@ class Transport:
         self.tls = ClientTls(client_tls_context(ca_file), endpoint.host) if tls else None
         #: One token per request in flight, hence per open connection.
         self.limiter = trio.CapacityLimiter(connections)
-        #: Bodies sent by a thread job, and the send calls they took (tests count them).
-        self.body_jobs = 0
-        self.body_sends = 0
-        #: Answer bodies received by a thread job, and the socket reads they took.
-        self.receive_jobs = 0
-        self.receive_reads = 0
+        #: Bodies sent by a thread job and their send calls; bodies received
+        #: by one and their reads (tests count them).
+        self.body_jobs = self.body_sends = self.receive_jobs = self.receive_reads = 0
         self._idle: list[_Conn] = []
         #: Connections made, and open now (tests see the pool through these).
         self.opened = 0
@@ -163,7 +155,11 @@ class Transport:
         if isinstance(body, FileRange) and body.length < THREAD_BODY:
             # A page-cache read of this size takes less than a thread hop.
             body = read_small_body(body)
-        async with self.limiter:
+        try:  # a connection free: taken without a trip through trio's scheduler
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self.limiter.acquire()
+        try:
             for attempt in (1, 2):
                 conn = self._reusable()
                 reused = conn is not None
@@ -191,6 +187,8 @@ class Transport:
                 if answer.status >= 300:
                     raise error_from(answer)
                 return answer
+        finally:
+            self.limiter.release()
         raise AssertionError("unreachable")
 
     def _reusable(self) -> _Conn | None:
