@@ -7,20 +7,20 @@ does all of HTTP/1.1; this module moves bytes, bounds the pool, times out and
 replaces connections the server has closed.
 
 - At most ``connections`` connections, one per request in flight (the
-  ``limiter``); idle ones are reused newest first, and closed when they have
-  been idle longer than ``MAX_IDLE`` or the server has closed them.
-- A request sent on a reused connection that fails before any byte of an
-  answer arrives (the server closed it meanwhile) is sent once more on a
-  fresh connection; ``on_resend`` reports it (COS bills every attempt).
+  ``limiter``); idle ones reused newest first, closed after ``MAX_IDLE`` or
+  when the server closed them.
+- A request on a reused connection that fails before any byte of an answer
+  (the server closed it) is sent once more on a fresh connection;
+  ``on_resend`` reports it (COS bills every attempt).
 - Every connect, send and receive must progress within ``timeout`` seconds.
-- https verifies the server's certificate and name, always: against
-  ``ca_file`` when given, else the system's trust store (``SSL_CERT_FILE``).
-  TLS is ``ssl`` over the trio socket (``tlsstream``: every record a read
-  brings decrypted at once; a new connection resumes an earlier session).
+- https always verifies the server's certificate and name (``ca_file``, else
+  the system's trust store); TLS is ``ssl`` over the trio socket
+  (``tlsstream``: a new connection resumes an earlier session).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -118,21 +118,18 @@ class Transport:
         ca_file: str | None = None,
         counters: RequestCounters | None = None,
     ) -> None:
-        self._endpoint = endpoint
-        self._timeout = timeout
+        self._endpoint, self._timeout = endpoint, timeout
         self._counters = counters or RequestCounters()
-        tls = endpoint.scheme == "https"
         #: https: the context and the session new connections resume.
+        tls = endpoint.scheme == "https"
         self.tls = ClientTls(client_tls_context(ca_file), endpoint.host) if tls else None
         #: One token per request in flight, hence per open connection.
         self.limiter = trio.CapacityLimiter(connections)
-        #: Bodies sent by a thread job and their send calls; bodies received
-        #: by one and their reads (tests count them).
+        #: Bodies sent by a thread job, their sends, bodies received so, their reads.
         self.body_jobs = self.body_sends = self.receive_jobs = self.receive_reads = 0
         self._idle: list[_Conn] = []
         #: Connections made, and open now (tests see the pool through these).
-        self.opened = 0
-        self.open_now = 0
+        self.opened = self.open_now = 0
         self._closed = False
 
     @property
@@ -421,13 +418,19 @@ async def _receive_into(conn: _Conn, view: memoryview) -> int:
     stream = conn.stream
     if isinstance(stream, TlsStream):
         return await stream.receive_into(view)
-    n: int = await stream.socket.recv_into(view)
-    return n
+    return int(await stream.socket.recv_into(view))
 
 
 async def _send(conn: _Conn, data: bytes | bytearray | memoryview) -> None:
+    stream = conn.stream
     try:
-        await conn.stream.send_all(data)
+        if isinstance(stream, trio.SocketStream):
+            # Written at once if it fits the socket's buffer (send_all yields even then).
+            with contextlib.suppress(BlockingIOError):
+                data = memoryview(data)[os.write(stream.socket.fileno(), data) :]
+            if not data:
+                return
+        await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         raise TransportError(f"send failed: {exc}") from None
 
@@ -440,8 +443,7 @@ async def _receive(conn: _Conn) -> bytes:
 
 
 def _close_now(conn: _Conn) -> None:
-    # Without a TLS close_notify or trio's aclose, which need a running loop
-    # (close() may come after it) and a round trip; the server sees a FIN.
+    # No TLS close_notify nor aclose (a running loop, a round trip): the server sees a FIN.
     sock = conn.socket()
     if sock.fileno() >= 0:
         os.close(sock.detach())

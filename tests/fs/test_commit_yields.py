@@ -1,6 +1,7 @@
 """Committing a small file (issue 18 creation): free locks and tokens are
-taken without a trip through trio's scheduler, and the log file a layer
-written front to back never had is not unlinked.
+taken without a trip through trio's scheduler, a small request is written
+to its socket at once, and the log file a layer written front to back never
+had is not unlinked.
 
 ``async with`` on a trio lock or limiter yields even when it is free (a
 pass of the run loop, an epoll call); a commit took four such (the window's
@@ -24,8 +25,9 @@ from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import Inode
 from cosencfs.fs.writeback import WriteBack
+from cosencfs.store import transport
 from cosencfs.store.memory import MemoryStore
-from cosencfs.store.transport import Transport
+from cosencfs.store.transport import Transport, _Conn
 from cosencfs.store.wire import Answer, Endpoint
 from tests.testlib import fs_options
 
@@ -203,3 +205,26 @@ async def test_a_layer_that_never_had_a_log_is_not_unlinked(
     assert logged in unlinked
     assert not Path(logged).exists()  # noqa: ASYNC240
     await fs.release(fh)
+
+
+async def test_a_small_send_on_a_plain_connection_does_not_yield() -> None:
+    a, b = trio.socket.socketpair()
+    conn = _Conn(trio.SocketStream(a))
+    try:
+        assert await _yields(lambda: transport._send(conn, b"x" * 4096)) == 0
+        assert len(await b.recv(65536)) == 4096
+        # More than the socket's buffer takes at once: the rest by send_all.
+        big = os.urandom(8 << 20)
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(big):
+                got.extend(await b.recv(1 << 20))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await transport._send(conn, big)
+        assert bytes(got) == big
+    finally:
+        a.close()
+        b.close()
