@@ -228,3 +228,32 @@ async def test_a_small_send_on_a_plain_connection_does_not_yield() -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_a_waiter_cancelled_or_refused_leaves_no_user_counted(mem_fs: Filesystem) -> None:
+    fs = mem_fs
+    fh, _ = await fs.create(ROOT, b"h", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+    node = fs.files.handles.get(fh).node
+    held, done = trio.Event(), trio.Event()
+
+    async def holder() -> None:
+        async with node.upload_lock:
+            with pytest.raises(RuntimeError):
+                # Taken by this task already: refused at once (not reentrant).
+                async with node.upload_lock:
+                    pass
+            held.set()
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder)
+        await held.wait()
+        with trio.move_on_after(0.01):
+            async with node.upload_lock:  # waits for the holder: cancelled
+                raise AssertionError("taken while held")
+        aux = node._aux
+        assert aux is not None
+        assert aux.users == 1
+        done.set()
+    assert node._aux is None  # the last user out dropped it
+    await fs.release(fh)
