@@ -51,6 +51,7 @@ from cosencfs.cache.records import (
     parse_dirty,
     parts_json,
 )
+from cosencfs.cache.tagbuffer import TagBuffer
 from cosencfs.errors import ConfigError
 
 #: The record types are part of the journal's interface (cosencfs/cache/records.py).
@@ -173,7 +174,7 @@ class Journal:
         self._migrate()
         self._pending_attrs: dict[str, AttrRecord | None] = {}
         self._ahead.recover(self._db)  # what a crashed run logged goes in first
-        self._pending_tags: dict[str, TagMemory] = {}
+        self._tags = TagBuffer(self._db)
         self._attrs_flushed = time.monotonic()
 
     def close(self) -> None:
@@ -403,30 +404,26 @@ class Journal:
 
     def _maybe_flush_attrs(self) -> None:
         now = time.monotonic()
-        if (
-            len(self._pending_attrs) + len(self._pending_tags) >= 1000
-            or now - self._attrs_flushed > 1.0
-        ):
+        if len(self._pending_attrs) + len(self._tags) >= 1000 or now - self._attrs_flushed > 1.0:
             self.flush_attrs()
 
     # -- tags: what this mount wrote or verified at each key (format.md, 12.10) ---
 
     def get_tags(self, key: str) -> TagMemory:
-        if key in self._pending_tags:
-            return self._pending_tags[key]
-        row = self._db.execute("SELECT current, older FROM tags WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return TagMemory(None, ())
-        return TagMemory(row[0], tuple(json.loads(row[1])))
+        return self._tags.get(key)
 
     def put_tags(self, key: str, memory: TagMemory) -> None:
         """Batched like attribute records: a crash forgets at most the last second."""
-        self._pending_tags[key] = memory
+        self._tags.put(key, memory)
+        self._maybe_flush_attrs()
+
+    def saw_tag(self, key: str, tag: str) -> None:
+        """``put_tags(key, get_tags(key).seen(tag))``, its read deferred (cache/tagbuffer.py)."""
+        self._tags.saw(key, tag)
         self._maybe_flush_attrs()
 
     def flush_attrs(self) -> None:
-        tags, self._pending_tags = self._pending_tags, {}
-        if tags:
+        if tags := self._tags.take():
             self._attrs_write(
                 "INSERT OR REPLACE INTO tags VALUES (?,?,?)",
                 [(k, m.current, json.dumps(list(m.older))) for k, m in tags.items()],

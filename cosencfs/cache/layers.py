@@ -156,8 +156,13 @@ class Layers:
     def _drop(self, layer: DirtyLayer) -> None:
         if self._by_vid.pop(layer.vid, None) is None:
             return
+        # -1: the log was never made (a file written front to back has only
+        # its direct copy): no unlink of a missing name on the loop per file.
+        made = layer.fd != -1
         layer.close()
         layer.below = None
+        if not made:
+            return
         try:
             os.unlink(layer.path)
         except FileNotFoundError:

@@ -84,7 +84,14 @@ class Committer:
 
     async def _commit_content(self, node: Inode, head: DirtyLayer) -> bool:
         """Upload ``head``; False when it was replaced while this waited for its lock."""
-        async with head.lock:
+        lock = head.lock
+        try:
+            # Free (the common case): taken without a trip through trio's
+            # scheduler, as a write takes it (fs/writes.py).
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             # The checks and the change with no await between: writers and
             # truncate take this lock too, so none is half-way through the head.
             top = node.as_file.head
@@ -98,6 +105,8 @@ class Committer:
             if head.object_dk is None:
                 head.object_dk = DataKey.generate()
                 head.envelope = self.ctx.codec.seal(head.object_dk)
+        finally:
+            lock.release()
         key = self.ctx.key_of(node)
         gen = node.meta_gen
         size = head.size

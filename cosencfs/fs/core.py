@@ -138,6 +138,9 @@ class Filesystem:
         await nursery.start(self.writeback.run)
         await nursery.start(self.ctx.deleter.run)
         await nursery.start(self.dirindex.run)
+        # The first files created find their cache files made (a burst of
+        # creates right after the mount made its first ~30 on the loop).
+        self.ctx.cache.spares.prime()
 
     def dirty_inodes(self) -> list[Inode]:
         return [n for n in self.ctx.table.all() if n.dirty and not n.unlinked]

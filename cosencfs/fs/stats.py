@@ -34,6 +34,10 @@ def collect_stats(fs: Filesystem) -> dict[str, object]:
             "misses": fetcher.misses,
             "hit_ratio": fetcher.hits / lookups if lookups else 0.0,
             "fetched_bytes": fetcher.fetched_bytes,
+            # New cache files: made ahead by a worker thread, or (none ready)
+            # by the event loop itself.
+            "spare_files_taken": cache.spares.taken,
+            "spare_files_missed": cache.spares.missed,
         },
         "dirty": {
             "files": len(dirty),

@@ -321,7 +321,7 @@ class MountTags(TagChecker):
         """The object with ``meta`` is now at ``key``, replacing one with ``old``."""
         text = meta.get(OBJECT_TAG_FIELD)
         if text is not None:
-            self.journal.put_tags(key, self.journal.get_tags(key).seen(text))
+            self.journal.saw_tag(key, text)  # (its memory read when written: batched)
         self.drop_companion(old, keep=meta)
 
     def removed(self, key: str, meta: Mapping[str, str] | None) -> None:

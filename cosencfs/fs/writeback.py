@@ -134,11 +134,24 @@ class WriteBack:
         sync's many, which share the window's limiter with the background)."""
         self._due.pop(node.ino, None)
         if bounded:
-            async with self._limiter:
-                await self._upload(node)
+            await self._bounded(node)
         else:
             await self._upload(node)
         self.stats.failing.pop(node.ino, None)
+
+    async def _bounded(self, node: Inode) -> None:
+        """``_upload`` holding one of the window's tokens."""
+        limiter = self._limiter
+        try:
+            # A token free (the common case): taken without a trip through
+            # trio's scheduler; ``async with`` yields even then.
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
+            await self._upload(node)
+        finally:
+            limiter.release()
 
     async def _upload(self, node: Inode) -> None:
         started = time.monotonic()
@@ -172,8 +185,7 @@ class WriteBack:
     async def _background(self, due: _Due) -> None:
         node = due.node
         try:
-            async with self._limiter:
-                await self._upload(node)
+            await self._bounded(node)
             self.stats.uploads += 1
             self.stats.failing.pop(node.ino, None)
         except Exception as exc:

@@ -1,29 +1,26 @@
 """Every COS request: HTTP/1.1 by h11 over trio socket streams, TLS by ``tlsstream``.
 
-One pool of keep-alive connections to the endpoint, used from the event loop:
-no thread hand-off for small requests (two of them, and GIL contention among
-workers, cost more than a HEAD or a 4 KiB GET); a large body goes out or
-comes in by one worker-thread job (``bodysend``, ``bodyrecv``: TLS and the
-partial sends and reads off the loop, one scheduler trip per body).  h11
-does all of HTTP/1.1 (framing by Content-Length, chunked or close, keep-alive
-rules); this module only moves bytes, bounds the pool, times out and
+One pool of keep-alive connections, used from the event loop: no thread
+hand-off for small requests (two cost more than a HEAD or a 4 KiB GET); a
+large body goes by one worker-thread job (``bodysend``, ``bodyrecv``).  h11
+does all of HTTP/1.1; this module moves bytes, bounds the pool, times out and
 replaces connections the server has closed.
 
 - At most ``connections`` connections, one per request in flight (the
-  ``limiter``); idle ones are reused newest first, and closed when they have
-  been idle longer than ``MAX_IDLE`` or the server has closed them.
-- A request sent on a reused connection that fails before any byte of an
-  answer arrives (the server closed it meanwhile) is sent once more on a
-  fresh connection; ``on_resend`` reports it (COS bills every attempt).
+  ``limiter``); idle ones reused newest first, closed after ``MAX_IDLE`` or
+  when the server closed them.
+- A request on a reused connection that fails before any byte of an answer
+  (the server closed it) is sent once more on a fresh connection;
+  ``on_resend`` reports it (COS bills every attempt).
 - Every connect, send and receive must progress within ``timeout`` seconds.
-- https verifies the server's certificate and name, always: against
-  ``ca_file`` when given, else the system's trust store (``SSL_CERT_FILE``).
-  TLS is ``ssl`` over the trio socket (``tlsstream``: every record a read
-  brings decrypted at once; a new connection resumes an earlier session).
+- https always verifies the server's certificate and name (``ca_file``, else
+  the system's trust store); TLS is ``ssl`` over the trio socket
+  (``tlsstream``: a new connection resumes an earlier session).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -55,9 +52,7 @@ MAX_IDLE = 15.0
 #: Bodies (sent, or left to receive) of at least this many bytes move in one worker-thread
 #: job; smaller in the loop (over https 256 KiB cost less there, 512 KiB more).
 THREAD_BODY = 512 * 1024
-
-#: Response heads larger than this are refused.
-_MAX_HEAD = 64 * 1024
+_MAX_HEAD = 64 * 1024  # response heads larger than this are refused
 _RECV = 256 * 1024
 
 
@@ -123,24 +118,18 @@ class Transport:
         ca_file: str | None = None,
         counters: RequestCounters | None = None,
     ) -> None:
-        self._endpoint = endpoint
-        self._timeout = timeout
+        self._endpoint, self._timeout = endpoint, timeout
         self._counters = counters or RequestCounters()
-        tls = endpoint.scheme == "https"
         #: https: the context and the session new connections resume.
+        tls = endpoint.scheme == "https"
         self.tls = ClientTls(client_tls_context(ca_file), endpoint.host) if tls else None
         #: One token per request in flight, hence per open connection.
         self.limiter = trio.CapacityLimiter(connections)
-        #: Bodies sent by a thread job, and the send calls they took (tests count them).
-        self.body_jobs = 0
-        self.body_sends = 0
-        #: Answer bodies received by a thread job, and the socket reads they took.
-        self.receive_jobs = 0
-        self.receive_reads = 0
+        #: Bodies sent by a thread job, their sends, bodies received so, their reads.
+        self.body_jobs = self.body_sends = self.receive_jobs = self.receive_reads = 0
         self._idle: list[_Conn] = []
         #: Connections made, and open now (tests see the pool through these).
-        self.opened = 0
-        self.open_now = 0
+        self.opened = self.open_now = 0
         self._closed = False
 
     @property
@@ -163,7 +152,11 @@ class Transport:
         if isinstance(body, FileRange) and body.length < THREAD_BODY:
             # A page-cache read of this size takes less than a thread hop.
             body = read_small_body(body)
-        async with self.limiter:
+        try:  # a connection free: taken without a trip through trio's scheduler
+            self.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self.limiter.acquire()
+        try:
             for attempt in (1, 2):
                 conn = self._reusable()
                 reused = conn is not None
@@ -191,6 +184,8 @@ class Transport:
                 if answer.status >= 300:
                     raise error_from(answer)
                 return answer
+        finally:
+            self.limiter.release()
         raise AssertionError("unreachable")
 
     def _reusable(self) -> _Conn | None:
@@ -423,13 +418,19 @@ async def _receive_into(conn: _Conn, view: memoryview) -> int:
     stream = conn.stream
     if isinstance(stream, TlsStream):
         return await stream.receive_into(view)
-    n: int = await stream.socket.recv_into(view)
-    return n
+    return int(await stream.socket.recv_into(view))
 
 
 async def _send(conn: _Conn, data: bytes | bytearray | memoryview) -> None:
+    stream = conn.stream
     try:
-        await conn.stream.send_all(data)
+        if isinstance(stream, trio.SocketStream):
+            # Written at once if it fits the socket's buffer (send_all yields even then).
+            with contextlib.suppress(BlockingIOError):
+                data = memoryview(data)[os.write(stream.socket.fileno(), data) :]
+            if not data:
+                return
+        await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         raise TransportError(f"send failed: {exc}") from None
 
@@ -442,8 +443,7 @@ async def _receive(conn: _Conn) -> bytes:
 
 
 def _close_now(conn: _Conn) -> None:
-    # Without a TLS close_notify or trio's aclose, which need a running loop
-    # (close() may come after it) and a round trip; the server sees a FIN.
+    # No TLS close_notify nor aclose (a running loop, a round trip): the server sees a FIN.
     sock = conn.socket()
     if sock.fileno() >= 0:
         os.close(sock.detach())

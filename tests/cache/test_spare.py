@@ -13,7 +13,15 @@ import trio
 from cosencfs.cache import spare
 from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.ctr import DataKey
+from cosencfs.crypto.envelope import EnvelopeCodec
+from cosencfs.fs.core import Filesystem
+from cosencfs.store.memory import MemoryStore
 from tests.cache.conftest import NO_STORE
+from tests.testlib import fs_options
+
+
+def _filling(s: spare.SpareFiles) -> bool:
+    return s._filling  # (a call: mypy would keep the loop's narrowing)
 
 
 async def _until_ready(s: spare.SpareFiles) -> None:
@@ -78,3 +86,37 @@ async def test_a_failing_batch_leaves_copies_working(
     v = cache.staged(DataKey.generate(), 0)
     assert os.path.exists(v.path)  # noqa: ASYNC240
     assert cache.spares.taken == 0
+
+
+async def test_a_started_filesystem_has_spare_files_before_its_first_create(
+    codec: EnvelopeCodec, tmp_path: Path
+) -> None:
+    store = MemoryStore()
+    mgr = CacheManager(tmp_path / "cache", store, limit_bytes=1 << 30)
+    try:
+        fs = Filesystem(store, codec, mgr, fs_options())
+        async with trio.open_nursery() as nursery:
+            await fs.start(nursery)
+            await _until_ready(mgr.spares)
+            assert mgr.spares.missed == 0
+            fh, _ = await fs.create(1, b"f", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+            assert await fs.write(fh, 0, b"x" * 100) == 100
+            # Its copy was one made ahead, not made on the loop.
+            assert mgr.spares.missed == 0
+            assert mgr.spares.taken == 1
+            await fs.release(fh)
+            nursery.cancel_scope.cancel()
+    finally:
+        mgr.close()
+
+
+async def test_the_reserve_is_refilled_before_it_runs_low(cache: CacheManager) -> None:
+    cache.staged(DataKey.generate(), 0)
+    await _until_ready(cache.spares)
+    with trio.fail_after(30):
+        while cache.spares._filling:  # noqa: ASYNC110 - a worker thread fills it
+            await trio.sleep(0.005)
+    # Taking one leaves fewer than LOW: the next batch starts at once.
+    cache.staged(DataKey.generate(), 0)
+    assert _filling(cache.spares)
+    assert len(cache.spares._ready) >= spare.LOW - 1 >= 63
