@@ -53,6 +53,12 @@ class DirtyRecords:
 
     def record(self, node: Inode) -> None:
         """Journal what ``node`` holds that COS does not (close, truncate, seal)."""
+        if node.unlinked:
+            # Its record went with its name (an unlinked file's content never
+            # goes up; its object goes at the last close): one written now, by
+            # a truncate or a seal of a file still open, would have recovery
+            # upload the deleted file after a crash.
+            return
         f = node.file
         head = None if f is None else f.head
         if f is None or head is None:  # a directory (a marker not yet sent) has no record

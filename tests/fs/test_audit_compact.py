@@ -15,7 +15,6 @@ import contextlib
 import os
 from typing import Any
 
-import pytest
 import trio
 
 from cosencfs.errors import CosEncFsError, NotFoundError
@@ -96,12 +95,6 @@ async def test_truncate_survives_compaction_while_it_awaits_the_tags(
     assert await read_file(fs2, ino2) == data[:1000]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in fs/writes.py / fs/dirtyrecord.py (not this audit's to edit): Writer.truncate "
-    "puts a head on, and DirtyRecords.record journals, a file unlinked while the truncate "
-    "awaited its tags; recovery then uploads the unlinked file again",
-)
 async def test_a_file_unlinked_while_its_truncate_reads_the_tags_does_not_come_back(
     make_fs: Any, store: CosStore
 ) -> None:

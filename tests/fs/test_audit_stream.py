@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import trio
 
 from cosencfs.errors import NotFoundError
@@ -55,12 +54,6 @@ async def test_a_file_unlinked_while_streamed_is_not_journaled_again(
     assert await store.list_uploads("s.bin") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in fs/writes.py (not this audit's to edit): Writer.truncate journals the "
-    "record of a file unlinked while open (DirtyRecords.record has no unlinked check), "
-    "so a crash before its last close has recovery upload the deleted file",
-)
 async def test_ftruncate_of_an_open_unlinked_file_is_not_journaled(make_fs: FsFactory) -> None:
     fs: Filesystem = await make_fs()
     fh, entry = await fs.create(ROOT, b"o.bin", 0o644, os.O_RDWR | os.O_CREAT, 0, 0)
