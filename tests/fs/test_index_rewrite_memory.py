@@ -11,6 +11,7 @@ file refuses exactly what decoding from bytes refuses.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -288,3 +289,24 @@ def test_an_authentic_bad_line_is_refused_from_a_file_too(chunk: int, tmp_path: 
     body = bytes(encode_rows(keys["k1"], kid="k1", prefix="d/", n=2, rows=rows))
     assert str(_outcome(keys, body)).startswith("directory index entry malformed")
     assert _from_file(keys, body, chunk, tmp_path) == _outcome(keys, body)
+
+
+def test_without_o_tmpfile_the_file_is_unlinked_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.open
+
+    def no_tmpfile(path: object, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE here")
+        return real(path, flags, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    fd = indexbuf.open_private(tmp_path)
+    try:
+        st = os.fstat(fd)
+        assert st.st_nlink == 0
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.close(fd)
