@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.config import MIB
 from benchmarks.datasets import random_bytes
-from benchmarks.peers import PEERS, Peer
+from benchmarks.peers import PEERS, BaselinePeer, Peer
 from benchmarks.results import Row
 from benchmarks.server import BucketState, Network
 from benchmarks.system import BenchError, bounded, proc_status, run
@@ -99,6 +99,8 @@ def run_scale(ctx: Ctx, networks: list[Network], peers: list[str], sizes: list[i
                     continue
                 slug = f"scale-{n}-{net.rtt_ms:g}ms-{'https' if net.https else 'http'}"
                 peer = PEERS[name](ctx.cfg.workdir / slug, net)
+                if isinstance(peer, BaselinePeer) and ctx.cfg.baseline:
+                    peer.rev = ctx.cfg.baseline  # (else HEAD: this tree again, not the baseline)
                 missing = peer.missing()
                 if missing:
                     log(f"scale {n}: {name} skipped: {missing}")

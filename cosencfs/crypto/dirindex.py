@@ -138,7 +138,18 @@ def _mac_line(
 ) -> bytes:
     digest = hashlib.sha256(head)
     digest.update(rows)
-    tag = _mac(tk, prefix, kid, n, digest.digest())
+    return mac_line_of(tk, kid=kid, prefix=prefix, n=n, digest=digest.digest())
+
+
+def head_line(kid: str, prefix: str, n: int) -> bytes:
+    """The magic and header lines of an index of ``n`` entries (cosencfs/fs/indexbuf.py)."""
+    return _head(kid, prefix, n)
+
+
+def mac_line_of(tk: TagKey, *, kid: str, prefix: str, n: int, digest: bytes) -> bytes:
+    """The MAC line of an index whose signed bytes (header and entry lines) have
+    SHA-256 ``digest``: for a writer that hashes its body in chunks."""
+    tag = _mac(tk, prefix, kid, n, digest)
     return _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
 
 
@@ -205,16 +216,20 @@ def _entries(body: bytes | mmap.mmap, pos: int, end: int, key: str) -> Iterator[
         if nl < 0:
             raise IntegrityError("directory index entry malformed", key=key)
         line, pos = body[pos:nl], nl + 1
-        try:
-            name, etag, size, lm, mode, uid, gid, mtime, rdev, state, atag = json.loads(line)
-            fields = (mode, uid, gid, mtime, rdev)
-            if not all(f is None or isinstance(f, str) for f in fields):
-                raise TypeError("fields")
-            entry = IndexEntry(
-                str(name), str(etag), int(size), float(lm), fields, AttrState(state), atag
-            )
-        except (ValueError, TypeError):
-            # Authentic yet unreadable (a newer writer's format?): the caller
-            # keeps what it applied so far and HEADs the rest.
-            raise IntegrityError("directory index entry malformed", key=key) from None
-        yield entry
+        yield parse_entry(line, key)
+
+
+def parse_entry(line: bytes, key: str) -> IndexEntry:
+    """The entry of one line of a verified index (without its newline)."""
+    try:
+        name, etag, size, lm, mode, uid, gid, mtime, rdev, state, atag = json.loads(line)
+        fields = (mode, uid, gid, mtime, rdev)
+        if not all(f is None or isinstance(f, str) for f in fields):
+            raise TypeError("fields")
+        return IndexEntry(
+            str(name), str(etag), int(size), float(lm), fields, AttrState(state), atag
+        )
+    except (ValueError, TypeError):
+        # Authentic yet unreadable (a newer writer's format?): the caller
+        # keeps what it applied so far and HEADs the rest.
+        raise IntegrityError("directory index entry malformed", key=key) from None

@@ -33,14 +33,7 @@ from dataclasses import dataclass
 import trio
 import trio.lowlevel
 
-from cosencfs.crypto.dirindex import (
-    HEAD_ROOM,
-    TAIL_ROOM,
-    AttrState,
-    IndexEntry,
-    decode_index,
-    entry_line,
-)
+from cosencfs.crypto.dirindex import HEAD_ROOM, TAIL_ROOM, AttrState, IndexEntry, entry_line
 from cosencfs.crypto.integrity import ATTR_TAG_FIELD, OBJECT_TAG_FIELD, TagKey
 from cosencfs.errors import CosEncFsError, CryptoError, IntegrityError
 from cosencfs.fs.attrload import AttrLoader
@@ -132,10 +125,11 @@ class DirIndex:
             self._warn(info, f"larger than {MAX_INDEX_BYTES} bytes, not read")
             return
         prefix = self.ctx.key_of(d)
-        received = ReceivedIndex(info.key, info.size)
+        received: ReceivedIndex | None = None
         try:
-            body = await received.get(self.ctx.store, info.etag)
-            entries = decode_index(self._keys, prefix=prefix, body=body)
+            received = self._received(info)
+            await received.fetch(self.ctx.store, info.etag)
+            entries = await received.entries(self._keys, prefix, self.ctx.cache.io_limiter)
             self.stats.loaded += 1
             applied = mismatched = 0
             for i, e in enumerate(entries, 1):
@@ -150,7 +144,7 @@ class DirIndex:
             self.stats.refused += 1
             self._warn(info, f"{exc}; HEADs instead")
             return
-        except CosEncFsError as exc:
+        except (CosEncFsError, OSError) as exc:
             log.info("directory index %r not read (%s); HEADs instead", info.key, exc)
             return
         except Exception:
@@ -158,10 +152,18 @@ class DirIndex:
             log.exception("directory index %r not read; HEADs instead", info.key)
             return
         finally:
-            received.close()
+            if received is not None:
+                received.close()
         self.stats.applied += applied
         self.stats.mismatched += mismatched
         log.debug("index of %r: %d applied, %d stale", prefix, applied, mismatched)
+
+    def _received(self, info: ObjectInfo) -> ReceivedIndex:
+        """A private file of the cache to receive the index ``info`` into (indexbuf.py)."""
+        return ReceivedIndex(self.ctx.cache.data_dir, info.key, info.size)
+
+    def _lines(self) -> IndexLines:
+        return IndexLines(self.ctx.cache.data_dir, _lines_bound())
 
     def _applies(self, node: Inode, e: IndexEntry) -> bool:
         """Apply ``e`` to ``node`` if it describes the object the listing showed."""
@@ -257,17 +259,17 @@ class DirIndex:
 
         Each entry is made as its page of the listing arrives, and only its
         line is kept, in the listing's order (COS lists keys sorted, the
-        order of the index), in a mapping of its own that is unmapped when
-        the rewrite ends (cosencfs/fs/indexbuf.py): a rewrite of a
-        100,000-entry directory held every listed object and every entry at
-        once (~100 MB at its peak), then its lines in a heap buffer that left
-        the daemon 20-29 MiB larger after each rewrite (issue 18).
+        order of the index), in an unlinked private file of the cache that
+        is closed (and so gone) when the rewrite ends (cosencfs/fs/indexbuf.py):
+        a rewrite of a 100,000-entry directory held every listed object and
+        every entry at once (~100 MB at its peak), then its ~15 MB of lines
+        in the daemon's memory, which set its peak RSS (issue 18).
         """
         tk = None if self._kid is None else self._keys[self._kid]
         if tk is None or self._kid is None or d.unlinked or d.dir is None:
             return
         prefix = self.ctx.key_of(d)
-        lines = IndexLines(_lines_bound())
+        lines = self._lines()
         try:
             await self._write(d, tk, self._kid, prefix, lines)
         finally:
@@ -298,25 +300,15 @@ class DirIndex:
                         lines.append(entry_line(e))
                         n += 1
         if holes and old is not None:
-            carried = await self._carry_over(prefix, old, {name: o for _, name, o in holes})
-            if carried:
-                # Each carried entry goes in at its object's place.
-                merged = IndexLines(_lines_bound())
-                try:
-                    with lines.view() as rows:
-                        at = 0
-                        for pos, name, _ in holes:
-                            line = carried.get(name)
-                            if line is not None:
-                                merged.append(rows[at:pos])
-                                merged.append(line)
-                                at = pos
-                                n += 1
-                        merged.append(rows[at:])
-                    await self._send(d, tk, kid, prefix, merged, n, old)
-                finally:
-                    merged.close()
-                return
+            merged = self._lines()
+            try:
+                carried = await self._carry_over(prefix, old, holes, lines, merged)
+                if carried:
+                    holes.clear()
+                    await self._send(d, tk, kid, prefix, merged, n + carried, old)
+                    return
+            finally:
+                merged.close()
         holes.clear()
         await self._send(d, tk, kid, prefix, lines, n, old)
 
@@ -341,8 +333,8 @@ class DirIndex:
             return  # removed while listed: an index now would bring the prefix back
         # A delete of an earlier index (rmdir, then mkdir again) goes out first.
         await self.ctx.deleter.settle(prefix + INDEX_NAME)
-        with lines.body(tk, kid=kid, prefix=prefix, n=n) as body:
-            await self.ctx.store.put(prefix + INDEX_NAME, body, {}, content_type=_CONTENT_TYPE)
+        body = await lines.body(tk, kid=kid, prefix=prefix, n=n, limiter=self.ctx.cache.io_limiter)
+        await self.ctx.store.put(prefix + INDEX_NAME, body, {}, content_type=_CONTENT_TYPE)
         d.as_dir.index_seen = True
         self.stats.written += 1
 
@@ -371,22 +363,53 @@ class DirIndex:
         return IndexEntry(name, obj.etag, obj.size, obj.last_modified, fields, state, atag)
 
     async def _carry_over(
-        self, prefix: str, old: ObjectInfo, uncovered: dict[str, ObjectInfo]
-    ) -> dict[str, bytes]:
-        """Lines of the old index's entries that still match the listing (objects
-        this mount has not HEADed: written by another mount, or loaded from the
-        index), by name."""
-        carried: dict[str, bytes] = {}
-        if old.size > MAX_INDEX_BYTES:
-            return carried
+        self,
+        prefix: str,
+        old: ObjectInfo,
+        holes: list[tuple[int, str, ObjectInfo]],
+        lines: IndexLines,
+        merged: IndexLines,
+    ) -> int:
+        """``lines`` into ``merged`` with, each at its object's place, the old
+        index's entries that still match the listing (objects this mount has
+        not HEADed: written by another mount, or loaded from the index); how
+        many were carried over (0: ``merged`` is not to be used).
+
+        The old index is read from a file a chunk at a time and merged as
+        it goes: both it and ``holes`` are in name order (the listing's).
+        """
+        if old.size > MAX_INDEX_BYTES or lines.overflowed:
+            return 0
+        limiter = self.ctx.cache.io_limiter
+        carried = at = 0
+        received: ReceivedIndex | None = None
         try:
-            body = await self.ctx.store.get(old.key, if_match=old.etag)
-            for e in decode_index(self._keys, prefix=prefix, body=body):
-                obj = uncovered.get(e.name)
-                if obj is not None and e.matches(obj.etag, obj.size, obj.last_modified):
-                    carried[e.name] = entry_line(e)
+            received = self._received(old)
+            await received.fetch(self.ctx.store, old.etag)
+            entries = await received.entries(self._keys, prefix, limiter)
+            e = next(entries, None)
+            for i, (pos, name, obj) in enumerate(holes, 1):
+                while e is not None and e.name < name:
+                    e = next(entries, None)
+                if (
+                    e is not None
+                    and e.name == name
+                    and e.matches(obj.etag, obj.size, obj.last_modified)
+                ):
+                    await merged.copy_from(lines, at, pos, limiter)
+                    merged.append(entry_line(e))
+                    at = pos
+                    carried += 1
+                if i % _STEP == 0:
+                    await trio.lowlevel.checkpoint()
+            if carried:
+                await merged.copy_from(lines, at, len(lines), limiter)
+            return carried
         except IntegrityError as exc:
             self._warn(old, f"{exc}; not carried over")
-        except CosEncFsError as exc:
+        except (CosEncFsError, OSError) as exc:
             log.info("directory index %r not carried over (%s)", old.key, exc)
-        return carried
+        finally:
+            if received is not None:
+                received.close()
+        return 0

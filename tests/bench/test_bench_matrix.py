@@ -156,3 +156,34 @@ def test_a_worker_threads_wait_for_a_job_is_idle_not_a_hand_off() -> None:
     assert category("ThreadCache.start_thread_soon (trio/_core/_thread_cache.py)").startswith(
         "thread hand-off"
     )
+
+
+def test_scale_runs_the_baseline_revision_as_cosencfs_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--scale-only --baseline REV`` ran HEAD as cosencfs-base: a tree against itself."""
+    import types
+
+    from benchmarks import scale
+    from benchmarks.peers import PEERS, BaselinePeer
+    from benchmarks.system import BenchError
+
+    revs: list[str] = []
+
+    class Stopped(BaselinePeer):
+        def missing(self) -> str | None:
+            return None
+
+        def setup(self) -> None:
+            revs.append(self.rev)
+            raise BenchError("stopped before mounting")
+
+        def teardown(self) -> None:
+            pass
+
+    monkeypatch.setitem(PEERS, "cosencfs-base", Stopped)
+    cfg = types.SimpleNamespace(workdir=tmp_path, keep=True, baseline="abc123")
+    ctx = types.SimpleNamespace(cfg=cfg)
+    rows = scale.run_scale(ctx, [Network(10, False)], ["cosencfs-base"], [30], lambda _: None)  # type: ignore[arg-type]
+    assert revs == ["abc123"]
+    assert rows[0].error is not None
