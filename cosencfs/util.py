@@ -35,3 +35,17 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
         if leaf is group:
             raise
         raise leaf from group
+
+
+async def acquire(lock: trio.Lock | trio.CapacityLimiter) -> None:
+    """Take ``lock`` (or one of the limiter's tokens), free ones at once.
+
+    trio's ``acquire`` (and ``async with``) passes through the scheduler even
+    when nothing is held: a pass of its run loop and an epoll call, several
+    per small file committed (issue 18).  A held one is still waited for,
+    fairly; the caller releases it as after ``acquire``.
+    """
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()

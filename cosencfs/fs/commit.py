@@ -42,6 +42,7 @@ from cosencfs.fs.special import put_special, tagged_now
 from cosencfs.fs.stream import StreamUpload
 from cosencfs.fs.tags import INLINE_TAG
 from cosencfs.fs.upload import Uploader
+from cosencfs.util import acquire
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,7 @@ class Committer:
     async def _commit_content(self, node: Inode, head: DirtyLayer) -> bool:
         """Upload ``head``; False when it was replaced while this waited for its lock."""
         lock = head.lock
-        try:
-            # Free (the common case): taken without a trip through trio's
-            # scheduler, as a write takes it (fs/writes.py).
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        await acquire(lock)
         try:
             # The checks and the change with no await between: writers and
             # truncate take this lock too, so none is half-way through the head.

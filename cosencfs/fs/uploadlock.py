@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from cosencfs.util import acquire
+
 if TYPE_CHECKING:
     from cosencfs.fs.inode import Inode
 
@@ -83,13 +85,7 @@ class UploadLock:
             lock = aux.lock = trio.Lock()
         aux.users += 1
         try:
-            try:
-                # Free (the common case: one commit of a file at a time):
-                # taken without a trip through trio's scheduler (a pass of
-                # its run loop and an epoll call per small file committed).
-                lock.acquire_nowait()
-            except trio.WouldBlock:
-                await lock.acquire()
+            await acquire(lock)  # (free, the common case: without a scheduler trip)
         except BaseException:
             self._leave(lock)
             raise

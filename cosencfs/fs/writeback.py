@@ -26,6 +26,7 @@ import trio
 
 from cosencfs.errors import CosEncFsError
 from cosencfs.fs.inode import Inode
+from cosencfs.util import acquire
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,7 @@ class WriteBack:
     async def _bounded(self, node: Inode) -> None:
         """``_upload`` holding one of the window's tokens."""
         limiter = self._limiter
-        try:
-            # A token free (the common case): taken without a trip through
-            # trio's scheduler; ``async with`` yields even then.
-            limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await limiter.acquire()
+        await acquire(limiter)
         try:
             await self._upload(node)
         finally:

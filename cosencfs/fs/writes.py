@@ -32,6 +32,7 @@ from cosencfs.fs.stream import StreamUpload, direct_job, wait_hold
 from cosencfs.fs.upload import Uploader
 from cosencfs.fs.writeback import WriteBack
 from cosencfs.store.base import MAX_FILE_SIZE
+from cosencfs.util import acquire
 
 #: A head this many layers deep is uploaded soon (each fork adds one).
 MAX_DEPTH = 4
@@ -112,12 +113,7 @@ class Writer:
             if head is None or not head.accepts(0 if h.append else offset):
                 head = await self.writable_head(node, None if h.append else offset)
             lock = head.lock
-            try:
-                # Free (the common case): taken without a trip through trio's
-                # scheduler, which a small write would otherwise pay for twice.
-                lock.acquire_nowait()
-            except trio.WouldBlock:
-                await lock.acquire()
+            await acquire(lock)
             try:
                 if h.append:
                     offset = head.size

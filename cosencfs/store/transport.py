@@ -42,6 +42,7 @@ from cosencfs.store.bodysend import send_off_loop
 from cosencfs.store.counters import RequestCounters
 from cosencfs.store.tlsstream import ClientTls, TlsStream, client_tls_context
 from cosencfs.store.wire import Answer, Endpoint, error_from
+from cosencfs.util import acquire
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,7 @@ class Transport:
         if isinstance(body, FileRange) and body.length < THREAD_BODY:
             # A page-cache read of this size takes less than a thread hop.
             body = read_small_body(body)
-        try:  # a connection free: taken without a trip through trio's scheduler
-            self.limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await self.limiter.acquire()
+        await acquire(self.limiter)
         try:
             for attempt in (1, 2):
                 conn = self._reusable()
