@@ -153,6 +153,30 @@ def mac_line_of(tk: TagKey, *, kid: str, prefix: str, n: int, digest: bytes) -> 
     return _MAC_PREFIX + b64url_encode(tag).encode("ascii") + b"\n"
 
 
+def open_header(
+    first: bytes | mmap.mmap, signed: int, keys: Mapping[str, TagKey], *, prefix: str, key: str
+) -> tuple[int, str, int, TagKey]:
+    """The header line of an index whose signed bytes end at ``signed`` (``first``
+    holds its start): where the line ends, its key id and entry count, and our
+    key of that id; IntegrityError unless a key of ours wrote it for ``prefix``
+    (the MAC is the caller's to check; crypto/dirindexfile.py reads a file)."""
+    nl = first.find(b"\n", len(MAGIC), signed)
+    if nl < 0 or nl - len(MAGIC) > _HEADER_MAX:
+        raise IntegrityError("directory index header malformed", key=key)
+    try:
+        header = json.loads(first[len(MAGIC) : nl])
+        kid, bound, n = str(header["kid"]), str(header["dir"]), int(header["n"])
+        kid.encode("ascii")
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("directory index header malformed", key=key) from None
+    if bound != prefix:
+        raise IntegrityError("directory index of another directory", key=key)
+    tk = keys.get(kid)
+    if tk is None:
+        raise IntegrityError(f"directory index under master key id {kid} (not ours)", key=key)
+    return nl, kid, n, tk
+
+
 def decode_index(
     keys: Mapping[str, TagKey], *, prefix: str, body: bytes | mmap.mmap
 ) -> Iterator[IndexEntry]:
@@ -172,20 +196,7 @@ def decode_index(
         raise IntegrityError("directory index without its MAC (truncated)", key=key)
     signed = end + 1  # (the signed bytes are body[:signed])
     mac_line = body[signed + len(_MAC_PREFIX) : size - 1]
-    nl = body.find(b"\n", len(MAGIC), signed)
-    if nl < 0 or nl - len(MAGIC) > _HEADER_MAX:
-        raise IntegrityError("directory index header malformed", key=key)
-    try:
-        header = json.loads(body[len(MAGIC) : nl])
-        kid, bound, n = str(header["kid"]), str(header["dir"]), int(header["n"])
-        kid.encode("ascii")
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError("directory index header malformed", key=key) from None
-    if bound != prefix:
-        raise IntegrityError("directory index of another directory", key=key)
-    tk = keys.get(kid)
-    if tk is None:
-        raise IntegrityError(f"directory index under master key id {kid} (not ours)", key=key)
+    nl, kid, n, tk = open_header(body, signed, keys, prefix=prefix, key=key)
     tag = b64url_decode(mac_line.decode("ascii", "replace"))
     with memoryview(body) as view:
         digest = hashlib.sha256(view[:signed]).digest()

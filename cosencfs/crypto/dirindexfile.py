@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import mmap
 import os
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from cosencfs.crypto.dirindex import (
     MAGIC,
     IndexEntry,
     _mac,
+    open_header,
     parse_entry,
 )
 from cosencfs.crypto.objecttags import TagKey
@@ -83,20 +83,7 @@ def verify_file(
     signed = end + 1  # (the signed bytes are the file's [0, signed))
     mac_len = size - 1 - (signed + len(_MAC_PREFIX))
     mac_line = b"" if mac_len > _MAC_LINE_MAX else os.pread(fd, mac_len, signed + len(_MAC_PREFIX))
-    nl = first.find(b"\n", len(MAGIC), signed)
-    if nl < 0 or nl - len(MAGIC) > _HEADER_MAX:
-        raise IntegrityError("directory index header malformed", key=key)
-    try:
-        header = json.loads(first[len(MAGIC) : nl])
-        kid, bound, n = str(header["kid"]), str(header["dir"]), int(header["n"])
-        kid.encode("ascii")
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError("directory index header malformed", key=key) from None
-    if bound != prefix:
-        raise IntegrityError("directory index of another directory", key=key)
-    tk = keys.get(kid)
-    if tk is None:
-        raise IntegrityError(f"directory index under master key id {kid} (not ours)", key=key)
+    nl, kid, n, tk = open_header(first, signed, keys, prefix=prefix, key=key)
     tag = None if mac_len > _MAC_LINE_MAX else b64url_decode(mac_line.decode("ascii", "replace"))
     digest, lines = _digest_and_lines(fd, signed, nl + 1, buf)
     expected = _mac(tk, prefix, kid, n, digest)
