@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from cosencfs.fs.context import FsOptions
 from cosencfs.fs.core import Filesystem
 from cosencfs.server import LocalCosServer
 from cosencfs.store.cos import CosSettings, CosStore
+from cosencfs.store.memory import MemoryStore
 from cosencfs.store.retry import RetryPolicy
 
 BUCKET = "test-1250000000"
@@ -286,3 +287,19 @@ def umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+@contextlib.asynccontextmanager
+async def idle_memory_fs(codec: EnvelopeCodec, cache_dir: Path) -> AsyncIterator[Filesystem]:
+    """A started ``Filesystem`` on an in-memory store whose write-back never
+    fires by itself (an hour's delay): a test commits with ``fsync``/``sync``."""
+    store = MemoryStore()
+    mgr = CacheManager(cache_dir, store, limit_bytes=1 << 30)
+    try:
+        fs = Filesystem(store, codec, mgr, fs_options(writeback_delay=3600.0, max_dirty_age=3600.0))
+        async with trio.open_nursery() as nursery:
+            await fs.start(nursery)
+            yield fs
+            nursery.cancel_scope.cancel()
+    finally:
+        mgr.close()

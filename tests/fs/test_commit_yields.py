@@ -20,7 +20,6 @@ import pytest
 import trio
 import trio.testing
 
-from cosencfs.cache.manager import CacheManager
 from cosencfs.crypto.envelope import EnvelopeCodec
 from cosencfs.fs.core import Filesystem
 from cosencfs.fs.inode import Inode
@@ -29,23 +28,15 @@ from cosencfs.store import transport
 from cosencfs.store.memory import MemoryStore
 from cosencfs.store.transport import Transport, _Conn
 from cosencfs.store.wire import Answer, Endpoint
-from tests.testlib import fs_options
+from tests.testlib import idle_memory_fs
 
 ROOT = 1
 
 
 @pytest.fixture
 async def mem_fs(codec: EnvelopeCodec, tmp_path: Path) -> AsyncIterator[Filesystem]:
-    store = MemoryStore()
-    mgr = CacheManager(tmp_path / "cache", store, limit_bytes=1 << 30)
-    try:
-        fs = Filesystem(store, codec, mgr, fs_options(writeback_delay=3600.0, max_dirty_age=3600.0))
-        async with trio.open_nursery() as nursery:
-            await fs.start(nursery)
-            yield fs
-            nursery.cancel_scope.cancel()
-    finally:
-        mgr.close()
+    async with idle_memory_fs(codec, tmp_path / "cache") as fs:
+        yield fs
 
 
 class _Steps(trio.abc.Instrument):
